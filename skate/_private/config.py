@@ -1,0 +1,51 @@
+"""Typed configuration for every skate process.
+
+Each field has a default and may be overridden with an environment variable
+named ``SKATE_<FIELD NAME IN CAPITALS>``; child processes inherit the
+environment, so one setting reaches the whole local cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+
+@dataclasses.dataclass
+class Config:
+    """Tunables shared by the driver, the daemons and the workers."""
+
+    #: Values whose serialized size is below this travel inline in messages.
+    max_inline_bytes: int = 100 * 1024
+    #: Fraction of RAM used for the shared-memory store when not given.
+    object_store_fraction: float = 0.3
+    #: Seconds between node heartbeats to the control store.
+    heartbeat_s: float = 0.2
+    #: Missed heartbeat time after which a node is declared dead.
+    node_timeout_s: float = 10.0
+    #: Workers started with a node, on top of what demand starts.
+    prestart_workers: int = -1  # -1: one per CPU, capped at 4
+    #: Idle task workers above the CPU count are stopped after this many seconds.
+    idle_worker_s: float = 10.0
+    #: Root of per-session folders (sockets, logs, spilled objects).
+    temp_dir: str = os.path.join(tempfile.gettempdir(), "skate")
+    #: Default task retries on worker death.
+    task_max_retries: int = 3
+    #: Seconds an infeasible task waits before its warning is printed.
+    infeasible_warn_s: float = 1.0
+
+    @classmethod
+    def from_env(cls) -> Config:
+        """Builds a config from defaults and ``SKATE_*`` environment variables."""
+        cfg = cls()
+        for field in dataclasses.fields(cls):
+            raw = os.environ.get("SKATE_" + field.name.upper())
+            if raw is None:
+                continue
+            kind = type(getattr(cfg, field.name))
+            setattr(cfg, field.name, kind(raw))
+        return cfg
+
+
+CONFIG = Config.from_env()

@@ -1,0 +1,175 @@
+"""The owner's table of objects: their state, waiters and reference counts.
+
+Every object a process owns (it submitted the task or called ``put``) has an
+``Entry`` here from creation until nothing refers to it anywhere:
+
+    count = local refs (ObjectRef instances in this process)
+          + pins (pending tasks that take it as an argument, containers)
+          + borrowers (other processes holding it, told us with borrow_add)
+
+When the count reaches zero the entry is dropped and, for objects in shared
+memory, the node daemon is told to free the segment.  Refs this process holds
+but does not own are counted in ``borrowed``; the first one makes us a
+borrower at the owner and the last one ends that.
+
+The table is shared by the user's threads and the I/O thread, so every
+change happens under one lock; waking waiters happens outside it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+PENDING, INLINE, SHM, ERROR = 0, 1, 2, 3
+
+
+class Entry:
+    """One owned object."""
+
+    __slots__ = (
+        "state", "data", "bufs", "node_id", "size", "waiters", "local", "pins",
+        "borrowers", "retrieved", "contained", "task",
+    )
+
+    def __init__(self) -> None:
+        self.state = PENDING
+        self.data: bytes | None = None
+        self.bufs: list = []
+        self.node_id: bytes | None = None
+        self.size = 0
+        self.waiters: list[Callable[[], None]] | None = None
+        self.local = 0
+        self.pins = 0
+        self.borrowers = 0
+        self.retrieved = False
+        self.contained: list | None = None  # refs this value holds: [(oid, owner)]
+        self.task: object = None  # the pending task that makes it (for cancel)
+
+
+class MemoryStore:
+    """Owned objects and borrowed-ref counts of one process."""
+
+    def __init__(self, on_free: Callable[[bytes, Entry], None], on_borrow_change: Callable[[bytes, list, int], None]) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[bytes, Entry] = {}
+        self.borrowed: dict[bytes, list] = {}  # oid -> [count, owner]
+        self.on_free = on_free
+        self.on_borrow_change = on_borrow_change
+
+    # --- creation and completion ---------------------------------------------------
+    def create(self, oid: bytes) -> Entry:
+        """Registers a pending owned object (a task's return)."""
+        e = Entry()
+        with self.lock:
+            self.entries[oid] = e
+        return e
+
+    def put_ready(self, oid: bytes, state: int, data: bytes | None, bufs: list, node_id: bytes | None = None, size: int = 0) -> None:
+        """Registers an owned object whose value is already known (``put``)."""
+        e = Entry()
+        e.state, e.data, e.bufs, e.node_id, e.size = state, data, bufs, node_id, size
+        with self.lock:
+            self.entries[oid] = e
+
+    def complete(self, oid: bytes, state: int, data: bytes | None, bufs: list, node_id: bytes | None = None, size: int = 0, contained: list | None = None) -> bool:
+        """Sets the value of a pending object and wakes its waiters."""
+        with self.lock:
+            e = self.entries.get(oid)
+            if e is None or e.state != PENDING:
+                return False
+            e.state, e.data, e.bufs, e.node_id, e.size, e.contained = state, data, bufs, node_id, size, contained
+            e.task = None
+            waiters, e.waiters = e.waiters, None
+            dead = e.local + e.pins + e.borrowers == 0
+            if dead:
+                del self.entries[oid]
+        if waiters:
+            for w in waiters:
+                w()
+        if dead:
+            self.on_free(oid, e)
+        return True
+
+    def add_waiter(self, oid: bytes, waiter: Callable[[], None]) -> Entry | None:
+        """Calls ``waiter`` once ``oid`` is ready; returns the entry if it already is."""
+        with self.lock:
+            e = self.entries.get(oid)
+            if e is None or e.state != PENDING:
+                return e
+            if e.waiters is None:
+                e.waiters = [waiter]
+            else:
+                e.waiters.append(waiter)
+            return None
+
+    def remove_waiter(self, oid: bytes, waiter: Callable[[], None]) -> None:
+        """Drops a waiter that is no longer wanted (timeouts)."""
+        with self.lock:
+            e = self.entries.get(oid)
+            if e is not None and e.waiters:
+                try:
+                    e.waiters.remove(waiter)
+                except ValueError:
+                    pass
+
+    # --- reference counting ----------------------------------------------------------
+    def add_local(self, oid: bytes, owner: list | None) -> None:
+        """A new ObjectRef instance for ``oid`` exists in this process."""
+        with self.lock:
+            e = self.entries.get(oid)
+            if e is not None:
+                e.local += 1
+                return
+            b = self.borrowed.get(oid)
+            if b is not None:
+                b[0] += 1
+                return
+            self.borrowed[oid] = [1, owner]
+        self.on_borrow_change(oid, owner, +1)
+
+    def remove_local(self, oid: bytes) -> None:
+        """An ObjectRef instance for ``oid`` was collected."""
+        with self.lock:
+            e = self.entries.get(oid)
+            if e is not None:
+                e.local -= 1
+                # A pending object is freed when its value arrives (see complete).
+                if e.local + e.pins + e.borrowers > 0 or e.state == PENDING:
+                    return
+                del self.entries[oid]
+            else:
+                b = self.borrowed.get(oid)
+                if b is None:
+                    return
+                b[0] -= 1
+                if b[0] > 0:
+                    return
+                del self.borrowed[oid]
+                owner = b[1]
+        if e is not None:
+            self.on_free(oid, e)
+        else:
+            self.on_borrow_change(oid, owner, -1)
+
+    def adjust(self, oid: bytes, pins: int = 0, borrowers: int = 0) -> bool:
+        """Changes an owned object's pin or borrower count; False if not owned here."""
+        with self.lock:
+            e = self.entries.get(oid)
+            if e is None:
+                return False
+            e.pins += pins
+            e.borrowers += borrowers
+            if e.local + e.pins + e.borrowers > 0:
+                return True
+            del self.entries[oid]
+        self.on_free(oid, e)
+        return True
+
+    def get(self, oid: bytes) -> Entry | None:
+        """The entry of an owned object, if any."""
+        return self.entries.get(oid)
+
+    def owns(self, oid: bytes) -> bool:
+        """True when this process owns ``oid`` and it is still alive."""
+        return oid in self.entries

@@ -1,0 +1,465 @@
+"""Normal task submission: argument encoding, leases, dispatch, retries.
+
+Tasks with the same resource shape and strategy share a *scheduling key*.
+For each key the submitter asks node daemons for worker leases (following
+spillback answers to other nodes) and pushes queued tasks straight to the
+leased workers, one in flight per worker.  A lease with nothing left to run
+lingers for a few milliseconds, so a loop of ``get(f.remote())`` reuses it
+instead of paying two daemon round trips per task, then goes back.
+
+Runs on the core worker's I/O thread, except ``encode_args`` and
+``new_task`` which run in the submitting user thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+from skate import exceptions as exc
+from skate._private import ids, rpc, serialization
+from skate._private.config import CONFIG
+from skate._private.core_worker.core import _as_error, error_payload
+from skate._private.core_worker.memory_store import ERROR, INLINE, PENDING, SHM
+
+log = logging.getLogger(__name__)
+
+LINGER_S = 0.005
+MAX_LEASE_REQUESTS = 16
+
+
+class Arg:
+    """Stands in for the i-th top-level ObjectRef argument inside the pickled args."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def __reduce__(self) -> tuple:
+        return (Arg, (self.i,))
+
+
+class TaskRecord:
+    """A submitted task until its results are in."""
+
+    __slots__ = (
+        "spec", "arg_bufs", "fn_id", "fn_bytes", "return_ids", "retries_left", "retry_exceptions",
+        "keep", "deps", "key", "resources", "strategy", "cancelled", "lease", "name", "actor",
+        "fut", "seq",
+    )
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.lease: Any = None
+        self.actor: Any = None
+        self.fut: Any = None
+        self.seq = 0
+
+
+def encode_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[Any, list, list, list]:
+    """Pickles a task's arguments, pulling top-level ObjectRefs out.
+
+    Returns ``(blob meta, blob bufs, top-level refs, refs to keep alive)``.
+    """
+    from skate.object_ref import ObjectRef
+
+    if not args and not kwargs:
+        return None, [], [], []
+    top: list = []
+    pa = list(args)
+    for i, a in enumerate(pa):
+        if type(a) is ObjectRef:
+            top.append(a)
+            pa[i] = Arg(len(top) - 1)
+    kw = kwargs
+    if kwargs:
+        kw = dict(kwargs)
+        for k, v in kw.items():
+            if type(v) is ObjectRef:
+                top.append(v)
+                kw[k] = Arg(len(top) - 1)
+    try:
+        data, bufs, nested = serialization.dumps((pa, kw), what)
+    except serialization.SerializationError:
+        # Name the argument that fails.
+        for i, a in enumerate(args):
+            serialization.dumps(a, f"argument {i} of {what}")
+        for k, v in kwargs.items():
+            serialization.dumps(v, f"keyword argument {k!r} of {what}")
+        raise
+    size = len(data) + sum(b.nbytes for b in bufs)
+    keep = top + nested
+    if size > CONFIG.max_inline_bytes:
+        # Large arguments go to shared memory once, like a put.
+        oid = core.new_put_id()
+        core.store_value(oid, data, bufs, nested, ready=True)
+        ref = ObjectRef(oid, core.address)
+        keep.append(ref)
+        return ["s", oid, core.node_id], [], top, keep
+    return ["i", len(bufs) + 1], [data, *bufs], top, keep
+
+
+def make_returns(core: Any, task_id: bytes, n: int, record: TaskRecord) -> list:
+    """Registers the pending return objects of a task and returns their refs."""
+    from skate.object_ref import ObjectRef
+
+    oids = [ids.object_id_for(task_id, i + 1) for i in range(n)]
+    for oid in oids:
+        core.store.create(oid).task = record
+    record.return_ids = oids
+    return [ObjectRef(oid, core.address) for oid in oids]
+
+
+class Lease:
+    """A leased worker as the submitter sees it."""
+
+    __slots__ = ("lease_id", "worker_id", "conn", "raylet", "busy", "dead", "timer", "node_id", "key", "pid")
+
+    def __init__(self, grant: dict, conn: rpc.Connection, raylet: rpc.Connection, key: Any) -> None:
+        self.lease_id = grant["lease_id"]
+        self.worker_id = grant["worker_id"]
+        self.node_id = grant["node_id"]
+        self.pid = grant.get("pid")
+        self.conn = conn
+        self.raylet = raylet
+        self.busy = False
+        self.dead = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.key = key
+
+
+class KeyState:
+    """Queue and leases of one scheduling key."""
+
+    __slots__ = ("queue", "leases", "requests")
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[TaskRecord] = collections.deque()
+        self.leases: list[Lease] = []
+        self.requests = 0
+
+
+class TaskSubmitter:
+    """Submits normal tasks of one core worker."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.keys: dict[Any, KeyState] = {}
+        self.raylets: dict[tuple, asyncio.Future] = {}
+        self.closing = False
+
+    # --- submission -------------------------------------------------------------
+    def submit(self, rec: TaskRecord) -> None:
+        """Queues a task (I/O thread); resolves its ObjectRef arguments first."""
+        if rec.deps:
+            asyncio.ensure_future(self._resolve_then_queue(rec))
+        else:
+            self._queue(rec)
+
+    async def _resolve_then_queue(self, rec: TaskRecord) -> None:
+        err = await resolve_deps(self.core, rec)
+        if rec.cancelled:
+            return
+        if err is not None:
+            self.fail(rec, err)
+            return
+        self._queue(rec)
+
+    def _queue(self, rec: TaskRecord) -> None:
+        ks = self.keys.get(rec.key)
+        if ks is None:
+            ks = self.keys[rec.key] = KeyState()
+        ks.queue.append(rec)
+        self._pump(rec.key, ks)
+
+    def _pump(self, key: Any, ks: KeyState) -> None:
+        queue = ks.queue
+        if not queue:
+            return
+        for lease in ks.leases:
+            if not lease.busy and not lease.dead:
+                self._dispatch(queue.popleft(), lease)
+                if not queue:
+                    return
+        want = min(len(queue), MAX_LEASE_REQUESTS) - ks.requests
+        rec = queue[0]
+        for _ in range(max(want, 0)):
+            ks.requests += 1
+            asyncio.ensure_future(self._lease_for(key, ks, rec.resources, rec.strategy))
+
+    async def _lease_for(self, key: Any, ks: KeyState, resources: dict, strategy: Any) -> None:
+        try:
+            grant, raylet = await self.acquire_lease({"resources": resources, "strategy": strategy})
+            conn = await self.core.conn_to(grant["address"])
+        except Exception as e:  # noqa: BLE001
+            ks.requests -= 1
+            if not self.closing:
+                log.warning("could not lease a worker: %s", e)
+                # Fail what cannot be placed rather than hang.
+                while ks.queue:
+                    self.fail(ks.queue.popleft(), exc.RaySystemError(f"could not lease a worker: {e}"))
+            return
+        ks.requests -= 1
+        lease = Lease(grant, conn, raylet, key)
+        if self.closing:
+            self._return(lease)
+            return
+        ks.leases.append(lease)
+        if ks.queue:
+            self._dispatch(ks.queue.popleft(), lease)
+        else:
+            self._idle(lease, ks)
+
+    async def acquire_lease(self, body: dict) -> tuple[dict, rpc.Connection]:
+        """Asks the local node daemon for a lease, following spillback once."""
+        raylet = self.core.raylet
+        reply = await raylet.request("request_lease", body)
+        hops = 0
+        while "spill" in reply:
+            hops += 1
+            target = reply["spill"]
+            raylet = await self._raylet(target)
+            reply = await raylet.request("request_lease", dict(body, no_spill=hops >= 2))
+        return reply, raylet
+
+    async def _raylet(self, target: dict) -> rpc.Connection:
+        key = (target["ip"], target["port"])
+        fut = self.raylets.get(key)
+        if fut is None or (fut.done() and (fut.exception() or fut.result().closed)):
+            import os
+
+            addr = target["uds"] if os.path.exists(target["uds"]) else key
+            fut = self.raylets[key] = asyncio.ensure_future(rpc.connect(addr, self.core.token, self.core.handlers))
+        return await asyncio.shield(fut)
+
+    # --- dispatch ---------------------------------------------------------------
+    def _dispatch(self, rec: TaskRecord, lease: Lease) -> None:
+        if lease.timer is not None:
+            lease.timer.cancel()
+            lease.timer = None
+        lease.busy = True
+        rec.lease = lease
+        spec = rec.spec
+        spec["l"] = lease.lease_id
+        sent = getattr(lease.conn, "fns", None)
+        if sent is None:
+            sent = lease.conn.fns = set()
+        if rec.fn_id in sent:
+            spec["fb"] = 0
+            bufs = rec.arg_bufs
+        else:
+            sent.add(rec.fn_id)
+            spec["fb"] = 1
+            bufs = [rec.fn_bytes, *rec.arg_bufs]
+        fut = lease.conn.request("push_task", spec, bufs)
+        fut.add_done_callback(lambda f: self._on_reply(rec, lease, f))
+
+    def _on_reply(self, rec: TaskRecord, lease: Lease, fut: asyncio.Future) -> None:
+        ks = self.keys.get(lease.key)
+        lease.busy = False
+        e = fut.exception()
+        if e is not None:
+            lease.dead = True
+            if ks is not None and lease in ks.leases:
+                ks.leases.remove(lease)
+            if isinstance(e, rpc.ConnectionLost):
+                asyncio.ensure_future(self._worker_died(rec, lease))
+            else:
+                self.fail(rec, exc.RaySystemError(f"task {rec.name} failed in the worker runtime: {e}"))
+                self._return(lease)
+            if ks is not None:
+                self._pump(lease.key, ks)
+            return
+        body, bufs = fut.result() if isinstance(fut.result(), tuple) else (fut.result(), [])
+        if body.get("x"):  # the worker exits after this task (max_calls)
+            lease.dead = True
+            if ks is not None and lease in ks.leases:
+                ks.leases.remove(lease)
+            self._return(lease)
+        if not self._maybe_retry_exception(rec, body, bufs):
+            complete_returns(self.core, rec, body, bufs)
+        if ks is None:
+            return
+        if ks.queue:
+            if not lease.dead:
+                self._dispatch(ks.queue.popleft(), lease)
+            else:
+                self._pump(lease.key, ks)
+        elif not lease.dead:
+            self._idle(lease, ks)
+
+    def _maybe_retry_exception(self, rec: TaskRecord, body: dict, bufs: list) -> bool:
+        if not rec.retry_exceptions or rec.retries_left == 0 or rec.cancelled:
+            return False
+        meta = body["r"][0] if body["r"] else None
+        if meta is None or meta[0] != ERROR:
+            return False
+        if isinstance(rec.retry_exceptions, list):
+            err = _as_error(bufs[0], bufs[1 : meta[1]])
+            cause = getattr(err, "cause", err)
+            if not any(isinstance(cause, t) for t in rec.retry_exceptions):
+                return False
+        if rec.retries_left > 0:
+            rec.retries_left -= 1
+        self._queue(rec)
+        return True
+
+    async def _worker_died(self, rec: TaskRecord, lease: Lease) -> None:
+        info = None
+        try:
+            info = await lease.raylet.request("worker_exit_info", {"worker_id": lease.worker_id})
+        except Exception:  # noqa: BLE001
+            pass
+        if rec.cancelled:
+            self.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
+            return
+        if rec.retries_left != 0 and not self.closing:
+            if rec.retries_left > 0:
+                rec.retries_left -= 1
+            self._queue(rec)
+            return
+        how = info["how"] if info else "exited unexpectedly"
+        tail = "".join(info["tail"][-10:]) if info and info.get("tail") else ""
+        msg = f"The worker (pid={lease.pid}) running task {rec.name} died: it {how}."
+        if rec.spec.get("mr", 0) != 0:
+            msg += " The task was retried and the retries ran out (max_retries)."
+        if tail:
+            msg += "\nLast lines of its output:\n" + tail
+        self.fail(rec, exc.WorkerCrashedError(msg))
+
+    def fail(self, rec: TaskRecord, err: BaseException) -> None:
+        """Completes every return of ``rec`` with ``err``."""
+        data, bufs = error_payload(err)
+        for oid in rec.return_ids:
+            self.core.store.complete(oid, ERROR, data, bufs)
+        rec.keep = None
+
+    # --- lease life ---------------------------------------------------------------
+    def _idle(self, lease: Lease, ks: KeyState) -> None:
+        if lease.timer is None:
+            lease.timer = self.core.loop.call_later(LINGER_S, self._linger_over, lease)
+
+    def _linger_over(self, lease: Lease) -> None:
+        lease.timer = None
+        ks = self.keys.get(lease.key)
+        if lease.busy or lease.dead or ks is None:
+            return
+        if ks.queue:
+            self._dispatch(ks.queue.popleft(), lease)
+            return
+        ks.leases.remove(lease)
+        self._return(lease)
+
+    def _return(self, lease: Lease, kill: bool = False) -> None:
+        if lease.timer is not None:
+            lease.timer.cancel()
+            lease.timer = None
+        if not lease.raylet.closed:
+            lease.raylet.notify("return_lease", {"lease_id": lease.lease_id, "kill": kill})
+
+    def cancel(self, rec: TaskRecord, force: bool) -> None:
+        """Cancels a queued or running task (I/O thread)."""
+        if rec.cancelled or all(self.core.store.get(o) is None or self.core.store.get(o).state != PENDING for o in rec.return_ids):
+            return
+        rec.cancelled = True
+        ks = self.keys.get(rec.key)
+        if ks is not None and rec in ks.queue:
+            ks.queue.remove(rec)
+            self.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
+            return
+        if rec.lease is not None and rec.lease.busy:
+            rec.lease.conn.notify("cancel_task", {"t": rec.spec["t"], "force": force})
+            return
+        # Still resolving its arguments.
+        self.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
+
+    def close(self) -> None:
+        """Gives every lease back (shutdown)."""
+        self.closing = True
+        for ks in self.keys.values():
+            for lease in ks.leases:
+                self._return(lease)
+            ks.leases.clear()
+        for fut in self.raylets.values():
+            if fut.done() and not fut.exception():
+                fut.result().close()
+
+
+async def resolve_deps(core: Any, rec: TaskRecord) -> BaseException | None:
+    """Waits for a task's top-level ref arguments and encodes them into its spec.
+
+    Returns the upstream error if one of them failed.
+    """
+    entries = []
+    extra: list = []
+    for ref in rec.deps:
+        oid = ref._id
+        e = core.store.get(oid)
+        if e is None:
+            entries.append(["b", oid, ref._owner])
+            continue
+        if e.state == PENDING:
+            await core.resolve(oid, ref._owner)
+        if e.state == INLINE:
+            entries.append(["i", len(e.bufs) + 1])
+            extra.append(e.data)
+            extra.extend(e.bufs)
+        elif e.state == SHM:
+            entries.append(["s", oid, e.node_id])
+        else:
+            e.retrieved = True
+            return _as_error(e.data, e.bufs)
+    rec.spec["r"] = entries
+    if extra:
+        rec.arg_bufs = rec.arg_bufs + extra
+    return None
+
+
+def complete_returns(core: Any, rec: TaskRecord, body: dict, bufs: list) -> None:
+    """Stores a task's return values from a worker's reply."""
+    k = 0
+    store = core.store
+    metas = body["r"]
+    for oid, meta in zip(rec.return_ids, metas, strict=False):
+        state = meta[0]
+        if state == SHM:
+            store.complete(oid, SHM, None, [], meta[2], meta[3])
+        else:
+            n = meta[1]
+            store.complete(oid, state, bufs[k], bufs[k + 1 : k + n])
+            k += n
+    rec.keep = None
+    held = body.get("h")
+    if held:
+        asyncio.ensure_future(_adopt_contained(core, rec, held))
+
+
+async def _adopt_contained(core: Any, rec: TaskRecord, held: list) -> None:
+    """Takes over refs that returned values contain, then lets the worker drop its hold."""
+    from skate.object_ref import ObjectRef
+
+    refs = [ObjectRef(oid, owner) for oid, owner in held[1]]
+    for oid in rec.return_ids:
+        e = core.store.get(oid)
+        if e is not None:
+            e.contained = refs
+    await core.flush_borrows()
+    if rec.lease is not None and not rec.lease.conn.closed:
+        rec.lease.conn.notify("release_held", held[0])
+
+
+def new_task_spec(core: Any, task_id: bytes, name: str, fn_id: bytes, num_returns: int, max_calls: int, max_retries: int) -> dict:
+    """The message body that describes a task to a worker."""
+    return {
+        "t": task_id,
+        "f": fn_id,
+        "n": name,
+        "nr": num_returns,
+        "mc": max_calls,
+        "mr": max_retries,
+        "j": core.job_id,
+        "r": [],
+    }

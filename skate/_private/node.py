@@ -1,0 +1,309 @@
+"""Starting and stopping a node's daemons; where a cluster's token is kept.
+
+A *session* is one cluster's folder under ``CONFIG.temp_dir`` (owner-only):
+the token file, the daemons' sockets, spilled objects.  A head node is the
+control store plus a node daemon; other nodes are a node daemon pointed at
+the head.  Daemons report readiness on a pipe; an embedded cluster's
+daemons also die with the process that started them.
+
+``clusters/<host>_<port>.json`` maps a control-store address to its session,
+so ``init(address=...)`` on this machine finds the token by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from skate._private.config import CONFIG
+
+
+@dataclass
+class DaemonProcess:
+    """A started daemon and what it reported."""
+
+    name: str
+    proc: subprocess.Popen
+    info: dict = field(default_factory=dict)
+
+
+def new_session(base: str | None = None) -> tuple[str, bytes, str]:
+    """Creates a session folder and token; returns ``(dir, token, token_file)``."""
+    base = base or CONFIG.temp_dir
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    session_dir = os.path.join(base, f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{os.urandom(3).hex()}")
+    os.makedirs(session_dir, mode=0o700)
+    token = os.urandom(24).hex().encode()
+    token_file = os.path.join(session_dir, "token")
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(token)
+    return session_dir, token, token_file
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def spawn(name: str, args: list[str], env: dict | None = None, tie_to_parent: bool = True, log_path: str | None = None) -> DaemonProcess:
+    """Starts ``python -m <args>`` with a readiness pipe."""
+    r, w = os.pipe()
+    child_env = dict(env or os.environ)
+    child_env["SKATE_READY_FD"] = str(w)
+    if tie_to_parent:
+        child_env["SKATE_PARENT_PID"] = str(os.getpid())
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            pass_fds=(w,),
+            env=child_env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out if log_path else None,
+            start_new_session=not tie_to_parent,
+        )
+    finally:
+        os.close(w)
+        if log_path:
+            out.close()
+    d = DaemonProcess(name, proc)
+    d.ready_fd = r  # type: ignore[attr-defined]
+    return d
+
+
+def wait_ready(d: DaemonProcess, timeout: float = 30.0) -> dict:
+    """Waits for a daemon's readiness line."""
+    r = d.ready_fd  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{d.name} did not start within {timeout}s")
+            ready, _, _ = select.select([r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(r, 4096)
+            if not chunk:
+                code = d.proc.wait(timeout=5)
+                raise RuntimeError(f"{d.name} exited while starting (exit code {code}); see its output above")
+            data += chunk
+    finally:
+        os.close(r)
+    d.info = json.loads(data)
+    return d.info
+
+
+def default_object_store_memory() -> int:
+    """A fraction of RAM, capped by what /dev/shm can hold."""
+    mem = psutil.virtual_memory().total * CONFIG.object_store_fraction
+    try:
+        shm = psutil.disk_usage("/dev/shm").free * 0.9
+        mem = min(mem, shm)
+    except OSError:
+        pass
+    return int(mem)
+
+
+def raylet_args(
+    gcs_address: str,
+    token_file: str,
+    session_dir: str,
+    num_cpus: float,
+    num_gpus: float,
+    resources: dict | None,
+    object_store_memory: int,
+    head: bool,
+    node_ip: str = "127.0.0.1",
+    port: int = 0,
+    memory: float | None = None,
+) -> list[str]:
+    """Command-line arguments of a node daemon."""
+    if memory is None:
+        memory = psutil.virtual_memory().total * 0.7
+    args = [
+        "skate._private.raylet.server",
+        "--gcs-address", gcs_address,
+        "--token-file", token_file,
+        "--session-dir", session_dir,
+        "--node-ip", node_ip,
+        "--port", str(port),
+        "--num-cpus", str(num_cpus),
+        "--num-gpus", str(num_gpus or 0),
+        "--memory", str(memory),
+        "--resources", json.dumps(resources or {}),
+        "--object-store-memory", str(object_store_memory),
+    ]
+    if head:
+        args.append("--head")
+    return args
+
+
+def start_head(
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict | None = None,
+    object_store_memory: int | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tie_to_parent: bool = True,
+    memory: float | None = None,
+) -> dict:
+    """Starts a control store and a head node daemon in parallel.
+
+    Returns a description with the processes, the GCS address and the token.
+    """
+    session_dir, token, token_file = new_session()
+    gcs_port = port or free_port(host)
+    gcs_address = f"{host}:{gcs_port}"
+    gcs = spawn(
+        "control store",
+        ["skate._private.gcs.server", "--host", host, "--port", str(gcs_port), "--token-file", token_file],
+        tie_to_parent=tie_to_parent,
+        log_path=None if tie_to_parent else os.path.join(session_dir, "gcs.log"),
+    )
+    raylet = spawn(
+        "node daemon",
+        raylet_args(
+            gcs_address,
+            token_file,
+            session_dir,
+            num_cpus if num_cpus is not None else (os.cpu_count() or 1),
+            num_gpus or 0,
+            resources,
+            object_store_memory or default_object_store_memory(),
+            head=True,
+            node_ip=host,
+            memory=memory,
+        ),
+        tie_to_parent=tie_to_parent,
+        log_path=None if tie_to_parent else os.path.join(session_dir, "raylet.log"),
+    )
+    try:
+        wait_ready(gcs)
+        info = wait_ready(raylet)
+    except BaseException:
+        stop_processes([gcs, raylet])
+        raise
+    record_cluster(gcs_address, session_dir, token_file)
+    return {
+        "session_dir": session_dir,
+        "token": token,
+        "token_file": token_file,
+        "gcs_address": gcs_address,
+        "processes": [gcs, raylet],
+        "raylet": info,
+    }
+
+
+def start_worker_node(
+    gcs_address: str,
+    token_file: str,
+    session_dir: str,
+    num_cpus: float,
+    num_gpus: float = 0,
+    resources: dict | None = None,
+    object_store_memory: int | None = None,
+    node_ip: str = "127.0.0.1",
+    tie_to_parent: bool = True,
+    memory: float | None = None,
+) -> DaemonProcess:
+    """Starts one more node daemon joining ``gcs_address``."""
+    d = spawn(
+        "node daemon",
+        raylet_args(
+            gcs_address, token_file, session_dir, num_cpus, num_gpus, resources,
+            object_store_memory or default_object_store_memory(), head=False, node_ip=node_ip, memory=memory,
+        ),
+        tie_to_parent=tie_to_parent,
+        log_path=None if tie_to_parent else os.path.join(session_dir, f"raylet-{time.time_ns()}.log"),
+    )
+    try:
+        wait_ready(d)
+    except BaseException:
+        stop_processes([d])
+        raise
+    return d
+
+
+def stop_processes(procs: list[DaemonProcess], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL what is still alive after ``grace`` seconds."""
+    for d in procs:
+        if d.proc.poll() is None:
+            try:
+                d.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for d in procs:
+        try:
+            d.proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            d.proc.kill()
+            d.proc.wait()
+
+
+def _clusters_dir() -> str:
+    path = os.path.join(CONFIG.temp_dir, "clusters")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def record_cluster(gcs_address: str, session_dir: str, token_file: str) -> None:
+    """Remembers where the token of the cluster at ``gcs_address`` is."""
+    host, _, port = gcs_address.rpartition(":")
+    path = os.path.join(_clusters_dir(), f"{host}_{port}.json")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"gcs_address": gcs_address, "session_dir": session_dir, "token_file": token_file}, f)
+    latest = os.path.join(_clusters_dir(), "latest.json")
+    fd = os.open(latest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"gcs_address": gcs_address, "session_dir": session_dir, "token_file": token_file}, f)
+
+
+def forget_cluster(gcs_address: str) -> None:
+    """Drops the record written by ``record_cluster``."""
+    host, _, port = gcs_address.rpartition(":")
+    for name in (f"{host}_{port}.json",):
+        try:
+            os.unlink(os.path.join(_clusters_dir(), name))
+        except FileNotFoundError:
+            pass
+    latest = os.path.join(_clusters_dir(), "latest.json")
+    try:
+        with open(latest) as f:
+            if json.load(f).get("gcs_address") == gcs_address:
+                os.unlink(latest)
+    except (OSError, ValueError):
+        pass
+
+
+def lookup_cluster(address: str) -> dict | None:
+    """The record of a cluster by GCS address (``"auto"``: the latest started here)."""
+    if address == "auto":
+        path = os.path.join(_clusters_dir(), "latest.json")
+    else:
+        host, _, port = address.rpartition(":")
+        if host in ("localhost", ""):
+            host = "127.0.0.1"
+        path = os.path.join(_clusters_dir(), f"{host}_{port}.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None

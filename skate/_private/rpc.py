@@ -1,0 +1,360 @@
+"""The one RPC layer: authenticated framed connections on an asyncio loop.
+
+Servers (the control store, node daemons, every worker and driver) register
+a handler table ``{method: callable}``; a handler gets ``(conn, body, bufs)``
+and returns ``body`` or ``(body, bufs)`` (or a coroutine of either).  Either
+side of a connection may send requests, so a connection made by a client is
+used for calls in both directions.
+
+Handshake (client C, server S, token T)::
+
+    S -> C : nonce_s
+    C -> S : mac(T, nonce_s, "c") + nonce_c
+    S -> C : mac(T, nonce_c, "s")          (or close, on a wrong answer)
+
+Only after it does either side decode a msgpack header, let alone a pickle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from skate._private import protocol as P
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Any]
+
+
+class RemoteError(Exception):
+    """A handler on the peer raised; carries its message."""
+
+
+class ConnectionLost(ConnectionError):
+    """The connection closed before the reply came."""
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One framed, authenticated connection (client or server side)."""
+
+    def __init__(self, token: bytes, handlers: dict[str, Handler], server: bool) -> None:
+        self.token = token
+        self.handlers = handlers
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.closed = False
+        self.on_close: list[Callable[[Connection], None]] = []
+        self.peer: Any = None  # set by handlers, e.g. the peer's worker id
+        self._pending: dict[int, asyncio.Future] = {}
+        self._rids = itertools.count(1)
+        self._buf = bytearray(1 << 16)
+        self._view = memoryview(self._buf)
+        self._n = 0
+        self._auth_state = 0
+        self._nonce = b""
+
+    # --- protocol callbacks -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.server:
+            self._nonce = P.new_nonce()
+            transport.write(self._nonce)  # type: ignore[attr-defined]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        free = len(self._buf) - self._n
+        if free < 65536:
+            self._grow(len(self._buf) * 2)
+        return self._view[self._n :]
+
+    def _grow(self, size: int) -> None:
+        new = bytearray(size)
+        new[: self._n] = self._view[: self._n]
+        self._view.release()
+        self._buf = new
+        self._view = memoryview(new)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._n += nbytes
+        try:
+            self._consume()
+        except P.AuthError as e:
+            log.warning("rejected connection: %s", e)
+            self._fail(e)
+        except Exception as e:  # a broken frame: drop the connection
+            log.exception("bad frame")
+            self._fail(e)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionLost("connection closed"))
+
+    def eof_received(self) -> bool:
+        return False
+
+    # --- framing ------------------------------------------------------------
+    def _consume(self) -> None:
+        view = self._view
+        pos = 0
+        n = self._n
+        if self._auth_state < 2:
+            pos = self._handshake(view, n)
+            if self._auth_state < 2:
+                self._compact(pos)
+                return
+        prefix = P.PREFIX
+        psize = prefix.size
+        while n - pos >= psize:
+            hlen, plen = prefix.unpack_from(view, pos)
+            end = pos + psize + hlen + plen
+            if end > n:
+                if end - pos > len(self._buf):
+                    self._compact(pos)
+                    self._grow(end - pos + 65536)
+                    return
+                break
+            hstart = pos + psize
+            kind, rid, method, body, lens = P.decode_header(view[hstart : hstart + hlen])
+            bufs = []
+            off = hstart + hlen
+            for ln in lens:
+                bufs.append(bytes(view[off : off + ln]))
+                off += ln
+            pos = end
+            self._dispatch(kind, rid, method, body, bufs)
+            if self.closed:
+                return
+        self._compact(pos)
+
+    def _compact(self, pos: int) -> None:
+        if pos:
+            rest = self._n - pos
+            if rest:
+                self._view[:rest] = self._view[pos : self._n]
+            self._n = rest
+
+    def _handshake(self, view: memoryview, n: int) -> int:
+        tr = self.transport
+        if self.server:
+            if self._auth_state == 0:
+                if n < P.MAC_LEN + P.NONCE_LEN:
+                    return 0
+                answer = bytes(view[: P.MAC_LEN])
+                if not P.check_mac(self.token, self._nonce, b"c", answer):
+                    raise P.AuthError("wrong cluster token")
+                theirs = bytes(view[P.MAC_LEN : P.MAC_LEN + P.NONCE_LEN])
+                tr.write(P.mac(self.token, theirs, b"s"))
+                self._auth_state = 2
+                self.ready.set_result(True)
+                return P.MAC_LEN + P.NONCE_LEN
+            return 0
+        # client
+        if self._auth_state == 0:
+            if n < P.NONCE_LEN:
+                return 0
+            self._nonce = P.new_nonce()
+            tr.write(P.mac(self.token, bytes(view[: P.NONCE_LEN]), b"c") + self._nonce)
+            self._auth_state = 1
+            return P.NONCE_LEN + self._handshake_rest(view[P.NONCE_LEN : n], n - P.NONCE_LEN)
+        return self._handshake_rest(view, n)
+
+    def _handshake_rest(self, view: memoryview, n: int) -> int:
+        if n < P.MAC_LEN:
+            return 0
+        if not P.check_mac(self.token, self._nonce, b"s", bytes(view[: P.MAC_LEN])):
+            raise P.AuthError("server failed to prove the cluster token")
+        self._auth_state = 2
+        self.ready.set_result(True)
+        return P.MAC_LEN
+
+    # --- dispatch -----------------------------------------------------------
+    def _dispatch(self, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
+        if kind == P.REPLY or kind == P.ERROR:
+            fut = self._pending.pop(rid, None)
+            if fut is None or fut.done():
+                return
+            if kind == P.REPLY:
+                fut.set_result((body, bufs) if bufs else body)
+            else:
+                fut.set_exception(RemoteError(body))
+            return
+        handler = self.handlers.get(method)
+        if handler is None:
+            if kind == P.REQUEST:
+                self._write(P.ERROR, rid, None, f"no handler for {method!r}")
+            return
+        try:
+            result = handler(self, body, bufs)
+        except Exception as e:
+            if kind == P.REQUEST:
+                log.debug("handler %s failed", method, exc_info=True)
+                self._write(P.ERROR, rid, None, f"{type(e).__name__}: {e}")
+            else:
+                log.exception("handler %s failed", method)
+            return
+        if isinstance(result, asyncio.Future):
+            if kind == P.REQUEST:
+                result.add_done_callback(lambda t, rid=rid: self._reply_from(t, rid))
+        elif asyncio.iscoroutine(result):
+            task = asyncio.ensure_future(result)
+            if kind == P.REQUEST:
+                task.add_done_callback(lambda t, rid=rid: self._reply_from(t, rid))
+            else:
+                task.add_done_callback(_log_task_error)
+        elif kind == P.REQUEST:
+            self._reply(rid, result)
+
+    def _reply_from(self, task: asyncio.Task, rid: int) -> None:
+        if task.cancelled():
+            self._write(P.ERROR, rid, None, "cancelled")
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.debug("async handler failed", exc_info=exc)
+            self._write(P.ERROR, rid, None, f"{type(exc).__name__}: {exc}")
+        else:
+            self._reply(rid, task.result())
+
+    def _reply(self, rid: int, result: Any) -> None:
+        if isinstance(result, Reply):
+            self._write(P.REPLY, rid, None, result.body, result.bufs)
+        else:
+            self._write(P.REPLY, rid, None, result)
+
+    def _write(self, kind: int, rid: int, method: str | None, body: Any, bufs: Any = ()) -> None:
+        if self.closed:
+            return
+        self.transport.writelines(P.encode(kind, rid, method, body, bufs))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()  # mark retrieved
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionLost(str(exc)))
+        if self.transport is not None:
+            self.transport.close()
+        for cb in self.on_close:
+            try:
+                cb(self)
+            except Exception:
+                log.exception("on_close callback failed")
+
+    # --- public API (loop thread only) ---------------------------------------
+    def request(self, method: str, body: Any = None, bufs: Any = ()) -> asyncio.Future:
+        """Sends a request; the future gets ``body`` or ``(body, bufs)``."""
+        fut = asyncio.get_running_loop().create_future()
+        if self.closed:
+            fut.set_exception(ConnectionLost("connection closed"))
+            return fut
+        rid = next(self._rids)
+        self._pending[rid] = fut
+        self.transport.writelines(P.encode(P.REQUEST, rid, method, body, bufs))
+        return fut
+
+    def notify(self, method: str, body: Any = None, bufs: Any = ()) -> None:
+        """Sends a one-way message."""
+        if not self.closed:
+            self.transport.writelines(P.encode(P.NOTIFY, 0, method, body, bufs))
+
+    def close(self) -> None:
+        """Closes the connection; pending requests fail with ConnectionLost."""
+        self._fail(ConnectionLost("closed locally"))
+
+
+class Reply:
+    """A handler's answer carrying raw payload buffers besides the body."""
+
+    __slots__ = ("body", "bufs")
+
+    def __init__(self, body: Any, bufs: Any = ()) -> None:
+        self.body = body
+        self.bufs = bufs
+
+
+def _log_task_error(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("notification handler failed", exc_info=task.exception())
+
+
+async def serve_tcp(
+    host: str, port: int, token: bytes, handlers: dict[str, Handler], on_connect: Callable | None = None
+) -> asyncio.base_events.Server:
+    """Starts a TCP server on ``host:port`` (port 0 picks a free one)."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> Connection:
+        conn = Connection(token, handlers, server=True)
+        if on_connect:
+            on_connect(conn)
+        return conn
+
+    return await loop.create_server(factory, host, port, reuse_address=True)
+
+
+async def serve_unix(
+    path: str, token: bytes, handlers: dict[str, Handler], on_connect: Callable | None = None
+) -> asyncio.base_events.Server:
+    """Starts a Unix-socket server at ``path`` (owner-only permissions)."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> Connection:
+        conn = Connection(token, handlers, server=True)
+        if on_connect:
+            on_connect(conn)
+        return conn
+
+    if os.path.exists(path):
+        os.unlink(path)
+    srv = await loop.create_unix_server(factory, path)
+    os.chmod(path, 0o600)
+    return srv
+
+
+async def connect(
+    address: str | tuple, token: bytes, handlers: dict[str, Handler] | None = None, timeout: float = 10.0
+) -> Connection:
+    """Connects to a ``"host:port"``, ``(host, port)`` or Unix socket path and authenticates."""
+    loop = asyncio.get_running_loop()
+    handlers = handlers if handlers is not None else {}
+
+    def factory() -> Connection:
+        return Connection(token, handlers, server=False)
+
+    if isinstance(address, str) and address.startswith("/"):
+        _, conn = await asyncio.wait_for(loop.create_unix_connection(factory, address), timeout)
+    else:
+        host, port = split_address(address)
+        _, conn = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
+    try:
+        await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
+    except (asyncio.TimeoutError, ConnectionError) as e:
+        conn.close()
+        if isinstance(e, ConnectionLost):
+            raise P.AuthError(
+                f"connection to {address} was refused during authentication: "
+                "is the cluster token right?"
+            ) from None
+        raise
+    return conn
+
+
+def split_address(address: str | tuple) -> tuple[str, int]:
+    """``"host:port"`` or ``(host, port)`` as a tuple."""
+    if isinstance(address, (tuple, list)):
+        return address[0], int(address[1])
+    host, _, port = address.rpartition(":")
+    return host, int(port)
