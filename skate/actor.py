@@ -7,7 +7,8 @@ from typing import Any
 
 import cloudpickle
 
-from skate._private import ids, options as opts, runtime
+from skate._private import ids, runtime
+from skate._private import options as opts
 from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns
 
 

@@ -7,9 +7,15 @@ from typing import Any
 
 import cloudpickle
 
-from skate._private import ids, options as opts, runtime
+from skate._private import ids, runtime
+from skate._private import options as opts
 from skate._private.config import CONFIG
-from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns, new_task_spec
+from skate._private.core_worker.submitter import (
+    TaskRecord,
+    encode_args,
+    make_returns,
+    new_task_spec,
+)
 
 
 class RemoteFunction:

@@ -79,6 +79,11 @@ def _workload(name: str, unit: str, lower_is_better: bool = False) -> Callable:
     return register
 
 
+def _steps(name: str, unit: str, step: Callable[[Any, Bench], Any], multiplier: float = 1.0) -> None:
+    """Registers a workload with no setup: ``step(ray, bench)`` timed by ``Bench.rate``."""
+    _workload(name, unit)(lambda ray, b: b.rate(lambda: step(ray, b), multiplier))
+
+
 def all_metrics() -> list[Metric]:
     """Returns every framework metric, in the order a run measures them."""
     return [_COLD] + [m for m, _ in _WORKLOADS.values()]
@@ -122,6 +127,9 @@ class Bench:
 
     def rate(self, fn: Callable[[], Any], multiplier: float = 1.0) -> float:
         """Warms ``fn`` up, then times it for ``duration`` seconds.
+
+        The warm-up lasts ``min(1, duration / 2)`` seconds and at least 2 steps;
+        the timed phase at least 3 steps, so one slow step never decides a rate.
 
         Args:
             fn: one step of the workload.
@@ -224,14 +232,10 @@ def _get_calls(ray: Any, b: Bench) -> float:
     return b.rate(lambda: ray.get(value))
 
 
-@_workload("single_client_put_calls", "calls/s")
-def _put_calls(ray: Any, b: Bench) -> float:
-    return b.rate(lambda: ray.put(0))
+_steps("single_client_put_calls", "calls/s", lambda ray, b: ray.put(0))
 
-
-@_workload("multi_client_put_calls", "calls/s")
-def _multi_put_calls(ray: Any, b: Bench) -> float:
-    return b.rate(lambda: ray.get([b.d.do_put_small.remote() for _ in range(10)]), 1000)
+_steps("multi_client_put_calls", "calls/s",
+       lambda ray, b: ray.get([b.d.do_put_small.remote() for _ in range(10)]), 1000)  # fmt: skip
 
 
 @_workload("single_client_put_gigabytes", "GB/s")
@@ -242,9 +246,8 @@ def _put_gigabytes(ray: Any, b: Bench) -> float:
     return b.rate(lambda: ray.put(arr), 8 * 0.1)
 
 
-@_workload("multi_client_put_gigabytes", "GB/s")
-def _multi_put_gigabytes(ray: Any, b: Bench) -> float:
-    return b.rate(lambda: ray.get([b.d.do_put.remote() for _ in range(10)]), 10 * 8 * 0.1)
+_steps("multi_client_put_gigabytes", "GB/s",
+       lambda ray, b: ray.get([b.d.do_put.remote() for _ in range(10)]), 10 * 8 * 0.1)  # fmt: skip
 
 
 @_workload("large_arg_task_gigabytes", "GB/s")
@@ -258,9 +261,8 @@ def _large_arg(ray: Any, b: Bench) -> float:
     return b.rate(lambda: ray.get(b.d.nbytes.remote(arr)), 0.1)
 
 
-@_workload("single_client_tasks_and_get_batch", "batches/s")
-def _tasks_and_get_batch(ray: Any, b: Bench) -> float:
-    return b.rate(lambda: ray.get([b.d.small_value.remote() for _ in range(BATCH)]))
+_steps("single_client_tasks_and_get_batch", "batches/s",
+       lambda ray, b: ray.get([b.d.small_value.remote() for _ in range(BATCH)]))  # fmt: skip
 
 
 @_workload("single_client_get_object_containing_10k_refs", "calls/s")
@@ -281,14 +283,9 @@ def _wait_1k_refs(ray: Any, b: Bench) -> float:
     return b.rate(step)
 
 
-@_workload("single_client_tasks_sync", "tasks/s")
-def _tasks_sync(ray: Any, b: Bench) -> float:
-    return b.rate(lambda: ray.get(b.d.small_value.remote()))
-
-
-@_workload("single_client_tasks_async", "tasks/s")
-def _tasks_async(ray: Any, b: Bench) -> float:
-    return b.rate(lambda: ray.get([b.d.small_value.remote() for _ in range(BATCH)]), BATCH)
+_steps("single_client_tasks_sync", "tasks/s", lambda ray, b: ray.get(b.d.small_value.remote()))
+_steps("single_client_tasks_async", "tasks/s",
+       lambda ray, b: ray.get([b.d.small_value.remote() for _ in range(BATCH)]), BATCH)  # fmt: skip
 
 
 @_workload("multi_client_tasks_async", "tasks/s")
@@ -384,10 +381,15 @@ def cold_start(framework: str, num_cpus: int, timeout: float = 180.0) -> float:
     raise RuntimeError(f"cold-start child exited {out.returncode}: {tail}")
 
 
-def _cluster_processes(ray: Any) -> list[Any]:
-    """Every process the local cluster started: the driver's descendants, plus Ray's session."""
+def idle_cluster(ray: Any) -> tuple[float, int]:
+    """Sums the RSS (MB) and counts the processes of the idle local cluster.
+
+    The cluster's processes are the driver's descendants, plus for Ray any
+    process that names the session (daemons that left the driver's tree).
+    """
     import psutil
 
+    time.sleep(SETTLE_S)
     me = psutil.Process()
     procs = {p.pid: p for p in me.children(recursive=True)}
     marker = None
@@ -399,14 +401,8 @@ def _cluster_processes(ray: Any) -> list[Any]:
         for p in psutil.process_iter(["cmdline"]):
             if p.pid != me.pid and marker in " ".join(p.info["cmdline"] or []):
                 procs.setdefault(p.pid, p)
-    return list(procs.values())
-
-
-def idle_cluster(ray: Any) -> tuple[float, int]:
-    """Returns (sum of RSS in MB, process count) of the idle local cluster."""
-    time.sleep(SETTLE_S)
     total, count = 0, 0
-    for p in _cluster_processes(ray):
+    for p in procs.values():
         try:
             total += p.memory_info().rss
             count += 1

@@ -190,6 +190,8 @@ class ActorManager:
             st.conn.notify("exit_now", {"graceful": True})
 
     def _conn_lost(self, st: ActorState, conn: rpc.Connection) -> None:
+        if self.core.closing:
+            return
         if st.state == DEAD:
             self._fail_all(st)
             return

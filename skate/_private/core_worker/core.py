@@ -80,6 +80,7 @@ class CoreWorker:
         self.job_id = job_id
         self.namespace = namespace
         self.closed = False
+        self.closing = False
         self.store = MemoryStore(self._on_free, self._on_borrow_change)
         self.ctx = threading.local()
         self.conns: dict[bytes, asyncio.Future] = {}
@@ -653,12 +654,13 @@ class CoreWorker:
         """Returns leases, closes connections and stops the I/O thread."""
         if self.closed:
             return
+        self.closing = True
         try:
             self.call(self._close(), timeout=5)
         except Exception:
             pass
         self.closed = True
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.loop.call_soon_threadsafe(self._stop_loop)
         self._thread.join(timeout=5)
         for path in (getattr(self, "server_uds", None),):
             if path:
@@ -666,6 +668,20 @@ class CoreWorker:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+
+    def _stop_loop(self) -> None:
+        pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+
+        async def drain() -> None:
+            await asyncio.gather(*pending, return_exceptions=True)
+            self.loop.stop()
+
+        if pending:
+            asyncio.ensure_future(drain())
+        else:
+            self.loop.stop()
 
     async def _close(self) -> None:
         self.submitter.close()

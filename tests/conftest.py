@@ -1,0 +1,94 @@
+"""Shared fixtures: a local cluster per test and a leak check after every test.
+
+The leak check fails a test that leaves behind a child process, a
+``/dev/shm/skate-*`` segment, a session folder (sockets, spilled objects) or
+an initialized runtime.  It waits for things to go away with a deadline
+rather than sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+
+import skate
+from skate._private.config import CONFIG
+
+
+def _shm() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("skate-")}
+    except FileNotFoundError:
+        return set()
+
+
+def _sessions() -> set[str]:
+    try:
+        return {n for n in os.listdir(CONFIG.temp_dir) if n.startswith("session_")}
+    except FileNotFoundError:
+        return set()
+
+
+def wait_for(cond, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
+    """Polls ``cond()`` until it returns a truthy value or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fails the test if it leaks processes, shared memory or session folders."""
+    shm_before = _shm()
+    sessions_before = _sessions()
+    me = psutil.Process()
+    yield
+    if skate.is_initialized():
+        skate.shutdown()
+    try:
+        wait_for(lambda: not [p for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 15, what="child processes to exit")
+    except AssertionError:
+        left = [f"{p.pid}: {' '.join(p.cmdline()[:4])}" for p in me.children(recursive=True)]
+        for p in me.children(recursive=True):
+            p.kill()
+        raise AssertionError(f"test leaked processes: {left}") from None
+    try:
+        wait_for(lambda: not (_shm() - shm_before), 10, what="shared-memory segments to be removed")
+    except AssertionError:
+        raise AssertionError(f"test leaked shared memory: {sorted(_shm() - shm_before)}") from None
+    leaked = _sessions() - sessions_before
+    assert not leaked, f"test leaked session folders: {leaked}"
+
+
+@pytest.fixture
+def ray_start():
+    """A local 2-CPU cluster for one test; yields the skate module."""
+    skate.init(num_cpus=2)
+    yield skate
+    skate.shutdown()
+
+
+@pytest.fixture
+def ray_start_4cpu():
+    """A local 4-CPU cluster for one test."""
+    skate.init(num_cpus=4)
+    yield skate
+    skate.shutdown()
+
+
+@pytest.fixture
+def cluster():
+    """A Cluster with a 1-CPU head; tests add nodes and connect themselves."""
+    from skate.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    yield c
+    c.shutdown()
