@@ -29,7 +29,7 @@ class Config:
     #: Idle task workers above the CPU count are stopped after this many seconds.
     idle_worker_s: float = 10.0
     #: Root of per-session folders (sockets, logs, spilled objects).
-    temp_dir: str = os.path.join(tempfile.gettempdir(), "skate")
+    temp_dir: str = os.path.join(tempfile.gettempdir(), f"skate-{os.getuid()}")
     #: Default task retries on worker death.
     task_max_retries: int = 3
     #: Seconds an infeasible task waits before its warning is printed.
