@@ -115,7 +115,7 @@ class Raylet:
             n = min(int(self.resources["CPU"]), 4)
         for _ in range(n):
             asyncio.ensure_future(self._start_idle_worker())
-        self.bg = [asyncio.ensure_future(self._heartbeat()), asyncio.ensure_future(self._flush_logs())]
+        self.bg = [asyncio.ensure_future(self._heartbeat())]
 
     def info(self) -> dict:
         return {
@@ -457,13 +457,14 @@ class Raylet:
         if not text.startswith("("):
             text = f"(pid={w.pid}) {text}"
         self.log_batch.append([text, is_err])
+        if len(self.log_batch) == 1:
+            # Lines printed together travel together.
+            asyncio.get_running_loop().call_later(0.01, self._flush_logs)
 
-    async def _flush_logs(self) -> None:
-        while True:
-            await asyncio.sleep(0.02)
-            if self.log_batch and self.gcs is not None:
-                batch, self.log_batch = self.log_batch, []
-                self.gcs.notify("publish", ["logs", batch])
+    def _flush_logs(self) -> None:
+        if self.log_batch and self.gcs is not None:
+            batch, self.log_batch = self.log_batch, []
+            self.gcs.notify("publish", ["logs", batch])
 
 
 
