@@ -23,6 +23,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -93,6 +94,7 @@ class CoreWorker:
         self._borrows_inflight = 0
         self._borrows_idle: asyncio.Event | None = None
         self._frees: list = []
+        self._unmaps: list = []
         self.log_to_driver = log_to_driver
         self.handlers: dict[str, Callable] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
@@ -399,7 +401,7 @@ class CoreWorker:
             return serialization.loads(data, bufs)
         if state == SHM:
             path = self.call(self.shm_path(ref._id, node_id))
-            return self._read_shm(path)
+            return self._read_shm(path, ref._id)
         if state == ERROR:
             e = self.store.get(ref._id)
             if e is not None:
@@ -414,19 +416,41 @@ class CoreWorker:
         except rpc.RemoteError as e:
             raise exc.ObjectLostError(oid.hex(), message=f"Object {oid.hex()} is lost: {e}") from None
 
-    def _read_shm(self, path: str) -> Any:
+    def _read_shm(self, path: str, oid: bytes) -> Any:
+        """Maps a segment (``shm_path`` counted us as a reader) and deserializes in place.
+
+        When the mapping is garbage-collected (no value views it any more) the
+        node daemon is told, so it may reuse the segment's memory.
+        """
         try:
             m = shm.open_readonly(path)
         except FileNotFoundError:
+            self._unmapped(oid)
             raise exc.ObjectLostError(message=f"the object segment {path} is gone") from None
+        weakref.finalize(m, self._unmapped, oid)
         data, bufs = serialization.read_layout(memoryview(m))
         return serialization.loads(data, bufs)
+
+    def _unmapped(self, oid: bytes) -> None:
+        if self.closed:
+            return
+        self._unmaps.append(oid)
+        if len(self._unmaps) == 1:
+            try:
+                self.post(self._flush_unmaps)
+            except RuntimeError:
+                pass
+
+    def _flush_unmaps(self) -> None:
+        oids, self._unmaps = self._unmaps, []
+        if oids and not self.raylet.closed:
+            self.raylet.notify("obj_unmapped", oids)
 
     async def materialize_async(self, oid: bytes, snap: tuple) -> Any:
         """Like ``_materialize`` but from the I/O thread."""
         state, data, bufs, node_id, size = snap
         if state == SHM:
-            return self._read_shm(await self.shm_path(oid, node_id))
+            return self._read_shm(await self.shm_path(oid, node_id), oid)
         if state == ERROR:
             e = self.store.get(oid)
             if e is not None:

@@ -200,7 +200,7 @@ class Executor:
             pa, kw = serialization.loads(bufs[pos], bufs[pos + 1 : pos + n])
             pos += n
         else:
-            pa, kw = core._read_shm(core.call(core.shm_path(meta[1], meta[2])))
+            pa, kw = core._read_shm(core.call(core.shm_path(meta[1], meta[2])), meta[1])
         entries = spec.get("r")
         if not entries:
             return pa, kw
@@ -212,7 +212,7 @@ class Executor:
                 values.append(serialization.loads(bufs[pos], bufs[pos + 1 : pos + n]))
                 pos += n
             elif kind == "s":
-                values.append(core._read_shm(core.call(core.shm_path(entry[1], entry[2]))))
+                values.append(core._read_shm(core.call(core.shm_path(entry[1], entry[2])), entry[1]))
             else:
                 from skate.object_ref import ObjectRef
 

@@ -20,8 +20,8 @@ def segment_path(prefix: str, object_id: bytes) -> str:
 
 
 def create(path: str, size: int) -> mmap.mmap:
-    """Creates a segment of ``size`` bytes and maps it writable, pre-faulted."""
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    """Creates (or reuses, when the store recycled one) a segment and maps it writable, pre-faulted."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, size)
         flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)

@@ -394,9 +394,36 @@ class Raylet:
     async def on_obj_get(self, conn: rpc.Connection, body: dict, bufs: list) -> str:
         oid = body["oid"]
         path = self.store.ensure_local(oid)
-        if path is not None:
-            return path
-        src = body.get("node_id")
+        if path is None:
+            path = await self._fetch(oid, body.get("node_id"))
+        self._track_map(conn, oid)
+        return path
+
+    def _track_map(self, conn: rpc.Connection, oid: bytes) -> None:
+        maps = getattr(conn, "maps", None)
+        if maps is None:
+            maps = conn.maps = {}
+            conn.on_close.append(self._reader_gone)
+        maps[oid] = maps.get(oid, 0) + 1
+        self.store.map_added(oid)
+
+    def on_obj_unmapped(self, conn: rpc.Connection, oids: list, bufs: list) -> None:
+        maps = getattr(conn, "maps", {})
+        for oid in oids:
+            n = maps.get(oid, 0)
+            if n:
+                maps[oid] = n - 1
+                if n == 1:
+                    del maps[oid]
+                self.store.map_removed(oid)
+
+    def _reader_gone(self, conn: rpc.Connection) -> None:
+        for oid, n in conn.maps.items():
+            for _ in range(n):
+                self.store.map_removed(oid)
+        conn.maps = {}
+
+    async def _fetch(self, oid: bytes, src: bytes | None) -> str:
         if src is None or src == self.node_id:
             raise KeyError(f"object {oid.hex()} is not in this node's store (it was freed or lost)")
         fut = self.pulls.get(oid)
