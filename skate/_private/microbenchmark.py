@@ -474,6 +474,12 @@ def numpy_memcpy_gbps(duration: float = 1.0) -> float:
 # ------------------------------------------------------------------ worker
 
 
+def _one_line(e: BaseException) -> str:
+    """The exception's type, first and last message lines (a log tail's last words)."""
+    lines = [ln.strip() for ln in f"{type(e).__name__}: {e}".splitlines() if ln.strip()]
+    return " | ".join(lines[:1] + lines[1:][-1:])[:400]
+
+
 def _emit(record: dict[str, Any]) -> None:
     print(MARK + json.dumps(record), flush=True)
 
@@ -498,7 +504,7 @@ def run_worker(framework: str, names: list[str], duration: float, num_cpus: int)
             value = float(fn())
         except Exception as e:
             traceback.print_exc()
-            error = f"{type(e).__name__}: {e}".strip().splitlines()[0][:300]
+            error = _one_line(e)
         _emit({"metric": name, "value": value, "error": error})
         shown = f"{value:.6g}" if error is None else f"FAILED {error}"
         print(f"[{framework}] {name}: {shown}", file=sys.stderr, flush=True)
@@ -513,7 +519,7 @@ def run_worker(framework: str, names: list[str], duration: float, num_cpus: int)
         ray.init(num_cpus=num_cpus)
     except Exception as e:
         traceback.print_exc()
-        error = f"init failed: {type(e).__name__}: {e}".splitlines()[0][:300]
+        error = "init failed: " + _one_line(e)
         for name in rest:
             _emit({"metric": name, "value": None, "error": error})
         return 1

@@ -13,15 +13,23 @@ Handshake (client C, server S, token T)::
     S -> C : mac(T, nonce_c, "s")          (or close, on a wrong answer)
 
 Only after it does either side decode a msgpack header, let alone a pickle.
+
+Reading happens on the event loop (asyncio's buffered protocol), but any
+thread may *send*: a connection writes with ``sendmsg`` on a duplicate of the
+socket's descriptor under a lock, and only what the kernel does not take at
+once is left for the loop to flush.  So a user thread submitting a task, or a
+worker thread returning a result, costs no hop to the I/O thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -59,16 +67,76 @@ class Connection(asyncio.BufferedProtocol):
         self._n = 0
         self._auth_state = 0
         self._nonce = b""
+        self.loop = asyncio.get_running_loop()
+        self._wlock = threading.Lock()
+        self._backlog: collections.deque = collections.deque()
+        self._wsock: socket.socket | None = None
 
     # --- protocol callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._wsock = socket.socket(fileno=os.dup(sock.fileno()))
+        self._wsock.setblocking(False)
         if self.server:
             self._nonce = P.new_nonce()
-            transport.write(self._nonce)  # type: ignore[attr-defined]
+            self._send([self._nonce])
+
+    # --- sending (any thread) -------------------------------------------------
+    def _send(self, pieces: list) -> None:
+        with self._wlock:
+            if self.closed:
+                return
+            if self._backlog:
+                self._backlog.extend(memoryview(p).cast("B") for p in pieces)
+                return
+            try:
+                n = self._wsock.sendmsg(pieces)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                self.loop.call_soon_threadsafe(self._fail, e)
+                return
+            for p in pieces:
+                mv = memoryview(p).cast("B")
+                if n >= mv.nbytes:
+                    n -= mv.nbytes
+                    continue
+                self._backlog.append(mv[n:])
+                n = 0
+            if self._backlog:
+                if threading.current_thread() is _loop_thread(self.loop):
+                    self._arm()
+                else:
+                    self.loop.call_soon_threadsafe(self._arm)
+
+    def _arm(self) -> None:
+        if not self.closed:
+            self.loop.add_writer(self._wsock.fileno(), self._flush)
+
+    def _flush(self) -> None:
+        with self._wlock:
+            while self._backlog:
+                chunk = list(itertools.islice(self._backlog, 0, 512))
+                try:
+                    n = self._wsock.sendmsg(chunk)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    self.loop.remove_writer(self._wsock.fileno())
+                    self.loop.call_soon(self._fail, e)
+                    return
+                while n and self._backlog:
+                    head = self._backlog[0]
+                    if n >= head.nbytes:
+                        n -= head.nbytes
+                        self._backlog.popleft()
+                    else:
+                        self._backlog[0] = head[n:]
+                        n = 0
+            self.loop.remove_writer(self._wsock.fileno())
 
     def get_buffer(self, sizehint: int) -> memoryview:
         free = len(self._buf) - self._n
@@ -142,7 +210,6 @@ class Connection(asyncio.BufferedProtocol):
             self._n = rest
 
     def _handshake(self, view: memoryview, n: int) -> int:
-        tr = self.transport
         if self.server:
             if self._auth_state == 0:
                 if n < P.MAC_LEN + P.NONCE_LEN:
@@ -151,7 +218,7 @@ class Connection(asyncio.BufferedProtocol):
                 if not P.check_mac(self.token, self._nonce, b"c", answer):
                     raise P.AuthError("wrong cluster token")
                 theirs = bytes(view[P.MAC_LEN : P.MAC_LEN + P.NONCE_LEN])
-                tr.write(P.mac(self.token, theirs, b"s"))
+                self._send([P.mac(self.token, theirs, b"s")])
                 self._auth_state = 2
                 self.ready.set_result(True)
                 return P.MAC_LEN + P.NONCE_LEN
@@ -161,7 +228,7 @@ class Connection(asyncio.BufferedProtocol):
             if n < P.NONCE_LEN:
                 return 0
             self._nonce = P.new_nonce()
-            tr.write(P.mac(self.token, bytes(view[: P.NONCE_LEN]), b"c") + self._nonce)
+            self._send([P.mac(self.token, bytes(view[: P.NONCE_LEN]), b"c") + self._nonce])
             self._auth_state = 1
             return P.NONCE_LEN + self._handshake_rest(view[P.NONCE_LEN : n], n - P.NONCE_LEN)
         return self._handshake_rest(view, n)
@@ -179,7 +246,16 @@ class Connection(asyncio.BufferedProtocol):
     def _dispatch(self, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
         if kind == P.REPLY or kind == P.ERROR:
             fut = self._pending.pop(rid, None)
-            if fut is None or fut.done():
+            if fut is None:
+                return
+            if type(fut) is not asyncio.Future and not isinstance(fut, asyncio.Future):
+                # A callback registered by request_cb (possibly from another thread).
+                if kind == P.REPLY:
+                    fut((body, bufs) if bufs else body, None)
+                else:
+                    fut(None, RemoteError(body))
+                return
+            if fut.done():
                 return
             if kind == P.REPLY:
                 fut.set_result((body, bufs) if bufs else body)
@@ -191,6 +267,7 @@ class Connection(asyncio.BufferedProtocol):
             if kind == P.REQUEST:
                 self._write(P.ERROR, rid, None, f"no handler for {method!r}")
             return
+        self.current_rid = rid
         try:
             result = handler(self, body, bufs)
         except Exception as e:
@@ -199,6 +276,8 @@ class Connection(asyncio.BufferedProtocol):
                 self._write(P.ERROR, rid, None, f"{type(e).__name__}: {e}")
             else:
                 log.exception("handler %s failed", method)
+            return
+        if result is DEFER:
             return
         if isinstance(result, asyncio.Future):
             if kind == P.REQUEST:
@@ -230,9 +309,11 @@ class Connection(asyncio.BufferedProtocol):
             self._write(P.REPLY, rid, None, result)
 
     def _write(self, kind: int, rid: int, method: str | None, body: Any, bufs: Any = ()) -> None:
-        if self.closed:
-            return
-        self.transport.writelines(P.encode(kind, rid, method, body, bufs))
+        self._send(P.encode(kind, rid, method, body, bufs))
+
+    def reply(self, rid: int, body: Any, bufs: Any = ()) -> None:
+        """Answers request ``rid`` (any thread); for handlers that return ``DEFER``."""
+        self._send(P.encode(P.REPLY, rid, None, body, bufs))
 
     def _fail(self, exc: BaseException) -> None:
         if self.closed:
@@ -242,9 +323,19 @@ class Connection(asyncio.BufferedProtocol):
             self.ready.set_exception(exc)
             self.ready.exception()  # mark retrieved
         pending, self._pending = self._pending, {}
+        lost = ConnectionLost(str(exc))
         for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(ConnectionLost(str(exc)))
+            if isinstance(fut, asyncio.Future):
+                if not fut.done():
+                    fut.set_exception(lost)
+            else:
+                fut(None, lost)
+        with self._wlock:
+            if self._wsock is not None:
+                if self._backlog:
+                    self.loop.remove_writer(self._wsock.fileno())
+                    self._backlog.clear()
+                self._wsock.close()
         if self.transport is not None:
             self.transport.close()
         for cb in self.on_close:
@@ -262,17 +353,48 @@ class Connection(asyncio.BufferedProtocol):
             return fut
         rid = next(self._rids)
         self._pending[rid] = fut
-        self.transport.writelines(P.encode(P.REQUEST, rid, method, body, bufs))
+        self._send(P.encode(P.REQUEST, rid, method, body, bufs))
         return fut
 
+    def request_cb(self, method: str, body: Any, bufs: Any, callback: Callable[[Any, BaseException | None], None]) -> None:
+        """Sends a request from any thread; ``callback(result, error)`` runs on the loop."""
+        if self.closed:
+            self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
+            return
+        rid = next(self._rids)
+        self._pending[rid] = callback
+        self._send(P.encode(P.REQUEST, rid, method, body, bufs))
+        if self.closed and self._pending.pop(rid, None) is not None:
+            self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
+
     def notify(self, method: str, body: Any = None, bufs: Any = ()) -> None:
-        """Sends a one-way message."""
-        if not self.closed:
-            self.transport.writelines(P.encode(P.NOTIFY, 0, method, body, bufs))
+        """Sends a one-way message (any thread)."""
+        self._send(P.encode(P.NOTIFY, 0, method, body, bufs))
 
     def close(self) -> None:
         """Closes the connection; pending requests fail with ConnectionLost."""
         self._fail(ConnectionLost("closed locally"))
+
+
+_LOOP_THREADS: dict = {}
+
+
+def _loop_thread(loop: asyncio.AbstractEventLoop) -> threading.Thread | None:
+    t = _LOOP_THREADS.get(id(loop))
+    if t is None:
+        try:
+            if asyncio.get_running_loop() is loop:
+                t = _LOOP_THREADS[id(loop)] = threading.current_thread()
+        except RuntimeError:
+            return None
+    return t
+
+
+class DeferredReply:
+    """Returned by a handler that will answer later with ``conn.reply(rid, ...)``."""
+
+
+DEFER = DeferredReply()
 
 
 class Reply:
