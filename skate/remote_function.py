@@ -93,7 +93,8 @@ class RemoteFunction:
         rec.strategy = opts.strategy_of(o)
         rec.key = (tuple(sorted(rec.resources.items())), repr(rec.strategy))
         refs = make_returns(core, task_id, nr, rec)
-        core.post(core.submitter.submit, rec)
+        if deps or not core.submitter.try_now(rec):
+            core.submitter.submit_threadsafe(rec)
         if nr == 1:
             return refs[0]
         if nr == 0:

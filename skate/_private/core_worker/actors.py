@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 from typing import Any
 
 from skate import exceptions as exc
@@ -52,6 +53,9 @@ class ActorState:
         self.detached = False
         self.named = False
         self.exit_when_idle = False
+        #: Guards queue/inflight/sending: user threads send directly when
+        #: nothing is queued ahead (see ActorManager.try_now).
+        self.lock = threading.RLock()
 
 
 class ActorManager:
@@ -133,36 +137,48 @@ class ActorManager:
         self._connected(st, conn)
 
     # --- calls ------------------------------------------------------------------------
+    def try_now(self, st: ActorState, rec: TaskRecord) -> bool:
+        """Sends a call from the calling thread when nothing is queued ahead of it."""
+        if rec.deps or st.state != ALIVE:
+            return False
+        with st.lock:
+            if st.state != ALIVE or st.queue or st.resolving:
+                return False
+            self._send(st, rec)
+        return True
+
+    def _send(self, st: ActorState, rec: TaskRecord) -> None:
+        st.inflight[rec.spec["t"]] = rec
+        st.conn.request_cb("actor_call", rec.spec, rec.arg_bufs, lambda result, err: self._on_reply(st, rec, result, err))
+
     def submit(self, st: ActorState, rec: TaskRecord) -> None:
         """Queues a method call (I/O thread)."""
         if st.state == DEAD:
             self._fail(st, rec)
             return
-        st.queue.append(rec)
-        if st.state == ALIVE:
-            self._pump(st)
-        elif not st.owned and not st.lookup_started:
-            st.lookup_started = True
-            asyncio.ensure_future(self._lookup(st))
+        with st.lock:
+            st.queue.append(rec)
+            if st.state == ALIVE:
+                self._pump(st)
+            elif not st.owned and not st.lookup_started:
+                st.lookup_started = True
+                asyncio.ensure_future(self._lookup(st))
 
     def _pump(self, st: ActorState) -> None:
-        if st.resolving or st.state != ALIVE:
-            return
-        q = st.queue
-        conn = st.conn
-        while q:
-            rec = q[0]
-            if rec.deps:
-                st.resolving = True
-                asyncio.ensure_future(self._resolve(st, rec))
+        with st.lock:
+            if st.resolving or st.state != ALIVE:
                 return
-            q.popleft()
-            tid = rec.spec["t"]
-            st.inflight[tid] = rec
-            fut = conn.request("actor_call", rec.spec, rec.arg_bufs)
-            fut.add_done_callback(lambda f, rec=rec, st=st: self._on_reply(st, rec, f))
-        if st.exit_when_idle and not st.inflight:
-            conn.notify("exit_now", {"graceful": True})
+            q = st.queue
+            while q:
+                rec = q[0]
+                if rec.deps:
+                    st.resolving = True
+                    asyncio.ensure_future(self._resolve(st, rec))
+                    return
+                q.popleft()
+                self._send(st, rec)
+            if st.exit_when_idle and not st.inflight:
+                st.conn.notify("exit_now", {"graceful": True})
 
     async def _resolve(self, st: ActorState, rec: TaskRecord) -> None:
         err = await resolve_deps(self.core, rec)
@@ -174,17 +190,15 @@ class ActorManager:
             rec.deps = None
         self._pump(st)
 
-    def _on_reply(self, st: ActorState, rec: TaskRecord, fut: asyncio.Future) -> None:
-        st.inflight.pop(rec.spec["t"], None)
-        e = fut.exception()
+    def _on_reply(self, st: ActorState, rec: TaskRecord, result: Any, e: BaseException | None) -> None:
         if e is not None:
             if not isinstance(e, rpc.ConnectionLost):
+                st.inflight.pop(rec.spec["t"], None)
                 self.core.submitter.fail(rec, exc.RaySystemError(f"actor call failed in the runtime: {e}"))
-            # ConnectionLost: _conn_lost fails it with the actor's cause.
-            else:
-                st.inflight[rec.spec["t"]] = rec
+            # ConnectionLost: the call stays in flight; _conn_lost fails it with the actor's cause.
             return
-        body, bufs = fut.result() if isinstance(fut.result(), tuple) else (fut.result(), [])
+        st.inflight.pop(rec.spec["t"], None)
+        body, bufs = result if isinstance(result, tuple) else (result, [])
         complete_returns(self.core, rec, body, bufs)
         if st.exit_when_idle and not st.inflight and not st.queue and st.conn is not None:
             st.conn.notify("exit_now", {"graceful": True})
@@ -225,9 +239,10 @@ class ActorManager:
             pass
 
     def _fail_all(self, st: ActorState) -> None:
-        recs = list(st.inflight.values()) + list(st.queue)
-        st.inflight.clear()
-        st.queue.clear()
+        with st.lock:
+            recs = list(st.inflight.values()) + list(st.queue)
+            st.inflight.clear()
+            st.queue.clear()
         for rec in recs:
             self._fail(st, rec)
 

@@ -16,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
+import threading
+import time
 from typing import Any
 
 from skate import exceptions as exc
@@ -116,7 +119,7 @@ def make_returns(core: Any, task_id: bytes, n: int, record: TaskRecord) -> list:
 class Lease:
     """A leased worker as the submitter sees it."""
 
-    __slots__ = ("lease_id", "worker_id", "conn", "raylet", "busy", "dead", "timer", "node_id", "key", "pid")
+    __slots__ = ("lease_id", "worker_id", "conn", "raylet", "busy", "dead", "timer", "node_id", "key", "pid", "idle_since", "fns")
 
     def __init__(self, grant: dict, conn: rpc.Connection, raylet: rpc.Connection, key: Any) -> None:
         self.lease_id = grant["lease_id"]
@@ -129,6 +132,12 @@ class Lease:
         self.dead = False
         self.timer: asyncio.TimerHandle | None = None
         self.key = key
+        self.idle_since = 0.0
+        #: Functions this worker already has (sent once per connection).
+        fns = getattr(conn, "fns", None)
+        if fns is None:
+            fns = conn.fns = set()
+        self.fns = fns
 
 
 class KeyState:
@@ -143,15 +152,46 @@ class KeyState:
 
 
 class TaskSubmitter:
-    """Submits normal tasks of one core worker."""
+    """Submits normal tasks of one core worker.
+
+    Key states are shared by the I/O thread and user threads (``try_now``
+    dispatches straight from the submitting thread when an idle lease is at
+    hand), so every change to them happens under ``self.lock``.
+    """
 
     def __init__(self, core: Any) -> None:
         self.core = core
         self.keys: dict[Any, KeyState] = {}
         self.raylets: dict[tuple, asyncio.Future] = {}
         self.closing = False
+        self.lock = threading.RLock()
+        self._incoming: collections.deque[TaskRecord] = collections.deque()
 
     # --- submission -------------------------------------------------------------
+    def try_now(self, rec: TaskRecord) -> bool:
+        """Dispatches from the calling thread if an idle lease fits; False otherwise."""
+        with self.lock:
+            ks = self.keys.get(rec.key)
+            if ks is None or ks.queue or self.closing:
+                return False
+            for lease in ks.leases:
+                if not lease.busy and not lease.dead:
+                    self._dispatch(rec, lease)
+                    return True
+        return False
+
+    def submit_threadsafe(self, rec: TaskRecord) -> None:
+        """Hands a task to the I/O thread; one wake-up serves a burst of submissions."""
+        inc = self._incoming
+        inc.append(rec)
+        if len(inc) == 1:
+            self.core.post(self._drain)
+
+    def _drain(self) -> None:
+        inc = self._incoming
+        while inc:
+            self.submit(inc.popleft())
+
     def submit(self, rec: TaskRecord) -> None:
         """Queues a task (I/O thread); resolves its ObjectRef arguments first."""
         if rec.deps:
@@ -169,11 +209,12 @@ class TaskSubmitter:
         self._queue(rec)
 
     def _queue(self, rec: TaskRecord) -> None:
-        ks = self.keys.get(rec.key)
-        if ks is None:
-            ks = self.keys[rec.key] = KeyState()
-        ks.queue.append(rec)
-        self._pump(rec.key, ks)
+        with self.lock:
+            ks = self.keys.get(rec.key)
+            if ks is None:
+                ks = self.keys[rec.key] = KeyState()
+            ks.queue.append(rec)
+            self._pump(rec.key, ks)
 
     def _pump(self, key: Any, ks: KeyState) -> None:
         queue = ks.queue
@@ -195,26 +236,30 @@ class TaskSubmitter:
             grant, raylet = await self.acquire_lease({"resources": resources, "strategy": strategy})
             conn = await self.core.conn_to(grant["address"])
         except Exception as e:  # noqa: BLE001
-            ks.requests -= 1
-            if not self.closing:
+            with self.lock:
+                ks.requests -= 1
+                failed = list(ks.queue) if not self.closing else []
+                ks.queue.clear()
+            if failed:
                 log.warning("could not lease a worker: %s", e)
                 # Fail what cannot be placed rather than hang.
-                while ks.queue:
-                    self.fail(ks.queue.popleft(), exc.RaySystemError(f"could not lease a worker: {e}"))
+                for rec in failed:
+                    self.fail(rec, exc.RaySystemError(f"could not lease a worker: {e}"))
             return
-        ks.requests -= 1
         lease = Lease(grant, conn, raylet, key)
-        if self.closing:
-            self._return(lease)
-            return
-        ks.leases.append(lease)
-        if ks.queue:
-            self._dispatch(ks.queue.popleft(), lease)
-        else:
-            self._idle(lease, ks)
+        with self.lock:
+            ks.requests -= 1
+            if self.closing:
+                self._return(lease)
+                return
+            ks.leases.append(lease)
+            if ks.queue:
+                self._dispatch(ks.queue.popleft(), lease)
+            else:
+                self._idle(lease)
 
     async def acquire_lease(self, body: dict) -> tuple[dict, rpc.Connection]:
-        """Asks the local node daemon for a lease, following spillback once."""
+        """Asks the local node daemon for a lease, following spillback."""
         raylet = self.core.raylet
         reply = await raylet.request("request_lease", body)
         hops = 0
@@ -229,24 +274,17 @@ class TaskSubmitter:
         key = (target["ip"], target["port"])
         fut = self.raylets.get(key)
         if fut is None or (fut.done() and (fut.exception() or fut.result().closed)):
-            import os
-
             addr = target["uds"] if os.path.exists(target["uds"]) else key
             fut = self.raylets[key] = asyncio.ensure_future(rpc.connect(addr, self.core.token, self.core.handlers))
         return await asyncio.shield(fut)
 
-    # --- dispatch ---------------------------------------------------------------
+    # --- dispatch (under self.lock) -------------------------------------------
     def _dispatch(self, rec: TaskRecord, lease: Lease) -> None:
-        if lease.timer is not None:
-            lease.timer.cancel()
-            lease.timer = None
         lease.busy = True
         rec.lease = lease
         spec = rec.spec
         spec["l"] = lease.lease_id
-        sent = getattr(lease.conn, "fns", None)
-        if sent is None:
-            sent = lease.conn.fns = set()
+        sent = lease.fns
         if rec.fn_id in sent:
             spec["fb"] = 0
             bufs = rec.arg_bufs
@@ -254,42 +292,49 @@ class TaskSubmitter:
             sent.add(rec.fn_id)
             spec["fb"] = 1
             bufs = [rec.fn_bytes, *rec.arg_bufs]
-        fut = lease.conn.request("push_task", spec, bufs)
-        fut.add_done_callback(lambda f: self._on_reply(rec, lease, f))
+        lease.conn.request_cb("push_task", spec, bufs, lambda result, err: self._on_reply(rec, lease, result, err))
 
-    def _on_reply(self, rec: TaskRecord, lease: Lease, fut: asyncio.Future) -> None:
-        ks = self.keys.get(lease.key)
-        lease.busy = False
-        e = fut.exception()
+    def _on_reply(self, rec: TaskRecord, lease: Lease, result: Any, e: BaseException | None) -> None:
+        """A worker answered (I/O thread)."""
         if e is not None:
-            lease.dead = True
-            if ks is not None and lease in ks.leases:
-                ks.leases.remove(lease)
+            with self.lock:
+                lease.busy = False
+                lease.dead = True
+                ks = self.keys.get(lease.key)
+                if ks is not None and lease in ks.leases:
+                    ks.leases.remove(lease)
             if isinstance(e, rpc.ConnectionLost):
                 asyncio.ensure_future(self._worker_died(rec, lease))
             else:
                 self.fail(rec, exc.RaySystemError(f"task {rec.name} failed in the worker runtime: {e}"))
                 self._return(lease)
             if ks is not None:
-                self._pump(lease.key, ks)
+                with self.lock:
+                    self._pump(lease.key, ks)
             return
-        body, bufs = fut.result() if isinstance(fut.result(), tuple) else (fut.result(), [])
-        if body.get("x"):  # the worker exits after this task (max_calls)
-            lease.dead = True
-            if ks is not None and lease in ks.leases:
-                ks.leases.remove(lease)
-            self._return(lease)
+        body, bufs = result if isinstance(result, tuple) else (result, [])
+        with self.lock:
+            lease.busy = False
+            ks = self.keys.get(lease.key)
+            if body.get("x"):  # the worker exits after this task (max_calls)
+                lease.dead = True
+                if ks is not None and lease in ks.leases:
+                    ks.leases.remove(lease)
+                self._return(lease)
         if not self._maybe_retry_exception(rec, body, bufs):
             complete_returns(self.core, rec, body, bufs)
         if ks is None:
             return
-        if ks.queue:
-            if not lease.dead:
-                self._dispatch(ks.queue.popleft(), lease)
-            else:
-                self._pump(lease.key, ks)
-        elif not lease.dead:
-            self._idle(lease, ks)
+        with self.lock:
+            if lease.busy:
+                return  # a user thread already gave it the next task
+            if ks.queue:
+                if not lease.dead:
+                    self._dispatch(ks.queue.popleft(), lease)
+                else:
+                    self._pump(lease.key, ks)
+            elif not lease.dead:
+                self._idle(lease)
 
     def _maybe_retry_exception(self, rec: TaskRecord, body: dict, bufs: list) -> bool:
         if not rec.retry_exceptions or rec.retries_left == 0 or rec.cancelled:
@@ -338,25 +383,31 @@ class TaskSubmitter:
         rec.keep = None
 
     # --- lease life ---------------------------------------------------------------
-    def _idle(self, lease: Lease, ks: KeyState) -> None:
+    def _idle(self, lease: Lease) -> None:
+        """The lease has nothing to run: give it back unless used again soon (I/O thread)."""
+        lease.idle_since = time.monotonic()
         if lease.timer is None:
             lease.timer = self.core.loop.call_later(LINGER_S, self._linger_over, lease)
 
     def _linger_over(self, lease: Lease) -> None:
-        lease.timer = None
-        ks = self.keys.get(lease.key)
-        if lease.busy or lease.dead or ks is None:
-            return
-        if ks.queue:
-            self._dispatch(ks.queue.popleft(), lease)
-            return
-        ks.leases.remove(lease)
-        self._return(lease)
+        with self.lock:
+            lease.timer = None
+            ks = self.keys.get(lease.key)
+            if lease.busy or lease.dead or ks is None:
+                return
+            left = lease.idle_since + LINGER_S - time.monotonic()
+            if left > 0:
+                lease.timer = self.core.loop.call_later(left, self._linger_over, lease)
+                return
+            if ks.queue:
+                self._dispatch(ks.queue.popleft(), lease)
+                return
+            if lease in ks.leases:
+                ks.leases.remove(lease)
+            lease.dead = True
+            self._return(lease)
 
     def _return(self, lease: Lease, kill: bool = False) -> None:
-        if lease.timer is not None:
-            lease.timer.cancel()
-            lease.timer = None
         if not lease.raylet.closed:
             lease.raylet.notify("return_lease", {"lease_id": lease.lease_id, "kill": kill})
 
@@ -365,9 +416,12 @@ class TaskSubmitter:
         if rec.cancelled or all(self.core.store.get(o) is None or self.core.store.get(o).state != PENDING for o in rec.return_ids):
             return
         rec.cancelled = True
-        ks = self.keys.get(rec.key)
-        if ks is not None and rec in ks.queue:
-            ks.queue.remove(rec)
+        with self.lock:
+            ks = self.keys.get(rec.key)
+            queued = ks is not None and rec in ks.queue
+            if queued:
+                ks.queue.remove(rec)
+        if queued:
             self.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
             return
         if rec.lease is not None and rec.lease.busy:
@@ -378,11 +432,13 @@ class TaskSubmitter:
 
     def close(self) -> None:
         """Gives every lease back (shutdown)."""
-        self.closing = True
-        for ks in self.keys.values():
-            for lease in ks.leases:
-                self._return(lease)
-            ks.leases.clear()
+        with self.lock:
+            self.closing = True
+            for ks in self.keys.values():
+                for lease in ks.leases:
+                    lease.dead = True
+                    self._return(lease)
+                ks.leases.clear()
         for fut in self.raylets.values():
             if fut.done() and not fut.exception():
                 fut.result().close()
