@@ -259,8 +259,7 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
 
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"kill() takes an actor handle, not {type(actor).__name__}")
-    core = _core()
-    core.post(core.actors.kill, actor._state, no_restart)
+    _core().actors.kill(actor._state, no_restart)
 
 
 def get_actor(name: str, namespace: str | None = None) -> Any:

@@ -252,16 +252,17 @@ class ActorManager:
 
     # --- kill and scope -----------------------------------------------------------
     def kill(self, st: ActorState, no_restart: bool = True) -> None:
-        """Kills an actor at once (``ray.kill``)."""
-        asyncio.ensure_future(self._kill(st))
+        """Kills an actor at once (``ray.kill``; any thread): later calls fail right away."""
+        with st.lock:
+            was = st.state
+            st.state = DEAD
+            st.cause = "it was killed by ray.kill()"
+        self.core.post(lambda: asyncio.ensure_future(self._kill(st, was)))
 
-    async def _kill(self, st: ActorState) -> None:
-        cause = "it was killed by ray.kill()"
+    async def _kill(self, st: ActorState, was: str) -> None:
+        cause = st.cause
         conn = st.conn
         address = st.info.get("address")
-        was = st.state
-        st.state = DEAD
-        st.cause = cause
         try:
             gcs = await self.core.gcs()
             await gcs.request("update_actor", {"actor_id": st.actor_id, "state": DEAD, "cause": cause})
