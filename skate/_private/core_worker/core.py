@@ -95,6 +95,7 @@ class CoreWorker:
         self._borrows_idle: asyncio.Event | None = None
         self._frees: list = []
         self._unmaps: list = []
+        self._nodes: dict[bytes, dict] = {}
         self.log_to_driver = log_to_driver
         self.handlers: dict[str, Callable] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
@@ -631,11 +632,8 @@ class CoreWorker:
 
     def _flush_frees(self) -> None:
         frees, self._frees = self._frees, []
-        shm_oids = []
-        for oid, e in frees:
-            if e.state == SHM:
-                shm_oids.append(oid)
-            elif e.state == ERROR and not e.retrieved and not os.environ.get("SKATE_IGNORE_UNHANDLED_ERRORS"):
+        for _oid, e in frees:
+            if e.state == ERROR and not e.retrieved and not os.environ.get("SKATE_IGNORE_UNHANDLED_ERRORS"):
                 try:
                     err = _as_error(e.data, e.bufs)
                 except Exception as x:  # noqa: BLE001
@@ -646,8 +644,36 @@ class CoreWorker:
                         file=sys.stderr,
                         flush=True,
                     )
-        if shm_oids and not self.raylet.closed:
-            self.raylet.notify("obj_free", shm_oids)
+        by_node: dict[bytes, list] = {}
+        for oid, e in frees:
+            if e.state == SHM:
+                by_node.setdefault(e.node_id, []).append(oid)
+        for node_id, oids in by_node.items():
+            if node_id == self.node_id or node_id is None:
+                if not self.raylet.closed:
+                    self.raylet.notify("obj_free", oids)
+            else:
+                asyncio.ensure_future(self._free_remote(node_id, oids))
+
+    async def _free_remote(self, node_id: bytes, oids: list) -> None:
+        """Frees objects whose primary copy lives on another node."""
+        try:
+            conn = await self.raylet_for(node_id)
+            conn.notify("obj_free", oids)
+        except Exception:  # noqa: BLE001 - the node is gone, and its objects with it
+            pass
+
+    async def raylet_for(self, node_id: bytes) -> rpc.Connection:
+        """A connection to the node daemon of ``node_id``."""
+        if node_id == self.node_id:
+            return self.raylet
+        info = self._nodes.get(node_id)
+        if info is None:
+            gcs = await self.gcs()
+            for n in await gcs.request("get_nodes"):
+                self._nodes[n["node_id"]] = n
+            info = self._nodes[node_id]
+        return await self.submitter._raylet(info)
 
     # --- notifications from daemons --------------------------------------------------
     def on_warning(self, conn: rpc.Connection, text: str, bufs: list) -> None:
