@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sys
 
 import click
@@ -10,6 +13,137 @@ import click
 @click.group()
 def main() -> None:
     """skate: a distributed execution framework with Ray's API."""
+
+
+def _pids_file() -> str:
+    from skate._private import node
+
+    return os.path.join(node._clusters_dir(), "daemons.json")
+
+
+def _remember(pids: list[int], session_dir: str) -> None:
+    path = _pids_file()
+    try:
+        with open(path) as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = []
+    known += [{"pid": p, "session_dir": session_dir} for p in pids]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(known, f)
+
+
+@main.command()
+@click.option("--head", is_flag=True, help="Start the head node (control store + node daemon).")
+@click.option("--address", default=None, help="Join the cluster whose head listens at HOST:PORT.")
+@click.option("--port", type=int, default=6379, show_default=True, help="Control-store port of a head.")
+@click.option("--num-cpus", type=float, default=None, help="CPUs of this node (default: all cores).")
+@click.option("--num-gpus", type=float, default=0, help="GPUs of this node.")
+@click.option("--resources", default="{}", help='Custom resources as JSON, e.g. \'{"disk": 2}\'.')
+@click.option("--object-store-memory", type=int, default=None, help="Shared-memory bytes for objects.")
+@click.option("--node-ip-address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+def start(head: bool, address: str | None, port: int, num_cpus: float | None, num_gpus: float,
+          resources: str, object_store_memory: int | None, node_ip_address: str) -> None:
+    """Starts node daemons that outlive this command (stop them with `skate stop`)."""
+    from skate._private import node
+
+    res = json.loads(resources)
+    cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
+    if head == bool(address):
+        raise click.UsageError("give exactly one of --head or --address")
+    if head:
+        info = node.start_head(cpus, num_gpus, res, object_store_memory, host=node_ip_address, port=port, tie_to_parent=False)
+        _remember([d.proc.pid for d in info["processes"]], info["session_dir"])
+        click.echo(f"skate head started at {info['gcs_address']}")
+        click.echo(f"  connect a driver:   skate.init(address=\"{info['gcs_address']}\")")
+        click.echo(f"  add a node:         skate start --address {info['gcs_address']}")
+        click.echo(f"  from another host:  export SKATE_CLUSTER_TOKEN={info['token'].decode()}")
+        return
+    rec = node.lookup_cluster(address)
+    token = os.environ.get("SKATE_CLUSTER_TOKEN")
+    if rec is not None:
+        token_file, session_dir = rec["token_file"], rec["session_dir"]
+    elif token:
+        session_dir, _, token_file = node.new_session()
+        with open(token_file, "wb") as f:
+            f.write(token.encode())
+    else:
+        raise click.ClickException(f"no token for the cluster at {address}: set SKATE_CLUSTER_TOKEN")
+    d = node.start_worker_node(rec["gcs_address"] if rec else address, token_file, session_dir, cpus, num_gpus,
+                               res, object_store_memory, node_ip=node_ip_address, tie_to_parent=False)
+    _remember([d.proc.pid], session_dir)
+    click.echo(f"skate node {d.info['node_id'][:12]} joined {address}")
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="SIGKILL at once instead of stopping cleanly.")
+def stop(force: bool) -> None:
+    """Stops every daemon started with `skate start` on this machine."""
+    import shutil
+
+    import psutil
+
+    from skate._private import node
+
+    try:
+        with open(_pids_file()) as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = []
+    procs = []
+    for entry in known:
+        try:
+            p = psutil.Process(entry["pid"])
+            if "skate._private" in " ".join(p.cmdline()):
+                procs.append(p)
+        except psutil.Error:
+            pass
+    # Node daemons first, so they leave the control store in order.
+    procs.sort(key=lambda p: "gcs.server" in " ".join(p.cmdline()))
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL if force else signal.SIGTERM)
+        except psutil.Error:
+            pass
+    gone, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        p.kill()
+    for entry in known:
+        shutil.rmtree(entry["session_dir"], ignore_errors=True)
+    for name in os.listdir(node._clusters_dir()):
+        os.unlink(os.path.join(node._clusters_dir(), name))
+    click.echo(f"stopped {len(procs)} skate processes")
+
+
+@main.command()
+@click.option("--address", default="auto", help="HOST:PORT of the head (default: the latest started here).")
+def status(address: str) -> None:
+    """Prints the cluster's nodes and resources."""
+    import skate
+
+    skate.init(address=address, log_to_driver=False)
+    try:
+        nodes = skate.nodes()
+        total = skate.cluster_resources()
+        free = skate.available_resources()
+    finally:
+        skate.shutdown()
+    alive = [n for n in nodes if n["Alive"]]
+    click.echo(f"{len(alive)} node(s) alive, {len(nodes) - len(alive)} dead")
+    for n in nodes:
+        state = "ALIVE" if n["Alive"] else "DEAD"
+        head = " (head)" if n["IsHead"] else ""
+        click.echo(f"  {n['NodeID'][:12]} {n['NodeManagerAddress']}:{n['NodeManagerPort']} {state}{head}")
+    click.echo("resources (used / total):")
+    for k in sorted(total):
+        if k.startswith("node:"):
+            continue
+        used = total[k] - free.get(k, 0.0)
+        if k in ("memory", "object_store_memory"):
+            click.echo(f"  {k}: {used / 2**30:.2f} / {total[k] / 2**30:.2f} GiB")
+        else:
+            click.echo(f"  {k}: {used:g} / {total[k]:g}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
