@@ -105,7 +105,7 @@ class ActorClass:
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"the constructor of {self._name}")
         rec = TaskRecord()
         rec.spec = {
-            "t": ids.new_id(16), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id,
+            "t": ids.new_id(16), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id, "ns": core.namespace,
             "mcc": o.get("max_concurrency"), "detached": detached, "nr": 1,
         }
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, self._name

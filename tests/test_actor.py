@@ -11,10 +11,10 @@ import os
 import numpy as np
 import psutil
 import pytest
+from conftest import wait_for
 
 import skate
 from skate.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
-from tests.conftest import wait_for
 
 
 @skate.remote
@@ -48,6 +48,35 @@ def test_calls_from_one_caller_run_in_order(ray_start):
     refs = [c.incr.remote() for _ in range(100)]
     assert skate.get(c.read.remote()) == 100
     assert skate.get(refs) == list(range(1, 101))
+
+
+def test_order_kept_when_an_earlier_call_waits_for_its_argument(ray_start, tmp_path):
+    @skate.remote
+    class Recorder:
+        def __init__(self):
+            self.seen = []
+
+        def add(self, x):
+            self.seen.append(x)
+            return list(self.seen)
+
+    @skate.remote
+    def when_file_exists(path, value):
+        import time
+
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return value
+
+    gate = tmp_path / "gate"
+    r = Recorder.remote()
+    first = r.add.remote(when_file_exists.remote(str(gate), "a"))
+    second = r.add.remote("b")
+    ready, _ = skate.wait([second], timeout=0.5)
+    assert ready == []  # held back behind the call whose argument is not ready
+    gate.touch()
+    assert skate.get(first, timeout=20) == ["a"]
+    assert skate.get(second, timeout=20) == ["a", "b"]
 
 
 def test_several_actors_in_parallel_have_own_state_and_process(ray_start):
@@ -380,11 +409,10 @@ def _missing(name: str) -> bool:
 # --- errors -------------------------------------------------------------------------
 
 
-class MyError(Exception):
-    pass
-
-
 def test_method_exception_reraised_and_actor_survives(ray_start):
+    class MyError(Exception):  # defined here so workers unpickle it by value
+        pass
+
     @skate.remote
     class Faulty:
         def __init__(self):
@@ -414,6 +442,7 @@ def test_kill_then_call_raises(ray_start):
     with pytest.raises(RayActorError) as ei:
         skate.get(c.read.remote(), timeout=20)
     assert isinstance(ei.value, ActorDiedError)
+    assert "kill" in str(ei.value)
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
              15, what="killed actor process to exit")
 
@@ -450,8 +479,16 @@ def test_kill_via_handle_in_another_task(ray_start):
         return True
 
     assert skate.get(killer.remote(c))
-    with pytest.raises(ActorDiedError):
-        skate.get(c.read.remote(), timeout=20)
+
+    def call_fails():
+        try:
+            skate.get(c.read.remote(), timeout=20)
+        except ActorDiedError:
+            return True
+        return False
+
+    # ray.kill is asynchronous: the kill lands shortly after the task returns.
+    wait_for(call_fails, 15, what="calls to the killed actor to fail")
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
              15, what="killed actor process to exit")
 
@@ -470,18 +507,28 @@ def test_actor_process_dies(ray_start):
         def ping(self):
             return "pong"
 
+        def pid(self):
+            return os.getpid()
+
     f = Fragile.remote()
     assert skate.get(f.ping.remote()) == "pong"
+    pid = skate.get(f.pid.remote())
     with pytest.raises(ActorDiedError) as ei:
         skate.get(f.die.remote(), timeout=20)
     assert isinstance(ei.value, RayActorError)
-    assert "died" in str(ei.value) or "exit" in str(ei.value)
+    msg = str(ei.value)
+    # The message says why: the worker process (with its pid) died / exited.
+    assert "died" in msg or "exit" in msg
+    assert str(pid) in msg
     with pytest.raises(ActorDiedError) as ei2:
         skate.get(f.ping.remote(), timeout=20)
-    assert str(ei2.value)
+    assert "died" in str(ei2.value) or "exit" in str(ei2.value)
 
 
 def test_constructor_raises(ray_start):
+    class MyError(Exception):
+        pass
+
     @skate.remote
     class BadInit:
         def __init__(self):
@@ -510,7 +557,12 @@ def test_exit_actor(ray_start):
 
     q = Quitter.remote()
     pid = skate.get(q.ping.remote())
-    q.quit.remote()
+    quit_ref = q.quit.remote()
+    later = q.ping.remote()  # submitted behind quit: never runs
+    with pytest.raises(RayActorError):
+        skate.get(quit_ref, timeout=20)
+    with pytest.raises(RayActorError):
+        skate.get(later, timeout=20)
     with pytest.raises(RayActorError):
         skate.get(q.ping.remote(), timeout=20)
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
@@ -528,7 +580,25 @@ def test_exit_actor_in_async_actor(ray_start):
 
     q = AsyncQuitter.remote()
     assert skate.get(q.ping.remote()) == "pong"
-    q.quit.remote()
+    with pytest.raises(RayActorError):
+        skate.get(q.quit.remote(), timeout=20)
+    with pytest.raises(RayActorError):
+        skate.get(q.ping.remote(), timeout=20)
+
+
+def test_exit_actor_in_threaded_actor(ray_start):
+    @skate.remote
+    class ThreadedQuitter:
+        def quit(self):
+            skate.exit_actor()
+
+        def ping(self):
+            return "pong"
+
+    q = ThreadedQuitter.options(max_concurrency=2).remote()
+    assert skate.get(q.ping.remote()) == "pong"
+    with pytest.raises(RayActorError):
+        skate.get(q.quit.remote(), timeout=20)
     with pytest.raises(RayActorError):
         skate.get(q.ping.remote(), timeout=20)
 
@@ -540,7 +610,7 @@ def test_direct_calls_raise_type_error(ray_start):
     with pytest.raises(TypeError):
         c.incr()
     with pytest.raises(AttributeError):
-        c.no_such_method
+        getattr(c, "no_such_method")  # noqa: B009
     with pytest.raises(AttributeError):
         c.no_such_method.remote()
     assert skate.get(c.incr.remote()) == 1
@@ -562,6 +632,18 @@ def test_actor_process_exits_when_handle_dropped(ray_start):
     gc.collect()
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
              15, what="actor process to exit after its handle was dropped")
+
+
+def test_dropping_handle_lets_submitted_calls_finish(ray_start):
+    c = Counter.remote()
+    refs = [c.incr.remote() for _ in range(20)]
+    pid_ref = c.pid.remote()
+    del c
+    gc.collect()
+    assert skate.get(refs, timeout=20) == list(range(1, 21))
+    pid = skate.get(pid_ref, timeout=20)
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+             15, what="actor process to exit after its calls finished")
 
 
 def test_actor_stays_while_handle_held_by_another_actor(ray_start):
@@ -667,12 +749,13 @@ def test_actor_stdout_reaches_driver(ray_start, capfd):
     wait_for(has_line, 15, what="actor output on the driver")
 
 
-def test_task_stdout_reaches_driver(ray_start, capfd):
-    @skate.remote
-    def chatty():
-        print("hello from task")
-        return os.getpid()
+@skate.remote
+def chatty():
+    print("hello from task")
+    return os.getpid()
 
+
+def test_task_stdout_reaches_driver(ray_start, capfd):
     pid = skate.get(chatty.remote())
     seen = []
 
@@ -682,4 +765,7 @@ def test_task_stdout_reaches_driver(ray_start, capfd):
         text = "".join(seen)
         return any("hello from task" in ln and f"(chatty pid={pid}" in ln for ln in text.splitlines())
 
-    wait_for(has_line, 15, what="task output on the driver")
+    try:
+        wait_for(has_line, 15, what="task output on the driver")
+    except AssertionError:
+        raise AssertionError(f"driver output was: {''.join(seen)!r}") from None

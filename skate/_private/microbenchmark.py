@@ -567,9 +567,10 @@ def _kill_session(proc: subprocess.Popen, grace: float = 5.0) -> None:
 
 
 def _ray_python() -> str:
-    for cand in (os.environ.get("SKATE_RAY_PYTHON"), os.path.join(".ray-venv", "bin", "python"),
-                 os.path.join(PKG_ROOT, ".ray-venv", "bin", "python")):  # fmt: skip
-        if cand and os.path.exists(cand):
+    if os.environ.get("SKATE_RAY_PYTHON"):
+        return os.environ["SKATE_RAY_PYTHON"]
+    for root in (os.getcwd(), PKG_ROOT):
+        if os.path.exists(cand := os.path.join(root, ".ray-venv", "bin", "python")):
             return cand
     raise FileNotFoundError("no Ray interpreter: run scripts/install_ray.sh or set SKATE_RAY_PYTHON")
 

@@ -199,6 +199,12 @@ class ActorManager:
             return
         st.inflight.pop(rec.spec["t"], None)
         body, bufs = result if isinstance(result, tuple) else (result, [])
+        if body.get("x"):  # the actor exited (exit_actor): later calls fail here at once
+            from skate._private.core_worker.executor import EXITED
+
+            with st.lock:
+                st.state = DEAD
+                st.cause = EXITED
         complete_returns(self.core, rec, body, bufs)
         if st.exit_when_idle and not st.inflight and not st.queue and st.conn is not None:
             st.conn.notify("exit_now", {"graceful": True})

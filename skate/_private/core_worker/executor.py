@@ -30,6 +30,8 @@ from skate._private.core_worker.core import error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
 from skate._private.core_worker.submitter import Arg
 
+EXITED = "The actor exited intentionally (exit_actor() was called)."
+
 
 class ActorExit(SystemExit):
     """Raised by ``exit_actor()`` to end the actor after the current call."""
@@ -83,6 +85,11 @@ class Executor:
 
     def on_actor_call(self, conn: rpc.Connection, spec: dict, bufs: list) -> asyncio.Future:
         fut = self.core.loop.create_future()
+        if self.exiting:
+            body, out = self._error_reply(spec, exc.ActorDiedError(error_msg=EXITED), spec.get("m", "?"))
+            body["x"] = 1
+            fut.set_result(rpc.Reply(body, out))
+            return fut
         if self.actor_loop is not None:
             self.actor_loop.call_soon_threadsafe(self._start_async_call, spec, bufs, fut)
         elif self.actor_pool is not None:
@@ -143,6 +150,7 @@ class Executor:
         name = spec["n"]
         ctx = self.core.ctx
         self.core.job_id = spec["j"]
+        self.core.namespace = spec.get("ns")
         pos = 0
         try:
             if spec["fb"]:
@@ -284,6 +292,7 @@ class Executor:
         name = spec["n"]
         ctx = self.core.ctx
         self.core.job_id = spec["j"]
+        self.core.namespace = spec.get("ns")
         self.actor_id = spec["aid"]
         try:
             cls = cloudpickle.loads(bufs[0])
@@ -360,8 +369,8 @@ class Executor:
             result = self._method(spec)(*args, **kwargs)
             body, out = self._encode_returns(spec, result, name)
         except ActorExit:
-            exiting = True
-            body, out = self._error_reply(spec, exc.ActorDiedError(error_msg="The actor exited intentionally (exit_actor() was called)."), name)
+            exiting = self.exiting = True
+            body, out = self._error_reply(spec, exc.ActorDiedError(error_msg=EXITED), name)
         except KeyboardInterrupt:
             body, out = self._error_reply(spec, exc.TaskCancelledError(tid.hex()), name)
         except BaseException as e:  # noqa: BLE001
@@ -369,20 +378,20 @@ class Executor:
         finally:
             self.running.pop(tid, None)
             ctx.task_id = None
+        if exiting:
+            body["x"] = 1
+            self.core.call(self._notify_exit())
         self._reply(fut, body, out)
         if exiting:
-            self.core.post(self._notify_exit)
             self._exit_after_reply()
 
-    def _notify_exit(self) -> None:
-        async def go() -> None:
-            try:
-                gcs = await self.core.gcs()
-                await gcs.request("update_actor", {"actor_id": self.actor_id, "state": "DEAD", "cause": "The actor exited intentionally (exit_actor() was called)."})
-            except Exception:  # noqa: BLE001
-                pass
-
-        asyncio.ensure_future(go())
+    async def _notify_exit(self) -> None:
+        """Marks the actor dead in the control store before anyone hears of the exit."""
+        try:
+            gcs = await self.core.gcs()
+            await asyncio.wait_for(gcs.request("update_actor", {"actor_id": self.actor_id, "state": "DEAD", "cause": EXITED}), 5)
+        except Exception:  # noqa: BLE001
+            pass
 
     def _start_async_call(self, spec: dict, bufs: list, fut: asyncio.Future) -> None:
         asyncio.ensure_future(self._async_call(spec, bufs, fut))
@@ -399,17 +408,19 @@ class Executor:
                     result = await result
                 body, out = self._encode_returns(spec, result, name)
             except ActorExit:
-                exiting = True
-                body, out = self._error_reply(spec, exc.ActorDiedError(error_msg="The actor exited intentionally (exit_actor() was called)."), name)
+                exiting = self.exiting = True
+                body, out = self._error_reply(spec, exc.ActorDiedError(error_msg=EXITED), name)
             except asyncio.CancelledError:
                 body, out = self._error_reply(spec, exc.TaskCancelledError(spec["t"].hex()), name)
             except BaseException as e:  # noqa: BLE001
                 body, out = self._error_reply(spec, e, name)
         if self.core._borrows_inflight:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.core.flush_borrows(), self.core.loop))
+        if exiting:
+            body["x"] = 1
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._notify_exit(), self.core.loop))
         self.core.loop.call_soon_threadsafe(_set, fut, rpc.Reply(body, out))
         if exiting:
-            self.core.post(self._notify_exit)
             self.core.loop.call_later(0.05, os._exit, 0)
 
 

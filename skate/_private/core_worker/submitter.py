@@ -517,5 +517,6 @@ def new_task_spec(core: Any, task_id: bytes, name: str, fn_id: bytes, num_return
         "mc": max_calls,
         "mr": max_retries,
         "j": core.job_id,
+        "ns": core.namespace,
         "r": [],
     }
