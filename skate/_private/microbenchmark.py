@@ -43,8 +43,7 @@ import time
 import traceback
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 MARK = "@@skate-bench "
 BATCH = 1000  # calls per timed step in the batched workloads (Ray uses up to 10,000)
@@ -53,8 +52,7 @@ FRAMEWORKS = ("skate", "ray")
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@dataclass(frozen=True)
-class Metric:
+class Metric(NamedTuple):
     """One reported number: its name, unit and direction."""
 
     name: str
