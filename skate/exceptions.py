@@ -146,6 +146,9 @@ class TaskCancelledError(RayError):
         self.task_id = task_id
         super().__init__(message or f"Task {task_id} was cancelled.")
 
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.task_id, str(self)))
+
 
 class GetTimeoutError(RayError, TimeoutError):
     """``get`` did not get every value before its timeout."""
@@ -157,6 +160,9 @@ class ObjectLostError(RayError):
     def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", message: str | None = None) -> None:
         self.object_ref_hex = object_ref_hex
         super().__init__(message or f"Object {object_ref_hex} is lost and cannot be recovered.")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.object_ref_hex, None, "", str(self)))
 
 
 class ObjectFetchTimedOutError(ObjectLostError):

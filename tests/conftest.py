@@ -9,20 +9,32 @@ rather than sleeping.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 
-import psutil
-import pytest
+# Before skate reads its configuration: this test run gets its own session
+# folder and shared-memory names, so runs side by side never see each other's.
+_RUN_DIR = tempfile.mkdtemp(prefix="sk-")
+os.environ.setdefault("SKATE_TEMP_DIR", _RUN_DIR)
+os.environ.setdefault("SKATE_SHM_PREFIX", f"skt{os.getpid()}")
 
-import skate
-from skate._private.config import CONFIG
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+
+import skate  # noqa: E402
+from skate._private.config import CONFIG  # noqa: E402
 
 
 def _shm() -> set[str]:
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith("skate-")}
+        return {n for n in os.listdir("/dev/shm") if n.startswith(CONFIG.shm_prefix + "-")}
     except FileNotFoundError:
         return set()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_RUN_DIR, ignore_errors=True)
 
 
 def _sessions() -> set[str]:

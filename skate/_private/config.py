@@ -30,6 +30,8 @@ class Config:
     idle_worker_s: float = 10.0
     #: Root of per-session folders (sockets, logs, spilled objects).
     temp_dir: str = os.path.join(tempfile.gettempdir(), f"skate-{os.getuid()}")
+    #: First part of shared-memory segment names (/dev/shm/<prefix>-<node>-<object>).
+    shm_prefix: str = "skate"
     #: Default task retries on worker death.
     task_max_retries: int = 3
     #: Seconds an infeasible task waits before its warning is printed.

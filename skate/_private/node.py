@@ -57,7 +57,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def spawn(name: str, args: list[str], env: dict | None = None, tie_to_parent: bool = True, log_path: str | None = None) -> DaemonProcess:
+def spawn(name: str, args: list[str], env: dict | None = None, tie_to_parent: bool = True, log_path: str | None = None, pass_fds: tuple = ()) -> DaemonProcess:
     """Starts ``python -m <args>`` with a readiness pipe."""
     r, w = os.pipe()
     child_env = dict(env or os.environ)
@@ -68,7 +68,7 @@ def spawn(name: str, args: list[str], env: dict | None = None, tie_to_parent: bo
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", *args],
-            pass_fds=(w,),
+            pass_fds=(w, *pass_fds),
             env=child_env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -168,14 +168,30 @@ def start_head(
     Returns a description with the processes, the GCS address and the token.
     """
     session_dir, token, token_file = new_session()
-    gcs_port = port or free_port(host)
+    # Bind the control store's socket here and hand it over, so its port is
+    # known at once (the node daemon starts in parallel) and cannot be taken
+    # by someone else in between.
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as e:
+        listener.close()
+        raise ConnectionError(f"cannot listen on {host}:{port}: {e}") from None
+    listener.listen(128)
+    gcs_port = listener.getsockname()[1]
     gcs_address = f"{host}:{gcs_port}"
-    gcs = spawn(
-        "control store",
-        ["skate._private.gcs.server", "--host", host, "--port", str(gcs_port), "--token-file", token_file],
-        tie_to_parent=tie_to_parent,
-        log_path=None if tie_to_parent else os.path.join(session_dir, "gcs.log"),
-    )
+    try:
+        gcs = spawn(
+            "control store",
+            ["skate._private.gcs.server", "--host", host, "--port", str(gcs_port), "--token-file", token_file,
+             "--listen-fd", str(listener.fileno())],
+            tie_to_parent=tie_to_parent,
+            log_path=None if tie_to_parent else os.path.join(session_dir, "gcs.log"),
+            pass_fds=(listener.fileno(),),
+        )
+    finally:
+        listener.close()
     raylet = spawn(
         "node daemon",
         raylet_args(

@@ -413,9 +413,10 @@ def _log_task_error(task: asyncio.Task) -> None:
 
 
 async def serve_tcp(
-    host: str, port: int, token: bytes, handlers: dict[str, Handler], on_connect: Callable | None = None
+    host: str, port: int, token: bytes, handlers: dict[str, Handler], on_connect: Callable | None = None,
+    sock: socket.socket | None = None,
 ) -> asyncio.base_events.Server:
-    """Starts a TCP server on ``host:port`` (port 0 picks a free one)."""
+    """Starts a TCP server on ``host:port`` (port 0 picks a free one), or on a bound ``sock``."""
     loop = asyncio.get_running_loop()
 
     def factory() -> Connection:
@@ -424,6 +425,8 @@ async def serve_tcp(
             on_connect(conn)
         return conn
 
+    if sock is not None:
+        return await loop.create_server(factory, sock=sock)
     return await loop.create_server(factory, host, port, reuse_address=True)
 
 

@@ -253,6 +253,9 @@ class ActorManager:
             self._fail(st, rec)
 
     def _fail(self, st: ActorState, rec: TaskRecord) -> None:
+        if isinstance(st.error, exc.ActorUnschedulableError):
+            self.core.submitter.fail(rec, st.error)
+            return
         msg = f"The actor {st.class_name} ({st.actor_id.hex()}) is dead: {st.cause}"
         self.core.submitter.fail(rec, exc.ActorDiedError(cause=st.error, actor_id=st.actor_id.hex(), error_msg=msg))
 

@@ -18,6 +18,7 @@ that asked for them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import sys
@@ -51,9 +52,11 @@ class _Gather:
         self._done = threading.Event()
 
     def set(self, i: int, value: Any) -> None:
-        self.results[i] = value
-        self.count += 1
-        if self.count >= self.need:
+        with self.lock:
+            self.results[i] = value
+            self.count += 1
+            done = self.count >= self.need
+        if done:
             self._done.set()
 
     def wait(self, timeout: float | None) -> bool:
@@ -95,6 +98,7 @@ class CoreWorker:
         self._borrows_idle: asyncio.Event | None = None
         self._frees: list = []
         self._unmaps: list = []
+        self._wmaps: collections.OrderedDict = collections.OrderedDict()
         self._nodes: dict[bytes, dict] = {}
         self.log_to_driver = log_to_driver
         self.handlers: dict[str, Callable] = {
@@ -273,12 +277,49 @@ class CoreWorker:
             path = self.request(self.raylet, "obj_reserve", {"oid": oid, "size": size})
         except rpc.RemoteError as e:
             raise exc.ObjectStoreFullError(str(e).split(": ", 1)[-1]) from None
-        m = shm.create(path, size)
+        m = self._writable_map(path, size)
+        mv = memoryview(m)
         try:
-            serialization.write_layout(memoryview(m), data, bufs)
+            serialization.write_layout(mv, data, bufs)
         finally:
-            m.close()
-        self.post(self.raylet.notify, "obj_seal", {"oid": oid})
+            mv.release()
+        self.raylet.notify("obj_seal", {"oid": oid})
+
+    def _writable_map(self, path: str, size: int) -> Any:
+        """A writable mapping of a segment, reusing this process's mapping of it if any.
+
+        The store recycles freed segments (same file, new name), so a process
+        that writes large objects in a loop keeps writing into mappings it
+        already has: no page-table set-up or tear-down per object.
+        """
+        cache = self._wmaps
+        for key, (m, fd) in list(cache.items()):
+            if os.fstat(fd).st_nlink == 0:  # dropped by the store: let the memory go
+                del cache[key]
+                m.close()
+                os.close(fd)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        st = os.fstat(fd)
+        if st.st_size != size:
+            os.ftruncate(fd, size)
+        key = (st.st_dev, st.st_ino)
+        hit = cache.pop(key, None)
+        if hit is not None and len(hit[0]) >= size:
+            os.close(fd)
+            cache[key] = hit
+            return hit[0]
+        if hit is not None:
+            hit[0].close()
+            os.close(hit[1])
+        import mmap
+
+        m = mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        cache[key] = (m, fd)
+        while len(cache) > 4:
+            _, (old, ofd) = cache.popitem(last=False)
+            old.close()
+            os.close(ofd)
+        return m
 
     # --- get ------------------------------------------------------------------------
     def get(self, refs: Any, timeout: float | None = None) -> Any:
@@ -514,6 +555,12 @@ class CoreWorker:
         return ready, not_ready
 
     def _resolve_all_for_wait(self, refs: list, need: int, timeout: float | None) -> list:
+        # Fast path: a scan without locks or waiters (``wait`` is often called
+        # in a loop over a long, mostly finished list).
+        entries = self.store.entries
+        ready = [True if (e := entries.get(r._id)) is not None and e.state != PENDING else None for r in refs]
+        if timeout == 0 or sum(1 for x in ready if x) >= need:
+            return ready
         n = len(refs)
         g = _Gather(n, need)
         store = self.store
@@ -616,13 +663,31 @@ class CoreWorker:
             await self._borrows_idle.wait()
 
     def on_borrow_add(self, conn: rpc.Connection, oids: list, bufs: list) -> bool:
+        # Borrows are remembered per connection: a borrower that dies drops them.
+        held = getattr(conn, "borrows", None)
+        if held is None:
+            held = conn.borrows = collections.Counter()
+            conn.on_close.append(self._borrower_gone)
         for oid in oids:
-            self.store.adjust(oid, borrowers=+1)
+            if self.store.adjust(oid, borrowers=+1):
+                held[oid] += 1
         return True
 
     def on_borrow_remove(self, conn: rpc.Connection, oids: list, bufs: list) -> None:
+        held = getattr(conn, "borrows", None)
         for oid in oids:
-            self.store.adjust(oid, borrowers=-1)
+            if held is not None and held.get(oid, 0) > 0:
+                held[oid] -= 1
+                if not held[oid]:
+                    del held[oid]
+                self.store.adjust(oid, borrowers=-1)
+
+    def _borrower_gone(self, conn: rpc.Connection) -> None:
+        if self.closing:
+            return
+        held, conn.borrows = conn.borrows, collections.Counter()
+        for oid, n in held.items():
+            self.store.adjust(oid, borrowers=-n)
 
     def _on_free(self, oid: bytes, e: Any) -> None:
         if e.state == SHM or (e.state == ERROR and not e.retrieved):
@@ -710,6 +775,10 @@ class CoreWorker:
         except Exception:
             pass
         self.closed = True
+        for m, fd in self._wmaps.values():
+            m.close()
+            os.close(fd)
+        self._wmaps.clear()
         self.loop.call_soon_threadsafe(self._stop_loop)
         self._thread.join(timeout=5)
         for path in (getattr(self, "server_uds", None),):

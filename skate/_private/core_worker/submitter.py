@@ -241,10 +241,14 @@ class TaskSubmitter:
                 failed = list(ks.queue) if not self.closing else []
                 ks.queue.clear()
             if failed:
-                log.warning("could not lease a worker: %s", e)
                 # Fail what cannot be placed rather than hang.
+                if isinstance(e, exc.RayError):
+                    err: exc.RayError = e
+                else:
+                    log.warning("could not lease a worker: %s", e)
+                    err = exc.RaySystemError(f"could not lease a worker: {e}")
                 for rec in failed:
-                    self.fail(rec, exc.RaySystemError(f"could not lease a worker: {e}"))
+                    self.fail(rec, err)
             return
         lease = Lease(grant, conn, raylet, key)
         with self.lock:
@@ -268,6 +272,9 @@ class TaskSubmitter:
             target = reply["spill"]
             raylet = await self._raylet(target)
             reply = await raylet.request("request_lease", dict(body, no_spill=hops >= 2))
+        if "unschedulable" in reply:
+            cls = exc.ActorUnschedulableError if body.get("actor_id") else exc.TaskUnschedulableError
+            raise cls(f"it can never be scheduled: {reply['unschedulable']}")
         return reply, raylet
 
     async def _raylet(self, target: dict) -> rpc.Connection:

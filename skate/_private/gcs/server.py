@@ -233,11 +233,18 @@ async def _main(stop: asyncio.Event) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--token-file", required=True)
+    ap.add_argument("--listen-fd", type=int, default=-1, help="an already bound socket to serve on")
     args = ap.parse_args()
     with open(args.token_file, "rb") as f:
         token = f.read().strip()
     gcs = GcsServer(token)
-    server = await rpc.serve_tcp(args.host, args.port, token, gcs.handlers)
+    if args.listen_fd >= 0:
+        import socket
+
+        sock = socket.socket(fileno=args.listen_fd)
+        server = await rpc.serve_tcp(args.host, args.port, token, gcs.handlers, sock=sock)
+    else:
+        server = await rpc.serve_tcp(args.host, args.port, token, gcs.handlers)
     port = server.sockets[0].getsockname()[1]
     watcher = asyncio.ensure_future(gcs._watch_heartbeats())
     daemon.report_ready({"port": port})

@@ -7,7 +7,9 @@ in total and free) it decides, for each request, one of:
 * ``grant``    -- it fits here now: the resources are taken;
 * ``spill``    -- another node should take it (returns that node's id);
 * ``wait``     -- it fits this node's total, just not now: stay queued;
-* ``infeasible`` -- no node in the cluster has that much: stay queued, warn.
+* ``infeasible`` -- no node in the cluster has that much: stay queued, warn;
+* ``unschedulable`` -- it can never run (pinned to a node that is gone):
+  dropped from the queue, the requester gets an error.
 
 The node daemon feeds it events (request, release, block/unblock, cluster
 view change) and carries out its decisions.
@@ -116,7 +118,7 @@ class LocalScheduler:
             if decision == "grant":
                 subtract(self.available, req.resources)
                 out.append((decision, req, arg))
-            elif decision == "spill":
+            elif decision in ("spill", "unschedulable"):
                 out.append((decision, req, arg))
             else:
                 if decision == "infeasible" and not req.warned:
@@ -136,7 +138,7 @@ class LocalScheduler:
                 if view is not None and view.alive and not req.no_spill:
                     return "spill", target
                 if not strategy[2]:  # hard affinity to a node that is gone
-                    return "infeasible", "the node it is pinned to is not alive"
+                    return "unschedulable", f"the node it is pinned to ({strategy[1]}) is not alive"
             elif fits(need, self.available):
                 return "grant", None
             elif fits(need, self.total) or not strategy[2]:

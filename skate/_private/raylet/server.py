@@ -69,7 +69,7 @@ class Raylet:
         resources[f"node:{self.ip}"] = 1.0
         self.resources = resources
         self.sched = LocalScheduler(self.node_id, resources)
-        self.prefix = f"skate-{self.node_id.hex()[:12]}"
+        self.prefix = f"{CONFIG.shm_prefix}-{self.node_id.hex()[:12]}"
         self.store = ObjectStore(
             self.prefix, int(args.object_store_memory), os.path.join(self.session_dir, "spill", self.node_id.hex()[:12])
         )
@@ -222,6 +222,9 @@ class Raylet:
                 peer = self.peers[arg]
                 if fut is not None and not fut.done():
                     fut.set_result({"spill": {"node_id": arg, "ip": peer["ip"], "port": peer["port"], "uds": peer["uds"]}})
+            elif decision == "unschedulable":
+                if fut is not None and not fut.done():
+                    fut.set_result({"unschedulable": arg})
             elif decision == "infeasible":
                 if not conn.closed:
                     conn.notify(

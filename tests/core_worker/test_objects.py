@@ -1,0 +1,550 @@
+"""Objects end to end: put/get, shared memory, spilling, freeing, serialization
+errors, refs inside values, and how task errors reach the caller."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import threading
+
+import cloudpickle
+import numpy as np
+import psutil
+import pytest
+
+import skate
+from skate import exceptions as exc
+from skate._private import runtime
+from tests.conftest import wait_for
+
+# Workers cannot import this test module: ship its helpers by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+MB = 1024 * 1024
+
+
+def _segments() -> set[str]:
+    """This cluster's shared-memory segments (other clusters may share /dev/shm)."""
+    prefix = runtime.current().store_prefix + "-"
+    return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
+
+
+def _segment_of(ref) -> str:
+    return f"{runtime.current().store_prefix}-{ref.hex()}"
+
+
+# --- put / get -------------------------------------------------------------------------
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __eq__(self, other):
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+
+VALUES = [
+    0,
+    -12345678901234567890,
+    3.5,
+    float("inf"),
+    "text",
+    "ünïcødé",
+    b"\x00bytes",
+    None,
+    True,
+    [1, [2, [3]]],
+    (1, "a", None),
+    {"a": 1, 2: [3], (4, 5): {"x": None}},
+    {1, 2, 3},
+    frozenset({"a"}),
+    b"x" * (2 * MB),  # large: shared memory
+    "y" * (200 * 1024),
+]
+
+
+def test_put_get_roundtrip(ray_start):
+    for value in VALUES:
+        assert skate.get(skate.put(value)) == value
+    assert skate.get([skate.put(v) for v in VALUES]) == VALUES
+    assert skate.get(skate.put(Point(1, 2))) == Point(1, 2)
+    f = skate.get(skate.put(lambda x: x * 2))
+    assert f(21) == 42
+    e = skate.get(skate.put(ValueError("stored, not raised")))
+    assert isinstance(e, ValueError) and str(e) == "stored, not raised"
+    with pytest.raises(TypeError):
+        skate.put(skate.put(1))
+
+
+def test_numpy_get_is_read_only_and_zero_copy(ray_start):
+    arr = np.arange(1_000_000, dtype=np.int64)  # 8 MB: goes to shared memory
+    ref = skate.put(arr)
+    out = skate.get(ref)
+    assert isinstance(out, np.ndarray)
+    assert out.dtype == arr.dtype and out.shape == arr.shape
+    np.testing.assert_array_equal(out, arr)
+    assert not out.flags.writeable
+    assert not out.flags.owndata  # a view on the mapped segment, not a copy
+    assert out.ctypes.data % 64 == 0  # buffers are aligned in the segment
+    with pytest.raises(ValueError):
+        out[0] = 1
+    small = skate.get(skate.put(np.arange(10)))
+    np.testing.assert_array_equal(small, np.arange(10))
+    # Other dtypes and shapes.
+    values = [
+        np.zeros((3, 4), dtype=np.float32),
+        np.arange(12, dtype=np.uint8).reshape(3, 4).T,  # not contiguous
+        np.array([1 + 2j, 3 - 4j]),
+        np.array(["a", "bc"]),
+        np.ones((0, 5)),
+        np.random.default_rng(0).random((256, 256)),
+    ]
+    for v in values:
+        out = skate.get(skate.put(v))
+        assert out.dtype == v.dtype and out.shape == v.shape
+        np.testing.assert_array_equal(out, v)
+
+
+def test_large_arrays_in_and_out_of_tasks(ray_start):
+    @skate.remote
+    def checksum(a):
+        return float(a.sum()), a.shape, bool(a.flags.writeable)
+
+    @skate.remote
+    def make(n, fill):
+        return np.full(n, fill, dtype=np.float64)
+
+    big = np.ones(20 * MB // 8)
+    # By value (a large argument) and by reference.
+    s, shape, writeable = skate.get(checksum.remote(big))
+    assert s == big.size and shape == big.shape and not writeable
+    ref = skate.put(big)
+    assert skate.get(checksum.remote(ref))[0] == big.size
+    out = skate.get(make.remote(20 * MB // 8, 2.0))
+    assert out.shape == (20 * MB // 8,) and float(out[0]) == 2.0 and float(out[-1]) == 2.0
+    # A task's large return passed straight to another task.
+    assert skate.get(checksum.remote(make.remote(1000_000, 3.0)))[0] == 3_000_000.0
+
+
+# --- the object store: spilling, limits, freeing ----------------------------------------
+
+
+def test_spilling_beyond_the_store(tmp_path):
+    skate.init(num_cpus=1, object_store_memory=50 * MB)
+    try:
+        n = 20 * MB // 8
+        refs = [skate.put(np.full(n, i, dtype=np.float64)) for i in range(6)]  # 120 MB, kept alive
+        for i, ref in enumerate(refs):
+            arr = skate.get(ref)
+            assert arr.shape == (n,)
+            assert float(arr[0]) == i and float(arr[-1]) == i
+            del arr
+        # Once more in reverse (everything spilled is restored again).
+        for i, ref in reversed(list(enumerate(refs))):
+            assert float(skate.get(ref)[n // 2]) == i
+
+        @skate.remote
+        def first(a):
+            return float(a[0])
+
+        assert skate.get([first.remote(r) for r in refs]) == [float(i) for i in range(6)]
+    finally:
+        skate.shutdown()
+
+
+def test_object_larger_than_the_store(tmp_path):
+    skate.init(num_cpus=1, object_store_memory=50 * MB)
+    try:
+        with pytest.raises(exc.ObjectStoreFullError) as info:
+            skate.put(np.zeros(60 * MB, dtype=np.uint8))
+        msg = str(info.value)
+        assert "object_store_memory" in msg or "object store" in msg
+        assert str(50 * MB) in msg  # says how large the store is
+        # The store still works afterwards.
+        assert skate.get(skate.put(np.ones(10))).sum() == 10
+
+        @skate.remote
+        def too_big():
+            return np.zeros(60 * MB, dtype=np.uint8)
+
+        with pytest.raises(exc.RayError) as info:
+            skate.get(too_big.remote())
+        assert isinstance(info.value, exc.ObjectStoreFullError) or "ObjectStoreFullError" in str(info.value)
+    finally:
+        skate.shutdown()
+
+
+def _segment_bytes() -> int:
+    prefix = runtime.current().store_prefix + "-"
+    total = 0
+    for n in os.listdir("/dev/shm"):
+        if n.startswith(prefix):
+            try:
+                total += os.stat(os.path.join("/dev/shm", n)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def test_memory_does_not_grow_when_objects_are_dropped(ray_start):
+    size = 2 * MB
+    # The store may keep a few freed segments around for reuse, but a loop
+    # that puts and drops objects must not accumulate them.
+    bound = 4 * size
+    for i in range(30):
+        ref = skate.put(np.full(size, i, dtype=np.uint8))
+        assert int(skate.get(ref)[0]) == i
+        name = _segment_of(ref)
+        del ref
+        assert len(_segments()) <= 8
+    wait_for(lambda: name not in _segments(), 10, what="the last dropped object's segment to go")
+    wait_for(lambda: _segment_bytes() <= bound, 10, what="dropped objects' memory to be released")
+    wait_for(lambda: len(_segments()) <= 3, 10, what="dropped objects' segments to go")
+
+    @skate.remote
+    def make(i):
+        return np.full(size, i, dtype=np.uint8)
+
+    for i in range(10):
+        assert int(skate.get(make.remote(i))[-1]) == i
+        assert len(_segments()) <= 8
+    gc.collect()
+    wait_for(lambda: _segment_bytes() <= bound, 10, what="dropped task results' memory to be released")
+
+
+def test_segment_freed_when_last_ref_dropped(ray_start):
+    ref = skate.put(np.zeros(2 * MB, dtype=np.uint8))
+    name = _segment_of(ref)
+    assert name in _segments()
+    copy = ref
+    del ref
+    gc.collect()
+    assert name in _segments()  # still referenced by ``copy``
+    del copy
+    wait_for(lambda: name not in _segments(), 10, what="the segment to be freed")
+
+    # An object whose only ref is inside another object lives as long as that one.
+    inner = skate.put(np.arange(MB // 8))
+    name = _segment_of(inner)
+    outer = skate.put({"inner": inner})
+    del inner
+    gc.collect()
+    got = skate.get(outer)["inner"]
+    np.testing.assert_array_equal(skate.get(got), np.arange(MB // 8))
+    del got, outer
+    gc.collect()
+    wait_for(lambda: name not in _segments(), 10, what="the contained object to be freed")
+
+
+def test_borrowed_object_kept_until_borrower_drops_it(ray_start):
+    @skate.remote
+    class Holder:
+        def __init__(self):
+            self.refs = None
+
+        def hold(self, refs):
+            self.refs = refs  # a list: the ref inside is not resolved
+            return True
+
+        def read(self):
+            return int(skate.get(self.refs[0]).sum())
+
+        def drop(self):
+            self.refs = None
+            gc.collect()
+            return True
+
+    holder = Holder.remote()
+    ref = skate.put(np.ones(3 * MB, dtype=np.uint8))
+    name = _segment_of(ref)
+    assert skate.get(holder.hold.remote([ref]))
+    del ref
+    gc.collect()
+    # The driver dropped its ref but the actor still borrows it.
+    assert skate.get(holder.read.remote()) == 3 * MB
+    assert name in _segments()
+    assert skate.get(holder.drop.remote())
+    wait_for(lambda: name not in _segments(), 10, what="the segment to be freed after the borrower dropped it")
+
+
+def test_object_freed_when_borrowing_actor_dies(ray_start):
+    @skate.remote
+    class Holder:
+        def hold(self, refs):
+            self.refs = refs
+            return True
+
+    holder = Holder.remote()
+    ref = skate.put(np.ones(3 * MB, dtype=np.uint8))
+    name = _segment_of(ref)
+    assert skate.get(holder.hold.remote([ref]))
+    del ref
+    gc.collect()
+    assert name in _segments()
+    # The borrower dies without giving the ref back: the owner must notice.
+    skate.kill(holder)
+    wait_for(lambda: name not in _segments(), 10, what="the segment to be freed after the borrower died")
+
+
+def test_borrowed_by_a_running_task(ray_start, tmp_path):
+    gate = str(tmp_path / "gate")
+
+    @skate.remote
+    def use_later(refs, gate):
+        import time
+
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return int(skate.get(refs[0]).sum())
+
+    ref = skate.put(np.ones(2 * MB, dtype=np.uint8))
+    name = _segment_of(ref)
+    out = use_later.remote([ref], gate)
+    del ref
+    gc.collect()
+    assert name in _segments()
+    open(gate, "w").close()
+    assert skate.get(out) == 2 * MB
+    wait_for(lambda: name not in _segments(), 10, what="the segment to be freed after the task ended")
+
+
+# --- serialization errors ------------------------------------------------------------------
+
+
+def test_serialization_errors_name_the_culprit(ray_start):
+    @skate.remote
+    def f(*args, **kwargs):
+        return 1
+
+    @skate.remote
+    def returns_lock():
+        return threading.Lock()
+
+    lk = threading.Lock()
+
+    @skate.remote
+    def uses_lock():
+        return lk.locked()
+
+    # put() of a value holding a lock.
+    with pytest.raises(TypeError) as info:
+        skate.put({"fine": 1, "lock": threading.Lock()})
+    assert "lock" in str(info.value)
+    assert "put" in str(info.value)
+    # Task arguments: the error names which one.
+    with pytest.raises(TypeError, match="argument 1"):
+        f.remote(1, threading.Lock())
+    with pytest.raises(TypeError, match="'lk'"):
+        f.remote(1, lk=threading.Lock())
+    # A function capturing a lock: the error names the variable.
+    with pytest.raises(TypeError, match="lk"):
+        uses_lock.remote()
+    # A return value that cannot be sent back.
+    with pytest.raises(exc.RayTaskError) as info:
+        skate.get(returns_lock.remote())
+    assert isinstance(info.value, TypeError)
+    assert "return value" in str(info.value)
+    # The worker survives all of it.
+    assert skate.get(f.remote(1)) == 1
+
+
+# --- refs inside values --------------------------------------------------------------------
+
+
+def test_nested_refs_are_not_resolved(ray_start):
+    @skate.remote
+    def inspect_arg(x):
+        return [type(r).__name__ for r in x["refs"]], skate.get(x["refs"])
+
+    a, b = skate.put(1), skate.put("two")
+    kinds, values = skate.get(inspect_arg.remote({"refs": [a, b]}))
+    assert kinds == ["ObjectRef", "ObjectRef"]
+    assert values == [1, "two"]
+
+    @skate.remote
+    def in_list(lst):
+        return isinstance(lst[0], skate.ObjectRef), skate.get(lst[0])
+
+    assert skate.get(in_list.remote([a])) == (True, 1)
+
+    # Refs of pending task results inside a list.
+    @skate.remote
+    def make(x):
+        return x * 10
+
+    @skate.remote
+    def total(refs):
+        return sum(skate.get(refs))
+
+    assert skate.get(total.remote([make.remote(i) for i in range(5)])) == 100
+
+
+def test_task_returns_refs_it_put(ray_start):
+    @skate.remote
+    def producer():
+        return [skate.put("small"), skate.put(np.full(MB, 7, dtype=np.uint8))]
+
+    refs = skate.get(producer.remote())
+    assert all(isinstance(r, skate.ObjectRef) for r in refs)
+    # The task is over; the values live on.
+    small, big = skate.get(refs)
+    assert small == "small"
+    assert big.shape == (MB,) and int(big[0]) == 7
+
+    @skate.remote
+    def consume(refs):
+        return skate.get(refs[0]) + str(int(skate.get(refs[1])[-1]))
+
+    assert skate.get(consume.remote(refs)) == "small7"
+
+    # A task returning the ref of a task it submitted.
+    @skate.remote
+    def inner():
+        return "inner value"
+
+    @skate.remote
+    def outer():
+        return inner.remote()
+
+    ref = skate.get(outer.remote())
+    assert isinstance(ref, skate.ObjectRef)
+    assert skate.get(ref) == "inner value"
+
+
+def test_owner_died(ray_start):
+    @skate.remote(max_calls=1)  # the worker exits after this task
+    def producer():
+        return os.getpid(), [skate.put("small"), skate.put(np.ones(MB, dtype=np.uint8))]
+
+    pid, refs = skate.get(producer.remote())
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+             20, what="the owning worker to exit")
+    for ref in refs:
+        with pytest.raises(exc.OwnerDiedError) as info:
+            skate.get(ref, timeout=30)
+        assert isinstance(info.value, exc.ObjectLostError)
+        assert ref.hex() in str(info.value)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class MyError(Exception):
+    pass
+
+
+class CodedError(Exception):
+    def __init__(self, msg, code=None):
+        super().__init__(msg)
+        self.code = code
+
+
+def test_task_exception_is_both_classes(ray_start):
+    @skate.remote
+    def raiser():
+        raise MyError("custom failure")
+
+    with pytest.raises(MyError) as info:
+        skate.get(raiser.remote())
+    err = info.value
+    assert isinstance(err, exc.RayTaskError)
+    assert isinstance(err, MyError)
+    text = str(err)
+    assert "custom failure" in text
+    assert "Traceback" in text
+    assert "raiser" in text
+
+    with pytest.raises(exc.RayTaskError):
+        skate.get(raiser.remote())
+
+    @skate.remote
+    def inner():
+        raise KeyError("deep")
+
+    @skate.remote
+    def outer():
+        return skate.get(inner.remote())
+
+    with pytest.raises(KeyError) as info:
+        skate.get(outer.remote())
+    assert "deep" in str(info.value)
+
+    @skate.remote
+    def coded():
+        raise CodedError("with a code", 42)
+
+    @skate.remote
+    def missing():
+        return open("/nonexistent/skate/file")
+
+    with pytest.raises(CodedError) as info:
+        skate.get(coded.remote())
+    assert info.value.code == 42
+    assert isinstance(info.value.cause, CodedError)
+    with pytest.raises(FileNotFoundError) as info2:
+        skate.get(missing.remote())
+    assert info2.value.cause.errno == 2
+
+
+def test_dependent_task_gets_upstream_error(ray_start, tmp_path):
+    marker = tmp_path / "ran"
+
+    @skate.remote
+    def upstream():
+        raise ValueError("upstream broke")
+
+    @skate.remote
+    def downstream(x, path):
+        with open(path, "w") as f:
+            f.write("ran")
+        return x
+
+    with pytest.raises(ValueError, match="upstream broke") as info:
+        skate.get(downstream.remote(upstream.remote(), str(marker)))
+    assert isinstance(info.value, exc.RayTaskError)
+    assert not marker.exists()  # downstream never ran
+
+
+def test_unhandled_error_printed_when_dropped(ray_start, capfd):
+    @skate.remote
+    def fails():
+        raise ValueError("nobody looked at me")
+
+    ref = fails.remote()
+    skate.wait([ref], timeout=30)
+    del ref
+    gc.collect()
+    seen = []
+
+    def printed():
+        seen.append(capfd.readouterr().err)
+        return "nobody looked at me" in "".join(seen)
+
+    wait_for(printed, 10, what="the unhandled error to be printed")
+    skate.shutdown()
+    text = "".join(seen) + capfd.readouterr().err
+    assert "Unhandled error" in text
+    assert text.count("Unhandled error") == 1  # printed once
+
+
+def test_retrieved_error_is_not_reported(ray_start, capfd):
+    @skate.remote
+    def fails():
+        raise ValueError("already seen")
+
+    @skate.remote
+    def ok():
+        return 1
+
+    ref = fails.remote()
+    with pytest.raises(ValueError):
+        skate.get(ref)
+    del ref
+    gc.collect()
+    # Flush the driver's pending frees with a round trip, then check.
+    assert skate.get(ok.remote()) == 1
+    skate.shutdown()
+    assert "Unhandled error" not in capfd.readouterr().err

@@ -1,0 +1,271 @@
+"""Unit tests of the node's shared-memory store accounting (no cluster)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from skate._private.object_store import shm
+from skate._private.object_store.store import ObjectStore, StoreFull
+
+KB = 1024
+MB = 1024 * KB
+
+
+def _oid(i: int) -> bytes:
+    return i.to_bytes(4, "little") * 5
+
+
+@pytest.fixture
+def prefix():
+    # Not "skate-...": these segments are not a cluster's.
+    p = f"skatetest{uuid.uuid4().hex[:12]}"
+    yield p
+    for name in os.listdir(shm.SHM_DIR or "/tmp"):
+        if name.startswith(p):
+            os.unlink(os.path.join(shm.SHM_DIR or "/tmp", name))
+
+
+def _files(prefix: str) -> set[str]:
+    return {n for n in os.listdir(shm.SHM_DIR or "/tmp") if n.startswith(prefix)}
+
+
+def _make(store: ObjectStore, oid: bytes, size: int, fill: int, primary: bool = True) -> str:
+    """Reserves, writes and seals one object, as a producer does."""
+    path = store.reserve(oid, size, primary)
+    m = shm.create(path, size)
+    try:
+        m[:] = bytes([fill]) * size
+    finally:
+        m.close()
+    store.seal(oid)
+    return path
+
+
+def _read(path: str) -> bytes:
+    m = shm.open_readonly(path)
+    try:
+        return bytes(m)
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def store(prefix, tmp_path):
+    s = ObjectStore(prefix, 10 * 100 * KB, str(tmp_path / "spill"))
+    yield s
+    s.clear()
+
+
+def test_reserve_seal_contains(store, prefix):
+    oid = _oid(1)
+    path = store.reserve(oid, 100 * KB)
+    assert path == shm.segment_path(prefix, oid)
+    assert os.path.basename(path).startswith(prefix + "-")
+    assert store.used == 100 * KB
+    assert not store.contains(oid)  # not sealed yet
+    assert store.ensure_local(oid) is None
+    m = shm.create(path, 100 * KB)
+    m[:5] = b"hello"
+    m.close()
+    store.seal(oid)
+    assert store.contains(oid)
+    assert store.ensure_local(oid) == path
+    assert _read(path)[:5] == b"hello"
+    assert store.read_bytes(oid)[:5] == b"hello"
+    assert store.stats()["objects"] == 1
+    assert store.stats()["used"] == 100 * KB
+
+
+def test_reserve_twice_returns_the_same_segment(store):
+    oid = _oid(1)
+    p1 = store.reserve(oid, 50 * KB)
+    p2 = store.reserve(oid, 50 * KB)
+    assert p1 == p2
+    assert store.used == 50 * KB
+
+
+def test_unknown_objects(store):
+    assert not store.contains(_oid(9))
+    assert store.ensure_local(_oid(9)) is None
+    assert store.read_bytes(_oid(9)) is None
+    store.free(_oid(9))  # no error
+    store.seal(_oid(9))  # no error
+    assert store.used == 0
+
+
+def test_free_removes_segment_and_space(store, prefix):
+    oid = _oid(1)
+    path = _make(store, oid, 100 * KB, 1)
+    assert os.path.exists(path)
+    store.free(oid)
+    assert not os.path.exists(path)
+    assert not store.contains(oid)
+    assert store.used == 0
+    assert _files(prefix) == set()
+
+
+def test_object_larger_than_capacity(store):
+    with pytest.raises(StoreFull) as info:
+        store.reserve(_oid(1), store.capacity + 1)
+    msg = str(info.value)
+    assert str(store.capacity) in msg
+    assert "object_store_memory" in msg
+    assert store.used == 0
+    assert not store.objects
+
+
+def test_spill_least_recently_used_first(store, tmp_path):
+    size = 300 * KB  # 3 fit in 1000 KB
+    paths = [_make(store, _oid(i), size, i + 1) for i in range(3)]
+    assert store.used == 3 * size
+    store.ensure_local(_oid(0))  # 0 is now the most recently used
+    p3 = _make(store, _oid(3), size, 4)
+    # Object 1 (least recently used) went to disk.
+    assert not os.path.exists(paths[1])
+    assert os.path.exists(paths[0]) and os.path.exists(paths[2]) and os.path.exists(p3)
+    st = store.stats()
+    assert st["spilled"] == 1
+    assert st["spilled_bytes_total"] == size
+    assert store.used == 3 * size
+    assert store.contains(_oid(1))  # spilled objects are still there
+    assert os.listdir(tmp_path / "spill") == [_oid(1).hex()]
+    # read_bytes works on a spilled object without restoring it.
+    assert store.read_bytes(_oid(1)) == bytes([2]) * size
+    assert not os.path.exists(paths[1])
+
+
+def test_restore_spilled(store, tmp_path):
+    size = 300 * KB
+    for i in range(4):
+        _make(store, _oid(i), size, i + 1)
+    assert store.stats()["spilled"] == 1
+    spilled = [o for o, obj in store.objects.items() if obj.spilled_path][0]
+    path = store.ensure_local(spilled)
+    assert path is not None and os.path.exists(path)
+    assert _read(path) == bytes([_oid_index(spilled) + 1]) * size
+    st = store.stats()
+    assert st["restored_bytes_total"] == size
+    assert st["spilled"] == 1  # restoring made room by spilling another
+    assert store.used <= store.capacity
+    assert len(os.listdir(tmp_path / "spill")) == 1
+    # Every object reads back with its own contents.
+    for i in range(4):
+        p = store.ensure_local(_oid(i))
+        assert _read(p) == bytes([i + 1]) * size
+        assert store.used <= store.capacity
+
+
+def _oid_index(oid: bytes) -> int:
+    return int.from_bytes(oid[:4], "little")
+
+
+def test_free_spilled_object_removes_the_file(store, tmp_path):
+    size = 300 * KB
+    for i in range(4):
+        _make(store, _oid(i), size, i + 1)
+    spilled = [o for o, obj in store.objects.items() if obj.spilled_path][0]
+    used = store.used
+    store.free(spilled)
+    assert os.listdir(tmp_path / "spill") == []
+    assert store.used == used  # a spilled object took no memory
+    assert not store.contains(spilled)
+
+
+def test_secondary_copies_dropped_before_spilling(store, tmp_path):
+    size = 300 * KB
+    _make(store, _oid(0), size, 1, primary=False)  # oldest, but a copy
+    _make(store, _oid(1), size, 2)
+    _make(store, _oid(2), size, 3)
+    _make(store, _oid(3), size, 4)
+    assert not store.contains(_oid(0))  # dropped, not spilled
+    assert not os.path.exists(tmp_path / "spill") or os.listdir(tmp_path / "spill") == []
+    assert store.stats()["spilled"] == 0
+    assert all(store.contains(_oid(i)) for i in (1, 2, 3))
+
+
+def test_unsealed_objects_are_not_evicted(store):
+    size = 300 * KB
+    for i in range(3):
+        store.reserve(_oid(i), size)  # being written: not sealed
+    with pytest.raises(StoreFull) as info:
+        store.reserve(_oid(3), size)
+    assert "full" in str(info.value)
+    assert store.used == 3 * size
+    assert not store.contains(_oid(3))
+
+
+def test_freed_space_is_reused(store, prefix):
+    size = 400 * KB
+    for round_ in range(10):
+        oid = _oid(round_)
+        _make(store, oid, size, round_ + 1)
+        store.free(oid)
+        assert store.used <= store.capacity
+    assert store.stats()["spilled_bytes_total"] == 0
+    assert len(_files(prefix)) <= 2
+
+
+@pytest.mark.parametrize("size", [2 * MB])
+def test_recycled_segment_holds_the_new_object(prefix, tmp_path, size):
+    s = ObjectStore(prefix, 10 * size, str(tmp_path / "spill"))
+    try:
+        _make(s, _oid(1), size, 1)
+        s.free(_oid(1))
+        assert not s.contains(_oid(1))
+        path = _make(s, _oid(2), size, 2)
+        assert path == shm.segment_path(prefix, _oid(2))
+        assert os.path.getsize(path) == size
+        assert _read(path) == bytes([2]) * size
+        s.free(_oid(2))
+        assert s.used <= s.capacity
+    finally:
+        s.clear()
+    assert _files(prefix) == set()
+
+
+def test_mapped_segment_is_not_reused(prefix, tmp_path):
+    size = 2 * MB
+    s = ObjectStore(prefix, 10 * size, str(tmp_path / "spill"))
+    try:
+        path = _make(s, _oid(1), size, 1)
+        s.map_added(_oid(1))
+        reader = shm.open_readonly(path)
+        s.free(_oid(1))
+        # A reader still maps it: the new object must not overwrite it.
+        _make(s, _oid(2), size, 2)
+        assert reader[:1] == b"\x01" and reader[size - 1 : size] == b"\x01"
+        reader.close()
+        s.map_removed(_oid(1))
+    finally:
+        s.clear()
+
+
+def test_clear(store, prefix, tmp_path):
+    size = 300 * KB
+    for i in range(5):
+        _make(store, _oid(i), size, i + 1)
+    store.reserve(_oid(10), 10 * KB)  # unsealed
+    assert _files(prefix)
+    store.clear()
+    assert _files(prefix) == set()
+    assert not os.path.exists(tmp_path / "spill")
+    assert not store.objects
+
+
+def test_shm_helpers(prefix):
+    path = shm.segment_path(prefix, b"\xab" * 4)
+    assert path.endswith(f"{prefix}-abababab")
+    m = shm.create(path, 4096)
+    m[:3] = b"abc"
+    m.close()
+    r = shm.open_readonly(path)
+    assert r[:3] == b"abc" and len(r) == 4096
+    with pytest.raises(TypeError):
+        r[0] = 1
+    r.close()
+    shm.unlink(path)
+    shm.unlink(path)  # a missing segment is fine
+    assert not os.path.exists(path)
