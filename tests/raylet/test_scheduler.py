@@ -258,12 +258,13 @@ def test_hard_affinity_to_this_node():
     assert decide(s, req(strategy=strategy))[0] == "queued"
 
 
-def test_hard_affinity_to_dead_or_unknown_node_is_infeasible():
+def test_hard_affinity_to_dead_or_unknown_node_is_unschedulable():
     s = LocalScheduler(HERE, {"CPU": 4.0})
     s.update_node(OTHER, {"CPU": 4.0}, {"CPU": 4.0}, False)
-    assert decide(s, req(strategy=["node", OTHER.hex(), False]))[0] == "infeasible"
-    assert decide(s, req(strategy=["node", THIRD.hex(), False]))[0] == "infeasible"
+    assert decide(s, req(strategy=["node", OTHER.hex(), False]))[0] == "unschedulable"
+    assert decide(s, req(strategy=["node", THIRD.hex(), False]))[0] == "unschedulable"
     assert s.available["CPU"] == 4.0
+    assert not s.queue  # dropped: it can never run
 
 
 def test_soft_affinity_falls_back_when_node_is_gone():
