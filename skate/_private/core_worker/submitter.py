@@ -264,14 +264,24 @@ class TaskSubmitter:
 
     async def acquire_lease(self, body: dict) -> tuple[dict, rpc.Connection]:
         """Asks the local node daemon for a lease, following spillback."""
-        raylet = self.core.raylet
-        reply = await raylet.request("request_lease", body)
-        hops = 0
-        while "spill" in reply:
-            hops += 1
-            target = reply["spill"]
-            raylet = await self._raylet(target)
-            reply = await raylet.request("request_lease", dict(body, no_spill=hops >= 2))
+        deadline = time.monotonic() + 60
+        while True:
+            raylet = self.core.raylet
+            reply = await raylet.request("request_lease", body)
+            hops = 0
+            try:
+                while "spill" in reply:
+                    hops += 1
+                    target = reply["spill"]
+                    raylet = await self._raylet(target)
+                    reply = await raylet.request("request_lease", dict(body, no_spill=hops >= 2))
+                break
+            except (OSError, rpc.ConnectionLost):
+                # The node we were sent to just died; once the cluster view
+                # has caught up, the local daemon will send us elsewhere.
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
         if "unschedulable" in reply:
             cls = exc.ActorUnschedulableError if body.get("actor_id") else exc.TaskUnschedulableError
             raise cls(f"it can never be scheduled: {reply['unschedulable']}")
