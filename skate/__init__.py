@@ -5,29 +5,50 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from skate import exceptions
-from skate._private.api import (
-    available_resources,
-    cancel,
-    cluster_resources,
-    get,
-    get_actor,
-    get_gpu_ids,
-    get_runtime_context,
-    init,
-    is_initialized,
-    kill,
-    nodes,
-    put,
-    shutdown,
-    timeline,
-    wait,
-)
-from skate.actor import ActorClass, ActorHandle, exit_actor, method
-from skate.object_ref import ObjectRef
-from skate.remote_function import RemoteFunction
+# Public names are imported on first use (PEP 562), so the daemons and
+# workers, which import ``skate._private.*``, do not pay for the whole API.
+_LAZY = {
+    "exceptions": "skate.exceptions",
+    "available_resources": "skate._private.api",
+    "cancel": "skate._private.api",
+    "cluster_resources": "skate._private.api",
+    "get": "skate._private.api",
+    "get_actor": "skate._private.api",
+    "get_gpu_ids": "skate._private.api",
+    "get_runtime_context": "skate._private.api",
+    "init": "skate._private.api",
+    "is_initialized": "skate._private.api",
+    "kill": "skate._private.api",
+    "nodes": "skate._private.api",
+    "put": "skate._private.api",
+    "shutdown": "skate._private.api",
+    "timeline": "skate._private.api",
+    "wait": "skate._private.api",
+    "ActorClass": "skate.actor",
+    "ActorHandle": "skate.actor",
+    "exit_actor": "skate.actor",
+    "method": "skate.actor",
+    "ObjectRef": "skate.object_ref",
+    "RemoteFunction": "skate.remote_function",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'skate' has no attribute {name!r}")
+    mod = importlib.import_module(module)
+    value = mod if module.endswith(name) else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
@@ -40,6 +61,9 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
     def make(obj: Any) -> Any:
         import inspect
+
+        from skate.actor import ActorClass
+        from skate.remote_function import RemoteFunction
 
         if inspect.isclass(obj):
             return ActorClass(obj, kwargs)

@@ -69,34 +69,33 @@ class Executor:
         }
 
     # --- entry points (I/O thread) ----------------------------------------------------
-    def on_push_task(self, conn: rpc.Connection, spec: dict, bufs: list) -> asyncio.Future:
-        fut = self.core.loop.create_future()
-        self.queue.put((self._run_task, spec, bufs, fut))
-        return fut
+    def on_push_task(self, conn: rpc.Connection, spec: dict, bufs: list) -> Any:
+        self.queue.put((self._run_task, spec, bufs, Replier(conn)))
+        return rpc.DEFER
 
-    def on_create_actor(self, conn: rpc.Connection, spec: dict, bufs: list) -> asyncio.Future:
-        fut = self.core.loop.create_future()
+    def on_create_actor(self, conn: rpc.Connection, spec: dict, bufs: list) -> Any:
+        fut = Replier(conn)
         self.owner_conn = conn
         self.detached = bool(spec.get("detached"))
         if not self.detached:
             conn.on_close.append(self._owner_gone)
         self.queue.put((self._create_actor, spec, bufs, fut))
-        return fut
+        return rpc.DEFER
 
-    def on_actor_call(self, conn: rpc.Connection, spec: dict, bufs: list) -> asyncio.Future:
-        fut = self.core.loop.create_future()
+    def on_actor_call(self, conn: rpc.Connection, spec: dict, bufs: list) -> Any:
+        fut = Replier(conn)
         if self.exiting:
             body, out = self._error_reply(spec, exc.ActorDiedError(error_msg=EXITED), spec.get("m", "?"))
             body["x"] = 1
-            fut.set_result(rpc.Reply(body, out))
-            return fut
+            fut.send(body, out)
+            return rpc.DEFER
         if self.actor_loop is not None:
             self.actor_loop.call_soon_threadsafe(self._start_async_call, spec, bufs, fut)
         elif self.actor_pool is not None:
             self.actor_pool.submit(self._run_call, spec, bufs, fut)
         else:
             self.queue.put((self._run_call, spec, bufs, fut))
-        return fut
+        return rpc.DEFER
 
     def on_cancel_task(self, conn: rpc.Connection, body: dict, bufs: list) -> None:
         tid = body["t"]
@@ -139,13 +138,13 @@ class Executor:
         sys.stderr.flush()
         os._exit(0)
 
-    def _reply(self, fut: asyncio.Future, body: dict, bufs: list) -> None:
+    def _reply(self, fut: Replier, body: dict, bufs: list) -> None:
         if self.core._borrows_inflight:
             self.core.call(self.core.flush_borrows())
-        self.core.loop.call_soon_threadsafe(_set, fut, rpc.Reply(body, bufs))
+        fut.send(body, bufs)
 
     # --- tasks --------------------------------------------------------------------
-    def _run_task(self, spec: dict, bufs: list, fut: asyncio.Future) -> None:
+    def _run_task(self, spec: dict, bufs: list, fut: Replier) -> None:
         tid = spec["t"]
         name = spec["n"]
         ctx = self.core.ctx
@@ -288,7 +287,7 @@ class Executor:
         return {"r": [[ERROR, len(bufs) + 1]] * n}, [data, *bufs] * n
 
     # --- actors -----------------------------------------------------------------------
-    def _create_actor(self, spec: dict, bufs: list, fut: asyncio.Future) -> None:
+    def _create_actor(self, spec: dict, bufs: list, fut: Replier) -> None:
         name = spec["n"]
         ctx = self.core.ctx
         self.core.job_id = spec["j"]
@@ -355,7 +354,7 @@ class Executor:
             return terminate
         return getattr(self.actor, m)
 
-    def _run_call(self, spec: dict, bufs: list, fut: asyncio.Future) -> None:
+    def _run_call(self, spec: dict, bufs: list, fut: Replier) -> None:
         ctx = self.core.ctx
         tid = spec["t"]
         name = f"{self.actor_name}.{spec['m']}"
@@ -393,10 +392,10 @@ class Executor:
         except Exception:  # noqa: BLE001
             pass
 
-    def _start_async_call(self, spec: dict, bufs: list, fut: asyncio.Future) -> None:
+    def _start_async_call(self, spec: dict, bufs: list, fut: Replier) -> None:
         asyncio.ensure_future(self._async_call(spec, bufs, fut))
 
-    async def _async_call(self, spec: dict, bufs: list, fut: asyncio.Future) -> None:
+    async def _async_call(self, spec: dict, bufs: list, fut: Replier) -> None:
         name = f"{self.actor_name}.{spec['m']}"
         exiting = False
         async with self.actor_sem:
@@ -419,14 +418,22 @@ class Executor:
         if exiting:
             body["x"] = 1
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._notify_exit(), self.core.loop))
-        self.core.loop.call_soon_threadsafe(_set, fut, rpc.Reply(body, out))
+        fut.send(body, out)
         if exiting:
             self.core.loop.call_later(0.05, os._exit, 0)
 
 
-def _set(fut: asyncio.Future, value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
+class Replier:
+    """Answers one request straight from the thread that did the work."""
+
+    __slots__ = ("conn", "rid")
+
+    def __init__(self, conn: rpc.Connection) -> None:
+        self.conn = conn
+        self.rid = conn.current_rid
+
+    def send(self, body: dict, bufs: list) -> None:
+        self.conn.reply(self.rid, body, bufs)
 
 
 class OutputPrefixer:

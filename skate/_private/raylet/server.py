@@ -104,17 +104,18 @@ class Raylet:
             SKATE_SESSION_DIR=self.session_dir,
             SKATE_STORE_PREFIX=self.prefix,
         )
+        # Workers boot while we register with the control store.
+        n = CONFIG.prestart_workers
+        if n < 0:
+            n = min(int(self.resources["CPU"]), 4)
+        for _ in range(n):
+            asyncio.ensure_future(self._start_idle_worker())
         self.gcs = await _connect_retrying(self.args.gcs_address, self.token, self.gcs_handlers)
         self.gcs.on_close.append(lambda c: self.stopping.set())
         reply = await self.gcs.request("register_node", self.info())
         for n in reply["nodes"]:
             self._update_peer(n)
         await self.gcs.request("subscribe", ["node", "resources"])
-        n = CONFIG.prestart_workers
-        if n < 0:
-            n = min(int(self.resources["CPU"]), 4)
-        for _ in range(n):
-            asyncio.ensure_future(self._start_idle_worker())
         self.bg = [asyncio.ensure_future(self._heartbeat())]
 
     def info(self) -> dict:
