@@ -194,8 +194,7 @@ class ActorHandle:
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, name
         rec.actor = self._state
         refs = make_returns(core, task_id, num_returns, rec)
-        if not core.actors.try_now(self._state, rec):
-            core.post(core.actors.submit, self._state, rec)
+        core.actors.submit_threadsafe(self._state, rec)
         if num_returns == 1:
             return refs[0]
         if num_returns == 0:

@@ -137,32 +137,33 @@ class ActorManager:
         self._connected(st, conn)
 
     # --- calls ------------------------------------------------------------------------
-    def try_now(self, st: ActorState, rec: TaskRecord) -> bool:
-        """Sends a call from the calling thread when nothing is queued ahead of it."""
-        if rec.deps or st.state != ALIVE:
-            return False
+    def submit_threadsafe(self, st: ActorState, rec: TaskRecord) -> None:
+        """Submits a call from a user thread, keeping the caller's order.
+
+        With nothing queued ahead and the actor alive, the call is sent from
+        this thread; otherwise it joins the queue right now (so a later call
+        can never overtake it) and the I/O thread sends it.
+        """
         with st.lock:
-            if st.state != ALIVE or st.queue or st.resolving:
-                return False
-            self._send(st, rec)
-        return True
+            state = st.state
+            if state == ALIVE and not rec.deps and not st.queue and not st.resolving:
+                self._send(st, rec)
+                return
+            if state != DEAD:
+                st.queue.append(rec)
+                lookup = not st.owned and not st.lookup_started
+                if lookup:
+                    st.lookup_started = True
+        if state == DEAD:
+            self._fail(st, rec)
+        elif lookup:
+            self.core.post(lambda: asyncio.ensure_future(self._lookup(st)))
+        elif state == ALIVE:
+            self.core.post(self._pump, st)
 
     def _send(self, st: ActorState, rec: TaskRecord) -> None:
         st.inflight[rec.spec["t"]] = rec
         st.conn.request_cb("actor_call", rec.spec, rec.arg_bufs, lambda result, err: self._on_reply(st, rec, result, err))
-
-    def submit(self, st: ActorState, rec: TaskRecord) -> None:
-        """Queues a method call (I/O thread)."""
-        if st.state == DEAD:
-            self._fail(st, rec)
-            return
-        with st.lock:
-            st.queue.append(rec)
-            if st.state == ALIVE:
-                self._pump(st)
-            elif not st.owned and not st.lookup_started:
-                st.lookup_started = True
-                asyncio.ensure_future(self._lookup(st))
 
     def _pump(self, st: ActorState) -> None:
         with st.lock:

@@ -1,6 +1,6 @@
 """Starting, tracking and reaping a node's worker processes.
 
-Workers are started as ``python -m skate._private.worker_main`` with their
+Workers are forked by the node's zygote (see ``zygote.py``) with their
 output on pipes; each line they print is handed to ``on_output`` (the node
 daemon forwards it to drivers).  A worker reports in with ``register_worker``
 over the node daemon's socket, after which it is idle and can be leased.
@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from skate._private.raylet import zygote
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,6 @@ class Worker:
     """One worker process as the node daemon sees it."""
 
     worker_id: bytes
-    proc: asyncio.subprocess.Process
     pid: int
     address: dict | None = None  # set on registration
     conn: object = None
@@ -38,6 +41,7 @@ class Worker:
     exited: asyncio.Future | None = None
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
     idle_since: float = 0.0
+    pumps: list = field(default_factory=list)
 
 
 def describe_exit(code: int | None) -> str:
@@ -66,39 +70,99 @@ class WorkerPool:
         self.idle: collections.deque[Worker] = collections.deque()
         self.starting = 0
         self.on_exit: Callable[[Worker], None] | None = None
+        self.zygote: socket.socket | None = None
+        self._zygote_starting: asyncio.Future | None = None
+        self._forks: collections.deque[asyncio.Future] = collections.deque()
+        self._by_pid: dict[int, Worker] = {}
+        self._early_exits: dict[int, int] = {}
+
+    async def _zygote(self) -> socket.socket:
+        """The zygote's socket, starting a zygote if there is none."""
+        if self.zygote is not None:
+            return self.zygote
+        if self._zygote_starting is None:
+            self._zygote_starting = asyncio.ensure_future(self._start_zygote())
+        return await asyncio.shield(self._zygote_starting)
+
+    async def _start_zygote(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._zygote_proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "skate._private.raylet.zygote", str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),), env=self.env, stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_zygote, ours)
+        self.zygote = ours
+        self._zygote_starting = None
+        return ours
+
+    def _on_zygote(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                msg, fds = zygote.recv_message(sock)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg, fds = None, []
+            if msg is None:
+                self._zygote_gone(sock)
+                return
+            if "pid" in msg:
+                fut = self._forks.popleft()
+                if not fut.done():
+                    fut.set_result((msg["pid"], fds))
+            elif "exit" in msg:
+                w = self._by_pid.pop(msg["exit"], None)
+                if w is None:
+                    self._early_exits[msg["exit"]] = msg["code"]
+                else:
+                    asyncio.ensure_future(self._exited(w, msg["code"]))
+
+    def _zygote_gone(self, sock: socket.socket) -> None:
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
+        if self.zygote is sock:
+            self.zygote = None
+        while self._forks:
+            fut = self._forks.popleft()
+            if not fut.done():
+                fut.set_exception(RuntimeError("the worker zygote exited"))
+        # Its workers were its children: they are gone or orphaned; stop them.
+        for w in list(self._by_pid.values()):
+            _signal(w.pid, signal.SIGKILL)
+            asyncio.ensure_future(self._exited(w, -signal.SIGKILL))
+        self._by_pid.clear()
 
     async def start(self) -> Worker:
-        """Starts a worker process and waits until it registers."""
+        """Forks a worker process and waits until it registers."""
         worker_id = os.urandom(16)
-        env = dict(self.env, SKATE_WORKER_ID=worker_id.hex())
+        loop = asyncio.get_running_loop()
         self.starting += 1
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "skate._private.worker_main",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                start_new_session=True,
-            )
-        except BaseException:
-            self.starting -= 1
-            raise
-        loop = asyncio.get_running_loop()
-        w = Worker(worker_id, proc, proc.pid, registered=loop.create_future(), exited=loop.create_future())
-        self.workers[worker_id] = w
-        asyncio.ensure_future(self._pump(w, proc.stdout, False))
-        asyncio.ensure_future(self._pump(w, proc.stderr, True))
-        asyncio.ensure_future(self._reap(w))
-        try:
+            sock = await self._zygote()
+            fut = loop.create_future()
+            self._forks.append(fut)
+            sock.send(json.dumps({"env": {"SKATE_WORKER_ID": worker_id.hex()}}).encode())
+            pid, fds = await fut
+            w = Worker(worker_id, pid, registered=loop.create_future(), exited=loop.create_future())
+            self.workers[worker_id] = w
+            self._by_pid[pid] = w
+            for fd, is_err in zip(fds, (False, True), strict=False):
+                reader = asyncio.StreamReader(limit=1 << 20)
+                await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), os.fdopen(fd, "rb", buffering=0))
+                w.pumps.append(asyncio.ensure_future(self._pump(w, reader, is_err)))
+            if pid in self._early_exits:
+                self._by_pid.pop(pid, None)
+                asyncio.ensure_future(self._exited(w, self._early_exits.pop(pid)))
             await asyncio.wait({w.registered, w.exited}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.starting -= 1
         if not w.registered.done():
             raise RuntimeError(
-                f"worker pid={w.pid} {describe_exit(w.proc.returncode)} while starting:\n"
+                f"worker pid={w.pid} {describe_exit(w.exit_info['code'] if w.exit_info else None)} while starting:\n"
                 + b"".join(w.tail).decode(errors="replace")
             )
         return w
@@ -125,8 +189,10 @@ class WorkerPool:
             w.tail.append(line)
             self.on_output(w, line, is_err)
 
-    async def _reap(self, w: Worker) -> None:
-        code = await w.proc.wait()
+    async def _exited(self, w: Worker, code: int) -> None:
+        # Let the output pumps drain so the tail holds the last lines.
+        if w.pumps:
+            await asyncio.wait(w.pumps, timeout=1.0)
         w.exit_info = {"code": code, "how": describe_exit(code)}
         self.workers.pop(w.worker_id, None)
         self.dead[w.worker_id] = w
@@ -136,8 +202,6 @@ class WorkerPool:
             self.idle.remove(w)
         except ValueError:
             pass
-        # Let the output pumps drain so the tail holds the last lines.
-        await asyncio.sleep(0)
         if not w.exited.done():
             w.exited.set_result(w.exit_info)
         if self.on_exit:
@@ -155,6 +219,10 @@ class WorkerPool:
                     _signal(w.pid, signal.SIGKILL)
             if pending:
                 await asyncio.wait([w.exited for w in procs], timeout=grace)
+        if self.zygote is not None:
+            asyncio.get_running_loop().remove_reader(self.zygote.fileno())
+            self.zygote.close()
+            self.zygote = None
 
 
 def _signal(pid: int, sig: int) -> None:
