@@ -104,3 +104,18 @@ def cluster():
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     yield c
     c.shutdown()
+
+
+def wait_printed(capfd, needle: str, timeout: float = 30.0) -> tuple[str, str]:
+    """Waits until the driver printed a line containing ``needle``; returns capfd's (out, err).
+
+    Polling ``capfd.readouterr()`` while the runtime's I/O thread writes can
+    drop lines (the capture file is read, then truncated), so this waits on
+    the runtime's own record of printed lines and reads the capture once.
+    """
+    from skate._private import runtime
+
+    core = runtime.current_or_none()
+    assert core is not None, "skate is not initialized"
+    wait_for(lambda: any(needle in ln for ln in list(core.printed)), timeout, what=f"{needle!r} to be printed")
+    return capfd.readouterr()

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import psutil
 import pytest
-from conftest import wait_for
+from conftest import wait_for, wait_printed
 
 import skate
 from skate.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
@@ -738,15 +738,8 @@ def test_actor_stdout_reaches_driver(ray_start, capfd):
 
     t = Talker.remote()
     pid = skate.get(t.say.remote())
-    seen = []
-
-    def has_line():
-        out, _ = capfd.readouterr()
-        seen.append(out)
-        text = "".join(seen)
-        return any("hello from actor" in ln and f"(Talker pid={pid}" in ln for ln in text.splitlines())
-
-    wait_for(has_line, 15, what="actor output on the driver")
+    out, _ = wait_printed(capfd, "hello from actor")
+    assert any("hello from actor" in ln and f"(Talker pid={pid}" in ln for ln in out.splitlines()), out
 
 
 @skate.remote
@@ -757,15 +750,5 @@ def chatty():
 
 def test_task_stdout_reaches_driver(ray_start, capfd):
     pid = skate.get(chatty.remote())
-    seen = []
-
-    def has_line():
-        out, _ = capfd.readouterr()
-        seen.append(out)
-        text = "".join(seen)
-        return any("hello from task" in ln and f"(chatty pid={pid}" in ln for ln in text.splitlines())
-
-    try:
-        wait_for(has_line, 15, what="task output on the driver")
-    except AssertionError:
-        raise AssertionError(f"driver output was: {''.join(seen)!r}") from None
+    out, _ = wait_printed(capfd, "hello from task")
+    assert any("hello from task" in ln and f"(chatty pid={pid}" in ln for ln in out.splitlines()), out

@@ -18,7 +18,7 @@ import threading
 
 import psutil
 import pytest
-from conftest import wait_for
+from conftest import wait_for, wait_printed
 
 import skate
 from skate import exceptions as exc
@@ -360,15 +360,9 @@ class Talker:
 def test_worker_output_reaches_driver_with_prefix(cluster, capfd):
     skate.init(address=cluster.address)
     pid = skate.get(chatty.remote("x1"), timeout=60)
-    seen = {"out": "", "err": ""}
-
-    def arrived():
-        out, err = capfd.readouterr()
-        seen["out"] += out
-        seen["err"] += err
-        return "hello-out-x1" in seen["out"] and "hello-err-x1" in seen["err"]
-
-    wait_for(arrived, timeout=30, what="the task's output to reach the driver")
+    out1, err1 = wait_printed(capfd, "hello-out-x1")
+    out2, err2 = wait_printed(capfd, "hello-err-x1")
+    seen = {"out": out1 + out2, "err": err1 + err2}
     assert f"(chatty pid={pid}) hello-out-x1" in seen["out"]
     assert f"(chatty pid={pid}) hello-err-x1" in seen["err"]
     assert "hello-err-x1" not in seen["out"]
@@ -378,14 +372,8 @@ def test_actor_output_prefixed_with_class_name(cluster, capfd):
     skate.init(address=cluster.address)
     t = Talker.remote()
     pid = skate.get(t.say.remote("actor-says-hi"), timeout=60)
-    seen = {"out": ""}
-
-    def arrived():
-        seen["out"] += capfd.readouterr().out
-        return "actor-says-hi" in seen["out"]
-
-    wait_for(arrived, timeout=30, what="the actor's output to reach the driver")
-    assert f"(Talker pid={pid}) actor-says-hi" in seen["out"]
+    out, _ = wait_printed(capfd, "actor-says-hi")
+    assert f"(Talker pid={pid}) actor-says-hi" in out
 
 
 def test_log_to_driver_false_suppresses_output(cluster, log_tap, capfd):

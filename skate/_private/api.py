@@ -81,7 +81,11 @@ def init(
         if ignore_reinit_error:
             return get_runtime_context()
         raise RuntimeError("skate.init() was already called; call shutdown() first, or pass ignore_reinit_error=True")
-    from skate._private.core_worker.core import DRIVER, CoreWorker
+    def load_runtime() -> None:
+        # Imported while the daemons boot, on the other core.
+        import skate._private.core_worker.actors  # noqa: F401
+        import skate._private.core_worker.core  # noqa: F401
+        import skate._private.core_worker.submitter  # noqa: F401
 
     if address is None:
         if num_cpus is not None and num_cpus < 0:
@@ -92,6 +96,7 @@ def init(
             resources=resources,
             object_store_memory=object_store_memory,
             memory=_memory,
+            while_starting=load_runtime,
         )
         token = _head["token"]
         session_dir = _head["session_dir"]
@@ -103,6 +108,8 @@ def init(
                 "existing cluster, give them to `skate start` instead"
             )
         token, session_dir, raylet_addr = _find_cluster(address, _token)
+    from skate._private.core_worker.core import DRIVER, CoreWorker
+
     try:
         core = CoreWorker(
             DRIVER,

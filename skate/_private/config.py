@@ -25,13 +25,15 @@ class Config:
     #: Missed heartbeat time after which a node is declared dead.
     node_timeout_s: float = 10.0
     #: Workers started with a node, on top of what demand starts.
-    prestart_workers: int = -1  # -1: one per CPU, capped at 4
+    prestart_workers: int = 1  # -1: one per CPU (at most 4); forking more on demand takes milliseconds
     #: Idle task workers above the CPU count are stopped after this many seconds.
     idle_worker_s: float = 10.0
     #: Root of per-session folders (sockets, logs, spilled objects).
     temp_dir: str = os.path.join(tempfile.gettempdir(), f"skate-{os.getuid()}")
     #: First part of shared-memory segment names (/dev/shm/<prefix>-<node>-<object>).
     shm_prefix: str = "skate"
+    #: Start daemons with ``python -S`` and this process's import path (faster start).
+    daemon_skip_site: int = 1
     #: Default task retries on worker death.
     task_max_retries: int = 3
     #: Seconds an infeasible task waits before its warning is printed.

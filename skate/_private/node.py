@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -61,13 +62,23 @@ def spawn(name: str, args: list[str], env: dict | None = None, tie_to_parent: bo
     """Starts ``python -m <args>`` with a readiness pipe."""
     r, w = os.pipe()
     child_env = dict(env or os.environ)
+    flags = []
+    if CONFIG.daemon_skip_site:
+        # The daemons import from exactly this process's import path, without
+        # running site (and every .pth file of the environment) again.
+        import skate
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(skate.__file__)))
+        paths = [root] + [p for p in sys.path if p and os.path.isdir(p)]
+        child_env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        flags = ["-S"]
     child_env["SKATE_READY_FD"] = str(w)
     if tie_to_parent:
         child_env["SKATE_PARENT_PID"] = str(os.getpid())
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", *args],
+            [sys.executable, *flags, "-m", *args],
             pass_fds=(w, *pass_fds),
             env=child_env,
             stdin=subprocess.DEVNULL,
@@ -162,10 +173,13 @@ def start_head(
     port: int = 0,
     tie_to_parent: bool = True,
     memory: float | None = None,
+    while_starting: Callable[[], None] | None = None,
 ) -> dict:
     """Starts a control store and a head node daemon in parallel.
 
-    Returns a description with the processes, the GCS address and the token.
+    ``while_starting`` runs while they boot (the driver imports its runtime
+    then).  Returns a description with the processes, the GCS address and
+    the token.
     """
     session_dir, token, token_file = new_session()
     # Bind the control store's socket here and hand it over, so its port is
@@ -210,6 +224,8 @@ def start_head(
         log_path=None if tie_to_parent else os.path.join(session_dir, "raylet.log"),
     )
     try:
+        if while_starting is not None:
+            while_starting()
         wait_ready(gcs)
         info = wait_ready(raylet)
     except BaseException:

@@ -16,7 +16,7 @@ import pytest
 import skate
 from skate import exceptions as exc
 from skate._private import runtime
-from tests.conftest import wait_for
+from tests.conftest import wait_for, wait_printed
 
 # Workers cannot import this test module: ship its helpers by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -517,15 +517,9 @@ def test_unhandled_error_printed_when_dropped(ray_start, capfd):
     skate.wait([ref], timeout=30)
     del ref
     gc.collect()
-    seen = []
-
-    def printed():
-        seen.append(capfd.readouterr().err)
-        return "nobody looked at me" in "".join(seen)
-
-    wait_for(printed, 10, what="the unhandled error to be printed")
+    _, err = wait_printed(capfd, "nobody looked at me", 10)
     skate.shutdown()
-    text = "".join(seen) + capfd.readouterr().err
+    text = err + capfd.readouterr().err
     assert "Unhandled error" in text
     assert text.count("Unhandled error") == 1  # printed once
 

@@ -14,7 +14,7 @@ import pytest
 
 import skate
 from skate import exceptions as exc
-from tests.conftest import wait_for
+from tests.conftest import wait_for, wait_printed
 
 # Workers cannot import this test module: ship its helpers by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -435,13 +435,8 @@ def test_infeasible_task_warns_and_stays_pending(ray_start, capfd):
         return 1
 
     ref = f.remote()
-    seen = []
-
-    def warned():
-        seen.append(capfd.readouterr().err)
-        return "no_such_thing" in "".join(seen)
-
-    wait_for(warned, 20, what="an infeasible-task warning")
+    _, err = wait_printed(capfd, "no_such_thing", 20)
+    assert "no_such_thing" in err
     ready, not_ready = skate.wait([ref], timeout=0.5)
     assert ready == [] and not_ready == [ref]
 

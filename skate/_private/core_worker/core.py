@@ -100,6 +100,9 @@ class CoreWorker:
         self._unmaps: list = []
         self._wmaps: collections.OrderedDict = collections.OrderedDict()
         self._nodes: dict[bytes, dict] = {}
+        #: The last lines this process printed for the cluster (worker output,
+        #: warnings, unhandled errors), after they were flushed; for tests.
+        self.printed: collections.deque[str] = collections.deque(maxlen=2000)
         self.log_to_driver = log_to_driver
         self.handlers: dict[str, Callable] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
@@ -704,11 +707,9 @@ class CoreWorker:
                 except Exception as x:  # noqa: BLE001
                     err = x
                 if not isinstance(err, exc.TaskCancelledError):
-                    print(
-                        f"Unhandled error (suppress with SKATE_IGNORE_UNHANDLED_ERRORS=1): {err}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    text = f"Unhandled error (suppress with SKATE_IGNORE_UNHANDLED_ERRORS=1): {err}"
+                    print(text, file=sys.stderr, flush=True)
+                    self.printed.append(text)
         by_node: dict[bytes, list] = {}
         for oid, e in frees:
             if e.state == SHM:
@@ -743,6 +744,7 @@ class CoreWorker:
     # --- notifications from daemons --------------------------------------------------
     def on_warning(self, conn: rpc.Connection, text: str, bufs: list) -> None:
         print(f"Warning: {text}", file=sys.stderr, flush=True)
+        self.printed.append(f"Warning: {text}")
 
     def on_pub(self, conn: rpc.Connection, body: list, bufs: list) -> None:
         channel, msg = body
@@ -758,6 +760,8 @@ class CoreWorker:
             if err:
                 sys.stderr.write("\n".join(err) + "\n")
                 sys.stderr.flush()
+            self.printed.extend(out)
+            self.printed.extend(err)
         elif channel == "actor":
             self.actors.on_actor_update(msg)
 

@@ -518,6 +518,8 @@ async def _connect_retrying(address: str, token: bytes, handlers: dict, timeout:
 
 
 def _kill(pid: int, sig: int) -> None:
+    if pid <= 0:  # not forked yet: never signal a process group
+        return
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
@@ -542,6 +544,7 @@ async def _main(stop: asyncio.Event) -> None:
     with open(args.token_file, "rb") as f:
         token = f.read().strip()
     raylet = Raylet(args, token)
+    raylet.pool.early_zygote = _EARLY_ZYGOTE
     await raylet.start()
     daemon.report_ready({"node_id": raylet.node_id.hex(), "port": raylet.port, "uds": raylet.uds})
     stopper = asyncio.ensure_future(raylet.stopping.wait())
@@ -550,5 +553,10 @@ async def _main(stop: asyncio.Event) -> None:
     await raylet.stop()
 
 
+_EARLY_ZYGOTE = None
+
 if __name__ == "__main__":
+    from skate._private.raylet import zygote
+
+    _EARLY_ZYGOTE = zygote.fork_early()
     daemon.run(_main)

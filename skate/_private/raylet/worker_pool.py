@@ -71,6 +71,8 @@ class WorkerPool:
         self.starting = 0
         self.on_exit: Callable[[Worker], None] | None = None
         self.zygote: socket.socket | None = None
+        #: A zygote forked by the daemon at start-up (see zygote.fork_early).
+        self.early_zygote: socket.socket | None = None
         self._zygote_starting: asyncio.Future | None = None
         self._forks: collections.deque[asyncio.Future] = collections.deque()
         self._by_pid: dict[int, Worker] = {}
@@ -85,6 +87,9 @@ class WorkerPool:
         return await asyncio.shield(self._zygote_starting)
 
     async def _start_zygote(self) -> socket.socket:
+        if self.early_zygote is not None:
+            ours, self.early_zygote = self.early_zygote, None
+            return self._watch_zygote(ours)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._zygote_proc = await asyncio.create_subprocess_exec(
@@ -93,6 +98,9 @@ class WorkerPool:
             )
         finally:
             theirs.close()
+        return self._watch_zygote(ours)
+
+    def _watch_zygote(self, ours: socket.socket) -> socket.socket:
         ours.setblocking(False)
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_zygote, ours)
         self.zygote = ours
@@ -145,10 +153,18 @@ class WorkerPool:
             sock = await self._zygote()
             fut = loop.create_future()
             self._forks.append(fut)
-            sock.send(json.dumps({"env": {"SKATE_WORKER_ID": worker_id.hex()}}).encode())
-            pid, fds = await fut
-            w = Worker(worker_id, pid, registered=loop.create_future(), exited=loop.create_future())
+            env = {k: v for k, v in self.env.items() if k.startswith("SKATE_")}
+            env["SKATE_WORKER_ID"] = worker_id.hex()
+            # Known before the fork: the worker may register before the fork's answer is read.
+            w = Worker(worker_id, 0, registered=loop.create_future(), exited=loop.create_future())
             self.workers[worker_id] = w
+            try:
+                sock.send(json.dumps({"env": env}).encode())
+                pid, fds = await fut
+            except BaseException:
+                self.workers.pop(worker_id, None)
+                raise
+            w.pid = pid
             self._by_pid[pid] = w
             for fd, is_err in zip(fds, (False, True), strict=False):
                 reader = asyncio.StreamReader(limit=1 << 20)
@@ -226,6 +242,8 @@ class WorkerPool:
 
 
 def _signal(pid: int, sig: int) -> None:
+    if pid <= 0:  # not forked yet: never signal a process group
+        return
     try:
         os.kill(pid, sig)
     except ProcessLookupError:

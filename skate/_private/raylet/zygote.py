@@ -107,6 +107,11 @@ def _fork(sock: socket.socket, req: dict, wake: tuple[int, int]) -> None:
             from skate._private import worker_main
 
             worker_main.main()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
         finally:
             os._exit(1)
     os.close(out_w)
@@ -114,6 +119,45 @@ def _fork(sock: socket.socket, req: dict, wake: tuple[int, int]) -> None:
     _send(sock, {"pid": pid}, [out_r, err_r])
     os.close(out_r)
     os.close(err_r)
+
+
+def fork_early() -> socket.socket | None:
+    """Forks the zygote from the node daemon itself, before it has threads or a loop.
+
+    This saves the zygote an interpreter start; returns the daemon's end of
+    the socket pair (None if forking failed).
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        try:
+            ours.close()
+            ready = os.environ.pop("SKATE_READY_FD", None)
+            if ready is not None:
+                try:
+                    os.close(int(ready))
+                except OSError:
+                    pass
+            _die_with_parent()
+            serve(theirs)
+        finally:
+            os._exit(0)
+    theirs.close()
+    return ours
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 def recv_message(sock: socket.socket) -> tuple[dict | None, list[int]]:
@@ -131,12 +175,7 @@ def recv_message(sock: socket.socket) -> tuple[dict | None, list[int]]:
 def main() -> None:
     """``python -m skate._private.raylet.zygote FD``: serve on an inherited socket."""
     sock = socket.socket(fileno=int(sys.argv[1]))
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # die with the node daemon
-    except Exception:
-        pass
+    _die_with_parent()
     serve(sock)
 
 
