@@ -97,7 +97,6 @@ class CoreWorker:
         self._borrows_inflight = 0
         self._borrows_idle: asyncio.Event | None = None
         self._frees: list = []
-        self._unmaps: list = []
         self._wmaps: collections.OrderedDict = collections.OrderedDict()
         self._nodes: dict[bytes, dict] = {}
         #: The last lines this process printed for the cluster (worker output,
@@ -477,19 +476,9 @@ class CoreWorker:
         return serialization.loads(data, bufs)
 
     def _unmapped(self, oid: bytes) -> None:
-        if self.closed:
-            return
-        self._unmaps.append(oid)
-        if len(self._unmaps) == 1:
-            try:
-                self.post(self._flush_unmaps)
-            except RuntimeError:
-                pass
-
-    def _flush_unmaps(self) -> None:
-        oids, self._unmaps = self._unmaps, []
-        if oids and not self.raylet.closed:
-            self.raylet.notify("obj_unmapped", oids)
+        # Sent at once (any thread may send): the segment can be reused sooner.
+        if not self.closed and not self.raylet.closed:
+            self.raylet.notify("obj_unmapped", [oid])
 
     async def materialize_async(self, oid: bytes, snap: tuple) -> Any:
         """Like ``_materialize`` but from the I/O thread."""

@@ -52,6 +52,8 @@ class ObjectStore:
         self.pool_bytes = 0
         #: How many readers map each object (they may hold views into it).
         self.mapped: dict[bytes, int] = {}
+        #: Freed objects whose segments readers still map (released on the last unmap).
+        self.zombies: dict[bytes, StoredObject] = {}
         self._pool_seq = 0
 
     def _make_room(self, size: int, oid: bytes) -> None:
@@ -115,7 +117,7 @@ class ObjectStore:
     def _take_from_pool(self, size: int, path: str) -> bool:
         best = None
         for i, (psize, _path) in enumerate(self.pool):
-            if size <= psize <= 2 * size and (best is None or psize < self.pool[best][0]):
+            if size <= psize and (best is None or psize < self.pool[best][0]):
                 best = i
         if best is None:
             return False
@@ -166,7 +168,7 @@ class ObjectStore:
             return f.read()
 
     def free(self, oid: bytes) -> None:
-        """Deletes an object and its files."""
+        """Deletes an object; a segment that readers still map goes when they let go."""
         obj = self.objects.pop(oid, None)
         if obj is None:
             return
@@ -177,7 +179,21 @@ class ObjectStore:
                 pass
             shm.unlink(obj.path)
             return
-        if obj.sealed and obj.size >= self.POOL_MIN and not self.mapped.get(oid) and self.pool_bytes + obj.size <= self.capacity // 2:
+        if self.mapped.get(oid):
+            self.zombies[oid] = obj
+            return
+        self._release(obj)
+
+    def _release(self, obj: StoredObject) -> None:
+        """Gives a freed segment's memory to the pool, or back to the system."""
+        budget = self.capacity // 2
+        if obj.sealed and self.POOL_MIN <= obj.size <= budget:
+            while self.pool and self.pool_bytes + obj.size > budget:
+                # The oldest pooled segments make way for the newest.
+                psize, path = self.pool.pop(0)
+                shm.unlink(path)
+                self.pool_bytes -= psize
+                self.used -= psize
             self._pool_seq += 1
             ppath = f"{obj.path.rsplit('-', 1)[0]}-pool{self._pool_seq}"
             try:
@@ -201,14 +217,20 @@ class ObjectStore:
         n = self.mapped.get(oid, 0) - 1
         if n > 0:
             self.mapped[oid] = n
-        else:
-            self.mapped.pop(oid, None)
+            return
+        self.mapped.pop(oid, None)
+        obj = self.zombies.pop(oid, None)
+        if obj is not None:
+            self._release(obj)
 
     def clear(self) -> None:
         """Deletes everything (node shutdown)."""
         self.mapped.clear()
         for oid in list(self.objects):
             self.free(oid)
+        for obj in self.zombies.values():
+            shm.unlink(obj.path)
+        self.zombies.clear()
         for _, path in self.pool:
             shm.unlink(path)
         self.pool.clear()
