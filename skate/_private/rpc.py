@@ -412,39 +412,27 @@ def _log_task_error(task: asyncio.Task) -> None:
         log.error("notification handler failed", exc_info=task.exception())
 
 
+def _server_side(token: bytes, handlers: dict[str, Handler]) -> Callable[[], Connection]:
+    return lambda: Connection(token, handlers, server=True)
+
+
 async def serve_tcp(
-    host: str, port: int, token: bytes, handlers: dict[str, Handler], on_connect: Callable | None = None,
-    sock: socket.socket | None = None,
+    host: str, port: int, token: bytes, handlers: dict[str, Handler], sock: socket.socket | None = None
 ) -> asyncio.base_events.Server:
     """Starts a TCP server on ``host:port`` (port 0 picks a free one), or on a bound ``sock``."""
     loop = asyncio.get_running_loop()
-
-    def factory() -> Connection:
-        conn = Connection(token, handlers, server=True)
-        if on_connect:
-            on_connect(conn)
-        return conn
-
+    factory = _server_side(token, handlers)
     if sock is not None:
         return await loop.create_server(factory, sock=sock)
     return await loop.create_server(factory, host, port, reuse_address=True)
 
 
-async def serve_unix(
-    path: str, token: bytes, handlers: dict[str, Handler], on_connect: Callable | None = None
-) -> asyncio.base_events.Server:
+async def serve_unix(path: str, token: bytes, handlers: dict[str, Handler]) -> asyncio.base_events.Server:
     """Starts a Unix-socket server at ``path`` (owner-only permissions)."""
     loop = asyncio.get_running_loop()
-
-    def factory() -> Connection:
-        conn = Connection(token, handlers, server=True)
-        if on_connect:
-            on_connect(conn)
-        return conn
-
     if os.path.exists(path):
         os.unlink(path)
-    srv = await loop.create_unix_server(factory, path)
+    srv = await loop.create_unix_server(_server_side(token, handlers), path)
     os.chmod(path, 0o600)
     return srv
 

@@ -34,6 +34,7 @@ from skate._private.config import CONFIG
 from skate._private.object_store.store import ObjectStore, StoreFull
 from skate._private.raylet.scheduler import LeaseRequest, LocalScheduler
 from skate._private.raylet.worker_pool import Worker, WorkerPool
+from skate._private.raylet.worker_pool import signal_pid as _kill
 
 log = logging.getLogger(__name__)
 
@@ -515,15 +516,6 @@ async def _connect_retrying(address: str, token: bytes, handlers: dict, timeout:
                 raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
-
-
-def _kill(pid: int, sig: int) -> None:
-    if pid <= 0:  # not forked yet: never signal a process group
-        return
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 async def _main(stop: asyncio.Event) -> None:

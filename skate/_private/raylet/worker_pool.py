@@ -140,7 +140,7 @@ class WorkerPool:
                 fut.set_exception(RuntimeError("the worker zygote exited"))
         # Its workers were its children: they are gone or orphaned; stop them.
         for w in list(self._by_pid.values()):
-            _signal(w.pid, signal.SIGKILL)
+            signal_pid(w.pid, signal.SIGKILL)
             asyncio.ensure_future(self._exited(w, -signal.SIGKILL))
         self._by_pid.clear()
 
@@ -227,12 +227,12 @@ class WorkerPool:
         """Stops every worker: SIGTERM, then SIGKILL after ``grace`` seconds."""
         procs = [w for w in self.workers.values()]
         for w in procs:
-            _signal(w.pid, signal.SIGTERM)
+            signal_pid(w.pid, signal.SIGTERM)
         if procs:
             done, pending = await asyncio.wait([w.exited for w in procs], timeout=grace)
             for w in procs:
                 if not w.exited.done():
-                    _signal(w.pid, signal.SIGKILL)
+                    signal_pid(w.pid, signal.SIGKILL)
             if pending:
                 await asyncio.wait([w.exited for w in procs], timeout=grace)
         if self.zygote is not None:
@@ -241,7 +241,8 @@ class WorkerPool:
             self.zygote = None
 
 
-def _signal(pid: int, sig: int) -> None:
+def signal_pid(pid: int, sig: int) -> None:
+    """Signals a worker process; gone or not yet forked is not an error."""
     if pid <= 0:  # not forked yet: never signal a process group
         return
     try:
