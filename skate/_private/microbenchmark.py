@@ -536,6 +536,29 @@ def run_worker(framework: str, names: list[str], duration: float, num_cpus: int)
 # ------------------------------------------------------------ orchestrator
 
 
+def _dump_stacks(proc: subprocess.Popen, label: str, metric: str | None) -> None:
+    """Saves every stack of a hung run (py-spy, when installed) for a post-mortem."""
+    import shutil
+
+    import psutil
+
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return
+    path = os.path.join(tempfile.gettempdir(), f"skate-bench-hang-{label.replace(' ', '_').replace('/', '-')}-{metric}.txt")
+    with open(path, "w") as out:
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) != proc.pid:
+                    continue
+                out.write(f"=== pid {p.pid}: {' '.join(p.cmdline()[:4])}\n")
+                out.flush()
+                subprocess.run([spy, "dump", "--pid", str(p.pid)], stdout=out, stderr=subprocess.STDOUT, timeout=30)
+            except (OSError, psutil.Error, subprocess.SubprocessError):
+                pass
+    print(f"[{label}] {metric} hung; stacks of its processes: {path}", file=sys.stderr, flush=True)
+
+
 def _kill_session(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """Ends ``proc`` and every process still in its session (daemons included)."""
     import psutil
@@ -627,6 +650,7 @@ def run_framework(
                     print(f"[{label}] {rec['metric']}: {shown}", file=sys.stderr, flush=True)
         except queue.Empty:
             failure = f"timed out after {args.timeout:.0f}s"
+            _dump_stacks(proc, label, current)
         finally:
             _kill_session(proc)
         err.seek(0)
