@@ -1,0 +1,81 @@
+"""The `skate` command: start a head and a node, use them from a driver, status, stop."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+from skate._private import node
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+SKATE = [sys.executable, "-m", "skate.cli"]
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([*SKATE, *args], capture_output=True, text=True, timeout=120, check=check)
+
+
+def _daemon_pids() -> list[int]:
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline", "environ"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            env = p.info["environ"] or {}
+        except psutil.Error:
+            continue
+        if "skate._private" in cmd and env.get("SKATE_TEMP_DIR") == os.environ["SKATE_TEMP_DIR"]:
+            out.append(p.info["pid"])
+    return out
+
+
+def test_start_status_driver_stop():
+    port = node.free_port()
+    try:
+        head = _run("start", "--head", "--port", str(port), "--num-cpus", "1", "--resources", '{"head": 1}')
+        assert f"127.0.0.1:{port}" in head.stdout
+        other = _run("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources", '{"other": 1}')
+        assert "joined" in other.stdout
+        driver = textwrap.dedent(
+            f"""
+            import skate
+            skate.init(address="127.0.0.1:{port}")
+            assert skate.cluster_resources()["CPU"] == 2, skate.cluster_resources()
+
+            @skate.remote(resources={{"other": 1}})
+            def where():
+                return skate.get_runtime_context().get_node_id()
+
+            assert skate.get(where.remote()) != skate.get_runtime_context().get_node_id()
+            skate.shutdown()
+            print("driver ok")
+            """
+        )
+        out = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=120)
+        assert "driver ok" in out.stdout, out.stderr
+        status = _run("status", "--address", f"127.0.0.1:{port}")
+        assert "2 node(s) alive" in status.stdout
+        assert "CPU: 0 / 2" in status.stdout
+        assert _daemon_pids(), "the daemons should be running"
+    finally:
+        stopped = _run("stop", check=False)
+    assert "stopped" in stopped.stdout
+    wait_for(lambda: not _daemon_pids(), 30, what="the daemons to exit")
+
+
+def test_start_needs_head_or_address():
+    bad = _run("start", check=False)
+    assert bad.returncode != 0
+    assert "--head or --address" in bad.stderr
+
+
+def test_join_without_token_is_refused():
+    bad = _run("start", "--address", f"127.0.0.1:{node.free_port()}", check=False)
+    assert bad.returncode != 0
+    assert "SKATE_CLUSTER_TOKEN" in bad.stderr
