@@ -256,8 +256,12 @@ def _cancel_actor_task(core: Any, rec: Any) -> None:
     if rec in st.queue:
         st.queue.remove(rec)
         core.submitter.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
-    elif st.conn is not None and rec.spec["t"] in st.inflight:
-        st.conn.notify("cancel_task", {"t": rec.spec["t"], "force": False})
+    elif st.info.get("address") and rec.spec["t"] in st.inflight:
+        import asyncio
+
+        from skate._private.core_worker.submitter import control_notify
+
+        asyncio.ensure_future(control_notify(core, st.info["address"], "cancel_task", {"t": rec.spec["t"], "force": False}))
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:

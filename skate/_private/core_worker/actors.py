@@ -24,7 +24,12 @@ from typing import Any
 from skate import exceptions as exc
 from skate._private import rpc
 from skate._private.core_worker.core import _as_error
-from skate._private.core_worker.submitter import TaskRecord, complete_returns, resolve_deps
+from skate._private.core_worker.submitter import (
+    TaskRecord,
+    complete_returns,
+    control_notify,
+    resolve_deps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +92,7 @@ class ActorManager:
             if st.state == DEAD:  # killed while being placed
                 raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
                 return
-            conn = await core.conn_to(grant["address"])
+            conn = await core.conn_to(grant["address"], exec_=True)
             reply = await conn.request("create_actor", rec.spec, [cls_bytes, *rec.arg_bufs])
         except BaseException as e:  # noqa: BLE001
             self._dead(st, f"the actor could not be created: {e}", e if isinstance(e, exc.RayError) else None)
@@ -130,7 +135,7 @@ class ActorManager:
             return
         st.info = info
         try:
-            conn = await core.conn_to(info["address"])
+            conn = await core.conn_to(info["address"], exec_=True)
         except Exception as e:  # noqa: BLE001
             self._dead(st, f"its process cannot be reached ({e})")
             return
@@ -281,12 +286,10 @@ class ActorManager:
                 address = info.get("address") if info else None
         except Exception:  # noqa: BLE001
             pass
-        if conn is None and address:
-            try:
-                conn = await self.core.conn_to(address)
-            except Exception:  # noqa: BLE001
-                conn = None
-        if conn is not None and not conn.closed:
+        if address:
+            # The control endpoint: the actor may be busy in a call.
+            await control_notify(self.core, address, "exit_now", None)
+        elif conn is not None and not conn.closed:
             conn.notify("exit_now")
         self._fail_all(st)
 

@@ -101,6 +101,7 @@ class CoreWorker:
         self._frees: list = []
         self._wmaps: collections.OrderedDict = collections.OrderedDict()
         self._nodes: dict[bytes, dict] = {}
+        self.extra_sockets: list[str] = []
         #: The last lines this process printed for the cluster (worker output,
         #: warnings, unhandled errors), after they were flushed; for tests.
         self.printed: collections.deque[str] = collections.deque(maxlen=2000)
@@ -182,9 +183,18 @@ class CoreWorker:
             os._exit(1)
 
     # --- connections to peers -----------------------------------------------------
-    async def conn_to(self, addr: list) -> rpc.Connection:
-        """A connection to the core worker at ``addr`` (reused, made on demand)."""
-        wid = addr[0]
+    async def conn_to(self, addr: list, exec_: bool = False) -> rpc.Connection:
+        """A connection to the core worker at ``addr`` (reused, made on demand).
+
+        ``exec_`` picks the worker's execution endpoint (tasks, actor calls),
+        served by the thread that runs them; other traffic (ownership,
+        cancel, kill) uses the control endpoint, served by its I/O thread.
+        """
+        if exec_ and len(addr) >= 6:
+            wid: Any = (addr[0], "x")
+            addr = [addr[0], addr[1], addr[4], addr[5]]
+        else:
+            wid = addr[0]
         fut = self.conns.get(wid)
         if fut is not None:
             if not fut.done():
@@ -776,7 +786,7 @@ class CoreWorker:
         self._wmaps.clear()
         self.loop.call_soon_threadsafe(self._stop_loop)
         self._thread.join(timeout=5)
-        for path in (getattr(self, "server_uds", None),):
+        for path in (getattr(self, "server_uds", None), *self.extra_sockets):
             if path:
                 try:
                     os.unlink(path)

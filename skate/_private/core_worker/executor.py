@@ -1,11 +1,15 @@
 """Running tasks and actor methods inside a worker process.
 
-The I/O thread receives ``push_task`` / ``create_actor`` / ``actor_call``
-requests and hands them to the executor; the reply goes back when the work
-is done.  Normal tasks and single-threaded actors run one at a time on the
-worker's main thread, in arrival order (which is each caller's submission
-order).  Actors with ``max_concurrency > 1`` run calls on a thread pool;
-async actors run them as coroutines on an event loop of their own.
+A worker has two event loops.  The *exec loop* runs on the main thread and
+serves the execution endpoint, where callers send ``push_task`` /
+``create_actor`` / ``actor_call``: normal tasks and single-threaded actor
+calls run right there, inline, in arrival order (each caller's submission
+order), and the reply is sent from the same thread -- no hand-off between
+threads on the way in or out.  Async actors use the exec loop as their
+event loop; actors with ``max_concurrency > 1`` run calls on a thread pool.
+The core worker's I/O loop (another thread) serves the control endpoint
+(cancel, kill, ownership) and every request user code makes, so user code
+may block in ``get`` without stalling the I/O it waits for.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import concurrent.futures
 import ctypes
 import inspect
 import os
-import queue
 import sys
 import threading
 import traceback
@@ -42,7 +45,7 @@ class Executor:
 
     def __init__(self, core: Any) -> None:
         self.core = core
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.exec_loop: asyncio.AbstractEventLoop | None = None
         self.functions: dict[bytes, Any] = {}
         self.calls: dict[bytes, int] = {}
         self.running: dict[bytes, int] = {}  # task id -> thread ident
@@ -59,18 +62,39 @@ class Executor:
         self.exiting = False
 
     def handlers(self) -> dict:
+        """Handlers of the control endpoint (core worker's I/O loop)."""
         return {
-            "push_task": self.on_push_task,
-            "create_actor": self.on_create_actor,
-            "actor_call": self.on_actor_call,
             "cancel_task": self.on_cancel_task,
             "release_held": self.on_release_held,
             "exit_now": self.on_exit_now,
         }
 
-    # --- entry points (I/O thread) ----------------------------------------------------
+    def exec_handlers(self) -> dict:
+        """Handlers of the execution endpoint (the exec loop, main thread)."""
+        return {
+            "push_task": self.on_push_task,
+            "create_actor": self.on_create_actor,
+            "actor_call": self.on_actor_call,
+            "release_held": self.on_release_held,
+            "exit_now": self.on_exit_now,
+            "hello": lambda conn, body, bufs: None,
+        }
+
+    def _inline(self, fn: Any, spec: dict, bufs: list, rep: Replier) -> None:
+        """Runs user work on the exec loop's thread, with no loop marked running.
+
+        (So user code may call ``asyncio.run`` and friends.)
+        """
+        prev = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(None)
+        try:
+            fn(spec, bufs, rep)
+        finally:
+            asyncio.events._set_running_loop(prev)
+
+    # --- entry points (exec loop) --------------------------------------------------------
     def on_push_task(self, conn: rpc.Connection, spec: dict, bufs: list) -> Any:
-        self.queue.put((self._run_task, spec, bufs, Replier(conn)))
+        self._inline(self._run_task, spec, bufs, Replier(conn))
         return rpc.DEFER
 
     def on_create_actor(self, conn: rpc.Connection, spec: dict, bufs: list) -> Any:
@@ -79,7 +103,7 @@ class Executor:
         self.detached = bool(spec.get("detached"))
         if not self.detached:
             conn.on_close.append(self._owner_gone)
-        self.queue.put((self._create_actor, spec, bufs, fut))
+        self._inline(self._create_actor, spec, bufs, fut)
         return rpc.DEFER
 
     def on_actor_call(self, conn: rpc.Connection, spec: dict, bufs: list) -> Any:
@@ -90,31 +114,34 @@ class Executor:
             fut.send(body, out)
             return rpc.DEFER
         if self.actor_loop is not None:
-            self.actor_loop.call_soon_threadsafe(self._start_async_call, spec, bufs, fut)
+            task = asyncio.ensure_future(self._async_call(spec, bufs, fut))
+            self.running[spec["t"]] = task
+            task.add_done_callback(lambda t, tid=spec["t"]: self.running.pop(tid, None))
         elif self.actor_pool is not None:
             self.actor_pool.submit(self._run_call, spec, bufs, fut)
         else:
-            self.queue.put((self._run_call, spec, bufs, fut))
+            self._inline(self._run_call, spec, bufs, fut)
         return rpc.DEFER
 
     def on_cancel_task(self, conn: rpc.Connection, body: dict, bufs: list) -> None:
         tid = body["t"]
-        ident = self.running.get(tid)
-        if ident is None:
+        running = self.running.get(tid)
+        if running is None:
             self.cancelled.add(tid)
             return
         if body.get("force"):
             os._exit(1)
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
+        if isinstance(running, asyncio.Task):  # an async actor call: cancel the coroutine
+            self.actor_loop.call_soon_threadsafe(running.cancel)
+            return
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running), ctypes.py_object(KeyboardInterrupt))
 
     def on_release_held(self, conn: rpc.Connection, tid: bytes, bufs: list) -> None:
         self.held.pop(tid, None)
 
     def on_exit_now(self, conn: rpc.Connection, body: Any, bufs: list) -> None:
-        if body and body.get("graceful"):
-            # Finish what is queued first (handles all gone).
-            self.queue.put((self._graceful_exit, None, None, None))
-            return
+        # A graceful exit (all handles gone) comes on the exec endpoint once the
+        # caller has no call in flight; a kill comes on the control endpoint.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
@@ -122,21 +149,6 @@ class Executor:
     def _owner_gone(self, conn: rpc.Connection) -> None:
         if not self.detached:
             os._exit(0)
-
-    # --- main-thread loop ----------------------------------------------------------
-    def run(self) -> None:
-        """Runs queued work on the calling (main) thread until told to stop."""
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            fn, spec, bufs, fut = item
-            fn(spec, bufs, fut)
-
-    def _graceful_exit(self, spec: Any, bufs: Any, fut: Any) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
 
     def _reply(self, fut: Replier, body: dict, bufs: list) -> None:
         if self.core._borrows_inflight:
@@ -304,8 +316,10 @@ class Executor:
             )
             mc = spec.get("mcc")
             if is_async:
-                self._start_actor_loop(mc or 1000)
-                self.actor = self._in_actor_loop(lambda: cls(*args, **kwargs))
+                # The exec loop (this thread's) is the actor's event loop.
+                self.actor_loop = self.exec_loop
+                self.actor_sem = asyncio.Semaphore(mc or 1000)
+                self.actor = cls(*args, **kwargs)
             else:
                 self.actor = cls(*args, **kwargs)
                 if mc and mc > 1:
@@ -316,32 +330,6 @@ class Executor:
             body["ok"] = 0
             self._reply(fut, body, out)
             self.exiting = True
-
-    def _start_actor_loop(self, max_concurrency: int) -> None:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            self.actor_sem = asyncio.Semaphore(max_concurrency)
-            ready.set()
-            loop.run_forever()
-
-        threading.Thread(target=run, name="actor-loop", daemon=True).start()
-        ready.wait()
-        self.actor_loop = loop
-
-    def _in_actor_loop(self, fn: Any) -> Any:
-        f: concurrent.futures.Future = concurrent.futures.Future()
-
-        def go() -> None:
-            try:
-                f.set_result(fn())
-            except BaseException as e:  # noqa: BLE001
-                f.set_exception(e)
-
-        self.actor_loop.call_soon_threadsafe(go)
-        return f.result()
 
     def _method(self, spec: dict) -> Any:
         m = spec["m"]
@@ -392,9 +380,6 @@ class Executor:
         except Exception:  # noqa: BLE001
             pass
 
-    def _start_async_call(self, spec: dict, bufs: list, fut: Replier) -> None:
-        asyncio.ensure_future(self._async_call(spec, bufs, fut))
-
     async def _async_call(self, spec: dict, bufs: list, fut: Replier) -> None:
         name = f"{self.actor_name}.{spec['m']}"
         exiting = False
@@ -420,7 +405,7 @@ class Executor:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._notify_exit(), self.core.loop))
         fut.send(body, out)
         if exiting:
-            self.core.loop.call_later(0.05, os._exit, 0)
+            self.core.post(lambda: self.core.loop.call_later(0.05, os._exit, 0))
 
 
 class Replier:

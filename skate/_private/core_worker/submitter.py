@@ -119,10 +119,11 @@ def make_returns(core: Any, task_id: bytes, n: int, record: TaskRecord) -> list:
 class Lease:
     """A leased worker as the submitter sees it."""
 
-    __slots__ = ("lease_id", "worker_id", "conn", "raylet", "busy", "dead", "timer", "node_id", "key", "pid", "idle_since", "fns")
+    __slots__ = ("lease_id", "worker_id", "conn", "raylet", "busy", "dead", "timer", "node_id", "key", "pid", "idle_since", "fns", "address")
 
     def __init__(self, grant: dict, conn: rpc.Connection, raylet: rpc.Connection, key: Any) -> None:
         self.lease_id = grant["lease_id"]
+        self.address = grant["address"]
         self.worker_id = grant["worker_id"]
         self.node_id = grant["node_id"]
         self.pid = grant.get("pid")
@@ -234,7 +235,7 @@ class TaskSubmitter:
     async def _lease_for(self, key: Any, ks: KeyState, resources: dict, strategy: Any) -> None:
         try:
             grant, raylet = await self.acquire_lease({"resources": resources, "strategy": strategy})
-            conn = await self.core.conn_to(grant["address"])
+            conn = await self.core.conn_to(grant["address"], exec_=True)
         except Exception as e:  # noqa: BLE001
             with self.lock:
                 ks.requests -= 1
@@ -442,7 +443,7 @@ class TaskSubmitter:
             self.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
             return
         if rec.lease is not None and rec.lease.busy:
-            rec.lease.conn.notify("cancel_task", {"t": rec.spec["t"], "force": force})
+            asyncio.ensure_future(control_notify(self.core, rec.lease.address, "cancel_task", {"t": rec.spec["t"], "force": force}))
             return
         # Still resolving its arguments.
         self.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
@@ -459,6 +460,15 @@ class TaskSubmitter:
         for fut in self.raylets.values():
             if fut.done() and not fut.exception():
                 fut.result().close()
+
+
+async def control_notify(core: Any, address: list, method: str, body: Any) -> None:
+    """Sends a one-way message to a worker's control endpoint (not queued behind its work)."""
+    try:
+        conn = await core.conn_to(address)
+        conn.notify(method, body)
+    except (OSError, rpc.ConnectionLost):
+        pass  # the worker is gone
 
 
 async def resolve_deps(core: Any, rec: TaskRecord) -> BaseException | None:
