@@ -547,9 +547,17 @@ def _dump_stacks(proc: subprocess.Popen, label: str, metric: str | None) -> None
         return
     path = os.path.join(tempfile.gettempdir(), f"skate-bench-hang-{label.replace(' ', '_').replace('/', '-')}-{metric}.txt")
     with open(path, "w") as out:
+        family = set()
         for p in psutil.process_iter():
             try:
-                if os.getsid(p.pid) != proc.pid:
+                if os.getsid(p.pid) == proc.pid:
+                    family.add(p.pid)
+                    family.update(c.pid for c in p.children(recursive=True))
+            except (OSError, psutil.Error):
+                pass
+        for p in psutil.process_iter():
+            try:
+                if p.pid not in family:
                     continue
                 out.write(f"=== pid {p.pid}: {' '.join(p.cmdline()[:4])}\n")
                 out.flush()

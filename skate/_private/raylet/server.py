@@ -202,22 +202,37 @@ class Raylet:
         )
         fut = asyncio.get_running_loop().create_future()
         self.waiting[req.id] = fut
+        # A requester that goes away takes its queued request with it.
+        drop = lambda c, fut=fut: fut.cancel() if not fut.done() else None  # noqa: E731
+        conn.on_close.append(drop)
         self.sched.submit(req)
         self._schedule()
         try:
             return await fut
         finally:
             self.waiting.pop(req.id, None)
+            if not conn.closed:
+                conn.on_close.remove(drop)
             if not fut.done() or fut.cancelled():
                 self.sched.cancel(req.id)
 
     def _schedule(self) -> None:
+        again = True
+        while again:
+            again = self._schedule_once()
+
+    def _schedule_once(self) -> bool:
+        """One pass of decisions; True when resources came back and another pass is due."""
+        freed = False
         for decision, req, arg in self.sched.schedule():
             fut = self.waiting.get(req.id)
             conn, body = req.payload
             if decision == "grant":
                 if fut is None or fut.done() or conn.closed:
+                    # Nobody wants it any more: what it took may fit a request
+                    # this pass already left waiting.
                     self.sched.release(req.resources)
+                    freed = True
                     continue
                 asyncio.ensure_future(self._grant(req, fut))
             elif decision == "spill":
@@ -235,6 +250,7 @@ class Raylet:
                         f"that much (this node has {self.resources}); it stays pending until a node "
                         "that fits joins the cluster" + (f" ({arg})" if arg else ""),
                     )
+        return freed
 
     async def _grant(self, req: LeaseRequest, fut: asyncio.Future) -> None:
         conn, body = req.payload
