@@ -105,8 +105,5 @@ class ObjectRef:
 
 
 def _rebuild(object_id: bytes, owner: list | None) -> ObjectRef:
-    ref = ObjectRef(object_id, owner)
-    core = runtime.current_or_none()
-    if core is not None:
-        core.on_deserialize_ref(ref)
-    return ref
+    # Creating the ref registers it; a new borrow is announced to the owner.
+    return ObjectRef(object_id, owner)

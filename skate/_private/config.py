@@ -36,8 +36,6 @@ class Config:
     daemon_skip_site: int = 1
     #: Default task retries on worker death.
     task_max_retries: int = 3
-    #: Seconds an infeasible task waits before its warning is printed.
-    infeasible_warn_s: float = 1.0
 
     @classmethod
     def from_env(cls) -> Config:

@@ -305,6 +305,3 @@ class ActorManager:
         asyncio.ensure_future(self._publish_dead(st, "all references to the actor were removed"))
         if st.state == ALIVE and not st.inflight and not st.queue:
             st.conn.notify("exit_now", {"graceful": True})
-
-    def on_actor_update(self, msg: dict) -> None:
-        """An actor state change published by the control store."""

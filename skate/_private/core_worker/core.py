@@ -23,7 +23,6 @@ import logging
 import os
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -610,9 +609,6 @@ class CoreWorker:
         if refs is not None:
             refs.append(ref)
 
-    def on_deserialize_ref(self, ref: Any) -> None:
-        """A ref arrived from another process (borrowing is counted by the store)."""
-
     def _on_borrow_change(self, oid: bytes, owner: list | None, delta: int) -> None:
         if owner is None or self.closed:
             return
@@ -763,8 +759,6 @@ class CoreWorker:
                 sys.stderr.flush()
             self.printed.extend(out)
             self.printed.extend(err)
-        elif channel == "actor":
-            self.actors.on_actor_update(msg)
 
     def on_ping(self, conn: rpc.Connection, body: Any, bufs: list) -> str:
         return "pong"
@@ -855,7 +849,3 @@ def error_payload(err: BaseException) -> tuple[bytes, list]:
     except Exception:
         data, bufs, _ = serialization.dumps(exc.RayError(f"{type(err).__name__}: {err}"), "the error")
     return data, [bytes(b) for b in bufs]
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -57,7 +57,6 @@ class Executor:
         self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.actor_loop: asyncio.AbstractEventLoop | None = None
         self.actor_sem: asyncio.Semaphore | None = None
-        self.owner_conn: rpc.Connection | None = None
         self.detached = False
         self.exiting = False
 
@@ -99,7 +98,6 @@ class Executor:
 
     def on_create_actor(self, conn: rpc.Connection, spec: dict, bufs: list) -> Any:
         fut = Replier(conn)
-        self.owner_conn = conn
         self.detached = bool(spec.get("detached"))
         if not self.detached:
             conn.on_close.append(self._owner_gone)

@@ -4,8 +4,11 @@ Every object a process owns (it submitted the task or called ``put``) has an
 ``Entry`` here from creation until nothing refers to it anywhere:
 
     count = local refs (ObjectRef instances in this process)
-          + pins (pending tasks that take it as an argument, containers)
           + borrowers (other processes holding it, told us with borrow_add)
+
+Pending tasks and containers keep the ObjectRef instances of what they
+carry, so those count as local refs until the task ends or the container
+is freed.
 
 When the count reaches zero the entry is dropped and, for objects in shared
 memory, the node daemon is told to free the segment.  Refs this process holds
@@ -28,7 +31,7 @@ class Entry:
     """One owned object."""
 
     __slots__ = (
-        "state", "data", "bufs", "node_id", "size", "waiters", "local", "pins",
+        "state", "data", "bufs", "node_id", "size", "waiters", "local",
         "borrowers", "retrieved", "contained", "task",
     )
 
@@ -40,7 +43,6 @@ class Entry:
         self.size = 0
         self.waiters: list[Callable[[], None]] | None = None
         self.local = 0
-        self.pins = 0
         self.borrowers = 0
         self.retrieved = False
         self.contained: list | None = None  # refs this value holds: [(oid, owner)]
@@ -81,7 +83,7 @@ class MemoryStore:
             e.state, e.data, e.bufs, e.node_id, e.size, e.contained = state, data, bufs, node_id, size, contained
             e.task = None
             waiters, e.waiters = e.waiters, None
-            dead = e.local + e.pins + e.borrowers == 0
+            dead = e.local + e.borrowers == 0
             if dead:
                 del self.entries[oid]
         if waiters:
@@ -135,7 +137,7 @@ class MemoryStore:
             if e is not None:
                 e.local -= 1
                 # A pending object is freed when its value arrives (see complete).
-                if e.local + e.pins + e.borrowers > 0 or e.state == PENDING:
+                if e.local + e.borrowers > 0 or e.state == PENDING:
                     return
                 del self.entries[oid]
             else:
@@ -152,15 +154,14 @@ class MemoryStore:
         else:
             self.on_borrow_change(oid, owner, -1)
 
-    def adjust(self, oid: bytes, pins: int = 0, borrowers: int = 0) -> bool:
+    def adjust(self, oid: bytes, borrowers: int = 0) -> bool:
         """Changes an owned object's pin or borrower count; False if not owned here."""
         with self.lock:
             e = self.entries.get(oid)
             if e is None:
                 return False
-            e.pins += pins
             e.borrowers += borrowers
-            if e.local + e.pins + e.borrowers > 0:
+            if e.local + e.borrowers > 0:
                 return True
             del self.entries[oid]
         self.on_free(oid, e)
