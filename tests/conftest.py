@@ -56,6 +56,25 @@ def wait_for(cond, timeout: float = 10.0, interval: float = 0.01, what: str = "c
         time.sleep(interval)
 
 
+def pid_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _live_children(me: psutil.Process) -> list[psutil.Process]:
+    live = []
+    for p in me.children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                live.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return live
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     """Fails the test if it leaks processes, shared memory or session folders."""
@@ -66,7 +85,7 @@ def no_leaks():
     if skate.is_initialized():
         skate.shutdown()
     try:
-        wait_for(lambda: not [p for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 15, what="child processes to exit")
+        wait_for(lambda: not _live_children(me), 15, what="child processes to exit")
     except AssertionError:
         left = [f"{p.pid}: {' '.join(p.cmdline()[:4])}" for p in me.children(recursive=True)]
         for p in me.children(recursive=True):

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import psutil
 import pytest
-from conftest import wait_for, wait_printed
+from conftest import pid_gone, wait_for, wait_printed
 
 import skate
 from skate.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
@@ -443,7 +443,7 @@ def test_kill_then_call_raises(ray_start):
         skate.get(c.read.remote(), timeout=20)
     assert isinstance(ei.value, ActorDiedError)
     assert "kill" in str(ei.value)
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+    wait_for(lambda: pid_gone(pid),
              15, what="killed actor process to exit")
 
 
@@ -487,9 +487,9 @@ def test_kill_via_handle_in_another_task(ray_start):
             return True
         return False
 
-    # ray.kill is asynchronous: the kill lands shortly after the task returns.
+    # skate.kill is asynchronous: the kill lands shortly after the task returns.
     wait_for(call_fails, 15, what="calls to the killed actor to fail")
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+    wait_for(lambda: pid_gone(pid),
              15, what="killed actor process to exit")
 
 
@@ -565,7 +565,7 @@ def test_exit_actor(ray_start):
         skate.get(later, timeout=20)
     with pytest.raises(RayActorError):
         skate.get(q.ping.remote(), timeout=20)
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+    wait_for(lambda: pid_gone(pid),
              15, what="exited actor process to go")
 
 
@@ -630,7 +630,7 @@ def test_actor_process_exits_when_handle_dropped(ray_start):
     assert psutil.pid_exists(pid)
     del c
     gc.collect()
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+    wait_for(lambda: pid_gone(pid),
              15, what="actor process to exit after its handle was dropped")
 
 
@@ -642,7 +642,7 @@ def test_dropping_handle_lets_submitted_calls_finish(ray_start):
     gc.collect()
     assert skate.get(refs, timeout=20) == list(range(1, 21))
     pid = skate.get(pid_ref, timeout=20)
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+    wait_for(lambda: pid_gone(pid),
              15, what="actor process to exit after its calls finished")
 
 

@@ -9,9 +9,9 @@ import textwrap
 
 import psutil
 import pytest
+from conftest import wait_for
 
 from skate._private import node
-from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

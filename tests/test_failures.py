@@ -18,20 +18,12 @@ import threading
 
 import psutil
 import pytest
-from conftest import wait_for, wait_printed
+from conftest import pid_gone, wait_for, wait_printed
 
 import skate
 from skate import exceptions as exc
 from skate._private import rpc
 from skate._private.config import CONFIG
-
-
-def _gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie waiting to be reaped counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _node_alive(node_id: str) -> bool | None:
@@ -67,7 +59,7 @@ def test_killed_node_daemon_is_marked_dead(cluster):
     wait_for(lambda: "doomed" not in skate.cluster_resources(), timeout=30, what="its resources to go")
     assert skate.cluster_resources()["CPU"] == 1
     # Its workers do not outlive it.
-    wait_for(lambda: all(_gone(p) for p in workers), timeout=30, what="the dead node's workers to exit")
+    wait_for(lambda: all(pid_gone(p) for p in workers), timeout=30, what="the dead node's workers to exit")
     # The rest of the cluster keeps working.
     assert skate.get(where.remote(), timeout=60) == cluster.head_node.node_id
 
@@ -80,7 +72,7 @@ def test_remove_node_without_grace(cluster):
     assert _node_alive(node.node_id) is False
     assert node not in cluster.list_all_nodes()
     assert wait_for(lambda: skate.cluster_resources().get("CPU") == 1, what="CPU total to drop")
-    assert _gone(node.pid)
+    assert pid_gone(node.pid)
 
 
 def test_task_on_killed_node_fails(cluster, tmp_path):
@@ -213,7 +205,7 @@ def test_sigkilled_driver_leaves_no_processes(tmp_path, short_temp_dir):
     proc.wait(timeout=30)
     proc.stdout.close()
     proc.stderr.close()
-    wait_for(lambda: all(_gone(p) for p in pids), timeout=30, what=f"the dead driver's processes {pids} to exit")
+    wait_for(lambda: all(pid_gone(p) for p in pids), timeout=30, what=f"the dead driver's processes {pids} to exit")
     wait_for(lambda: not _shm_with_prefix(prefix), timeout=30, what="the dead driver's shared memory to go")
 
 
@@ -270,8 +262,8 @@ def test_sigkilled_connected_driver_releases_its_workers(cluster, tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     # The task's worker and the (non-detached) actor die with their owner.
-    wait_for(lambda: _gone(task_pid), timeout=30, what="the orphaned task's worker to be stopped")
-    wait_for(lambda: _gone(info["actor_pid"]), timeout=30, what="the orphaned actor to be stopped")
+    wait_for(lambda: pid_gone(task_pid), timeout=30, what="the orphaned task's worker to be stopped")
+    wait_for(lambda: pid_gone(info["actor_pid"]), timeout=30, what="the orphaned actor to be stopped")
     # The cluster is unharmed and its CPU is free again.
     skate.init(address=cluster.address)
     wait_for(lambda: skate.available_resources().get("CPU") == 1, timeout=30, what="the CPU to be free again")
@@ -286,7 +278,7 @@ def test_shutdown_leaves_no_processes():
     assert kids
     skate.shutdown()
     assert not skate.is_initialized()
-    wait_for(lambda: all(_gone(p) for p in kids), timeout=30, what="every process to exit after shutdown")
+    wait_for(lambda: all(pid_gone(p) for p in kids), timeout=30, what="every process to exit after shutdown")
 
 
 # --- worker output ------------------------------------------------------------------------------
@@ -480,7 +472,7 @@ def test_kill_actor_with_call_in_flight(ray_start, tmp_path):
     skate.kill(a)
     with pytest.raises(exc.ActorDiedError):
         skate.get(ref, timeout=30)
-    wait_for(lambda: _gone(pid), timeout=30, what="the actor's process to exit")
+    wait_for(lambda: pid_gone(pid), timeout=30, what="the actor's process to exit")
     with pytest.raises(exc.RayActorError):
         skate.get(a.pid.remote(), timeout=30)
 

@@ -10,13 +10,12 @@ import threading
 
 import cloudpickle
 import numpy as np
-import psutil
 import pytest
+from conftest import pid_gone, wait_for, wait_printed
 
 import skate
 from skate import exceptions as exc
 from skate._private import runtime
-from tests.conftest import wait_for, wait_printed
 
 # Workers cannot import this test module: ship its helpers by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -420,7 +419,7 @@ def test_owner_died(ray_start):
         return os.getpid(), [skate.put("small"), skate.put(np.ones(MB, dtype=np.uint8))]
 
     pid, refs = skate.get(producer.remote())
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+    wait_for(lambda: pid_gone(pid),
              20, what="the owning worker to exit")
     for ref in refs:
         with pytest.raises(exc.OwnerDiedError) as info:

@@ -11,10 +11,10 @@ import time
 
 import cloudpickle
 import pytest
+from conftest import wait_for, wait_printed
 
 import skate
 from skate import exceptions as exc
-from tests.conftest import wait_for, wait_printed
 
 # Workers cannot import this test module: ship its helpers by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

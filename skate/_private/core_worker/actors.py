@@ -267,11 +267,11 @@ class ActorManager:
 
     # --- kill and scope -----------------------------------------------------------
     def kill(self, st: ActorState, no_restart: bool = True) -> None:
-        """Kills an actor at once (``ray.kill``; any thread): later calls fail right away."""
+        """Kills an actor at once (``skate.kill``; any thread): later calls fail right away."""
         with st.lock:
             was = st.state
             st.state = DEAD
-            st.cause = "it was killed by ray.kill()"
+            st.cause = "it was killed by skate.kill()"
         self.core.post(lambda: asyncio.ensure_future(self._kill(st, was)))
 
     async def _kill(self, st: ActorState, was: str) -> None:
