@@ -19,6 +19,15 @@ thread may *send*: a connection writes with ``sendmsg`` on a duplicate of the
 socket's descriptor under a lock, and only what the kernel does not take at
 once is left for the loop to flush.  So a user thread submitting a task, or a
 worker thread returning a result, costs no hop to the I/O thread.
+
+Client connections read from their socket themselves (``loop.add_reader``,
+not a transport), so a *user* thread may take over reading: a thread that
+blocks waiting for a reply reads the socket itself (``Connection.lead``)
+instead of being woken by the I/O thread -- one thread wake-up less per
+synchronous call.  Reading is guarded
+by one lock; when the loop finds a thread reading, it stops watching the
+socket, and watches it again when replies are owed that no thread is
+reading for (see ``_Watch``).
 """
 
 from __future__ import annotations
@@ -28,8 +37,10 @@ import collections
 import itertools
 import logging
 import os
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -71,11 +82,30 @@ class Connection(asyncio.BufferedProtocol):
         self._wlock = threading.Lock()
         self._backlog: collections.deque = collections.deque()
         self._wsock: socket.socket | None = None
+        #: Raw mode (client connections): the socket read by _on_readable.
+        self._rsock: socket.socket | None = None
+        self._rlock = threading.Lock()  # held by whoever reads and parses frames
+        self._loop_reading = False  # the loop watches _rsock (loop thread only)
+        self._leader: int | None = None  # ident of a user thread reading, if any
+        #: A user thread has read it itself: from then on the loop reads it
+        #: only while replies are owed that no thread reads for.
+        self._led = False
+        self.off_since = 0.0
+        self._owed_mark = 0
 
     # --- protocol callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
+        self._setup(transport.get_extra_info("socket"))
+
+    def attach(self, sock: socket.socket) -> None:
+        """Raw mode: reads ``sock`` itself from the loop (loop thread)."""
+        sock.setblocking(False)
+        self._rsock = sock
+        self._setup(sock)
+        self._add_reader()
+
+    def _setup(self, sock: socket.socket) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._wsock = socket.socket(fileno=os.dup(sock.fileno()))
@@ -138,6 +168,102 @@ class Connection(asyncio.BufferedProtocol):
                         n = 0
             self.loop.remove_writer(self._wsock.fileno())
 
+    # --- raw-mode reading (loop, or a leading user thread) ---------------------------
+    def _on_readable(self) -> None:
+        if not self._rlock.acquire(False):
+            # A user thread is reading: stop watching until replies are owed
+            # that nobody reads for (level-triggered, so this would spin).
+            self._stop_watching()
+            return
+        try:
+            self._read_some()
+        except Exception:  # never out of a reader callback: the loop would drop its watch
+            log.exception("reading a connection failed")
+            self._fail(ConnectionLost("reading failed"))
+        finally:
+            self._rlock.release()
+        if self.closed:
+            self._close_rsock()  # (_fail could not while this held the read lock)
+        elif self._led and not self._pending:
+            self._stop_watching()  # nothing owed: a thread waiting for the next reply reads it
+
+    def _stop_watching(self) -> None:
+        if self._loop_reading:
+            self._loop_reading = False
+            self.loop.remove_reader(self._rsock.fileno())
+            self.off_since = time.monotonic()
+            _watch(self.loop).add(self)
+
+    def watch(self) -> None:
+        """Makes the loop read this connection again (loop thread)."""
+        if not self._loop_reading and not self.closed and self._rsock is not None:
+            self._add_reader()
+
+    def _add_reader(self) -> None:
+        fd = self._rsock.fileno()
+        try:
+            self.loop.add_reader(fd, self._on_readable)
+        except RuntimeError:
+            # uvloop keeps the watch of an fd that saw POLLERR, closed, until it
+            # is removed: drop it and watch afresh.
+            self.loop.remove_reader(fd)
+            self.loop.add_reader(fd, self._on_readable)
+        self._loop_reading = True
+
+    def watch_threadsafe(self) -> None:
+        """``watch`` from any thread (a no-op when the loop already reads)."""
+        if not self._loop_reading and not self.closed:
+            self.loop.call_soon_threadsafe(self.watch)
+
+    def _read_some(self) -> bool:
+        """Reads what the socket has and handles the frames; False at EOF/error."""
+        try:
+            n = self._rsock.recv_into(self.get_buffer(0))
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as e:
+            self._fail_threadsafe(e)
+            return False
+        if n == 0:
+            self._fail_threadsafe(ConnectionLost("connection closed"))
+            return False
+        self.buffer_updated(n)
+        return not self.closed
+
+    def lead(self, done: Callable[[], bool], deadline: float | None) -> None:
+        """Reads this connection in the calling thread until ``done()`` (user threads).
+
+        Replies whose callbacks are thread-safe are handled right here; all
+        else is passed to the loop.  Returns at once when another thread (or
+        the loop) is reading, at ``deadline`` (monotonic), or when the
+        connection closes; the caller then waits the ordinary way.
+        """
+        if self._rsock is None or self._auth_state < 2 or not self._rlock.acquire(False):
+            return
+        self._leader = threading.get_ident()
+        self._led = True
+        try:
+            poller = select.poll()
+            poller.register(self._rsock.fileno(), select.POLLIN)
+            while not done() and not self.closed:
+                if deadline is None:
+                    wait_ms = 200
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    wait_ms = min(200, int(left * 1000) + 1)
+                if poller.poll(wait_ms) and not self._read_some():
+                    break
+        finally:
+            self._leader = None
+            self._rlock.release()
+            if self.closed:
+                self.loop.call_soon_threadsafe(self._close_rsock)
+            elif self._pending:
+                # Replies are owed that this thread will not read.
+                self.watch_threadsafe()
+
     def get_buffer(self, sizehint: int) -> memoryview:
         free = len(self._buf) - self._n
         if free < 65536:
@@ -157,10 +283,10 @@ class Connection(asyncio.BufferedProtocol):
             self._consume()
         except P.AuthError as e:
             log.warning("rejected connection: %s", e)
-            self._fail(e)
+            self._fail_threadsafe(e)
         except Exception as e:  # a broken frame: drop the connection
             log.exception("bad frame")
-            self._fail(e)
+            self._fail_threadsafe(e)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ConnectionLost("connection closed"))
@@ -244,10 +370,28 @@ class Connection(asyncio.BufferedProtocol):
 
     # --- dispatch -----------------------------------------------------------
     def _dispatch(self, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
+        if self._leader is not None and self._leader == threading.get_ident():
+            # Read by a user thread: only thread-safe reply callbacks run here.
+            if kind == P.REPLY or kind == P.ERROR:
+                fut = self._pending.get(rid)
+                if type(fut) is tuple:
+                    del self._pending[rid]
+                    if kind == P.REPLY:
+                        fut[0]((body, bufs) if bufs else body, None)
+                    else:
+                        fut[0](None, RemoteError(body))
+                    return
+            self.loop.call_soon_threadsafe(self._dispatch_on_loop, kind, rid, method, body, bufs)
+            return
+        self._dispatch_on_loop(kind, rid, method, body, bufs)
+
+    def _dispatch_on_loop(self, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
         if kind == P.REPLY or kind == P.ERROR:
             fut = self._pending.pop(rid, None)
             if fut is None:
                 return
+            if type(fut) is tuple:  # a thread-safe callback (request_cb(threadsafe=True))
+                fut = fut[0]
             if type(fut) is not asyncio.Future and not isinstance(fut, asyncio.Future):
                 # A callback registered by request_cb (possibly from another thread).
                 if kind == P.REPLY:
@@ -315,6 +459,27 @@ class Connection(asyncio.BufferedProtocol):
         """Answers request ``rid`` (any thread); for handlers that return ``DEFER``."""
         self._send(P.encode(P.REPLY, rid, None, body, bufs))
 
+    def _fail_threadsafe(self, exc: BaseException) -> None:
+        if threading.current_thread() is _loop_thread(self.loop):
+            self._fail(exc)
+        else:
+            self.loop.call_soon_threadsafe(self._fail, exc)
+
+    def _close_rsock(self) -> None:
+        """Closes the raw socket once no thread reads it (loop thread)."""
+        sock = self._rsock
+        if sock is None or sock.fileno() < 0:
+            return
+        if not self._rlock.acquire(False):
+            return  # the leading thread calls this again when it stops
+        try:
+            if self._loop_reading:
+                self._loop_reading = False
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
+        finally:
+            self._rlock.release()
+
     def _fail(self, exc: BaseException) -> None:
         if self.closed:
             return
@@ -325,6 +490,8 @@ class Connection(asyncio.BufferedProtocol):
         pending, self._pending = self._pending, {}
         lost = ConnectionLost(str(exc))
         for fut in pending.values():
+            if type(fut) is tuple:
+                fut = fut[0]
             if isinstance(fut, asyncio.Future):
                 if not fut.done():
                     fut.set_exception(lost)
@@ -338,6 +505,12 @@ class Connection(asyncio.BufferedProtocol):
                 self._wsock.close()
         if self.transport is not None:
             self.transport.close()
+        if self._rsock is not None:
+            try:
+                self._rsock.shutdown(socket.SHUT_RDWR)  # wakes a thread polling it
+            except OSError:
+                pass
+            self._close_rsock()
         for cb in self.on_close:
             try:
                 cb(self)
@@ -353,16 +526,34 @@ class Connection(asyncio.BufferedProtocol):
             return fut
         rid = next(self._rids)
         self._pending[rid] = fut
+        if not self._loop_reading and self._rsock is not None:
+            self.watch()
         self._send(P.encode(P.REQUEST, rid, method, body, bufs))
         return fut
 
-    def request_cb(self, method: str, body: Any, bufs: Any, callback: Callable[[Any, BaseException | None], None]) -> None:
-        """Sends a request from any thread; ``callback(result, error)`` runs on the loop."""
+    def request_cb(
+        self,
+        method: str,
+        body: Any,
+        bufs: Any,
+        callback: Callable[[Any, BaseException | None], None],
+        threadsafe: bool = False,
+    ) -> None:
+        """Sends a request from any thread; ``callback(result, error)`` runs on the loop.
+
+        With ``threadsafe`` the callback may instead run in a user thread
+        that reads the reply itself (see ``lead``).
+        """
         if self.closed:
             self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
             return
         rid = next(self._rids)
-        self._pending[rid] = callback
+        if threadsafe:
+            self._pending[rid] = (callback,)
+        else:
+            self._pending[rid] = callback
+            if not self._loop_reading and self._rsock is not None:
+                self.watch_threadsafe()  # only the loop may run this callback
         self._send(P.encode(P.REQUEST, rid, method, body, bufs))
         if self.closed and self._pending.pop(rid, None) is not None:
             self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
@@ -388,6 +579,61 @@ def _loop_thread(loop: asyncio.AbstractEventLoop) -> threading.Thread | None:
         except RuntimeError:
             return None
     return t
+
+
+class _Watch:
+    """Per loop: connections the loop stopped reading because a thread led.
+
+    Every few milliseconds it makes the loop read again a connection that
+    owes replies nobody is reading for (results nobody asked for yet; those
+    awaited on the loop are watched for at once), and, after a quiet spell,
+    any connection at all (so that a closed peer is noticed).
+    """
+
+    TICK_S = 0.01
+    QUIET_S = 0.5
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.conns: set[Connection] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, conn: Connection) -> None:
+        self.conns.add(conn)
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.TICK_S, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        now = time.monotonic()
+        for conn in list(self.conns):
+            if conn.closed or conn._loop_reading:
+                self.conns.discard(conn)
+                continue
+            if conn._leader is not None:
+                conn.off_since = now
+                continue
+            owed = conn._pending
+            # A reply owed since the last tick, that no thread is reading for
+            # (a thread between sending and reading is not lost: it is waited for).
+            oldest = next(iter(owed), 0) if owed else 0
+            if (oldest and oldest == conn._owed_mark) or (not owed and now - conn.off_since > self.QUIET_S):
+                self.conns.discard(conn)
+                conn.watch()
+            else:
+                conn._owed_mark = oldest
+        if self.conns:
+            self.timer = self.loop.call_later(self.TICK_S, self._tick)
+
+
+_WATCHES: dict = {}
+
+
+def _watch(loop: asyncio.AbstractEventLoop) -> _Watch:
+    w = _WATCHES.get(id(loop))
+    if w is None or w.loop is not loop:
+        w = _WATCHES[id(loop)] = _Watch(loop)
+    return w
 
 
 class DeferredReply:
@@ -448,10 +694,21 @@ async def connect(
         return Connection(token, handlers, server=False)
 
     if isinstance(address, str) and address.startswith("/"):
-        _, conn = await asyncio.wait_for(loop.create_unix_connection(factory, address), timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = address
     else:
         host, port = split_address(address)
-        _, conn = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, target = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, target), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    conn = factory()
+    conn.attach(sock)
     try:
         await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
     except (asyncio.TimeoutError, ConnectionError) as e:

@@ -168,7 +168,15 @@ class ActorManager:
 
     def _send(self, st: ActorState, rec: TaskRecord) -> None:
         st.inflight[rec.spec["t"]] = rec
-        st.conn.request_cb("actor_call", rec.spec, rec.arg_bufs, lambda result, err: self._on_reply(st, rec, result, err))
+        conn = st.conn
+        entries = self.core.store.entries
+        for oid in rec.return_ids:
+            e = entries.get(oid)
+            if e is not None:
+                e.via = conn  # a thread blocked on it may read the reply itself
+        conn.request_cb(
+            "actor_call", rec.spec, rec.arg_bufs, lambda result, err: self._on_reply(st, rec, result, err), threadsafe=True
+        )
 
     def _pump(self, st: ActorState) -> None:
         with st.lock:
@@ -197,6 +205,7 @@ class ActorManager:
         self._pump(st)
 
     def _on_reply(self, st: ActorState, rec: TaskRecord, result: Any, e: BaseException | None) -> None:
+        # On the I/O thread, or on a user thread that read the reply itself.
         if e is not None:
             if not isinstance(e, rpc.ConnectionLost):
                 st.inflight.pop(rec.spec["t"], None)

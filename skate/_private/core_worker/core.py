@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,26 @@ class _Gather:
 
     def wait(self, timeout: float | None) -> bool:
         return self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0))
+
+    def done(self) -> bool:
+        return self.count >= self.need
+
+    def wait_reading(self, vias: set, timeout: float | None) -> bool:
+        """``wait``; when every missing value comes over one connection, this
+        thread reads that connection itself rather than being woken by the
+        I/O thread (see ``rpc.Connection.lead``)."""
+        if len(vias) == 1:
+            (conn,) = vias
+            if conn is not None:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                conn.lead(self.done, deadline)
+                if deadline is not None:
+                    timeout = deadline - time.monotonic()
+                return self.wait(timeout)
+        for conn in vias:
+            if conn is not None:
+                conn.watch_threadsafe()
+        return self.wait(timeout)
 
 
 class CoreWorker:
@@ -372,6 +393,7 @@ class CoreWorker:
         g = _Gather(n, need - (n - len(missing)))
         g.results = results
         waiters = []
+        vias = set()
         for i in missing:
             r = refs[i]
             e = store.get(r._id)
@@ -385,11 +407,13 @@ class CoreWorker:
                     g.set(i, _snap(ready))
                 else:
                     waiters.append((r._id, waiter))
+                    vias.add(e.via)
             else:
+                vias.add(None)
                 self.post(self._start_remote_fetch, r, g, i)
         blocked = self._block(True)
         try:
-            if not g.wait(timeout):
+            if not g.wait_reading(vias, timeout):
                 for oid, w in waiters:
                     store.remove_waiter(oid, w)
                 if need >= n:
@@ -443,6 +467,8 @@ class CoreWorker:
             fut = self.loop.create_future()
             ready = self.store.add_waiter(oid, lambda: self.loop.call_soon_threadsafe(_set_if_pending, fut, None))
             if ready is None:
+                if e.via is not None:
+                    e.via.watch()
                 await fut
         if e.state == ERROR:
             e.retrieved = True
@@ -512,6 +538,8 @@ class CoreWorker:
             fut = self.loop.create_future()
             ready = self.store.add_waiter(oid, lambda: self.loop.call_soon_threadsafe(_set_if_pending, fut, None))
             if ready is None:
+                if e.via is not None:
+                    e.via.watch()
                 await fut
         return _snap(e)
 
@@ -562,12 +590,20 @@ class CoreWorker:
         # in a loop over a long, mostly finished list).
         entries = self.store.entries
         ready = [True if (e := entries.get(r._id)) is not None and e.state != PENDING else None for r in refs]
-        if timeout == 0 or sum(1 for x in ready if x) >= need:
+        if sum(1 for x in ready if x) >= need:
+            return ready
+        if timeout == 0:
+            # A poll: replies that no thread reads for are read by the loop.
+            for r in refs:
+                e = entries.get(r._id)
+                if e is not None and e.via is not None and e.state == PENDING:
+                    e.via.watch_threadsafe()
             return ready
         n = len(refs)
         g = _Gather(n, need)
         store = self.store
         waiters = []
+        vias: set = set()
         for i, r in enumerate(refs):
             e = store.get(r._id)
             if e is not None:
@@ -582,12 +618,14 @@ class CoreWorker:
                     g.set(i, True)
                 else:
                     waiters.append((r._id, waiter))
+                    vias.add(e.via)
             else:
+                vias.add(None)
                 self.post(self._start_ready_check, r, g, i)
         if g.count < need:
             blocked = self._block(True)
             try:
-                g.wait(timeout)
+                g.wait_reading(vias, timeout)
             finally:
                 if blocked:
                     self._block(False)

@@ -32,7 +32,7 @@ class Entry:
 
     __slots__ = (
         "state", "data", "bufs", "node_id", "size", "waiters", "local",
-        "borrowers", "retrieved", "contained", "task",
+        "borrowers", "retrieved", "contained", "task", "via",
     )
 
     def __init__(self) -> None:
@@ -47,6 +47,7 @@ class Entry:
         self.retrieved = False
         self.contained: list | None = None  # refs this value holds: [(oid, owner)]
         self.task: object = None  # the pending task that makes it (for cancel)
+        self.via: object = None  # the connection its value will arrive on, if known
 
 
 class MemoryStore:

@@ -246,7 +246,7 @@ class TaskSubmitter:
                 if isinstance(e, exc.RayError):
                     err: exc.RayError = e
                 else:
-                    log.warning("could not lease a worker: %s", e)
+                    log.warning("could not lease a worker: %s", e, exc_info=e)
                     err = exc.RaySystemError(f"could not lease a worker: {e}")
                 for rec in failed:
                     self.fail(rec, err)
@@ -516,8 +516,8 @@ def complete_returns(core: Any, rec: TaskRecord, body: dict, bufs: list) -> None
             k += n
     rec.keep = None
     held = body.get("h")
-    if held:
-        asyncio.ensure_future(_adopt_contained(core, rec, held))
+    if held:  # (this may run in a user thread reading the reply: see rpc.Connection.lead)
+        core.post(lambda: asyncio.ensure_future(_adopt_contained(core, rec, held)))
 
 
 async def _adopt_contained(core: Any, rec: TaskRecord, held: list) -> None:
