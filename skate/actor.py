@@ -105,7 +105,7 @@ class ActorClass:
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"the constructor of {self._name}")
         rec = TaskRecord()
         rec.spec = {
-            "t": ids.new_id(16), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id, "ns": core.namespace,
+            "t": core.new_task_id(), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id, "ns": core.namespace,
             "mcc": o.get("max_concurrency"), "detached": detached, "nr": 1,
         }
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, self._name
@@ -188,7 +188,7 @@ class ActorHandle:
         core = self._core
         name = f"{self._class_name}.{method_name}"
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"actor method {name}")
-        task_id = ids.new_id(16)
+        task_id = core.new_task_id()
         rec = TaskRecord()
         rec.spec = {"t": task_id, "m": method_name, "nr": num_returns, "j": core.job_id, "a": blob, "r": []}
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, name

@@ -7,8 +7,8 @@ from typing import Any
 
 import cloudpickle
 
-from skate._private import ids, runtime
 from skate._private import options as opts
+from skate._private import runtime
 from skate._private.config import CONFIG
 from skate._private.core_worker.submitter import (
     TaskRecord,
@@ -73,7 +73,7 @@ class RemoteFunction:
             raise NotImplementedError("generator tasks (num_returns='streaming') are not supported yet")
         name = o.get("name") or self._name
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"task {name}")
-        task_id = ids.new_id(16)
+        task_id = core.new_task_id()
         rec = TaskRecord()
         max_retries = o.get("max_retries", CONFIG.task_max_retries)
         max_calls = o.get("max_calls")

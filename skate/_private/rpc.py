@@ -90,6 +90,7 @@ class Connection(asyncio.BufferedProtocol):
         #: A user thread has read it itself: from then on the loop reads it
         #: only while replies are owed that no thread reads for.
         self._led = False
+        self._poller: Any = None  # a poll object on _rsock, for leading threads
         self.off_since = 0.0
         self._owed_mark = 0
 
@@ -238,13 +239,19 @@ class Connection(asyncio.BufferedProtocol):
         the loop) is reading, at ``deadline`` (monotonic), or when the
         connection closes; the caller then waits the ordinary way.
         """
-        if self._rsock is None or self._auth_state < 2 or not self._rlock.acquire(False):
+        if self._rsock is None or self._auth_state < 2 or self.closed or not self._rlock.acquire(False):
+            return
+        fd = self._rsock.fileno()
+        if fd < 0:  # closed by the loop just now
+            self._rlock.release()
             return
         self._leader = threading.get_ident()
         self._led = True
         try:
-            poller = select.poll()
-            poller.register(self._rsock.fileno(), select.POLLIN)
+            poller = self._poller
+            if poller is None:
+                poller = self._poller = select.poll()
+                poller.register(fd, select.POLLIN)
             while not done() and not self.closed:
                 if deadline is None:
                     wait_ms = 200
@@ -258,11 +265,14 @@ class Connection(asyncio.BufferedProtocol):
         finally:
             self._leader = None
             self._rlock.release()
-            if self.closed:
-                self.loop.call_soon_threadsafe(self._close_rsock)
-            elif self._pending:
-                # Replies are owed that this thread will not read.
-                self.watch_threadsafe()
+            try:
+                if self.closed:
+                    self.loop.call_soon_threadsafe(self._close_rsock)
+                elif self._pending:
+                    # Replies are owed that this thread will not read.
+                    self.watch_threadsafe()
+            except RuntimeError:  # the loop is closed: shutting down
+                pass
 
     def get_buffer(self, sizehint: int) -> memoryview:
         free = len(self._buf) - self._n

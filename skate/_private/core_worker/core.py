@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import os
 import sys
@@ -112,8 +113,10 @@ class CoreWorker:
         self.conns: dict[bytes, asyncio.Future] = {}
         self.gcs_fut: asyncio.Future | None = None
         self.pid = os.getpid()
-        self._put_counter = 0
+        self._put_counter = itertools.count(1)
         self._put_prefix = ids.new_id(12)
+        self._task_counter = itertools.count(1)
+        self._task_prefix = ids.new_id(8)
         self._borrow_out: dict[bytes, list] = {}
         self._unborrow_out: dict[bytes, list] = {}
         self._borrows_inflight = 0
@@ -270,8 +273,12 @@ class CoreWorker:
 
     # --- put ------------------------------------------------------------------------
     def new_put_id(self) -> bytes:
-        self._put_counter += 1
-        return self._put_prefix + self._put_counter.to_bytes(8, "little")
+        """A fresh object id for a put (unique prefix + counter: no syscall, any thread)."""
+        return self._put_prefix + next(self._put_counter).to_bytes(8, "little")
+
+    def new_task_id(self) -> bytes:
+        """A fresh task id (unique prefix + counter: no syscall, any thread)."""
+        return self._task_prefix + next(self._task_counter).to_bytes(8, "little")
 
     def put(self, value: Any, _owner: Any = None) -> Any:
         """Stores ``value`` and returns an ObjectRef owned by this process."""
