@@ -14,6 +14,8 @@ import pytest
 from conftest import pid_gone, wait_for, wait_printed
 
 import skate
+from skate._private import runtime
+from skate._private.core_worker.memory_store import PENDING
 from skate.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
 
 
@@ -752,3 +754,136 @@ def test_task_stdout_reaches_driver(ray_start, capfd):
     pid = skate.get(chatty.remote())
     out, _ = wait_printed(capfd, "hello from task")
     assert any("hello from task" in ln and f"(chatty pid={pid}" in ln for ln in out.splitlines()), out
+
+
+# --- sync calls: the caller reads the reply itself ----------------------------------
+# A thread blocked in get() on an actor call reads the reply from the
+# connection itself; the I/O loop steps back from it.  These check that
+# nothing that does not block in get() loses its reply meanwhile.
+
+
+def _exec_conn(handle):
+    return handle._state.conn
+
+
+def _sync_calls(c, n=20):
+    for i in range(n):
+        assert skate.get(c.incr.remote()) == i + 1
+
+
+def test_sync_calls_leave_reading_to_the_caller(ray_start):
+    c = Counter.remote()
+    _sync_calls(c)
+    conn = _exec_conn(c)
+    assert conn._led, "no get() read its reply itself"
+    wait_for(lambda: not conn._loop_reading, 5, what="the loop to step back from the actor's connection")
+
+
+def test_after_sync_calls_awaiting_a_ref_still_resolves(ray_start):
+    import asyncio
+
+    c = Counter.remote()
+    _sync_calls(c)
+
+    async def main():
+        return await asyncio.wait_for(c.incr.remote(), 10)
+
+    assert asyncio.run(main()) == 21
+    assert c.incr.remote().future().result(10) == 22
+
+
+def test_after_sync_calls_wait_polling_sees_results(ray_start):
+    c = Counter.remote()
+    _sync_calls(c)
+    ref = c.incr.remote()
+    wait_for(lambda: skate.wait([ref], timeout=0)[0], 10, what="wait(timeout=0) to see the call done")
+    assert skate.get(ref) == 21
+
+
+def test_after_sync_calls_a_result_nobody_asks_for_is_still_read(ray_start, capfd):
+    @skate.remote
+    class Failing:
+        def ok(self):
+            return 1
+
+        def boom(self):
+            raise ValueError("nobody asked")
+
+    f = Failing.remote()
+    for _ in range(10):
+        assert skate.get(f.ok.remote()) == 1
+    ref = f.boom.remote()
+    store, oid = runtime.current().store, ref._id
+    # Nobody waits for it: the loop still reads the reply (its watch).
+    wait_for(lambda: store.get(oid).state != PENDING, 10, what="the unattended reply to be read")
+    del ref
+    gc.collect()
+    wait_printed(capfd, "nobody asked")
+
+
+def test_sync_calls_from_many_threads(ray_start):
+    import threading
+
+    @skate.remote
+    class Echo:
+        def echo(self, x):
+            return x
+
+    e = Echo.remote()
+    errors = []
+
+    def caller(k):
+        try:
+            for i in range(100):
+                assert skate.get(e.echo.remote((k, i)), timeout=30) == (k, i)
+        except BaseException as ex:  # noqa: BLE001
+            errors.append(ex)
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_get_timeout_while_reading_then_result(ray_start):
+    import time
+
+    @skate.remote
+    class Slow:
+        def ok(self):
+            return 1
+
+        def slow(self, s):
+            time.sleep(s)
+            return "done"
+
+    s = Slow.remote()
+    for _ in range(5):
+        skate.get(s.ok.remote())
+    ref = s.slow.remote(1.0)
+    t0 = time.monotonic()
+    with pytest.raises(GetTimeoutError):
+        skate.get(ref, timeout=0.2)
+    assert time.monotonic() - t0 < 0.9
+    assert skate.get(ref, timeout=30) == "done"
+
+
+def test_actor_dies_while_the_caller_reads(ray_start):
+    @skate.remote
+    class Dies:
+        def ok(self):
+            return 1
+
+        def die(self):
+            os._exit(3)
+
+    d = Dies.remote()
+    for _ in range(5):
+        skate.get(d.ok.remote())
+    with pytest.raises(ActorDiedError):
+        skate.get(d.die.remote(), timeout=30)
+    with pytest.raises(RayActorError):
+        skate.get(d.ok.remote(), timeout=30)
