@@ -776,7 +776,11 @@ def test_sync_calls_leave_reading_to_the_caller(ray_start):
     _sync_calls(c)
     conn = _exec_conn(c)
     assert conn._led, "no get() read its reply itself"
-    wait_for(lambda: not conn._loop_reading, 5, what="the loop to step back from the actor's connection")
+    wait_for(
+        lambda: skate.get(c.read.remote()) and not conn._loop_reading,
+        10,
+        what="the loop to step back from the actor's connection",
+    )
 
 
 def test_after_sync_calls_awaiting_a_ref_still_resolves(ray_start):

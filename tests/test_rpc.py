@@ -81,26 +81,28 @@ class Result:
         self.got.set()
 
 
+def _sync_call(conn, body):
+    r = Result()
+    conn.request_cb("echo", body, (), r, threadsafe=True)
+    conn.lead(r.got.is_set, time.monotonic() + 10)
+    assert r.got.wait(10)
+    assert r.value == (body, None)
+    return r
+
+
 def test_waiting_thread_reads_the_reply_itself(pair):
     lt, conn, _ = pair
-    for i in range(50):
-        r = Result()
-        conn.request_cb("echo", i, (), r, threadsafe=True)
-        conn.lead(r.got.is_set, time.monotonic() + 10)
-        assert r.value == (i, None)
-        # The callback ran in this thread: the loop did not hand it over.
-        if r.thread == threading.get_ident():
-            break
-    assert r.thread == threading.get_ident()
-    # Having seen a thread read it, the loop stops watching the idle connection.
-    wait_for(lambda: not conn._loop_reading, 5, what="the loop to step back")
+    # The loop reads too until it first finds a thread reading; then the
+    # callbacks run in the waiting thread, not handed over by the loop.
+    wait_for(lambda: _sync_call(conn, 1).thread == threading.get_ident(), 10, what="a reply read by this thread")
+    # Having met a thread reading it, the loop stops watching the connection.
+    wait_for(lambda: _sync_call(conn, 2) and not conn._loop_reading, 10, what="the loop to step back")
+    assert all(_sync_call(conn, i).thread == threading.get_ident() for i in range(20))
 
 
 def test_loop_only_callbacks_are_handed_to_the_loop(pair):
     lt, conn, _ = pair
-    r = Result()
-    conn.request_cb("echo", "x", (), r, threadsafe=True)
-    conn.lead(r.got.is_set, time.monotonic() + 10)
+    wait_for(lambda: _sync_call(conn, 1) and not conn._loop_reading, 10, what="the loop to step back")
     # Now a callback that must run on the loop, while this thread reads.
     plain = Result()
     ts = Result()
@@ -115,10 +117,7 @@ def test_loop_only_callbacks_are_handed_to_the_loop(pair):
 
 def test_a_reply_nobody_waits_for_is_read_by_the_loop(pair):
     lt, conn, _ = pair
-    r = Result()
-    conn.request_cb("echo", 1, (), r, threadsafe=True)
-    conn.lead(r.got.is_set, time.monotonic() + 10)
-    wait_for(lambda: not conn._loop_reading, 5, what="the loop to step back")
+    wait_for(lambda: _sync_call(conn, 1) and not conn._loop_reading, 10, what="the loop to step back")
     # A request whose reply no thread leads for: the loop's watch picks it up.
     later = Result()
     conn.request_cb("echo", 2, (), later, threadsafe=True)
