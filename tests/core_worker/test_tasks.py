@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
 
 import cloudpickle
@@ -291,6 +292,60 @@ def test_wait(ray_start, tmp_path):
     open(gate, "w").close()
     ready, not_ready = skate.wait(refs, num_returns=4, timeout=30)
     assert ready == refs and not_ready == []
+
+
+def test_wait_blocks_until_enough_complete(ray_start, tmp_path):
+    gates = [str(tmp_path / f"g{i}") for i in range(3)]
+
+    @skate.remote
+    def blocked(path):
+        return _wait_file(path)
+
+    refs = [blocked.remote(g) for g in gates]
+    opener = threading.Timer(0.2, lambda: [open(g, "w").close() for g in gates[1:]])
+    opener.start()
+    # Sleeps through the first, unrelated completions until two are ready.
+    ready, not_ready = skate.wait(refs, num_returns=2, timeout=30)
+    opener.join()
+    assert ready == refs[1:] and not_ready == refs[:1]
+    open(gates[0], "w").close()
+    assert skate.get(refs) == [True, True, True]
+
+
+def test_wait_on_refs_owned_by_another_process(ray_start, tmp_path):
+    gate = str(tmp_path / "gate")
+
+    @skate.remote
+    def slow(path):
+        return _wait_file(path)
+
+    @skate.remote
+    def make(path):
+        # The refs this returns are owned by this task's worker, not the driver.
+        return [skate.put("here"), slow.remote(path)]
+
+    here, later = skate.get(make.remote(gate))
+    ready, not_ready = skate.wait([later, here], num_returns=1, timeout=30)
+    assert ready == [here] and not_ready == [later]
+    ready, not_ready = skate.wait([later], timeout=0.2)
+    assert ready == []
+    threading.Timer(0.2, lambda: open(gate, "w").close()).start()
+    ready, _ = skate.wait([later, here], num_returns=2, timeout=30)
+    assert ready == [later, here]
+
+
+def test_wait_one_at_a_time_over_many_refs(ray_start):
+    @skate.remote
+    def value(i):
+        return i
+
+    refs = [value.remote(i) for i in range(300)]
+    seen = []
+    while refs:
+        ready, refs = skate.wait(refs, timeout=30)
+        assert len(ready) == 1
+        seen.append(skate.get(ready[0]))
+    assert sorted(seen) == list(range(300))
 
 
 def test_wait_errors(ray_start):

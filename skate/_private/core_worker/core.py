@@ -572,9 +572,10 @@ class CoreWorker:
         if isinstance(refs, ObjectRef):
             raise TypeError("wait() takes a list of ObjectRefs, not a single ObjectRef")
         refs = list(refs)
-        for r in refs:
-            if not isinstance(r, ObjectRef):
-                raise TypeError(f"wait() takes a list of ObjectRefs; got a {type(r).__name__}")
+        if not all(type(r) is ObjectRef for r in refs):
+            for r in refs:
+                if not isinstance(r, ObjectRef):
+                    raise TypeError(f"wait() takes a list of ObjectRefs; got a {type(r).__name__}")
         if len({r._id for r in refs}) != len(refs):
             raise ValueError("wait() got the same ObjectRef more than once")
         if num_returns <= 0:
@@ -593,57 +594,62 @@ class CoreWorker:
         return ready, not_ready
 
     def _resolve_all_for_wait(self, refs: list, need: int, timeout: float | None) -> list:
-        # Fast path: a scan without locks or waiters (``wait`` is often called
-        # in a loop over a long, mostly finished list).
-        entries = self.store.entries
-        ready = [True if (e := entries.get(r._id)) is not None and e.state != PENDING else None for r in refs]
-        if sum(1 for x in ready if x) >= need:
-            return ready
-        if timeout == 0:
-            # A poll: replies that no thread reads for are read by the loop.
-            for r in refs:
-                e = entries.get(r._id)
-                if e is not None and e.via is not None and e.state == PENDING:
-                    e.via.watch_threadsafe()
-            return ready
-        n = len(refs)
-        g = _Gather(n, need)
+        """Which refs are ready, once ``need`` are or ``timeout`` passes (None: not ready).
+
+        Scans without locks and, while too few are ready, sleeps until any
+        owned object completes (one wake-up for the whole list, not a waiter
+        per ref: ``wait`` is often called in a loop over a long list).
+        Refs owned elsewhere are asked about once, on the loop.
+        """
         store = self.store
-        waiters = []
-        vias: set = set()
-        for i, r in enumerate(refs):
-            e = store.get(r._id)
-            if e is not None:
-                if e.state != PENDING:
-                    g.set(i, True)
-                    continue
-
-                def waiter(i: int = i) -> None:
-                    g.set(i, True)
-
-                if store.add_waiter(r._id, waiter) is not None:
-                    g.set(i, True)
+        entries = store.entries
+        deadline = None if timeout is None else time.monotonic() + timeout
+        remote: dict[int, bool] | None = None
+        blocked = False
+        try:
+            while True:
+                gen = store.gen
+                ready = [True if (e := entries.get(r._id)) is not None and e.state != PENDING else None for r in refs]
+                if remote:
+                    for i, done in remote.items():
+                        if done:
+                            ready[i] = True
+                if sum(1 for x in ready if x) >= need:
+                    return ready
+                left = None if deadline is None else deadline - time.monotonic()
+                if remote is None:
+                    # What the missing values come over (None: no known connection).
+                    vias = {e.via if (e := entries.get(r._id)) is not None else None for i, r in enumerate(refs) if not ready[i]}
+                if left is not None and left <= 0:
+                    # A poll: replies that no thread reads for are read by the loop.
+                    for conn in vias:
+                        if conn is not None:
+                            conn.watch_threadsafe()
+                    return ready
+                if remote is None:
+                    remote = {}
+                    for i, r in enumerate(refs):
+                        if not ready[i] and r._id not in entries:
+                            remote[i] = False
+                            self.post(self._start_ready_check, r, remote, i)
+                    blocked = self._block(True)
+                if len(vias) == 1 and None not in vias:
+                    (conn,) = vias
+                    conn.lead(lambda gen=gen: store.gen != gen, deadline)
                 else:
-                    waiters.append((r._id, waiter))
-                    vias.add(e.via)
-            else:
-                vias.add(None)
-                self.post(self._start_ready_check, r, g, i)
-        if g.count < need:
-            blocked = self._block(True)
-            try:
-                g.wait_reading(vias, timeout)
-            finally:
-                if blocked:
-                    self._block(False)
-        for oid, w in waiters:
-            store.remove_waiter(oid, w)
-        return list(g.results)
+                    for conn in vias:
+                        if conn is not None:
+                            conn.watch_threadsafe()
+                store.wait_any(gen, None if deadline is None else deadline - time.monotonic())
+        finally:
+            if blocked:
+                self._block(False)
 
-    def _start_ready_check(self, ref: Any, g: _Gather, i: int) -> None:
+    def _start_ready_check(self, ref: Any, remote: dict, i: int) -> None:
         async def go() -> None:
             await self.fetch_remote(ref._id, ref._owner, ready_only=True)
-            g.set(i, True)
+            remote[i] = True
+            self.store.poke()
 
         asyncio.ensure_future(go())
 

@@ -59,6 +59,9 @@ class MemoryStore:
         self.borrowed: dict[bytes, list] = {}  # oid -> [count, owner]
         self.on_free = on_free
         self.on_borrow_change = on_borrow_change
+        #: Bumped whenever an object completes; ``wait_any`` sleeps on it.
+        self.gen = 0
+        self._any: list[threading.Lock] = []
 
     # --- creation and completion ---------------------------------------------------
     def create(self, oid: bytes) -> Entry:
@@ -87,12 +90,40 @@ class MemoryStore:
             dead = e.local + e.borrowers == 0
             if dead:
                 del self.entries[oid]
+            self.gen += 1
+            anys = self._any
+            if anys:
+                self._any = []
+        if anys:
+            for lk in anys:
+                lk.release()
         if waiters:
             for w in waiters:
                 w()
         if dead:
             self.on_free(oid, e)
         return True
+
+    def wait_any(self, gen: int, timeout: float | None) -> None:
+        """Sleeps until some object completes after ``gen`` was read (or ``timeout``)."""
+        lk = threading.Lock()
+        lk.acquire()
+        with self.lock:
+            if self.gen != gen:
+                return
+            self._any.append(lk)
+        if not lk.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            with self.lock:
+                if lk in self._any:
+                    self._any.remove(lk)
+
+    def poke(self) -> None:
+        """Wakes ``wait_any`` sleepers (something they watch changed)."""
+        with self.lock:
+            self.gen += 1
+            anys, self._any = self._any, []
+        for lk in anys:
+            lk.release()
 
     def add_waiter(self, oid: bytes, waiter: Callable[[], None]) -> Entry | None:
         """Calls ``waiter`` once ``oid`` is ready; returns the entry if it already is."""
