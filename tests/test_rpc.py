@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import tempfile
 import threading
 import time
@@ -174,3 +175,35 @@ def test_peer_closing_while_a_thread_reads(pair):
     value, error = r.value
     assert isinstance(error, rpc.ConnectionLost)
     wait_for(lambda: conn.closed and conn._rsock.fileno() < 0, 5, what="the socket to be closed")
+
+
+# --- the spinning selector of execution loops ---------------------------------------
+
+
+def test_spinning_selector_catches_a_quick_message_and_sleeps_when_idle():
+    import socket
+
+    a, b = socket.socketpair()
+    sel = rpc.SpinningSelector()
+    try:
+        sel.register(b, selectors.EVENT_READ)
+        # Idle: it sleeps for the timeout rather than polling.
+        cpu0, t0 = time.process_time(), time.monotonic()
+        assert sel.select(0.3) == []
+        assert time.monotonic() - t0 >= 0.25
+        assert time.process_time() - cpu0 < 0.15
+        # A message wakes it; right after, it polls a while before sleeping.
+        a.send(b"x")
+        assert [key.fileobj for key, _ in sel.select(5)] == [b]
+        b.recv(1)
+        threading.Timer(0.00002, a.send, args=(b"y",)).start()
+        assert [key.fileobj for key, _ in sel.select(5)] == [b]
+        b.recv(1)
+        # With nothing coming, the poll ends and it sleeps again.
+        t0 = time.monotonic()
+        assert sel.select(0.2) == []
+        assert time.monotonic() - t0 >= 0.15
+    finally:
+        sel.close()
+        a.close()
+        b.close()

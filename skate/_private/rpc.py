@@ -38,6 +38,7 @@ import itertools
 import logging
 import os
 import select
+import selectors
 import socket
 import threading
 import time
@@ -45,10 +46,13 @@ from collections.abc import Callable
 from typing import Any
 
 from skate._private import protocol as P
+from skate._private.config import CONFIG
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
+
+_SPIN_S = CONFIG.spin_us / 1e6
 
 
 class RemoteError(Exception):
@@ -187,6 +191,8 @@ class Connection(asyncio.BufferedProtocol):
             self._close_rsock()  # (_fail could not while this held the read lock)
         elif self._led and not self._pending:
             self._stop_watching()  # nothing owed: a thread waiting for the next reply reads it
+            if any(type(cb) is not tuple for cb in list(self._pending.values())):
+                self.watch()  # a request only the loop may answer was sent meanwhile
 
     def _stop_watching(self) -> None:
         if self._loop_reading:
@@ -216,20 +222,23 @@ class Connection(asyncio.BufferedProtocol):
         if not self._loop_reading and not self.closed:
             self.loop.call_soon_threadsafe(self.watch)
 
-    def _read_some(self) -> bool:
-        """Reads what the socket has and handles the frames; False at EOF/error."""
+    def _read_some(self) -> int:
+        """Reads what the socket has and handles the frames.
+
+        Returns the bytes read: 0 when there was nothing, -1 at EOF or error.
+        """
         try:
             n = self._rsock.recv_into(self.get_buffer(0))
         except (BlockingIOError, InterruptedError):
-            return True
+            return 0
         except OSError as e:
             self._fail_threadsafe(e)
-            return False
+            return -1
         if n == 0:
             self._fail_threadsafe(ConnectionLost("connection closed"))
-            return False
+            return -1
         self.buffer_updated(n)
-        return not self.closed
+        return -1 if self.closed else n
 
     def lead(self, done: Callable[[], bool], deadline: float | None) -> None:
         """Reads this connection in the calling thread until ``done()`` (user threads).
@@ -252,7 +261,18 @@ class Connection(asyncio.BufferedProtocol):
             if poller is None:
                 poller = self._poller = select.poll()
                 poller.register(fd, select.POLLIN)
+            # Poll without sleeping for a little while first: a reply that
+            # comes quickly then costs no wake-up (see Config.spin_us).
+            spin_until = time.perf_counter() + _SPIN_S if _SPIN_S else 0.0
             while not done() and not self.closed:
+                n = self._read_some()
+                if n < 0:
+                    break
+                if n:
+                    continue
+                if spin_until and time.perf_counter() < spin_until:
+                    os.sched_yield()  # polite: a runnable thread here goes first
+                    continue
                 if deadline is None:
                     wait_ms = 200
                 else:
@@ -260,7 +280,7 @@ class Connection(asyncio.BufferedProtocol):
                     if left <= 0:
                         break
                     wait_ms = min(200, int(left * 1000) + 1)
-                if poller.poll(wait_ms) and not self._read_some():
+                if poller.poll(wait_ms) and self._read_some() < 0:
                     break
         finally:
             self._leader = None
@@ -591,6 +611,35 @@ def _loop_thread(loop: asyncio.AbstractEventLoop) -> threading.Thread | None:
     return t
 
 
+class SpinningSelector(selectors.EpollSelector):
+    """An epoll selector that, right after handling events, polls for a little
+    while (``Config.spin_us``) before it sleeps.
+
+    For an execution loop that answers one call at a time, the next call of
+    a caller in a loop arrives soon after the reply: caught while polling, it
+    costs no wake-up from sleep.  An idle loop polls once per message.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._busy = False
+
+    def select(self, timeout: float | None = None) -> list:
+        if self._busy and _SPIN_S and (timeout is None or timeout > 0):
+            poll = super().select
+            end = time.perf_counter() + _SPIN_S
+            while True:
+                ready = poll(0)
+                if ready:
+                    return ready
+                if time.perf_counter() >= end:
+                    break
+                os.sched_yield()
+        ready = super().select(timeout)
+        self._busy = bool(ready)
+        return ready
+
+
 class _Watch:
     """Per loop: connections the loop stopped reading because a thread led.
 
@@ -642,6 +691,9 @@ _WATCHES: dict = {}
 def _watch(loop: asyncio.AbstractEventLoop) -> _Watch:
     w = _WATCHES.get(id(loop))
     if w is None or w.loop is not loop:
+        for key, other in list(_WATCHES.items()):
+            if other.loop.is_closed():
+                del _WATCHES[key]
         w = _WATCHES[id(loop)] = _Watch(loop)
     return w
 
