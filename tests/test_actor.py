@@ -756,6 +756,41 @@ def test_task_stdout_reaches_driver(ray_start, capfd):
     assert any("hello from task" in ln and f"(chatty pid={pid}" in ln for ln in out.splitlines()), out
 
 
+@pytest.mark.parametrize("ending", ["skate.shutdown()", "pass  # interpreter exit"])
+def test_output_printed_just_before_the_driver_leaves_is_not_lost(ending):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import skate
+        skate.init(num_cpus=2)
+
+        @skate.remote
+        def task(i):
+            print("line from task", i)
+            return i
+
+        @skate.remote
+        class Talker:
+            def say(self):
+                print("line from actor")
+                return 1
+
+        t = Talker.remote()
+        assert skate.get([task.remote(i) for i in range(4)] + [t.say.remote()]) == [0, 1, 2, 3, 1]
+        {ending}
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for i in range(4):
+        assert any(f"line from task {i}" in ln for ln in lines), out.stdout
+    assert any("line from actor" in ln and "(Talker pid=" in ln for ln in lines), out.stdout
+
+
 # --- sync calls: the caller reads the reply itself ----------------------------------
 # A thread blocked in get() on an actor call reads the reply from the
 # connection itself; the I/O loop steps back from it.  These check that

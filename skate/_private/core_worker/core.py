@@ -838,6 +838,18 @@ class CoreWorker:
                 except FileNotFoundError:
                     pass
 
+    async def _drain_logs(self) -> None:
+        """Prints what workers printed before now (lines travel via the control store)."""
+        raylets = [self.raylet] + [
+            f.result() for f in self.submitter.raylets.values() if f.done() and not f.exception()
+        ]
+        await asyncio.gather(*(r.request("flush_logs") for r in raylets if not r.closed), return_exceptions=True)
+        if self.gcs_fut is not None and self.gcs_fut.done() and not self.gcs_fut.exception():
+            gcs = self.gcs_fut.result()
+            if not gcs.closed:
+                # Answered after every line published so far came in on this connection.
+                await gcs.request("ping")
+
     def _stop_loop(self) -> None:
         pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
         for t in pending:
@@ -853,6 +865,11 @@ class CoreWorker:
             self.loop.stop()
 
     async def _close(self) -> None:
+        if self.mode == DRIVER and self.log_to_driver:
+            try:
+                await asyncio.wait_for(self._drain_logs(), 2)
+            except Exception:  # noqa: BLE001 - best effort: the cluster may be gone
+                pass
         self.submitter.close()
         self._flush_frees()
         await asyncio.sleep(0)

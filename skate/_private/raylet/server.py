@@ -514,6 +514,15 @@ class Raylet:
             batch, self.log_batch = self.log_batch, []
             self.gcs.notify("publish", ["logs", batch])
 
+    async def on_flush_logs(self, conn: rpc.Connection, body: Any, bufs: list) -> bool:
+        """Publishes every line workers printed so far (a driver about to leave)."""
+        await self.pool.drain_output()
+        if self.log_batch and self.gcs is not None:
+            batch, self.log_batch = self.log_batch, []
+            # A request: the control store has sent the lines to subscribers when it answers.
+            await self.gcs.request("publish", ["logs", batch])
+        return True
+
 
 
 class ObjectStoreFull(Exception):

@@ -15,6 +15,7 @@ import collections
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -42,6 +43,7 @@ class Worker:
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
     idle_since: float = 0.0
     pumps: list = field(default_factory=list)
+    out_fds: list = field(default_factory=list)  # its stdout/stderr pipes
 
 
 def describe_exit(code: int | None) -> str:
@@ -166,6 +168,7 @@ class WorkerPool:
                 raise
             w.pid = pid
             self._by_pid[pid] = w
+            w.out_fds = list(fds)
             for fd, is_err in zip(fds, (False, True), strict=False):
                 reader = asyncio.StreamReader(limit=1 << 20)
                 await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), os.fdopen(fd, "rb", buffering=0))
@@ -193,6 +196,20 @@ class WorkerPool:
         if not w.registered.done():
             w.registered.set_result(True)
         return w
+
+    async def drain_output(self) -> None:
+        """Returns once the lines workers have written so far were handed on."""
+        for _ in range(100):
+            fds = [fd for w in self.workers.values() if w.exit_info is None for fd in w.out_fds]
+            try:
+                pending = select.select(fds, [], [], 0)[0] if fds else []
+            except (OSError, ValueError):  # a pipe closed just now
+                pending = fds
+            # Twice: the pipe's reader fills the stream, then the pump takes lines.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            if not pending:
+                return
 
     async def _pump(self, w: Worker, stream: asyncio.StreamReader, is_err: bool) -> None:
         while True:
