@@ -451,6 +451,40 @@ def test_futures(ray_start):
 # --- workers and runtime context ------------------------------------------------------------
 
 
+def test_sync_tasks_are_read_by_the_waiting_thread(ray_start):
+    @skate.remote
+    def square(x):
+        return x * x
+
+    assert [skate.get(square.remote(i)) for i in range(50)] == [i * i for i in range(50)]
+    core = skate._private.runtime.current()
+    leased = [lease.conn for ks in core.submitter.keys.values() for lease in ks.leases]
+    assert any(conn._led for conn in leased), "no get() read a task's reply itself"
+
+
+def test_sync_tasks_from_many_threads(ray_start):
+    @skate.remote
+    def echo(x):
+        return x
+
+    errors = []
+
+    def caller(k):
+        try:
+            for i in range(100):
+                assert skate.get(echo.remote((k, i)), timeout=30) == (k, i)
+        except BaseException as ex:  # noqa: BLE001
+            errors.append(ex)
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+
+
 def test_max_calls_one_uses_a_new_worker_each_time(ray_start):
     @skate.remote(max_calls=1)
     def pid():

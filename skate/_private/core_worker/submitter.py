@@ -30,6 +30,7 @@ from skate._private.core_worker.memory_store import ERROR, INLINE, PENDING, SHM
 log = logging.getLogger(__name__)
 
 LINGER_S = 0.005
+_ARMING: Any = object()  # Lease.timer while a user thread has the I/O thread set it
 MAX_LEASE_REQUESTS = 16
 
 
@@ -310,10 +311,31 @@ class TaskSubmitter:
             sent.add(rec.fn_id)
             spec["fb"] = 1
             bufs = [rec.fn_bytes, *rec.arg_bufs]
-        lease.conn.request_cb("push_task", spec, bufs, lambda result, err: self._on_reply(rec, lease, result, err))
+        conn = lease.conn
+        entries = self.core.store.entries
+        for oid in rec.return_ids:
+            e = entries.get(oid)
+            if e is not None:
+                e.via = conn  # a thread blocked on it may read the reply itself
+        conn.request_cb(
+            "push_task", spec, bufs, lambda result, err: self._on_reply_any(rec, lease, result, err), threadsafe=True
+        )
+
+    def _on_reply_any(self, rec: TaskRecord, lease: Lease, result: Any, e: BaseException | None) -> None:
+        """A worker answered: on the I/O thread, or on a user thread that read the reply itself.
+
+        A user thread handles the plain case (results in, next task out);
+        failures, exits and retries go to the I/O thread.
+        """
+        if threading.current_thread() is not self.core._thread:
+            body = result[0] if isinstance(result, tuple) else result
+            if e is not None or body.get("x") or rec.retry_exceptions:
+                self.core.post(self._on_reply, rec, lease, result, e)
+                return
+        self._on_reply(rec, lease, result, e)
 
     def _on_reply(self, rec: TaskRecord, lease: Lease, result: Any, e: BaseException | None) -> None:
-        """A worker answered (I/O thread)."""
+        """A worker answered (I/O thread, or a user thread for plain results: see _on_reply_any)."""
         if e is not None:
             with self.lock:
                 lease.busy = False
@@ -402,10 +424,19 @@ class TaskSubmitter:
 
     # --- lease life ---------------------------------------------------------------
     def _idle(self, lease: Lease) -> None:
-        """The lease has nothing to run: give it back unless used again soon (I/O thread)."""
+        """The lease has nothing to run: give it back unless used again soon (under self.lock)."""
         lease.idle_since = time.monotonic()
         if lease.timer is None:
-            lease.timer = self.core.loop.call_later(LINGER_S, self._linger_over, lease)
+            if threading.current_thread() is self.core._thread:
+                lease.timer = self.core.loop.call_later(LINGER_S, self._linger_over, lease)
+            else:
+                lease.timer = _ARMING
+                self.core.post(self._arm_linger, lease)
+
+    def _arm_linger(self, lease: Lease) -> None:
+        with self.lock:
+            if lease.timer is _ARMING:
+                lease.timer = self.core.loop.call_later(LINGER_S, self._linger_over, lease)
 
     def _linger_over(self, lease: Lease) -> None:
         with self.lock:
