@@ -580,6 +580,8 @@ class Connection(asyncio.BufferedProtocol):
         rid = next(self._rids)
         if threadsafe:
             self._pending[rid] = (callback,)
+            if not self._loop_reading and self._rsock is not None and threading.current_thread() is _loop_thread(self.loop):
+                self.watch()  # sent by the loop itself: no thread is about to wait for it
         else:
             self._pending[rid] = callback
             if not self._loop_reading and self._rsock is not None:

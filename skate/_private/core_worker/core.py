@@ -122,6 +122,7 @@ class CoreWorker:
         self._borrows_inflight = 0
         self._borrows_idle: asyncio.Event | None = None
         self._frees: list = []
+        self._frees_lock = threading.Lock()
         self._wmaps: collections.OrderedDict = collections.OrderedDict()
         self._nodes: dict[bytes, dict] = {}
         self.extra_sockets: list[str] = []
@@ -314,6 +315,7 @@ class CoreWorker:
     def write_shm(self, oid: bytes, data: bytes, bufs: list) -> None:
         """Writes a value into this node's shared-memory store."""
         size = serialization.layout_size(data, bufs)
+        self._send_local_frees()
         try:
             path = self.request(self.raylet, "obj_reserve", {"oid": oid, "size": size})
         except rpc.RemoteError as e:
@@ -742,12 +744,28 @@ class CoreWorker:
 
     def _on_free(self, oid: bytes, e: Any) -> None:
         if e.state == SHM or (e.state == ERROR and not e.retrieved):
-            self._frees.append((oid, e))
-            if len(self._frees) == 1 and not self.closed:
+            with self._frees_lock:
+                self._frees.append((oid, e))
+                first = len(self._frees) == 1
+            if first and not self.closed:
                 self.post(self._flush_frees)
 
+    def _send_local_frees(self) -> None:
+        """Frees this node's segments now, from this thread (before a new reserve,
+        so the node daemon can hand a just-freed warm segment to it)."""
+        with self._frees_lock:
+            if not self._frees:
+                return
+            local = [f for f in self._frees if f[1].state == SHM and f[1].node_id in (self.node_id, None)]
+            if not local:
+                return
+            self._frees = [f for f in self._frees if not (f[1].state == SHM and f[1].node_id in (self.node_id, None))]
+        if not self.raylet.closed:
+            self.raylet.notify("obj_free", [oid for oid, _ in local])
+
     def _flush_frees(self) -> None:
-        frees, self._frees = self._frees, []
+        with self._frees_lock:
+            frees, self._frees = self._frees, []
         for _oid, e in frees:
             if e.state == ERROR and not e.retrieved and not os.environ.get("SKATE_IGNORE_UNHANDLED_ERRORS"):
                 try:
