@@ -146,7 +146,9 @@ def status(address: str) -> None:
             click.echo(f"  {k}: {used:g} / {total[k]:g}")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False
+)
 @click.pass_context
 def microbenchmark(ctx: click.Context) -> None:
     """Runs the microbenchmarks (add --compare ray to run Ray side by side)."""
