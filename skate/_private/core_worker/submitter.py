@@ -371,10 +371,16 @@ class TaskSubmitter:
             if ks.queue:
                 if not lease.dead:
                     self._dispatch(ks.queue.popleft(), lease)
-                else:
+                elif threading.current_thread() is self.core._thread:
                     self._pump(lease.key, ks)
+                else:  # (the linger timer ended the lease meanwhile) leasing is the loop's
+                    self.core.post(self._pump_locked, lease.key, ks)
             elif not lease.dead:
                 self._idle(lease)
+
+    def _pump_locked(self, key: Any, ks: KeyState) -> None:
+        with self.lock:
+            self._pump(key, ks)
 
     def _maybe_retry_exception(self, rec: TaskRecord, body: dict, bufs: list) -> bool:
         if not rec.retry_exceptions or rec.retries_left == 0 or rec.cancelled:
