@@ -154,6 +154,8 @@ class ActorHandle:
 
     def __getattr__(self, name: str) -> ActorMethod:
         meta = self.__dict__.get("_meta")
+        if name in _BUILTIN_METHODS:  # every actor answers these (Ray's names)
+            return ActorMethod(self, name, 1)
         if meta is None or name not in meta:
             cls = self.__dict__.get("_class_name", "actor")
             raise AttributeError(f"'{cls}' actor has no method {name!r}")
@@ -200,6 +202,9 @@ class ActorHandle:
         if num_returns == 0:
             return None
         return refs
+
+
+_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
 
 
 def _rebuild_handle(actor_id: bytes, class_name: str, meta: dict) -> ActorHandle:

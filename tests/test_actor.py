@@ -926,3 +926,13 @@ def test_actor_dies_while_the_caller_reads(ray_start):
         skate.get(d.die.remote(), timeout=30)
     with pytest.raises(RayActorError):
         skate.get(d.ok.remote(), timeout=30)
+
+
+def test_builtin_ready_and_terminate_methods(ray_start):
+    c = Counter.remote()
+    assert skate.get(c.__ray_ready__.remote(), timeout=30) is True
+    pid = skate.get(c.pid.remote())
+    c.__ray_terminate__.remote()
+    with pytest.raises(ActorDiedError):
+        skate.get(c.read.remote(), timeout=30)
+    wait_for(lambda: pid_gone(pid), 30, what="the terminated actor's process to exit")

@@ -485,6 +485,27 @@ def test_sync_tasks_from_many_threads(ray_start):
     assert not any(t.is_alive() for t in threads)
 
 
+def test_hard_affinity_to_a_node_that_can_never_fit_fails(ray_start):
+    from skate.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @skate.remote(num_cpus=64)
+    def huge():
+        return 1
+
+    here = skate.get_runtime_context().get_node_id()
+    hard = huge.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
+    with pytest.raises(exc.TaskUnschedulableError, match="never"):
+        skate.get(hard.remote(), timeout=30)
+
+    @skate.remote
+    class Huge:
+        pass
+
+    actor = Huge.options(num_cpus=64, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+    with pytest.raises(exc.ActorUnschedulableError):
+        skate.get(actor.__ray_ready__.remote(), timeout=30)
+
+
 def test_max_calls_one_uses_a_new_worker_each_time(ray_start):
     @skate.remote(max_calls=1)
     def pid():

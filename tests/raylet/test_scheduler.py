@@ -282,9 +282,12 @@ def test_soft_affinity_to_this_node_spills_when_it_never_fits():
 def test_hard_affinity_to_this_node_that_never_fits():
     s = LocalScheduler(HERE, {"CPU": 1.0})
     s.update_node(OTHER, {"CPU": 8.0}, {"CPU": 8.0}, True)
-    d, _ = decide(s, req(4.0, strategy=["node", HERE.hex(), False]))
-    assert d in ("infeasible", "queued")
-    assert s.queue  # never sent elsewhere
+    d, why = decide(s, req(4.0, strategy=["node", HERE.hex(), False]))
+    # Ray fails it rather than sending it elsewhere or leaving it pending.
+    assert d == "unschedulable"
+    assert "never" in why
+    assert not s.queue
+    assert s.available["CPU"] == 1.0
 
 
 # --- SPREAD -----------------------------------------------------------------------------------------------

@@ -141,8 +141,10 @@ class LocalScheduler:
                     return "unschedulable", f"the node it is pinned to ({strategy[1]}) is not alive"
             elif fits(need, self.available):
                 return "grant", None
-            elif fits(need, self.total) or not strategy[2]:
+            elif fits(need, self.total):
                 return "wait", None
+            elif not strategy[2]:  # hard affinity to this node, which can never fit it
+                return "unschedulable", f"the node it is pinned to ({strategy[1]}) has {self.total}, never {need}"
         if strategy == "SPREAD" and not req.no_spill:
             candidates = [self.node_id] + [
                 n for n, v in self.cluster.items() if v.alive and fits(need, v.total)
