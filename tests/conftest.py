@@ -56,6 +56,27 @@ def wait_for(cond, timeout: float = 10.0, interval: float = 0.01, what: str = "c
         time.sleep(interval)
 
 
+def run_in_threads(fn, n: int, timeout: float = 60.0) -> None:
+    """Runs ``fn(k)`` for k in range(n) on n threads; fails on any error or hang."""
+    import threading
+
+    errors: list = []
+
+    def run(k: int) -> None:
+        try:
+            fn(k)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+
+
 def pid_gone(pid: int) -> bool:
     """True once ``pid`` has exited (a zombie waiting to be reaped counts as gone)."""
     try:

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import psutil
 import pytest
-from conftest import pid_gone, wait_for, wait_printed
+from conftest import pid_gone, run_in_threads, wait_for, wait_printed
 
 import skate
 from skate._private import runtime
@@ -861,30 +861,18 @@ def test_after_sync_calls_a_result_nobody_asks_for_is_still_read(ray_start, capf
 
 
 def test_sync_calls_from_many_threads(ray_start):
-    import threading
-
     @skate.remote
     class Echo:
         def echo(self, x):
             return x
 
     e = Echo.remote()
-    errors = []
 
     def caller(k):
-        try:
-            for i in range(100):
-                assert skate.get(e.echo.remote((k, i)), timeout=30) == (k, i)
-        except BaseException as ex:  # noqa: BLE001
-            errors.append(ex)
+        for i in range(100):
+            assert skate.get(e.echo.remote((k, i)), timeout=30) == (k, i)
 
-    threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    assert not any(t.is_alive() for t in threads)
+    run_in_threads(caller, 4)
 
 
 def test_get_timeout_while_reading_then_result(ray_start):

@@ -12,7 +12,7 @@ import time
 
 import cloudpickle
 import pytest
-from conftest import wait_for, wait_printed
+from conftest import run_in_threads, wait_for, wait_printed
 
 import skate
 from skate import exceptions as exc
@@ -467,22 +467,12 @@ def test_sync_tasks_from_many_threads(ray_start):
     def echo(x):
         return x
 
-    errors = []
 
     def caller(k):
-        try:
-            for i in range(100):
-                assert skate.get(echo.remote((k, i)), timeout=30) == (k, i)
-        except BaseException as ex:  # noqa: BLE001
-            errors.append(ex)
+        for i in range(100):
+            assert skate.get(echo.remote((k, i)), timeout=30) == (k, i)
 
-    threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    assert not any(t.is_alive() for t in threads)
+    run_in_threads(caller, 4)
 
 
 def test_hard_affinity_to_a_node_that_can_never_fit_fails(ray_start):

@@ -169,11 +169,7 @@ class ActorManager:
     def _send(self, st: ActorState, rec: TaskRecord) -> None:
         st.inflight[rec.spec["t"]] = rec
         conn = st.conn
-        entries = self.core.store.entries
-        for oid in rec.return_ids:
-            e = entries.get(oid)
-            if e is not None:
-                e.via = conn  # a thread blocked on it may read the reply itself
+        self.core.store.set_via(rec.return_ids, conn)
         conn.request_cb(
             "actor_call", rec.spec, rec.arg_bufs, lambda result, err: self._on_reply(st, rec, result, err), threadsafe=True
         )

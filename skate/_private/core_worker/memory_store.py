@@ -199,6 +199,15 @@ class MemoryStore:
         self.on_free(oid, e)
         return True
 
+    def set_via(self, oids: list, conn: object) -> None:
+        """Notes the connection the values of pending ``oids`` will arrive on
+        (a thread blocked on them may read it itself)."""
+        entries = self.entries
+        for oid in oids:
+            e = entries.get(oid)
+            if e is not None:
+                e.via = conn
+
     def get(self, oid: bytes) -> Entry | None:
         """The entry of an owned object, if any."""
         return self.entries.get(oid)

@@ -312,11 +312,7 @@ class TaskSubmitter:
             spec["fb"] = 1
             bufs = [rec.fn_bytes, *rec.arg_bufs]
         conn = lease.conn
-        entries = self.core.store.entries
-        for oid in rec.return_ids:
-            e = entries.get(oid)
-            if e is not None:
-                e.via = conn  # a thread blocked on it may read the reply itself
+        self.core.store.set_via(rec.return_ids, conn)
         conn.request_cb(
             "push_task", spec, bufs, lambda result, err: self._on_reply_any(rec, lease, result, err), threadsafe=True
         )
