@@ -52,6 +52,12 @@ def _wait_file(path, timeout: float = 20.0) -> bool:
     return True
 
 
+@skate.remote
+def blocked(path):
+    """A task that returns once ``path`` exists (the test opens the gate)."""
+    return _wait_file(path)
+
+
 # --- arguments and returns -------------------------------------------------------------
 
 
@@ -240,10 +246,6 @@ def test_get_list(ray_start):
 def test_get_timeout(ray_start, tmp_path):
     gate = str(tmp_path / "gate")
 
-    @skate.remote
-    def blocked(path):
-        return _wait_file(path)
-
     ref = blocked.remote(gate)
     t0 = time.monotonic()
     with pytest.raises(exc.GetTimeoutError) as info:
@@ -259,10 +261,6 @@ def test_get_timeout(ray_start, tmp_path):
 
 def test_wait(ray_start, tmp_path):
     gate = str(tmp_path / "gate")
-
-    @skate.remote
-    def blocked(path):
-        return _wait_file(path)
 
     @skate.remote
     def quick(x):
@@ -297,10 +295,6 @@ def test_wait(ray_start, tmp_path):
 def test_wait_blocks_until_enough_complete(ray_start, tmp_path):
     gates = [str(tmp_path / f"g{i}") for i in range(3)]
 
-    @skate.remote
-    def blocked(path):
-        return _wait_file(path)
-
     refs = [blocked.remote(g) for g in gates]
     opener = threading.Timer(0.2, lambda: [open(g, "w").close() for g in gates[1:]])
     opener.start()
@@ -316,13 +310,9 @@ def test_wait_on_refs_owned_by_another_process(ray_start, tmp_path):
     gate = str(tmp_path / "gate")
 
     @skate.remote
-    def slow(path):
-        return _wait_file(path)
-
-    @skate.remote
     def make(path):
         # The refs this returns are owned by this task's worker, not the driver.
-        return [skate.put("here"), slow.remote(path)]
+        return [skate.put("here"), blocked.remote(path)]
 
     here, later = skate.get(make.remote(gate))
     ready, not_ready = skate.wait([later, here], num_returns=1, timeout=30)
@@ -368,10 +358,6 @@ def test_wait_errors(ray_start):
 
 def test_cancel_queued_task(ray_start, tmp_path):
     gate = str(tmp_path / "gate")
-
-    @skate.remote
-    def blocked(path):
-        return _wait_file(path)
 
     running = [blocked.remote(gate), blocked.remote(gate)]  # both CPUs busy
     queued = blocked.remote(gate)
