@@ -72,18 +72,21 @@ class _Gather:
         """``wait``; when every missing value comes over one connection, this
         thread reads that connection itself rather than being woken by the
         I/O thread (see ``rpc.Connection.lead``)."""
-        if len(vias) == 1:
-            (conn,) = vias
-            if conn is not None:
-                deadline = None if timeout is None else time.monotonic() + timeout
-                conn.lead(self.done, deadline)
-                if deadline is not None:
-                    timeout = deadline - time.monotonic()
-                return self.wait(timeout)
-        for conn in vias:
-            if conn is not None:
-                conn.watch_threadsafe()
-        return self.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        _read_replies(vias, self.done, deadline)
+        return self.wait(None if deadline is None else deadline - time.monotonic())
+
+
+def _read_replies(vias: set, done: Callable[[], bool], deadline: float | None) -> None:
+    """Sees to it that the replies carrying awaited values get read: by this
+    thread, until ``done()``, when they all come over one connection; else by
+    the I/O loop (``vias``: their connections, None where unknown)."""
+    if len(vias) == 1 and None not in vias:
+        next(iter(vias)).lead(done, deadline)
+        return
+    for conn in vias:
+        if conn is not None:
+            conn.watch_threadsafe()
 
 
 class CoreWorker:
@@ -635,13 +638,7 @@ class CoreWorker:
                             remote[i] = False
                             self.post(self._start_ready_check, r, remote, i)
                     blocked = self._block(True)
-                if len(vias) == 1 and None not in vias:
-                    (conn,) = vias
-                    conn.lead(lambda gen=gen: store.gen != gen, deadline)
-                else:
-                    for conn in vias:
-                        if conn is not None:
-                            conn.watch_threadsafe()
+                _read_replies(vias, lambda gen=gen: store.gen != gen, deadline)
                 store.wait_any(gen, None if deadline is None else deadline - time.monotonic())
         finally:
             if blocked:
@@ -756,10 +753,12 @@ class CoreWorker:
         with self._frees_lock:
             if not self._frees:
                 return
-            local = [f for f in self._frees if f[1].state == SHM and f[1].node_id in (self.node_id, None)]
+            local, rest = [], []
+            for f in self._frees:
+                (local if f[1].state == SHM and f[1].node_id in (self.node_id, None) else rest).append(f)
             if not local:
                 return
-            self._frees = [f for f in self._frees if not (f[1].state == SHM and f[1].node_id in (self.node_id, None))]
+            self._frees = rest
         if not self.raylet.closed:
             self.raylet.notify("obj_free", [oid for oid, _ in local])
 
