@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from skate._private import node as _node
-from skate._private import rpc
+from skate._private import wire
 
 
 class NodeHandle:
@@ -132,7 +132,7 @@ class Cluster:
         import asyncio
 
         async def go() -> list:
-            conn = await rpc.connect(self.address, self._info["token"], {})
+            conn = await wire.connect(self.address, self._info["token"], {})
             try:
                 return await conn.request("get_nodes")
             finally:

@@ -810,9 +810,9 @@ def test_sync_calls_leave_reading_to_the_caller(ray_start):
     c = Counter.remote()
     _sync_calls(c)
     conn = _exec_conn(c)
-    assert conn._led, "no get() read its reply itself"
+    assert conn.led, "no get() read its reply itself"
     wait_for(
-        lambda: skate.get(c.read.remote()) and not conn._loop_reading,
+        lambda: skate.get(c.read.remote()) and not conn.loop_reading,
         10,
         what="the loop to step back from the actor's connection",
     )

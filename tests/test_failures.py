@@ -22,7 +22,7 @@ from conftest import pid_gone, wait_for, wait_printed
 
 import skate
 from skate import exceptions as exc
-from skate._private import rpc
+from skate._private import wire
 from skate._private.config import CONFIG
 
 
@@ -312,7 +312,7 @@ class _LogTap:
                 self.lines.extend(text for text, _ in msg)
 
         try:
-            conn = await rpc.connect(address, token, {"pub": on_pub})
+            conn = await wire.connect(address, token, {"pub": on_pub})
             await conn.request("subscribe", ["logs"])
         except BaseException as e:  # noqa: BLE001
             self._error = e

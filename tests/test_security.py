@@ -20,8 +20,8 @@ import pytest
 from conftest import wait_for
 
 import skate
-from skate._private import protocol as P
-from skate._private import rpc
+from skate._private import wire
+from skate._private.wire import framing, handshake
 
 
 @skate.remote(num_cpus=0)
@@ -117,10 +117,10 @@ def test_rpc_connect_with_wrong_token_raises_auth_error(cluster):
     import asyncio
 
     async def go():
-        conn = await rpc.connect(cluster.address, b"not-the-token", {}, timeout=10)
+        conn = await wire.connect(cluster.address, b"not-the-token", {}, timeout=10)
         conn.close()
 
-    with pytest.raises(P.AuthError):
+    with pytest.raises(handshake.AuthError):
         asyncio.run(go())
 
 
@@ -144,12 +144,12 @@ def _listening_tcp_ports(pid: int) -> list[tuple[str, int]]:
 
 def _garbage_payloads(path: str) -> list[bytes]:
     evil = pickle.dumps(_CreatesFile(path), protocol=5)
-    header = msgpack.packb([P.REQUEST, 1, "get_nodes", None, [len(evil)]], use_bin_type=True)
-    frame = P.PREFIX.pack(len(header), len(evil)) + header + evil
+    header = msgpack.packb([framing.REQUEST, 1, "get_nodes", None, [len(evil)]], use_bin_type=True)
+    frame = framing.PREFIX.pack(len(header), len(evil)) + header + evil
     return [
         evil + b"\0" * 64,  # a pickle where the handshake answer should be
-        b"\0" * (P.MAC_LEN + P.NONCE_LEN) + frame,  # a wrong answer, then a well-formed frame
-        os.urandom(P.MAC_LEN + P.NONCE_LEN) + evil,  # random bytes, then a pickle
+        b"\0" * (handshake.MAC_LEN + handshake.NONCE_LEN) + frame,  # a wrong answer, then a well-formed frame
+        os.urandom(handshake.MAC_LEN + handshake.NONCE_LEN) + evil,  # random bytes, then a pickle
         frame + evil,  # a frame as if there were no handshake
         struct.pack("<IQ", 2**31, 2**62) + b"x" * 200,  # absurd lengths
     ]
@@ -175,8 +175,8 @@ def test_garbage_and_pickles_are_dropped_before_decoding(cluster, tmp_path, targ
         with socket.create_connection((host, port), timeout=10) as s:
             nonce = b""
             s.settimeout(10)
-            while len(nonce) < P.NONCE_LEN:
-                chunk = s.recv(P.NONCE_LEN - len(nonce))
+            while len(nonce) < handshake.NONCE_LEN:
+                chunk = s.recv(handshake.NONCE_LEN - len(nonce))
                 assert chunk, "the server closed before sending its challenge"
                 nonce += chunk
             try:
@@ -195,7 +195,7 @@ def test_silent_peer_does_not_block_others(cluster):
     """A connection that never answers the challenge does not stall the server."""
     host, port = _host_port(cluster.address)
     with socket.create_connection((host, port), timeout=10) as idle:
-        idle.recv(P.NONCE_LEN)
+        idle.recv(handshake.NONCE_LEN)
         _cluster_works(cluster)
 
 
@@ -207,9 +207,9 @@ def test_valid_handshake_then_pickle_in_method_is_not_executed(cluster, tmp_path
     evil = pickle.dumps(_CreatesFile(str(canary)), protocol=5)
 
     async def go():
-        conn = await rpc.connect(cluster.address, cluster._info["token"], {}, timeout=10)
+        conn = await wire.connect(cluster.address, cluster._info["token"], {}, timeout=10)
         try:
-            with pytest.raises(rpc.RemoteError):
+            with pytest.raises(wire.RemoteError):
                 await conn.request("no_such_method", None, [evil])
             # The control store keeps values as opaque bytes: it never loads them.
             assert await conn.request("kv_put", ["test-ns", "evil", True], [evil]) is True

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from skate import exceptions as exc
-from skate._private import node, rpc, runtime
+from skate._private import node, runtime, wire
 from skate._private.config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def _find_cluster(address: str, token_hex: str | None) -> tuple[bytes, str, Any]
     import asyncio
 
     async def nodes() -> list:
-        conn = await rpc.connect(gcs_address, token, {})
+        conn = await wire.connect(gcs_address, token, {})
         try:
             return await conn.request("get_nodes")
         finally:
@@ -161,7 +161,7 @@ def _find_cluster(address: str, token_hex: str | None) -> tuple[bytes, str, Any]
 
     try:
         all_nodes = asyncio.run(nodes())
-    except rpc.P.AuthError as e:
+    except wire.AuthError as e:
         raise ConnectionError(f"the cluster at {gcs_address} rejected this process: {e}") from None
     except OSError as e:
         raise ConnectionError(f"cannot reach a skate cluster at {gcs_address}: {e}") from None

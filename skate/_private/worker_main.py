@@ -30,17 +30,17 @@ def main() -> None:
     sys.stderr = OutputPrefixer(sys.stderr, core)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     # The execution endpoint is served on this (main) thread, where user code runs.
-    from skate._private import rpc
+    from skate._private import wire
 
     # asyncio's own loop here: with two uvloop loops in one (forked) worker, one
     # was seen closing a listening socket of the other when a peer failed the
     # handshake.
-    loop = asyncio.SelectorEventLoop(rpc.SpinningSelector())
+    loop = asyncio.SelectorEventLoop(wire.SpinningSelector())
     asyncio.set_event_loop(loop)
     executor.exec_loop = loop
     exec_uds = os.path.join(core.session_dir, f"x-{core.worker_id.hex()[:16]}.sock")
-    loop.run_until_complete(rpc.serve_unix(exec_uds, core.token, executor.exec_handlers()))
-    tcp = loop.run_until_complete(rpc.serve_tcp(core.node_ip, 0, core.token, executor.exec_handlers()))
+    loop.run_until_complete(wire.serve_unix(exec_uds, core.token, executor.exec_handlers()))
+    tcp = loop.run_until_complete(wire.serve_tcp(core.node_ip, 0, core.token, executor.exec_handlers()))
     core.address = [*core.address, tcp.sockets[0].getsockname()[1], exec_uds]
     core.extra_sockets.append(exec_uds)
     core.request(core.raylet, "register_worker", {"worker_id": core.worker_id, "address": core.address})

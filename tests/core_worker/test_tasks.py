@@ -445,7 +445,7 @@ def test_sync_tasks_are_read_by_the_waiting_thread(ray_start):
     assert [skate.get(square.remote(i)) for i in range(50)] == [i * i for i in range(50)]
     core = skate._private.runtime.current()
     leased = [lease.conn for ks in core.submitter.keys.values() for lease in ks.leases]
-    assert any(conn._led for conn in leased), "no get() read a task's reply itself"
+    assert any(conn.led for conn in leased), "no get() read a task's reply itself"
 
 
 def test_sync_tasks_from_many_threads(ray_start):

@@ -22,7 +22,7 @@ import threading
 from typing import Any
 
 from skate import exceptions as exc
-from skate._private import rpc
+from skate._private import wire
 from skate._private.core_worker.core import _as_error
 from skate._private.core_worker.submitter import (
     TaskRecord,
@@ -44,7 +44,7 @@ class ActorState:
         self.class_name = class_name
         self.owned = owned
         self.state = PENDING
-        self.conn: rpc.Connection | None = None
+        self.conn: wire.Connection | None = None
         self.info: dict = {}
         self.queue: collections.deque[TaskRecord] = collections.deque()
         self.inflight: dict[bytes, TaskRecord] = {}
@@ -112,7 +112,7 @@ class ActorManager:
         gcs.notify("update_actor", dict(st.info, actor_id=st.actor_id, state=ALIVE))
         self._connected(st, conn)
 
-    def _connected(self, st: ActorState, conn: rpc.Connection) -> None:
+    def _connected(self, st: ActorState, conn: wire.Connection) -> None:
         st.conn = conn
         st.state = ALIVE
         conn.on_close.append(lambda c, st=st: self._conn_lost(st, c))
@@ -203,7 +203,7 @@ class ActorManager:
     def _on_reply(self, st: ActorState, rec: TaskRecord, result: Any, e: BaseException | None) -> None:
         # On the I/O thread, or on a user thread that read the reply itself.
         if e is not None:
-            if not isinstance(e, rpc.ConnectionLost):
+            if not isinstance(e, wire.ConnectionLost):
                 st.inflight.pop(rec.spec["t"], None)
                 self.core.submitter.fail(rec, exc.RaySystemError(f"actor call failed in the runtime: {e}"))
             # ConnectionLost: the call stays in flight; _conn_lost fails it with the actor's cause.
@@ -220,7 +220,7 @@ class ActorManager:
         if st.exit_when_idle and not st.inflight and not st.queue and st.conn is not None:
             st.conn.notify("exit_now", {"graceful": True})
 
-    def _conn_lost(self, st: ActorState, conn: rpc.Connection) -> None:
+    def _conn_lost(self, st: ActorState, conn: wire.Connection) -> None:
         if self.core.closing:
             return
         if st.state == DEAD:

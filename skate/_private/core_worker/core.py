@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from skate import exceptions as exc
-from skate._private import daemon, ids, rpc, serialization
+from skate._private import daemon, ids, serialization, wire
 from skate._private.config import CONFIG
 from skate._private.core_worker.memory_store import ERROR, INLINE, PENDING, SHM, MemoryStore
 from skate._private.object_store import shm
@@ -71,7 +71,7 @@ class _Gather:
     def wait_reading(self, vias: set, timeout: float | None) -> bool:
         """``wait``; when every missing value comes over one connection, this
         thread reads that connection itself rather than being woken by the
-        I/O thread (see ``rpc.Connection.lead``)."""
+        I/O thread (see ``wire.Connection.lead``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         _read_replies(vias, self.done, deadline)
         return self.wait(None if deadline is None else deadline - time.monotonic())
@@ -162,7 +162,7 @@ class CoreWorker:
             raise RuntimeError("blocking call from the I/O thread")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def request(self, conn: rpc.Connection, method: str, body: Any = None, bufs: Any = (), timeout: float | None = None) -> Any:
+    def request(self, conn: wire.Connection, method: str, body: Any = None, bufs: Any = (), timeout: float | None = None) -> Any:
         """A blocking request on ``conn`` from a user thread."""
 
         async def go() -> Any:
@@ -174,7 +174,7 @@ class CoreWorker:
         self._borrows_idle = asyncio.Event()
         self._borrows_idle.set()
         self.server_uds = os.path.join(self.session_dir, f"w-{self.worker_id.hex()[:16]}.sock")
-        self.raylet = await rpc.connect(raylet_socket, self.token, self.handlers)
+        self.raylet = await wire.connect(raylet_socket, self.token, self.handlers)
         self.raylet.on_close.append(self._raylet_lost)
         if self.mode == DRIVER:
             self._set_node(await self.raylet.request("register_client", {"worker_id": self.worker_id}))
@@ -199,18 +199,18 @@ class CoreWorker:
 
     async def start_server(self) -> None:
         """Listens for peers (tasks pushed to us, owner requests)."""
-        self._uds_server = await rpc.serve_unix(self.server_uds, self.token, self.handlers)
-        self._tcp_server = await rpc.serve_tcp(self.node_ip, 0, self.token, self.handlers)
+        self._uds_server = await wire.serve_unix(self.server_uds, self.token, self.handlers)
+        self._tcp_server = await wire.serve_tcp(self.node_ip, 0, self.token, self.handlers)
         port = self._tcp_server.sockets[0].getsockname()[1]
         self.address = [self.worker_id, self.node_ip, port, self.server_uds]
 
-    def _raylet_lost(self, conn: rpc.Connection) -> None:
+    def _raylet_lost(self, conn: wire.Connection) -> None:
         if not self.closed and self.mode == WORKER:
             # Without its node daemon a worker has nothing to do.
             os._exit(1)
 
     # --- connections to peers -----------------------------------------------------
-    async def conn_to(self, addr: list, exec_: bool = False) -> rpc.Connection:
+    async def conn_to(self, addr: list, exec_: bool = False) -> wire.Connection:
         """A connection to the core worker at ``addr`` (reused, made on demand).
 
         ``exec_`` picks the worker's execution endpoint (tasks, actor calls),
@@ -231,7 +231,7 @@ class CoreWorker:
         fut = self.conns[wid] = self.loop.create_future()
         try:
             target = addr[3] if addr[3] and os.path.exists(addr[3]) else (addr[1], addr[2])
-            conn = await rpc.connect(target, self.token, self.handlers)
+            conn = await wire.connect(target, self.token, self.handlers)
         except BaseException as e:
             fut.set_exception(e)
             fut.exception()
@@ -244,12 +244,12 @@ class CoreWorker:
         fut.set_result(conn)
         return conn
 
-    def _conn_closed(self, wid: bytes, conn: rpc.Connection) -> None:
+    def _conn_closed(self, wid: bytes, conn: wire.Connection) -> None:
         fut = self.conns.get(wid)
         if fut is not None and fut.done() and not fut.exception() and fut.result() is conn:
             del self.conns[wid]
 
-    def on_hello(self, conn: rpc.Connection, addr: list, bufs: list) -> None:
+    def on_hello(self, conn: wire.Connection, addr: list, bufs: list) -> None:
         conn.peer = addr
         wid = addr[0]
         if wid not in self.conns:
@@ -258,10 +258,10 @@ class CoreWorker:
             self.conns[wid] = fut
             conn.on_close.append(lambda c, wid=wid: self._conn_closed(wid, c))
 
-    async def gcs(self) -> rpc.Connection:
+    async def gcs(self) -> wire.Connection:
         """The connection to the control store (made on first use)."""
         if self.gcs_fut is None or (self.gcs_fut.done() and (self.gcs_fut.exception() or self.gcs_fut.result().closed)):
-            self.gcs_fut = asyncio.ensure_future(rpc.connect(self.gcs_address, self.token, self.handlers))
+            self.gcs_fut = asyncio.ensure_future(wire.connect(self.gcs_address, self.token, self.handlers))
         return await asyncio.shield(self.gcs_fut)
 
     def gcs_call(self, method: str, body: Any = None, bufs: Any = (), timeout: float = 60) -> Any:
@@ -272,7 +272,7 @@ class CoreWorker:
 
         try:
             return self.call(go(), timeout)
-        except rpc.RemoteError as e:
+        except wire.RemoteError as e:
             raise _remote_to_local(e) from None
 
     # --- put ------------------------------------------------------------------------
@@ -321,7 +321,7 @@ class CoreWorker:
         self._send_local_frees()
         try:
             path = self.request(self.raylet, "obj_reserve", {"oid": oid, "size": size})
-        except rpc.RemoteError as e:
+        except wire.RemoteError as e:
             raise exc.ObjectStoreFullError(str(e).split(": ", 1)[-1]) from None
         m = self._writable_map(path, size)
         mv = memoryview(m)
@@ -470,11 +470,11 @@ class CoreWorker:
         data = bufs[0] if bufs else None
         return (state, data, bufs[1:], node_id, size)
 
-    async def on_get_object(self, conn: rpc.Connection, body: list, bufs: list) -> rpc.Reply:
+    async def on_get_object(self, conn: wire.Connection, body: list, bufs: list) -> wire.Reply:
         oid, ready_only = body
         e = self.store.get(oid)
         if e is None:
-            return rpc.Reply(None)
+            return wire.Reply(None)
         if e.state == PENDING:
             fut = self.loop.create_future()
             ready = self.store.add_waiter(oid, lambda: self.loop.call_soon_threadsafe(_set_if_pending, fut, None))
@@ -485,8 +485,8 @@ class CoreWorker:
         if e.state == ERROR:
             e.retrieved = True
         if ready_only or e.state == SHM:
-            return rpc.Reply([e.state, e.node_id, e.size])
-        return rpc.Reply([e.state, e.node_id, e.size], [e.data, *e.bufs])
+            return wire.Reply([e.state, e.node_id, e.size])
+        return wire.Reply([e.state, e.node_id, e.size], [e.data, *e.bufs])
 
     def _materialize(self, ref: Any, snap: tuple) -> Any:
         state, data, bufs, node_id, size = snap
@@ -506,7 +506,7 @@ class CoreWorker:
         """Makes sure ``oid`` is in this node's store; returns its segment path."""
         try:
             return await self.raylet.request("obj_get", {"oid": oid, "node_id": node_id})
-        except rpc.RemoteError as e:
+        except wire.RemoteError as e:
             raise exc.ObjectLostError(oid.hex(), message=f"Object {oid.hex()} is lost: {e}") from None
 
     def _read_shm(self, path: str, oid: bytes) -> Any:
@@ -694,7 +694,7 @@ class CoreWorker:
                 await conn.request("borrow_add", oids)
             else:
                 conn.notify("borrow_remove", oids)
-        except (ConnectionError, OSError, rpc.RemoteError):
+        except (ConnectionError, OSError, wire.RemoteError):
             pass  # the owner is gone; its objects went with it
         finally:
             if adding:
@@ -712,7 +712,7 @@ class CoreWorker:
                 break
             await self._borrows_idle.wait()
 
-    def on_borrow_add(self, conn: rpc.Connection, oids: list, bufs: list) -> bool:
+    def on_borrow_add(self, conn: wire.Connection, oids: list, bufs: list) -> bool:
         # Borrows are remembered per connection: a borrower that dies drops them.
         held = getattr(conn, "borrows", None)
         if held is None:
@@ -723,7 +723,7 @@ class CoreWorker:
                 held[oid] += 1
         return True
 
-    def on_borrow_remove(self, conn: rpc.Connection, oids: list, bufs: list) -> None:
+    def on_borrow_remove(self, conn: wire.Connection, oids: list, bufs: list) -> None:
         held = getattr(conn, "borrows", None)
         for oid in oids:
             if held is not None and held.get(oid, 0) > 0:
@@ -732,7 +732,7 @@ class CoreWorker:
                     del held[oid]
                 self.store.adjust(oid, borrowers=-1)
 
-    def _borrower_gone(self, conn: rpc.Connection) -> None:
+    def _borrower_gone(self, conn: wire.Connection) -> None:
         if self.closing:
             return
         held, conn.borrows = conn.borrows, collections.Counter()
@@ -794,7 +794,7 @@ class CoreWorker:
         except Exception:  # noqa: BLE001 - the node is gone, and its objects with it
             pass
 
-    async def raylet_for(self, node_id: bytes) -> rpc.Connection:
+    async def raylet_for(self, node_id: bytes) -> wire.Connection:
         """A connection to the node daemon of ``node_id``."""
         if node_id == self.node_id:
             return self.raylet
@@ -807,11 +807,11 @@ class CoreWorker:
         return await self.submitter._raylet(info)
 
     # --- notifications from daemons --------------------------------------------------
-    def on_warning(self, conn: rpc.Connection, text: str, bufs: list) -> None:
+    def on_warning(self, conn: wire.Connection, text: str, bufs: list) -> None:
         print(f"Warning: {text}", file=sys.stderr, flush=True)
         self.printed.append(f"Warning: {text}")
 
-    def on_pub(self, conn: rpc.Connection, body: list, bufs: list) -> None:
+    def on_pub(self, conn: wire.Connection, body: list, bufs: list) -> None:
         channel, msg = body
         if channel == "logs":
             if not self.log_to_driver:
@@ -828,7 +828,7 @@ class CoreWorker:
             self.printed.extend(out)
             self.printed.extend(err)
 
-    def on_ping(self, conn: rpc.Connection, body: Any, bufs: list) -> str:
+    def on_ping(self, conn: wire.Connection, body: Any, bufs: list) -> str:
         return "pong"
 
     # --- shutdown ---------------------------------------------------------------------
@@ -919,7 +919,7 @@ def _as_error(data: Any, bufs: list) -> BaseException:
     return err
 
 
-def _remote_to_local(e: rpc.RemoteError) -> Exception:
+def _remote_to_local(e: wire.RemoteError) -> Exception:
     text = str(e)
     kind, _, msg = text.partition(": ")
     if kind == "ValueError":

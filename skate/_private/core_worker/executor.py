@@ -27,7 +27,7 @@ from typing import Any
 import cloudpickle
 
 from skate import exceptions as exc
-from skate._private import ids, rpc, serialization
+from skate._private import ids, serialization, wire
 from skate._private.config import CONFIG
 from skate._private.core_worker.core import error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
@@ -92,25 +92,25 @@ class Executor:
             asyncio.events._set_running_loop(prev)
 
     # --- entry points (exec loop) --------------------------------------------------------
-    def on_push_task(self, conn: rpc.Connection, spec: dict, bufs: list) -> Any:
+    def on_push_task(self, conn: wire.Connection, spec: dict, bufs: list) -> Any:
         self._inline(self._run_task, spec, bufs, Replier(conn))
-        return rpc.DEFER
+        return wire.DEFER
 
-    def on_create_actor(self, conn: rpc.Connection, spec: dict, bufs: list) -> Any:
+    def on_create_actor(self, conn: wire.Connection, spec: dict, bufs: list) -> Any:
         fut = Replier(conn)
         self.detached = bool(spec.get("detached"))
         if not self.detached:
             conn.on_close.append(self._owner_gone)
         self._inline(self._create_actor, spec, bufs, fut)
-        return rpc.DEFER
+        return wire.DEFER
 
-    def on_actor_call(self, conn: rpc.Connection, spec: dict, bufs: list) -> Any:
+    def on_actor_call(self, conn: wire.Connection, spec: dict, bufs: list) -> Any:
         fut = Replier(conn)
         if self.exiting:
             body, out = self._error_reply(spec, exc.ActorDiedError(error_msg=EXITED), spec.get("m", "?"))
             body["x"] = 1
             fut.send(body, out)
-            return rpc.DEFER
+            return wire.DEFER
         if self.actor_loop is not None:
             task = asyncio.ensure_future(self._async_call(spec, bufs, fut))
             self.running[spec["t"]] = task
@@ -119,9 +119,9 @@ class Executor:
             self.actor_pool.submit(self._run_call, spec, bufs, fut)
         else:
             self._inline(self._run_call, spec, bufs, fut)
-        return rpc.DEFER
+        return wire.DEFER
 
-    def on_cancel_task(self, conn: rpc.Connection, body: dict, bufs: list) -> None:
+    def on_cancel_task(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         tid = body["t"]
         running = self.running.get(tid)
         if running is None:
@@ -134,17 +134,17 @@ class Executor:
             return
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running), ctypes.py_object(KeyboardInterrupt))
 
-    def on_release_held(self, conn: rpc.Connection, tid: bytes, bufs: list) -> None:
+    def on_release_held(self, conn: wire.Connection, tid: bytes, bufs: list) -> None:
         self.held.pop(tid, None)
 
-    def on_exit_now(self, conn: rpc.Connection, body: Any, bufs: list) -> None:
+    def on_exit_now(self, conn: wire.Connection, body: Any, bufs: list) -> None:
         # A graceful exit (all handles gone) comes on the exec endpoint once the
         # caller has no call in flight; a kill comes on the control endpoint.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
 
-    def _owner_gone(self, conn: rpc.Connection) -> None:
+    def _owner_gone(self, conn: wire.Connection) -> None:
         if not self.detached:
             os._exit(0)
 
@@ -411,7 +411,7 @@ class Replier:
 
     __slots__ = ("conn", "rid")
 
-    def __init__(self, conn: rpc.Connection) -> None:
+    def __init__(self, conn: wire.Connection) -> None:
         self.conn = conn
         self.rid = conn.current_rid
 

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from skate import exceptions as exc
-from skate._private import ids, rpc, serialization
+from skate._private import ids, serialization, wire
 from skate._private.config import CONFIG
 from skate._private.core_worker.core import _as_error, error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, PENDING, SHM
@@ -122,7 +122,7 @@ class Lease:
 
     __slots__ = ("lease_id", "worker_id", "conn", "raylet", "busy", "dead", "timer", "node_id", "key", "pid", "idle_since", "fns", "address")
 
-    def __init__(self, grant: dict, conn: rpc.Connection, raylet: rpc.Connection, key: Any) -> None:
+    def __init__(self, grant: dict, conn: wire.Connection, raylet: wire.Connection, key: Any) -> None:
         self.lease_id = grant["lease_id"]
         self.address = grant["address"]
         self.worker_id = grant["worker_id"]
@@ -264,7 +264,7 @@ class TaskSubmitter:
             else:
                 self._idle(lease)
 
-    async def acquire_lease(self, body: dict) -> tuple[dict, rpc.Connection]:
+    async def acquire_lease(self, body: dict) -> tuple[dict, wire.Connection]:
         """Asks the local node daemon for a lease, following spillback."""
         deadline = time.monotonic() + 60
         while True:
@@ -278,7 +278,7 @@ class TaskSubmitter:
                     raylet = await self._raylet(target)
                     reply = await raylet.request("request_lease", dict(body, no_spill=hops >= 2))
                 break
-            except (OSError, rpc.ConnectionLost):
+            except (OSError, wire.ConnectionLost):
                 # The node we were sent to just died; once the cluster view
                 # has caught up, the local daemon will send us elsewhere.
                 if time.monotonic() > deadline:
@@ -289,12 +289,12 @@ class TaskSubmitter:
             raise cls(f"it can never be scheduled: {reply['unschedulable']}")
         return reply, raylet
 
-    async def _raylet(self, target: dict) -> rpc.Connection:
+    async def _raylet(self, target: dict) -> wire.Connection:
         key = (target["ip"], target["port"])
         fut = self.raylets.get(key)
         if fut is None or (fut.done() and (fut.exception() or fut.result().closed)):
             addr = target["uds"] if os.path.exists(target["uds"]) else key
-            fut = self.raylets[key] = asyncio.ensure_future(rpc.connect(addr, self.core.token, self.core.handlers))
+            fut = self.raylets[key] = asyncio.ensure_future(wire.connect(addr, self.core.token, self.core.handlers))
         return await asyncio.shield(fut)
 
     # --- dispatch (under self.lock) -------------------------------------------
@@ -339,7 +339,7 @@ class TaskSubmitter:
                 ks = self.keys.get(lease.key)
                 if ks is not None and lease in ks.leases:
                     ks.leases.remove(lease)
-            if isinstance(e, rpc.ConnectionLost):
+            if isinstance(e, wire.ConnectionLost):
                 asyncio.ensure_future(self._worker_died(rec, lease))
             else:
                 self.fail(rec, exc.RaySystemError(f"task {rec.name} failed in the worker runtime: {e}"))
@@ -500,7 +500,7 @@ async def control_notify(core: Any, address: list, method: str, body: Any) -> No
     try:
         conn = await core.conn_to(address)
         conn.notify(method, body)
-    except (OSError, rpc.ConnectionLost):
+    except (OSError, wire.ConnectionLost):
         pass  # the worker is gone
 
 
@@ -549,7 +549,7 @@ def complete_returns(core: Any, rec: TaskRecord, body: dict, bufs: list) -> None
             k += n
     rec.keep = None
     held = body.get("h")
-    if held:  # (this may run in a user thread reading the reply: see rpc.Connection.lead)
+    if held:  # (this may run in a user thread reading the reply: see wire.Connection.lead)
         core.post(lambda: asyncio.ensure_future(_adopt_contained(core, rec, held)))
 
 

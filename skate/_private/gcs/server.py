@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from skate._private import daemon, rpc
+from skate._private import daemon, wire
 from skate._private.config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,11 @@ class GcsServer:
     def __init__(self, token: bytes) -> None:
         self.token = token
         self.nodes: dict[bytes, dict] = {}
-        self.node_conns: dict[bytes, rpc.Connection] = {}
+        self.node_conns: dict[bytes, wire.Connection] = {}
         self.actors: dict[bytes, dict] = {}
         self.named: dict[tuple[str, str], bytes] = {}
         self.kv: dict[tuple[str, str], bytes] = {}
-        self.subs: dict[str, set[rpc.Connection]] = {}
+        self.subs: dict[str, set[wire.Connection]] = {}
         self.jobs: dict[int, dict] = {}
         self.actor_waiters: dict[bytes, list[asyncio.Future]] = {}
         self.death_waiters: dict[bytes, list[asyncio.Future]] = {}
@@ -46,7 +46,7 @@ class GcsServer:
         }
 
     # --- nodes --------------------------------------------------------------
-    def on_register_node(self, conn: rpc.Connection, info: dict, bufs: list) -> dict:
+    def on_register_node(self, conn: wire.Connection, info: dict, bufs: list) -> dict:
         node_id = info["node_id"]
         info = dict(info, alive=True, available=dict(info["resources"]), last_hb=time.monotonic())
         self.nodes[node_id] = info
@@ -56,7 +56,7 @@ class GcsServer:
         self._publish("node", self._public_node(info))
         return {"nodes": [self._public_node(n) for n in self.nodes.values()]}
 
-    def on_heartbeat(self, conn: rpc.Connection, body: dict, bufs: list) -> None:
+    def on_heartbeat(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         node = self.nodes.get(body["node_id"])
         if node is None or not node["alive"]:
             return
@@ -65,10 +65,10 @@ class GcsServer:
             node["available"] = body["available"]
             self._publish("resources", {"node_id": node["node_id"], "available": body["available"]})
 
-    def on_get_nodes(self, conn: rpc.Connection, body: Any, bufs: list) -> list:
+    def on_get_nodes(self, conn: wire.Connection, body: Any, bufs: list) -> list:
         return [self._public_node(n) for n in self.nodes.values()]
 
-    def on_drain_node(self, conn: rpc.Connection, node_id: bytes, bufs: list) -> bool:
+    def on_drain_node(self, conn: wire.Connection, node_id: bytes, bufs: list) -> bool:
         self._node_dead(node_id, "removed")
         c = self.node_conns.pop(node_id, None)
         if c is not None:
@@ -99,17 +99,17 @@ class GcsServer:
                     self._node_dead(node_id, "missed heartbeats")
 
     # --- pub/sub --------------------------------------------------------------
-    def on_subscribe(self, conn: rpc.Connection, channels: list, bufs: list) -> bool:
+    def on_subscribe(self, conn: wire.Connection, channels: list, bufs: list) -> bool:
         for ch in channels:
             self.subs.setdefault(ch, set()).add(conn)
         conn.on_close.append(self._unsubscribe)
         return True
 
-    def _unsubscribe(self, conn: rpc.Connection) -> None:
+    def _unsubscribe(self, conn: wire.Connection) -> None:
         for subs in self.subs.values():
             subs.discard(conn)
 
-    def on_publish(self, conn: rpc.Connection, body: list, bufs: list) -> None:
+    def on_publish(self, conn: wire.Connection, body: list, bufs: list) -> None:
         self._publish(body[0], body[1])
 
     def _publish(self, channel: str, msg: Any) -> None:
@@ -117,14 +117,14 @@ class GcsServer:
             conn.notify("pub", [channel, msg])
 
     # --- jobs -----------------------------------------------------------------
-    def on_new_job(self, conn: rpc.Connection, info: dict, bufs: list) -> int:
+    def on_new_job(self, conn: wire.Connection, info: dict, bufs: list) -> int:
         job = len(self.jobs) + 1
         self.jobs[job] = dict(info, start=time.time(), alive=True)
         conn.on_close.append(lambda c: self.jobs[job].update(alive=False, end=time.time()))
         return job
 
     # --- actors ---------------------------------------------------------------
-    def on_register_actor(self, conn: rpc.Connection, info: dict, bufs: list) -> bool:
+    def on_register_actor(self, conn: wire.Connection, info: dict, bufs: list) -> bool:
         name, ns = info.get("name"), info.get("namespace")
         if name:
             existing = self.named.get((ns, name))
@@ -137,7 +137,7 @@ class GcsServer:
         self.actors[info["actor_id"]] = dict(info, state=PENDING, handle=bufs[0] if bufs else b"")
         return True
 
-    def on_update_actor(self, conn: rpc.Connection, body: dict, bufs: list) -> None:
+    def on_update_actor(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         self._set_actor(body["actor_id"], body)
 
     def _set_actor(self, aid: bytes, update: dict) -> None:
@@ -168,7 +168,7 @@ class GcsServer:
     def _public_actor(self, a: dict) -> dict:
         return {k: v for k, v in a.items() if k != "handle"}
 
-    async def on_get_actor(self, conn: rpc.Connection, body: dict, bufs: list) -> dict | None:
+    async def on_get_actor(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:
         aid = body["actor_id"]
         actor = self.actors.get(aid)
         if actor is None:
@@ -186,17 +186,17 @@ class GcsServer:
                 pass
         return self._public_actor(self.actors[aid])
 
-    def on_get_named_actor(self, conn: rpc.Connection, body: dict, bufs: list) -> rpc.Reply:
+    def on_get_named_actor(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
         aid = self.named.get((body["namespace"], body["name"]))
         if aid is None:
-            return rpc.Reply(None)
+            return wire.Reply(None)
         actor = self.actors[aid]
-        return rpc.Reply(self._public_actor(actor), [actor["handle"]])
+        return wire.Reply(self._public_actor(actor), [actor["handle"]])
 
-    def on_list_actors(self, conn: rpc.Connection, body: Any, bufs: list) -> list:
+    def on_list_actors(self, conn: wire.Connection, body: Any, bufs: list) -> list:
         return [self._public_actor(a) for a in self.actors.values()]
 
-    def on_list_named_actors(self, conn: rpc.Connection, body: dict, bufs: list) -> list:
+    def on_list_named_actors(self, conn: wire.Connection, body: dict, bufs: list) -> list:
         return [
             {"name": name, "namespace": ns}
             for (ns, name), aid in self.named.items()
@@ -204,25 +204,25 @@ class GcsServer:
         ]
 
     # --- key-value ------------------------------------------------------------
-    def on_kv_put(self, conn: rpc.Connection, body: list, bufs: list) -> bool:
+    def on_kv_put(self, conn: wire.Connection, body: list, bufs: list) -> bool:
         ns, key, overwrite = body
         if not overwrite and (ns, key) in self.kv:
             return False
         self.kv[(ns, key)] = bufs[0] if bufs else b""
         return True
 
-    def on_kv_get(self, conn: rpc.Connection, body: list, bufs: list) -> rpc.Reply:
+    def on_kv_get(self, conn: wire.Connection, body: list, bufs: list) -> wire.Reply:
         value = self.kv.get((body[0], body[1]))
-        return rpc.Reply(value is not None, [value] if value is not None else [])
+        return wire.Reply(value is not None, [value] if value is not None else [])
 
-    def on_kv_del(self, conn: rpc.Connection, body: list, bufs: list) -> bool:
+    def on_kv_del(self, conn: wire.Connection, body: list, bufs: list) -> bool:
         return self.kv.pop((body[0], body[1]), None) is not None
 
-    def on_kv_keys(self, conn: rpc.Connection, body: list, bufs: list) -> list:
+    def on_kv_keys(self, conn: wire.Connection, body: list, bufs: list) -> list:
         ns, prefix = body
         return [k for (n, k) in self.kv if n == ns and k.startswith(prefix)]
 
-    def on_ping(self, conn: rpc.Connection, body: Any, bufs: list) -> str:
+    def on_ping(self, conn: wire.Connection, body: Any, bufs: list) -> str:
         return "pong"
 
 
@@ -242,9 +242,9 @@ async def _main(stop: asyncio.Event) -> None:
         import socket
 
         sock = socket.socket(fileno=args.listen_fd)
-        server = await rpc.serve_tcp(args.host, args.port, token, gcs.handlers, sock=sock)
+        server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers, sock=sock)
     else:
-        server = await rpc.serve_tcp(args.host, args.port, token, gcs.handlers)
+        server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers)
     port = server.sockets[0].getsockname()[1]
     watcher = asyncio.ensure_future(gcs._watch_heartbeats())
     daemon.report_ready({"port": port})

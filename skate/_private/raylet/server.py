@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from skate._private import daemon, rpc
+from skate._private import daemon, wire
 from skate._private.config import CONFIG
 from skate._private.object_store.store import ObjectStore, StoreFull
 from skate._private.raylet.scheduler import LeaseRequest, LocalScheduler
@@ -46,7 +46,7 @@ class Lease:
     lease_id: int
     worker: Worker
     resources: dict
-    holder: rpc.Connection | None
+    holder: wire.Connection | None
     actor_id: bytes | None = None
     detached: bool = False
     blocked: int = 0
@@ -77,7 +77,7 @@ class Raylet:
         self.uds = os.path.join(self.session_dir, f"raylet-{self.node_id.hex()[:8]}.sock")
         self.leases: dict[int, Lease] = {}
         self.waiting: dict[int, asyncio.Future] = {}
-        self.gcs: rpc.Connection | None = None
+        self.gcs: wire.Connection | None = None
         self.peers: dict[bytes, dict] = {}  # node_id -> node info from the control store
         self.peer_conns: dict[bytes, asyncio.Future] = {}
         self.pulls: dict[bytes, asyncio.Future] = {}
@@ -92,8 +92,8 @@ class Raylet:
 
     # --- start / stop -------------------------------------------------------------
     async def start(self) -> None:
-        self.uds_server = await rpc.serve_unix(self.uds, self.token, self.handlers)
-        self.tcp_server = await rpc.serve_tcp(self.ip, self.args.port, self.token, self.handlers)
+        self.uds_server = await wire.serve_unix(self.uds, self.token, self.handlers)
+        self.tcp_server = await wire.serve_tcp(self.ip, self.args.port, self.token, self.handlers)
         self.port = self.tcp_server.sockets[0].getsockname()[1]
         self.pool.env = dict(
             os.environ,
@@ -175,7 +175,7 @@ class Raylet:
             _kill(w.pid, signal.SIGTERM)
 
     # --- cluster view -------------------------------------------------------------
-    def _on_pub(self, conn: rpc.Connection, body: list, bufs: list) -> None:
+    def _on_pub(self, conn: wire.Connection, body: list, bufs: list) -> None:
         channel, msg = body
         if channel == "node":
             self._update_peer(msg)
@@ -191,7 +191,7 @@ class Raylet:
         self.sched.update_node(n["node_id"], n["resources"], n.get("available", n["resources"]), n["alive"])
 
     # --- leases -----------------------------------------------------------------
-    async def on_request_lease(self, conn: rpc.Connection, body: dict, bufs: list) -> dict:
+    async def on_request_lease(self, conn: wire.Connection, body: dict, bufs: list) -> dict:
         resources = body["resources"]
         req = LeaseRequest(
             resources=resources,
@@ -290,7 +290,7 @@ class Raylet:
             {"lease_id": lease_id, "worker_id": w.worker_id, "address": w.address, "node_id": self.node_id, "pid": w.pid}
         )
 
-    def on_return_lease(self, conn: rpc.Connection, body: dict, bufs: list) -> None:
+    def on_return_lease(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         lease = self.leases.pop(body["lease_id"], None)
         if lease is None:
             return
@@ -313,7 +313,7 @@ class Raylet:
         else:
             self.sched.release(lease.resources)
 
-    def _holder_gone(self, conn: rpc.Connection) -> None:
+    def _holder_gone(self, conn: wire.Connection) -> None:
         for lease_id in list(getattr(conn, "leases", ())):
             lease = self.leases.pop(lease_id, None)
             if lease is None:
@@ -324,7 +324,7 @@ class Raylet:
             _kill(lease.worker.pid, signal.SIGKILL)
         self._schedule()
 
-    def on_lease_blocked(self, conn: rpc.Connection, body: dict, bufs: list) -> None:
+    def on_lease_blocked(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         lease = self.leases.get(body["lease_id"])
         if lease is None:
             return
@@ -333,7 +333,7 @@ class Raylet:
             self.sched.release(lease.resources)
             self._schedule()
 
-    def on_lease_unblocked(self, conn: rpc.Connection, body: dict, bufs: list) -> None:
+    def on_lease_unblocked(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         lease = self.leases.get(body["lease_id"])
         if lease is None or not lease.blocked:
             return
@@ -354,7 +354,7 @@ class Raylet:
                 {"actor_id": w.actor_id, "state": "DEAD", "cause_if_unset": f"the actor's worker process (pid={w.pid}) {w.exit_info['how']}"},
             )
 
-    async def on_worker_exit_info(self, conn: rpc.Connection, body: dict, bufs: list) -> dict | None:
+    async def on_worker_exit_info(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:
         worker_id = body["worker_id"]
         w = self.pool.workers.get(worker_id) or self.pool.dead.get(worker_id)
         if w is None:
@@ -365,7 +365,7 @@ class Raylet:
             return None
         return {"how": w.exit_info["how"], "code": w.exit_info["code"], "tail": [ln.decode(errors="replace") for ln in w.tail]}
 
-    def on_kill_worker(self, conn: rpc.Connection, body: dict, bufs: list) -> bool:
+    def on_kill_worker(self, conn: wire.Connection, body: dict, bufs: list) -> bool:
         w = self.pool.workers.get(body["worker_id"])
         if w is None:
             return False
@@ -373,14 +373,14 @@ class Raylet:
         return True
 
     # --- registration -----------------------------------------------------------------
-    def on_register_worker(self, conn: rpc.Connection, body: dict, bufs: list) -> dict:
+    def on_register_worker(self, conn: wire.Connection, body: dict, bufs: list) -> dict:
         w = self.pool.registered(body["worker_id"], body["address"], conn)
         if w is None:
             raise ValueError("unknown worker")
         conn.peer = w
         return self._client_info()
 
-    def on_register_client(self, conn: rpc.Connection, body: dict, bufs: list) -> dict:
+    def on_register_client(self, conn: wire.Connection, body: dict, bufs: list) -> dict:
         return self._client_info()
 
     def _client_info(self) -> dict:
@@ -392,7 +392,7 @@ class Raylet:
             "resources": self.resources,
         }
 
-    def on_node_stats(self, conn: rpc.Connection, body: Any, bufs: list) -> dict:
+    def on_node_stats(self, conn: wire.Connection, body: Any, bufs: list) -> dict:
         return {
             "store": self.store.stats(),
             "workers": len(self.pool.workers),
@@ -403,16 +403,16 @@ class Raylet:
         }
 
     # --- objects ------------------------------------------------------------------------
-    def on_obj_reserve(self, conn: rpc.Connection, body: dict, bufs: list) -> str:
+    def on_obj_reserve(self, conn: wire.Connection, body: dict, bufs: list) -> str:
         try:
             return self.store.reserve(body["oid"], body["size"], body.get("primary", True))
         except StoreFull as e:
             raise ObjectStoreFull(str(e)) from None
 
-    def on_obj_seal(self, conn: rpc.Connection, body: dict, bufs: list) -> None:
+    def on_obj_seal(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         self.store.seal(body["oid"])
 
-    async def on_obj_get(self, conn: rpc.Connection, body: dict, bufs: list) -> str:
+    async def on_obj_get(self, conn: wire.Connection, body: dict, bufs: list) -> str:
         oid = body["oid"]
         path = self.store.ensure_local(oid)
         if path is None:
@@ -420,7 +420,7 @@ class Raylet:
         self._track_map(conn, oid)
         return path
 
-    def _track_map(self, conn: rpc.Connection, oid: bytes) -> None:
+    def _track_map(self, conn: wire.Connection, oid: bytes) -> None:
         maps = getattr(conn, "maps", None)
         if maps is None:
             maps = conn.maps = {}
@@ -428,7 +428,7 @@ class Raylet:
         maps[oid] = maps.get(oid, 0) + 1
         self.store.map_added(oid)
 
-    def on_obj_unmapped(self, conn: rpc.Connection, oids: list, bufs: list) -> None:
+    def on_obj_unmapped(self, conn: wire.Connection, oids: list, bufs: list) -> None:
         maps = getattr(conn, "maps", {})
         for oid in oids:
             n = maps.get(oid, 0)
@@ -438,7 +438,7 @@ class Raylet:
                     del maps[oid]
                 self.store.map_removed(oid)
 
-    def _reader_gone(self, conn: rpc.Connection) -> None:
+    def _reader_gone(self, conn: wire.Connection) -> None:
         for oid, n in conn.maps.items():
             for _ in range(n):
                 self.store.map_removed(oid)
@@ -468,25 +468,25 @@ class Raylet:
         self.store.seal(oid)
         return path
 
-    async def _peer(self, node_id: bytes) -> rpc.Connection:
+    async def _peer(self, node_id: bytes) -> wire.Connection:
         fut = self.peer_conns.get(node_id)
         if fut is None or (fut.done() and (fut.exception() or fut.result().closed)):
             info = self.peers.get(node_id)
             if info is None or not info.get("alive", True):
                 raise ConnectionError(f"node {node_id.hex()} is not alive")
             fut = self.peer_conns[node_id] = asyncio.ensure_future(
-                rpc.connect((info["ip"], info["port"]), self.token, self.handlers)
+                wire.connect((info["ip"], info["port"]), self.token, self.handlers)
             )
         return await asyncio.shield(fut)
 
-    def on_obj_fetch(self, conn: rpc.Connection, body: dict, bufs: list) -> rpc.Reply:
+    def on_obj_fetch(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
         data = self.store.read_bytes(body["oid"])
         if data is None:
-            return rpc.Reply(False)
+            return wire.Reply(False)
         self.pulled_by.setdefault(body["oid"], set()).add(body["node_id"])
-        return rpc.Reply(True, [data])
+        return wire.Reply(True, [data])
 
-    def on_obj_free(self, conn: rpc.Connection, oids: list, bufs: list) -> None:
+    def on_obj_free(self, conn: wire.Connection, oids: list, bufs: list) -> None:
         for oid in oids:
             self.store.free(oid)
             for node_id in self.pulled_by.pop(oid, ()):
@@ -514,7 +514,7 @@ class Raylet:
             batch, self.log_batch = self.log_batch, []
             self.gcs.notify("publish", ["logs", batch])
 
-    async def on_flush_logs(self, conn: rpc.Connection, body: Any, bufs: list) -> bool:
+    async def on_flush_logs(self, conn: wire.Connection, body: Any, bufs: list) -> bool:
         """Publishes every line workers printed so far (a driver about to leave)."""
         await self.pool.drain_output()
         if self.log_batch and self.gcs is not None:
@@ -529,13 +529,13 @@ class ObjectStoreFull(Exception):
     """Raised to a producer when no room can be made."""
 
 
-async def _connect_retrying(address: str, token: bytes, handlers: dict, timeout: float = 15.0) -> rpc.Connection:
+async def _connect_retrying(address: str, token: bytes, handlers: dict, timeout: float = 15.0) -> wire.Connection:
     """Connects to the control store, which may still be starting."""
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
         try:
-            return await rpc.connect(address, token, handlers)
+            return await wire.connect(address, token, handlers)
         except (ConnectionRefusedError, FileNotFoundError):
             if time.monotonic() > deadline:
                 raise

@@ -11,8 +11,8 @@ import threading
 import msgpack
 import pytest
 
-from skate._private import protocol as P
-from skate._private import rpc
+from skate._private import wire
+from skate._private.wire import framing, handshake
 
 TOKEN = b"0123456789abcdef" * 2
 
@@ -22,11 +22,11 @@ TOKEN = b"0123456789abcdef" * 2
 
 def _parse(pieces: list) -> tuple:
     raw = b"".join(bytes(memoryview(p).cast("B")) for p in pieces)
-    hlen, plen = P.PREFIX.unpack_from(raw, 0)
-    header = raw[P.PREFIX.size : P.PREFIX.size + hlen]
-    payload = raw[P.PREFIX.size + hlen :]
+    hlen, plen = framing.PREFIX.unpack_from(raw, 0)
+    header = raw[framing.PREFIX.size : framing.PREFIX.size + hlen]
+    payload = raw[framing.PREFIX.size + hlen :]
     assert len(payload) == plen
-    kind, rid, method, body, lens = P.decode_header(header)
+    kind, rid, method, body, lens = framing.decode_header(header)
     bufs, off = [], 0
     for ln in lens:
         bufs.append(payload[off : off + ln])
@@ -35,51 +35,51 @@ def _parse(pieces: list) -> tuple:
 
 
 def test_encode_without_buffers():
-    pieces = P.encode(P.REQUEST, 7, "ping", {"a": [1, 2], "b": b"\x00"})
-    assert _parse(pieces) == (P.REQUEST, 7, "ping", {"a": [1, 2], "b": b"\x00"}, [])
+    pieces = framing.encode(framing.REQUEST, 7, "ping", {"a": [1, 2], "b": b"\x00"})
+    assert _parse(pieces) == (framing.REQUEST, 7, "ping", {"a": [1, 2], "b": b"\x00"}, [])
 
 
 def test_encode_with_buffers_keeps_them_out_of_the_header():
     big = bytearray(b"x" * 100_000)
-    pieces = P.encode(P.REPLY, 3, None, [1, "two"], [b"abc", big, memoryview(b"")])
+    pieces = framing.encode(framing.REPLY, 3, None, [1, "two"], [b"abc", big, memoryview(b"")])
     # The buffers are passed through as they are, not copied into the header.
     assert pieces[-2] is big
-    hlen, plen = P.PREFIX.unpack(bytes(pieces[0]))
+    hlen, plen = framing.PREFIX.unpack(bytes(pieces[0]))
     assert plen == 3 + len(big)
     assert hlen < 100
     kind, rid, method, body, bufs = _parse(pieces)
-    assert (kind, rid, method, body) == (P.REPLY, 3, None, [1, "two"])
+    assert (kind, rid, method, body) == (framing.REPLY, 3, None, [1, "two"])
     assert bufs == [b"abc", bytes(big), b""]
 
 
 def test_frame_kinds_are_distinct():
-    assert len({P.REQUEST, P.REPLY, P.ERROR, P.NOTIFY}) == 4
+    assert len({framing.REQUEST, framing.REPLY, framing.ERROR, framing.NOTIFY}) == 4
 
 
 def test_decode_header_int_keys():
-    header = msgpack.packb([P.NOTIFY, 0, "m", {1: "x"}, []], use_bin_type=True)
-    assert P.decode_header(header) == [P.NOTIFY, 0, "m", {1: "x"}, []]
+    header = msgpack.packb([framing.NOTIFY, 0, "m", {1: "x"}, []], use_bin_type=True)
+    assert framing.decode_header(header) == [framing.NOTIFY, 0, "m", {1: "x"}, []]
 
 
 # --- HMAC --------------------------------------------------------------------------------
 
 
 def test_mac_checks():
-    nonce = P.new_nonce()
-    assert len(nonce) == P.NONCE_LEN
-    assert P.new_nonce() != nonce
-    answer = P.mac(TOKEN, nonce, b"c")
-    assert len(answer) == P.MAC_LEN
-    assert P.check_mac(TOKEN, nonce, b"c", answer)
-    assert not P.check_mac(b"wrong token", nonce, b"c", answer)
-    assert not P.check_mac(TOKEN, P.new_nonce(), b"c", answer)
+    nonce = handshake.new_nonce()
+    assert len(nonce) == handshake.NONCE_LEN
+    assert handshake.new_nonce() != nonce
+    answer = handshake.mac(TOKEN, nonce, b"c")
+    assert len(answer) == handshake.MAC_LEN
+    assert handshake.check_mac(TOKEN, nonce, b"c", answer)
+    assert not handshake.check_mac(b"wrong token", nonce, b"c", answer)
+    assert not handshake.check_mac(TOKEN, handshake.new_nonce(), b"c", answer)
     # A server's answer cannot be replayed as a client's.
-    assert not P.check_mac(TOKEN, nonce, b"s", answer)
-    assert not P.check_mac(TOKEN, nonce, b"c", answer[:-1] + bytes([answer[-1] ^ 1]))
+    assert not handshake.check_mac(TOKEN, nonce, b"s", answer)
+    assert not handshake.check_mac(TOKEN, nonce, b"c", answer[:-1] + bytes([answer[-1] ^ 1]))
 
 
 def test_auth_error_is_a_connection_error():
-    assert issubclass(P.AuthError, ConnectionError)
+    assert issubclass(handshake.AuthError, ConnectionError)
 
 
 # --- RPC over a Unix socket -------------------------------------------------------------------
@@ -112,25 +112,25 @@ def test_request_reply(sock_path):
         return body[0] + body[1]
 
     def with_bufs(conn, body, bufs):
-        return rpc.Reply(len(bufs), [b"".join(bufs), b"second"])
+        return wire.Reply(len(bufs), [b"".join(bufs), b"second"])
 
     def fails(conn, body, bufs):
         raise ValueError("handler broke")
 
     async def main():
         handlers = {"echo": echo, "add": add, "with_bufs": with_bufs, "fails": fails}
-        srv = await rpc.serve_unix(sock_path, TOKEN, handlers)
+        srv = await wire.serve_unix(sock_path, TOKEN, handlers)
         assert os.stat(sock_path).st_mode & 0o777 == 0o600
-        conn = await rpc.connect(sock_path, TOKEN)
+        conn = await wire.connect(sock_path, TOKEN)
         try:
             assert await conn.request("echo", [1, "a", b"b"]) == {"echo": [1, "a", b"b"]}
             assert await conn.request("add", [2, 3]) == 5
             body, bufs = await conn.request("with_bufs", None, [b"ab", b"cd"])
             assert body == 2
             assert [bytes(b) for b in bufs] == [b"abcd", b"second"]
-            with pytest.raises(rpc.RemoteError, match="handler broke"):
+            with pytest.raises(wire.RemoteError, match="handler broke"):
                 await conn.request("fails")
-            with pytest.raises(rpc.RemoteError, match="no handler"):
+            with pytest.raises(wire.RemoteError, match="no handler"):
                 await conn.request("no_such_method")
             # Many requests in flight: each reply goes to its own request.
             results = await asyncio.gather(*(conn.request("add", [i, i]) for i in range(200)))
@@ -148,11 +148,11 @@ def test_large_payload(sock_path):
     big = os.urandom(5 * 1024 * 1024)
 
     def size(conn, body, bufs):
-        return rpc.Reply(sum(len(b) for b in bufs), bufs)
+        return wire.Reply(sum(len(b) for b in bufs), bufs)
 
     async def main():
-        srv = await rpc.serve_unix(sock_path, TOKEN, {"size": size})
-        conn = await rpc.connect(sock_path, TOKEN)
+        srv = await wire.serve_unix(sock_path, TOKEN, {"size": size})
+        conn = await wire.connect(sock_path, TOKEN)
         try:
             n, bufs = await conn.request("size", None, [big, b"tail"])
             assert n == len(big) + 4
@@ -173,8 +173,8 @@ def test_notify(sock_path):
             got.put_nowait((body, [bytes(b) for b in bufs]))
             return "ignored"
 
-        srv = await rpc.serve_unix(sock_path, TOKEN, {"note": note})
-        conn = await rpc.connect(sock_path, TOKEN)
+        srv = await wire.serve_unix(sock_path, TOKEN, {"note": note})
+        conn = await wire.connect(sock_path, TOKEN)
         try:
             assert conn.notify("note", {"n": 1}) is None
             conn.notify("note", {"n": 2}, [b"payload"])
@@ -200,8 +200,8 @@ def test_server_can_call_the_client(sock_path):
             server_side.set_result(conn)
             return "hi"
 
-        srv = await rpc.serve_unix(sock_path, TOKEN, {"hello": hello})
-        conn = await rpc.connect(sock_path, TOKEN, {"whoami": lambda c, b, bufs: "client"})
+        srv = await wire.serve_unix(sock_path, TOKEN, {"hello": hello})
+        conn = await wire.connect(sock_path, TOKEN, {"whoami": lambda c, b, bufs: "client"})
         try:
             assert await conn.request("hello") == "hi"
             back = await server_side
@@ -216,8 +216,8 @@ def test_server_can_call_the_client(sock_path):
 
 def test_request_from_another_thread(sock_path):
     async def main():
-        srv = await rpc.serve_unix(sock_path, TOKEN, {"double": lambda c, b, bufs: b * 2})
-        conn = await rpc.connect(sock_path, TOKEN)
+        srv = await wire.serve_unix(sock_path, TOKEN, {"double": lambda c, b, bufs: b * 2})
+        conn = await wire.connect(sock_path, TOKEN)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
@@ -245,15 +245,15 @@ def test_pending_requests_fail_when_the_connection_closes(sock_path):
             await never
             return None
 
-        srv = await rpc.serve_unix(sock_path, TOKEN, {"hang": hang})
-        conn = await rpc.connect(sock_path, TOKEN)
+        srv = await wire.serve_unix(sock_path, TOKEN, {"hang": hang})
+        conn = await wire.connect(sock_path, TOKEN)
         try:
             fut = conn.request("hang")
             await asyncio.sleep(0)
             conn.close()
-            with pytest.raises(rpc.ConnectionLost):
+            with pytest.raises(wire.ConnectionLost):
                 await fut
-            with pytest.raises(rpc.ConnectionLost):
+            with pytest.raises(wire.ConnectionLost):
                 await conn.request("hang")
         finally:
             never.cancel()
@@ -271,15 +271,15 @@ def test_wrong_token_is_rejected(sock_path):
         return "should not run"
 
     async def main():
-        srv = await rpc.serve_unix(sock_path, TOKEN, {"secret": handler, "note": handler})
+        srv = await wire.serve_unix(sock_path, TOKEN, {"secret": handler, "note": handler})
         try:
-            with pytest.raises(P.AuthError):
-                conn = await rpc.connect(sock_path, b"not the token", timeout=10)
+            with pytest.raises(handshake.AuthError):
+                conn = await wire.connect(sock_path, b"not the token", timeout=10)
                 # Were it let in, it would now reach the handler.
                 conn.notify("note", 1)
                 await conn.request("secret", 1)
             # The right token still works and the handler ran only for it.
-            good = await rpc.connect(sock_path, TOKEN)
+            good = await wire.connect(sock_path, TOKEN)
             assert await good.request("secret", 2) == "should not run"
             good.close()
         finally:
@@ -294,10 +294,10 @@ def test_client_rejects_a_server_without_the_token(sock_path):
     calls = []
 
     async def main():
-        srv = await rpc.serve_unix(sock_path, b"another token", {"x": lambda c, b, bufs: calls.append(b)})
+        srv = await wire.serve_unix(sock_path, b"another token", {"x": lambda c, b, bufs: calls.append(b)})
         try:
             with pytest.raises(ConnectionError):
-                await rpc.connect(sock_path, TOKEN, timeout=10)
+                await wire.connect(sock_path, TOKEN, timeout=10)
         finally:
             srv.close()
             await srv.wait_closed()
@@ -314,19 +314,19 @@ def test_unauthenticated_frames_are_never_decoded(sock_path):
         return "ran"
 
     async def main():
-        srv = await rpc.serve_unix(sock_path, TOKEN, {"secret": handler})
+        srv = await wire.serve_unix(sock_path, TOKEN, {"secret": handler})
         loop = asyncio.get_running_loop()
         try:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.setblocking(False)
             await loop.sock_connect(s, sock_path)
             nonce = b""
-            while len(nonce) < P.NONCE_LEN:
-                chunk = await loop.sock_recv(s, P.NONCE_LEN - len(nonce))
+            while len(nonce) < handshake.NONCE_LEN:
+                chunk = await loop.sock_recv(s, handshake.NONCE_LEN - len(nonce))
                 assert chunk
                 nonce += chunk
             # Skip the handshake: send frames straight away (padded past the MAC size).
-            frame = b"".join(bytes(p) for p in P.encode(P.REQUEST, 1, "secret", "x"))
+            frame = b"".join(bytes(p) for p in framing.encode(framing.REQUEST, 1, "secret", "x"))
             await loop.sock_sendall(s, frame * 10)
             # The server hangs up without answering.
             data = b""
@@ -346,24 +346,24 @@ def test_unauthenticated_frames_are_never_decoded(sock_path):
 
 
 def test_split_address():
-    assert rpc.split_address("127.0.0.1:8000") == ("127.0.0.1", 8000)
-    assert rpc.split_address(("h", "12")) == ("h", 12)
-    assert rpc.split_address(["h", 5]) == ("h", 5)
+    assert wire.split_address("127.0.0.1:8000") == ("127.0.0.1", 8000)
+    assert wire.split_address(("h", "12")) == ("h", 12)
+    assert wire.split_address(["h", 5]) == ("h", 5)
 
 
 def test_tcp_server(sock_path):
     async def main():
-        srv = await rpc.serve_tcp("127.0.0.1", 0, TOKEN, {"ping": lambda c, b, bufs: "pong"})
+        srv = await wire.serve_tcp("127.0.0.1", 0, TOKEN, {"ping": lambda c, b, bufs: "pong"})
         port = srv.sockets[0].getsockname()[1]
         try:
-            conn = await rpc.connect(f"127.0.0.1:{port}", TOKEN)
+            conn = await wire.connect(f"127.0.0.1:{port}", TOKEN)
             assert await conn.request("ping") == "pong"
             conn.close()
-            conn = await rpc.connect(("127.0.0.1", port), TOKEN)
+            conn = await wire.connect(("127.0.0.1", port), TOKEN)
             assert await conn.request("ping") == "pong"
             conn.close()
-            with pytest.raises(P.AuthError):
-                await rpc.connect(("127.0.0.1", port), b"bad", timeout=10)
+            with pytest.raises(handshake.AuthError):
+                await wire.connect(("127.0.0.1", port), b"bad", timeout=10)
         finally:
             srv.close()
             await srv.wait_closed()

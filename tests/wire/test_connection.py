@@ -17,7 +17,7 @@ import time
 import pytest
 from conftest import wait_for
 
-from skate._private import daemon, rpc
+from skate._private import daemon, wire
 
 TOKEN = b"0123456789abcdef" * 2
 
@@ -49,11 +49,11 @@ def pair():
 
     def slow(conn, body, bufs):
         held[body] = (conn, conn.current_rid)  # answered by the test
-        return rpc.DEFER
+        return wire.DEFER
 
     handlers = {"echo": lambda c, b, bufs: b, "slow": slow}
-    srv = lt.run(rpc.serve_unix(path, TOKEN, handlers))
-    conn = lt.run(rpc.connect(path, TOKEN))
+    srv = lt.run(wire.serve_unix(path, TOKEN, handlers))
+    conn = lt.run(wire.connect(path, TOKEN))
     yield lt, conn, held
     lt.loop.call_soon_threadsafe(conn.close)
     for c, _ in held.values():
@@ -97,13 +97,13 @@ def test_waiting_thread_reads_the_reply_itself(pair):
     # callbacks run in the waiting thread, not handed over by the loop.
     wait_for(lambda: _sync_call(conn, 1).thread == threading.get_ident(), 10, what="a reply read by this thread")
     # Having met a thread reading it, the loop stops watching the connection.
-    wait_for(lambda: _sync_call(conn, 2) and not conn._loop_reading, 10, what="the loop to step back")
+    wait_for(lambda: _sync_call(conn, 2) and not conn.loop_reading, 10, what="the loop to step back")
     assert all(_sync_call(conn, i).thread == threading.get_ident() for i in range(20))
 
 
 def test_loop_only_callbacks_are_handed_to_the_loop(pair):
     lt, conn, _ = pair
-    wait_for(lambda: _sync_call(conn, 1) and not conn._loop_reading, 10, what="the loop to step back")
+    wait_for(lambda: _sync_call(conn, 1) and not conn.loop_reading, 10, what="the loop to step back")
     # Now a callback that must run on the loop, while this thread reads.
     plain = Result()
     ts = Result()
@@ -118,7 +118,7 @@ def test_loop_only_callbacks_are_handed_to_the_loop(pair):
 
 def test_a_reply_nobody_waits_for_is_read_by_the_loop(pair):
     lt, conn, _ = pair
-    wait_for(lambda: _sync_call(conn, 1) and not conn._loop_reading, 10, what="the loop to step back")
+    wait_for(lambda: _sync_call(conn, 1) and not conn.loop_reading, 10, what="the loop to step back")
     # A request whose reply no thread leads for: the loop's watch picks it up.
     later = Result()
     conn.request_cb("echo", 2, (), later, threadsafe=True)
@@ -149,7 +149,7 @@ def test_a_second_thread_waits_while_the_first_reads(pair):
     conn.request_cb("slow", "b", (), second, threadsafe=True)
     leader = threading.Thread(target=conn.lead, args=(first.got.is_set, time.monotonic() + 10))
     leader.start()
-    wait_for(lambda: conn._leader is not None, 5, what="a thread to lead")
+    wait_for(lambda: conn.leader is not None, 5, what="a thread to lead")
     # This thread cannot lead as well; it returns to wait the ordinary way.
     t0 = time.monotonic()
     conn.lead(second.got.is_set, time.monotonic() + 10)
@@ -173,8 +173,8 @@ def test_peer_closing_while_a_thread_reads(pair):
     conn.lead(r.got.is_set, time.monotonic() + 10)
     assert r.got.wait(5)
     value, error = r.value
-    assert isinstance(error, rpc.ConnectionLost)
-    wait_for(lambda: conn.closed and conn._rsock.fileno() < 0, 5, what="the socket to be closed")
+    assert isinstance(error, wire.ConnectionLost)
+    wait_for(lambda: conn.closed and conn.rsock.fileno() < 0, 5, what="the socket to be closed")
 
 
 # --- the spinning selector of execution loops ---------------------------------------
@@ -184,7 +184,7 @@ def test_spinning_selector_catches_a_quick_message_and_sleeps_when_idle():
     import socket
 
     a, b = socket.socketpair()
-    sel = rpc.SpinningSelector()
+    sel = wire.SpinningSelector()
     try:
         sel.register(b, selectors.EVENT_READ)
         # Idle: it sleeps for the timeout rather than polling.

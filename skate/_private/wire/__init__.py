@@ -1,0 +1,36 @@
+"""The wire: how every skate process talks to every other.
+
+Layers, bottom up (each module opens with its own data flow)::
+
+    framing     bytes <-> frames (kind, request id, method, body, buffers)
+    handshake   mutual HMAC challenge on the cluster token (pure state machines)
+    dispatch    a decoded frame -> a handler, a waiting future or a callback
+    watch/spin  who reads a socket: the I/O loop or a thread waiting on it
+    connection  one authenticated connection, writable from any thread
+    endpoints   listen (TCP, Unix) and connect
+
+The control store, node daemons, workers and drivers all use this one layer.
+"""
+
+from skate._private.wire.connection import Connection
+from skate._private.wire.dispatch import DEFER, ConnectionLost, Handler, RemoteError, Reply
+from skate._private.wire.endpoints import connect, serve_tcp, serve_unix, split_address
+from skate._private.wire.framing import ProtocolError
+from skate._private.wire.handshake import AuthError
+from skate._private.wire.spin import SpinningSelector
+
+__all__ = [
+    "DEFER",
+    "AuthError",
+    "Connection",
+    "ConnectionLost",
+    "Handler",
+    "ProtocolError",
+    "RemoteError",
+    "Reply",
+    "SpinningSelector",
+    "connect",
+    "serve_tcp",
+    "serve_unix",
+    "split_address",
+]

@@ -1,0 +1,470 @@
+"""One framed, authenticated connection, usable from any thread.
+
+::
+
+    any thread --send()--> sendmsg on a dup of the socket (under a lock);
+                           what the kernel does not take is flushed by the loop
+    socket --recv--> FrameReader --frames--> handshake (until done) / dispatch
+                ^ read by the loop (add_reader or a transport), or by a user
+                  thread blocked on a reply over this connection (``lead``)
+
+Servers (the control store, node daemons, every worker and driver) give a
+handler table ``{method: callable}`` (see ``dispatch``).  Either side of a
+connection may send requests, so a connection made by a client is used for
+calls in both directions.
+
+Reading happens on the event loop, but any thread may *send*, so a user
+thread submitting a task, or a worker thread returning a result, costs no hop
+to the I/O thread.  Client connections read their socket themselves
+(``loop.add_reader``, not a transport), so a *user* thread may take over
+reading: a thread that blocks waiting for a reply reads the socket itself
+instead of being woken by the I/O thread -- one thread wake-up less per
+synchronous call.  Reading is guarded by one lock; when the loop finds a
+thread reading, it stops watching the socket, and watches it again when
+replies are owed that no thread is reading for (see ``watch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from skate._private.wire import dispatch
+from skate._private.wire.dispatch import ConnectionLost, Handler, RemoteError
+from skate._private.wire.framing import (
+    ERROR,
+    NOTIFY,
+    REPLY,
+    REQUEST,
+    FrameReader,
+    ProtocolError,
+    encode,
+)
+from skate._private.wire.handshake import AuthError, ClientHandshake, ServerHandshake
+from skate._private.wire.spin import SPIN_S, loop_thread
+from skate._private.wire.watch import watch_of
+
+log = logging.getLogger(__name__)
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One framed, authenticated connection (client or server side)."""
+
+    def __init__(self, token: bytes, handlers: dict[str, Handler], server: bool) -> None:
+        self.token = token
+        self.handlers = handlers
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.closed = False
+        self.authed = False
+        self.on_close: list[Callable[[Connection], None]] = []
+        self.peer: Any = None  # set by handlers, e.g. the peer's worker id
+        self.current_rid = 0  # the request being handled (for handlers that DEFER)
+        #: Requests sent and not answered: rid -> future, callback or (thread-safe callback,).
+        self.pending: dict[int, Any] = {}
+        self._rids = itertools.count(1)
+        self._reader = FrameReader()
+        self._hs = ServerHandshake(token) if server else ClientHandshake(token)
+        self.loop = asyncio.get_running_loop()
+        self._wlock = threading.Lock()
+        self._backlog: collections.deque = collections.deque()
+        self._wsock: socket.socket | None = None
+        #: Raw mode (client connections): the socket read by _on_readable.
+        self.rsock: socket.socket | None = None
+        self._rlock = threading.Lock()  # held by whoever reads and parses frames
+        self.loop_reading = False  # the loop watches rsock (loop thread only)
+        self.leader: int | None = None  # ident of a user thread reading, if any
+        #: A user thread has read it itself: from then on the loop reads it
+        #: only while replies are owed that no thread reads for.
+        self.led = False
+        self._poller: Any = None  # a poll object on rsock, for leading threads
+        self.off_since = 0.0
+        self.owed_mark = 0
+
+    # --- protocol callbacks -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._setup(transport.get_extra_info("socket"))
+
+    def attach(self, sock: socket.socket) -> None:
+        """Raw mode: reads ``sock`` itself from the loop (loop thread)."""
+        sock.setblocking(False)
+        self.rsock = sock
+        self._setup(sock)
+        self._add_reader()
+
+    def _setup(self, sock: socket.socket) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._wsock = socket.socket(fileno=os.dup(sock.fileno()))
+        self._wsock.setblocking(False)
+        hello = self._hs.hello()
+        if hello:
+            self._send([hello])
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._reader.buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._reader.received(nbytes)
+        try:
+            self._consume()
+        except AuthError as e:
+            log.warning("rejected connection: %s", e)
+            self._fail_threadsafe(e)
+        except ProtocolError as e:
+            log.warning("dropped a connection that broke the protocol: %s", e)
+            self._fail_threadsafe(e)
+        except Exception as e:  # a broken frame: drop the connection
+            log.exception("bad frame")
+            self._fail_threadsafe(e)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionLost("connection closed"))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def _consume(self) -> None:
+        reader = self._reader
+        if not self.authed:
+            used, out = self._hs.feed(reader.held())
+            reader.consume(used)
+            if out:
+                self._send([out])
+            if not self._hs.done:
+                return
+            self.authed = True
+            self.ready.set_result(True)
+        for kind, rid, method, body, bufs in reader.frames():
+            self._dispatch(kind, rid, method, body, bufs)
+            if self.closed:
+                return
+
+    # --- sending (any thread) -------------------------------------------------
+    def _send(self, pieces: list) -> None:
+        with self._wlock:
+            if self.closed:
+                return
+            if self._backlog:
+                self._backlog.extend(memoryview(p).cast("B") for p in pieces)
+                return
+            try:
+                n = self._wsock.sendmsg(pieces)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                self.loop.call_soon_threadsafe(self._fail, e)
+                return
+            for p in pieces:
+                mv = memoryview(p).cast("B")
+                if n >= mv.nbytes:
+                    n -= mv.nbytes
+                    continue
+                self._backlog.append(mv[n:])
+                n = 0
+            if self._backlog:
+                if threading.current_thread() is loop_thread(self.loop):
+                    self._arm()
+                else:
+                    self.loop.call_soon_threadsafe(self._arm)
+
+    def _arm(self) -> None:
+        if not self.closed:
+            self.loop.add_writer(self._wsock.fileno(), self._flush)
+
+    def _flush(self) -> None:
+        with self._wlock:
+            while self._backlog:
+                chunk = list(itertools.islice(self._backlog, 0, 512))
+                try:
+                    n = self._wsock.sendmsg(chunk)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    self.loop.remove_writer(self._wsock.fileno())
+                    self.loop.call_soon(self._fail, e)
+                    return
+                while n and self._backlog:
+                    head = self._backlog[0]
+                    if n >= head.nbytes:
+                        n -= head.nbytes
+                        self._backlog.popleft()
+                    else:
+                        self._backlog[0] = head[n:]
+                        n = 0
+            self.loop.remove_writer(self._wsock.fileno())
+
+    def send_frame(self, kind: int, rid: int, method: str | None, body: Any, bufs: Any = ()) -> None:
+        """Sends one frame (any thread)."""
+        self._send(encode(kind, rid, method, body, bufs))
+
+    # --- raw-mode reading (loop, or a leading user thread) ---------------------------
+    def _on_readable(self) -> None:
+        if not self._rlock.acquire(False):
+            # A user thread is reading: stop watching until replies are owed
+            # that nobody reads for (level-triggered, so this would spin).
+            self._stop_watching()
+            return
+        try:
+            self._read_some()
+        except Exception:  # never out of a reader callback: the loop would drop its watch
+            log.exception("reading a connection failed")
+            self._fail(ConnectionLost("reading failed"))
+        finally:
+            self._rlock.release()
+        if self.closed:
+            self._close_rsock()  # (_fail could not while this held the read lock)
+        elif self.led and not self.pending:
+            self._stop_watching()  # nothing owed: a thread waiting for the next reply reads it
+            if any(type(cb) is not tuple for cb in list(self.pending.values())):
+                self.watch()  # a request only the loop may answer was sent meanwhile
+
+    def _stop_watching(self) -> None:
+        if self.loop_reading:
+            self.loop_reading = False
+            self.loop.remove_reader(self.rsock.fileno())
+            self.off_since = time.monotonic()
+            watch_of(self.loop).add(self)
+
+    def watch(self) -> None:
+        """Makes the loop read this connection again (loop thread)."""
+        if not self.loop_reading and not self.closed and self.rsock is not None:
+            self._add_reader()
+
+    def _add_reader(self) -> None:
+        fd = self.rsock.fileno()
+        try:
+            self.loop.add_reader(fd, self._on_readable)
+        except RuntimeError:
+            # uvloop keeps the watch of an fd that saw POLLERR, closed, until it
+            # is removed: drop it and watch afresh.
+            self.loop.remove_reader(fd)
+            self.loop.add_reader(fd, self._on_readable)
+        self.loop_reading = True
+
+    def watch_threadsafe(self) -> None:
+        """``watch`` from any thread (a no-op when the loop already reads)."""
+        if not self.loop_reading and not self.closed:
+            self.loop.call_soon_threadsafe(self.watch)
+
+    def _read_some(self) -> int:
+        """Reads what the socket has and handles the frames.
+
+        Returns the bytes read: 0 when there was nothing, -1 at EOF or error.
+        """
+        try:
+            n = self.rsock.recv_into(self._reader.buffer())
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as e:
+            self._fail_threadsafe(e)
+            return -1
+        if n == 0:
+            self._fail_threadsafe(ConnectionLost("connection closed"))
+            return -1
+        self.buffer_updated(n)
+        return -1 if self.closed else n
+
+    def lead(self, done: Callable[[], bool], deadline: float | None) -> None:
+        """Reads this connection in the calling thread until ``done()`` (user threads).
+
+        Replies whose callbacks are thread-safe are handled right here; all
+        else is passed to the loop.  Returns at once when another thread (or
+        the loop) is reading, at ``deadline`` (monotonic), or when the
+        connection closes; the caller then waits the ordinary way.
+        """
+        if self.rsock is None or not self.authed or self.closed or not self._rlock.acquire(False):
+            return
+        fd = self.rsock.fileno()
+        if fd < 0:  # closed by the loop just now
+            self._rlock.release()
+            return
+        self.leader = threading.get_ident()
+        self.led = True
+        try:
+            poller = self._poller
+            if poller is None:
+                poller = self._poller = select.poll()
+                poller.register(fd, select.POLLIN)
+            # Poll without sleeping for a little while first: a reply that
+            # comes quickly then costs no wake-up (see Config.spin_us).
+            spin_until = time.perf_counter() + SPIN_S if SPIN_S else 0.0
+            while not done() and not self.closed:
+                n = self._read_some()
+                if n < 0:
+                    break
+                if n:
+                    continue
+                if spin_until and time.perf_counter() < spin_until:
+                    os.sched_yield()  # polite: a runnable thread here goes first
+                    continue
+                if deadline is None:
+                    wait_ms = 200
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    wait_ms = min(200, int(left * 1000) + 1)
+                if poller.poll(wait_ms) and self._read_some() < 0:
+                    break
+        finally:
+            self.leader = None
+            self._rlock.release()
+            try:
+                if self.closed:
+                    self.loop.call_soon_threadsafe(self._close_rsock)
+                elif self.pending:
+                    # Replies are owed that this thread will not read.
+                    self.watch_threadsafe()
+            except RuntimeError:  # the loop is closed: shutting down
+                pass
+
+    # --- dispatch -----------------------------------------------------------
+    def _dispatch(self, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
+        if self.leader is not None and self.leader == threading.get_ident():
+            # Read by a user thread: only thread-safe reply callbacks run here.
+            if kind == REPLY or kind == ERROR:
+                entry = self.pending.get(rid)
+                if type(entry) is tuple:
+                    del self.pending[rid]
+                    dispatch.complete(entry, kind, body, bufs)
+                    return
+            self.loop.call_soon_threadsafe(self._dispatch_on_loop, kind, rid, method, body, bufs)
+            return
+        self._dispatch_on_loop(kind, rid, method, body, bufs)
+
+    def _dispatch_on_loop(self, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
+        if kind == REPLY or kind == ERROR:
+            entry = self.pending.pop(rid, None)
+            if entry is not None:
+                dispatch.complete(entry, kind, body, bufs)
+            return
+        dispatch.handle(self, kind, rid, method, body, bufs)
+
+    def reply(self, rid: int, body: Any, bufs: Any = ()) -> None:
+        """Answers request ``rid`` (any thread); for handlers that return ``DEFER``."""
+        self._send(encode(REPLY, rid, None, body, bufs))
+
+    # --- closing ---------------------------------------------------------------
+    def _fail_threadsafe(self, exc: BaseException) -> None:
+        if threading.current_thread() is loop_thread(self.loop):
+            self._fail(exc)
+        else:
+            self.loop.call_soon_threadsafe(self._fail, exc)
+
+    def _close_rsock(self) -> None:
+        """Closes the raw socket once no thread reads it (loop thread)."""
+        sock = self.rsock
+        if sock is None or sock.fileno() < 0:
+            return
+        if not self._rlock.acquire(False):
+            return  # the leading thread calls this again when it stops
+        try:
+            if self.loop_reading:
+                self.loop_reading = False
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
+        finally:
+            self._rlock.release()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()  # mark retrieved
+        pending, self.pending = self.pending, {}
+        lost = ConnectionLost(str(exc))
+        for entry in pending.values():
+            if type(entry) is tuple:
+                entry = entry[0]
+            if isinstance(entry, asyncio.Future):
+                if not entry.done():
+                    entry.set_exception(lost)
+            else:
+                entry(None, lost)
+        with self._wlock:
+            if self._wsock is not None:
+                if self._backlog:
+                    self.loop.remove_writer(self._wsock.fileno())
+                    self._backlog.clear()
+                self._wsock.close()
+        if self.transport is not None:
+            self.transport.close()
+        if self.rsock is not None:
+            try:
+                self.rsock.shutdown(socket.SHUT_RDWR)  # wakes a thread polling it
+            except OSError:
+                pass
+            self._close_rsock()
+        for cb in self.on_close:
+            try:
+                cb(self)
+            except Exception:
+                log.exception("on_close callback failed")
+
+    # --- requests ------------------------------------------------------------------
+    def request(self, method: str, body: Any = None, bufs: Any = ()) -> asyncio.Future:
+        """Sends a request (loop thread); the future gets ``body`` or ``(body, bufs)``."""
+        fut = asyncio.get_running_loop().create_future()
+        if self.closed:
+            fut.set_exception(ConnectionLost("connection closed"))
+            return fut
+        rid = next(self._rids)
+        self.pending[rid] = fut
+        if not self.loop_reading and self.rsock is not None:
+            self.watch()
+        self._send(encode(REQUEST, rid, method, body, bufs))
+        return fut
+
+    def request_cb(
+        self,
+        method: str,
+        body: Any,
+        bufs: Any,
+        callback: Callable[[Any, BaseException | None], None],
+        threadsafe: bool = False,
+    ) -> None:
+        """Sends a request from any thread; ``callback(result, error)`` runs on the loop.
+
+        With ``threadsafe`` the callback may instead run in a user thread
+        that reads the reply itself (see ``lead``).
+        """
+        if self.closed:
+            self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
+            return
+        rid = next(self._rids)
+        if threadsafe:
+            self.pending[rid] = (callback,)
+            if not self.loop_reading and self.rsock is not None and threading.current_thread() is loop_thread(self.loop):
+                self.watch()  # sent by the loop itself: no thread is about to wait for it
+        else:
+            self.pending[rid] = callback
+            if not self.loop_reading and self.rsock is not None:
+                self.watch_threadsafe()  # only the loop may run this callback
+        self._send(encode(REQUEST, rid, method, body, bufs))
+        if self.closed and self.pending.pop(rid, None) is not None:
+            self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
+
+    def notify(self, method: str, body: Any = None, bufs: Any = ()) -> None:
+        """Sends a one-way message (any thread)."""
+        self._send(encode(NOTIFY, 0, method, body, bufs))
+
+    def close(self) -> None:
+        """Closes the connection; pending requests fail with ConnectionLost."""
+        self._fail(ConnectionLost("closed locally"))
+
+
+__all__ = ["Connection", "ConnectionLost", "RemoteError"]

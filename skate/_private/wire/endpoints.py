@@ -1,0 +1,88 @@
+"""Listening and connecting: servers hand each accepted socket to a new
+server-side ``Connection``; ``connect`` makes a client-side one and waits for
+the handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from skate._private.wire.connection import Connection
+from skate._private.wire.dispatch import ConnectionLost, Handler
+from skate._private.wire.handshake import AuthError
+
+
+def _server_side(token: bytes, handlers: dict[str, Handler]) -> Callable[[], Connection]:
+    return lambda: Connection(token, handlers, server=True)
+
+
+async def serve_tcp(
+    host: str, port: int, token: bytes, handlers: dict[str, Handler], sock: socket.socket | None = None
+) -> asyncio.base_events.Server:
+    """Starts a TCP server on ``host:port`` (port 0 picks a free one), or on a bound ``sock``."""
+    loop = asyncio.get_running_loop()
+    factory = _server_side(token, handlers)
+    if sock is not None:
+        return await loop.create_server(factory, sock=sock)
+    return await loop.create_server(factory, host, port, reuse_address=True)
+
+
+async def serve_unix(path: str, token: bytes, handlers: dict[str, Handler]) -> asyncio.base_events.Server:
+    """Starts a Unix-socket server at ``path`` (owner-only permissions)."""
+    loop = asyncio.get_running_loop()
+    if os.path.exists(path):
+        os.unlink(path)
+    srv = await loop.create_unix_server(_server_side(token, handlers), path)
+    os.chmod(path, 0o600)
+    return srv
+
+
+async def connect(
+    address: str | tuple, token: bytes, handlers: dict[str, Handler] | None = None, timeout: float = 10.0
+) -> Connection:
+    """Connects to a ``"host:port"``, ``(host, port)`` or Unix socket path and authenticates.
+
+    Raises ``AuthError`` when the server refuses the token, ``OSError`` or
+    ``asyncio.TimeoutError`` when it cannot be reached.
+    """
+    loop = asyncio.get_running_loop()
+    handlers = handlers if handlers is not None else {}
+    if isinstance(address, str) and address.startswith("/"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = address
+    else:
+        host, port = split_address(address)
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, target = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, target), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    conn = Connection(token, handlers, server=False)
+    conn.attach(sock)
+    try:
+        await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
+    except (asyncio.TimeoutError, ConnectionError) as e:
+        conn.close()
+        if isinstance(e, ConnectionLost):
+            raise AuthError(
+                f"connection to {address} was refused during authentication: "
+                "is the cluster token right?"
+            ) from None
+        raise
+    return conn
+
+
+def split_address(address: str | tuple) -> tuple[str, int]:
+    """``"host:port"`` or ``(host, port)`` as a tuple."""
+    if isinstance(address, (tuple, list)):
+        return address[0], int(address[1])
+    host, _, port = address.rpartition(":")
+    return host, int(port)
