@@ -16,7 +16,7 @@ _LAZY = {
     "cancel": "skate._private.api",
     "cluster_resources": "skate._private.api",
     "get": "skate._private.api",
-    "get_actor": "skate._private.api",
+    "get_actor": "skate.actor",
     "get_gpu_ids": "skate._private.api",
     "get_runtime_context": "skate._private.api",
     "init": "skate._private.api",

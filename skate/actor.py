@@ -75,8 +75,6 @@ class ActorClass:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError("an actor name must be a non-empty string")
         if name and o.get("get_if_exists"):
-            from skate._private.api import get_actor
-
             try:
                 return get_actor(name, namespace)
             except ValueError:
@@ -249,3 +247,17 @@ def exit_actor() -> None:
     if core is None or core.executor is None or core.executor.actor is None:
         raise TypeError("exit_actor() called outside an actor")
     raise ActorExit(0)
+
+
+def get_actor(name: str, namespace: str | None = None) -> Any:
+    """The handle of the named actor ``name`` in ``namespace`` (default: this job's)."""
+    if not name:
+        raise ValueError("get_actor() needs a non-empty name")
+    core = runtime.current()
+    ns = namespace or core.namespace
+    reply = core.gcs_call("get_named_actor", {"name": name, "namespace": ns})
+    info, bufs = reply if isinstance(reply, tuple) else (reply, [])
+    if info is None or info.get("state") == "DEAD":
+        raise ValueError(f"Failed to look up actor {name!r} in namespace {ns!r}: no live actor has that name")
+    class_name, meta = cloudpickle.loads(bufs[0])
+    return ActorHandle(info["actor_id"], class_name, meta)

@@ -18,7 +18,7 @@ def main() -> None:
 def _pids_file() -> str:
     from skate._private import node
 
-    return os.path.join(node._clusters_dir(), "daemons.json")
+    return os.path.join(node.clusters_dir(), "daemons.json")
 
 
 def _remember(pids: list[int], session_dir: str) -> None:
@@ -111,8 +111,8 @@ def stop(force: bool) -> None:
         p.kill()
     for entry in known:
         shutil.rmtree(entry["session_dir"], ignore_errors=True)
-    for name in os.listdir(node._clusters_dir()):
-        os.unlink(os.path.join(node._clusters_dir(), name))
+    for name in os.listdir(node.clusters_dir()):
+        os.unlink(os.path.join(node.clusters_dir(), name))
     click.echo(f"stopped {len(procs)} skate processes")
 
 

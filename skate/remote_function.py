@@ -60,7 +60,7 @@ class RemoteFunction:
                 data = cloudpickle.dumps(self._function)
             except Exception as e:
                 raise serialization.SerializationError(
-                    serialization._explain(self._function, f"the remote function {self._name}", e)
+                    serialization.explain(self._function, f"the remote function {self._name}", e)
                 ) from e
             self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
         return self._pickled

@@ -83,9 +83,7 @@ def init(
         raise RuntimeError("skate.init() was already called; call shutdown() first, or pass ignore_reinit_error=True")
     def load_runtime() -> None:
         # Imported while the daemons boot, on the other core.
-        import skate._private.core_worker.actors  # noqa: F401
-        import skate._private.core_worker.core  # noqa: F401
-        import skate._private.core_worker.submitter  # noqa: F401
+        import skate._private.core_worker  # noqa: F401
 
     if address is None:
         if num_cpus is not None and num_cpus < 0:
@@ -108,11 +106,10 @@ def init(
                 "existing cluster, give them to `skate start` instead"
             )
         token, session_dir, raylet_addr = _find_cluster(address, _token)
-    from skate._private.core_worker.core import DRIVER, CoreWorker
+    from skate._private.core_worker import start_driver
 
     try:
-        core = CoreWorker(
-            DRIVER,
+        core = start_driver(
             raylet_addr,
             token,
             session_dir,
@@ -271,24 +268,6 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"kill() takes an actor handle, not {type(actor).__name__}")
     _core().actors.kill(actor._state, no_restart)
-
-
-def get_actor(name: str, namespace: str | None = None) -> Any:
-    """The handle of the named actor ``name`` in ``namespace`` (default: this job's)."""
-    import cloudpickle
-
-    from skate.actor import ActorHandle
-
-    if not name:
-        raise ValueError("get_actor() needs a non-empty name")
-    core = _core()
-    ns = namespace or core.namespace
-    reply = core.gcs_call("get_named_actor", {"name": name, "namespace": ns})
-    info, bufs = reply if isinstance(reply, tuple) else (reply, [])
-    if info is None or info.get("state") == "DEAD":
-        raise ValueError(f"Failed to look up actor {name!r} in namespace {ns!r}: no live actor has that name")
-    class_name, meta = cloudpickle.loads(bufs[0])
-    return ActorHandle(info["actor_id"], class_name, meta)
 
 
 def nodes() -> list[dict]:

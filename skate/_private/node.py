@@ -289,7 +289,7 @@ def stop_processes(procs: list[DaemonProcess], grace: float = 5.0) -> None:
             d.proc.wait()
 
 
-def _clusters_dir() -> str:
+def clusters_dir() -> str:
     path = os.path.join(CONFIG.temp_dir, "clusters")
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
@@ -298,11 +298,11 @@ def _clusters_dir() -> str:
 def record_cluster(gcs_address: str, session_dir: str, token_file: str) -> None:
     """Remembers where the token of the cluster at ``gcs_address`` is."""
     host, _, port = gcs_address.rpartition(":")
-    path = os.path.join(_clusters_dir(), f"{host}_{port}.json")
+    path = os.path.join(clusters_dir(), f"{host}_{port}.json")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"gcs_address": gcs_address, "session_dir": session_dir, "token_file": token_file}, f)
-    latest = os.path.join(_clusters_dir(), "latest.json")
+    latest = os.path.join(clusters_dir(), "latest.json")
     fd = os.open(latest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"gcs_address": gcs_address, "session_dir": session_dir, "token_file": token_file}, f)
@@ -313,10 +313,10 @@ def forget_cluster(gcs_address: str) -> None:
     host, _, port = gcs_address.rpartition(":")
     for name in (f"{host}_{port}.json",):
         try:
-            os.unlink(os.path.join(_clusters_dir(), name))
+            os.unlink(os.path.join(clusters_dir(), name))
         except FileNotFoundError:
             pass
-    latest = os.path.join(_clusters_dir(), "latest.json")
+    latest = os.path.join(clusters_dir(), "latest.json")
     try:
         with open(latest) as f:
             if json.load(f).get("gcs_address") == gcs_address:
@@ -328,12 +328,12 @@ def forget_cluster(gcs_address: str) -> None:
 def lookup_cluster(address: str) -> dict | None:
     """The record of a cluster by GCS address (``"auto"``: the latest started here)."""
     if address == "auto":
-        path = os.path.join(_clusters_dir(), "latest.json")
+        path = os.path.join(clusters_dir(), "latest.json")
     else:
         host, _, port = address.rpartition(":")
         if host in ("localhost", ""):
             host = "127.0.0.1"
-        path = os.path.join(_clusters_dir(), f"{host}_{port}.json")
+        path = os.path.join(clusters_dir(), f"{host}_{port}.json")
     try:
         with open(path) as f:
             return json.load(f)

@@ -52,7 +52,7 @@ def dumps(value: Any, what: str = "value") -> tuple[bytes, list, list]:
         else:
             data = cloudpickle.dumps(value, 5, buffer_callback=bufs.append)
     except Exception as e:
-        raise SerializationError(_explain(value, what, e)) from e
+        raise SerializationError(explain(value, what, e)) from e
     finally:
         _local.refs = prev
     return data, [b.raw() for b in bufs], refs
@@ -63,7 +63,7 @@ def loads(data: bytes | memoryview, buffers: list | None = None) -> Any:
     return pickle.loads(data, buffers=buffers or ())
 
 
-def _explain(value: Any, what: str, err: Exception) -> str:
+def explain(value: Any, what: str, err: Exception) -> str:
     path = _find_culprit(value, what, depth=0, seen=set())
     culprit = path or what
     return (

@@ -11,20 +11,17 @@ import sys
 def main() -> None:
     """Connects to the node daemon, registers, and runs pushed work until told to stop."""
     from skate._private import runtime
-    from skate._private.core_worker.core import WORKER, CoreWorker
-    from skate._private.core_worker.executor import Executor, OutputPrefixer
+    from skate._private.core_worker import start_worker
+    from skate._private.core_worker.executor import OutputPrefixer
 
     env = os.environ
-    core = CoreWorker(
-        WORKER,
+    core = start_worker(
         env["SKATE_RAYLET_SOCKET"],
         env["SKATE_TOKEN"].encode(),
         env["SKATE_SESSION_DIR"],
         worker_id=bytes.fromhex(env["SKATE_WORKER_ID"]),
     )
-    executor = Executor(core)
-    core.executor = executor
-    core.handlers.update(executor.handlers())
+    executor = core.executor
     runtime.set_current(core)
     sys.stdout = OutputPrefixer(sys.stdout, core)
     sys.stderr = OutputPrefixer(sys.stderr, core)

@@ -23,7 +23,7 @@ from typing import Any
 
 from skate import exceptions as exc
 from skate._private import wire
-from skate._private.core_worker.core import _as_error
+from skate._private.core_worker.errors import EXITED, as_error
 from skate._private.core_worker.submitter import (
     TaskRecord,
     complete_returns,
@@ -100,7 +100,7 @@ class ActorManager:
         body, bufs = reply if isinstance(reply, tuple) else (reply, [])
         rec.keep = None
         if not body.get("ok"):
-            err = _as_error(bufs[0], bufs[1:])
+            err = as_error(bufs[0], bufs[1:])
             raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
             self._dead(st, f"its constructor raised:\n{err}", err)
             return
@@ -211,7 +211,6 @@ class ActorManager:
         st.inflight.pop(rec.spec["t"], None)
         body, bufs = result if isinstance(result, tuple) else (result, [])
         if body.get("x"):  # the actor exited (exit_actor): later calls fail here at once
-            from skate._private.core_worker.executor import EXITED
 
             with st.lock:
                 st.state = DEAD

@@ -29,11 +29,9 @@ import cloudpickle
 from skate import exceptions as exc
 from skate._private import ids, serialization, wire
 from skate._private.config import CONFIG
-from skate._private.core_worker.core import error_payload
+from skate._private.core_worker.errors import EXITED, error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
 from skate._private.core_worker.submitter import Arg
-
-EXITED = "The actor exited intentionally (exit_actor() was called)."
 
 
 class ActorExit(SystemExit):
@@ -149,7 +147,7 @@ class Executor:
             os._exit(0)
 
     def _reply(self, fut: Replier, body: dict, bufs: list) -> None:
-        if self.core._borrows_inflight:
+        if self.core.borrows_inflight:
             self.core.call(self.core.flush_borrows())
         fut.send(body, bufs)
 
@@ -217,7 +215,7 @@ class Executor:
             pa, kw = serialization.loads(bufs[pos], bufs[pos + 1 : pos + n])
             pos += n
         else:
-            pa, kw = core._read_shm(core.call(core.shm_path(meta[1], meta[2])), meta[1])
+            pa, kw = core.read_shm(core.call(core.shm_path(meta[1], meta[2])), meta[1])
         entries = spec.get("r")
         if not entries:
             return pa, kw
@@ -229,18 +227,18 @@ class Executor:
                 values.append(serialization.loads(bufs[pos], bufs[pos + 1 : pos + n]))
                 pos += n
             elif kind == "s":
-                values.append(core._read_shm(core.call(core.shm_path(entry[1], entry[2])), entry[1]))
+                values.append(core.read_shm(core.call(core.shm_path(entry[1], entry[2])), entry[1]))
             else:
                 from skate.object_ref import ObjectRef
 
                 ref = ObjectRef(entry[1], entry[2])
-                blocked = core._block(True)
+                blocked = core.block(True)
                 try:
                     snap = core.call(core.fetch_remote(entry[1], entry[2]))
                 finally:
                     if blocked:
-                        core._block(False)
-                values.append(core._materialize(ref, snap))
+                        core.block(False)
+                values.append(core.materialize(ref, snap))
         pa = [values[a.i] if type(a) is Arg else a for a in pa]
         if kw:
             kw = {k: values[v.i] if type(v) is Arg else v for k, v in kw.items()}
@@ -396,7 +394,7 @@ class Executor:
                 body, out = self._error_reply(spec, exc.TaskCancelledError(spec["t"].hex()), name)
             except BaseException as e:  # noqa: BLE001
                 body, out = self._error_reply(spec, e, name)
-        if self.core._borrows_inflight:
+        if self.core.borrows_inflight:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.core.flush_borrows(), self.core.loop))
         if exiting:
             body["x"] = 1

@@ -24,7 +24,7 @@ from typing import Any
 from skate import exceptions as exc
 from skate._private import ids, serialization, wire
 from skate._private.config import CONFIG
-from skate._private.core_worker.core import _as_error, error_payload
+from skate._private.core_worker.errors import as_error, error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, PENDING, SHM
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ class TaskSubmitter:
                 while "spill" in reply:
                     hops += 1
                     target = reply["spill"]
-                    raylet = await self._raylet(target)
+                    raylet = await self.raylet_conn(target)
                     reply = await raylet.request("request_lease", dict(body, no_spill=hops >= 2))
                 break
             except (OSError, wire.ConnectionLost):
@@ -289,7 +289,7 @@ class TaskSubmitter:
             raise cls(f"it can never be scheduled: {reply['unschedulable']}")
         return reply, raylet
 
-    async def _raylet(self, target: dict) -> wire.Connection:
+    async def raylet_conn(self, target: dict) -> wire.Connection:
         key = (target["ip"], target["port"])
         fut = self.raylets.get(key)
         if fut is None or (fut.done() and (fut.exception() or fut.result().closed)):
@@ -323,7 +323,7 @@ class TaskSubmitter:
         A user thread handles the plain case (results in, next task out);
         failures, exits and retries go to the I/O thread.
         """
-        if threading.current_thread() is not self.core._thread:
+        if threading.current_thread() is not self.core.io_thread:
             body = result[0] if isinstance(result, tuple) else result
             if e is not None or body.get("x") or rec.retry_exceptions:
                 self.core.post(self._on_reply, rec, lease, result, e)
@@ -367,7 +367,7 @@ class TaskSubmitter:
             if ks.queue:
                 if not lease.dead:
                     self._dispatch(ks.queue.popleft(), lease)
-                elif threading.current_thread() is self.core._thread:
+                elif threading.current_thread() is self.core.io_thread:
                     self._pump(lease.key, ks)
                 else:  # (the linger timer ended the lease meanwhile) leasing is the loop's
                     self.core.post(self._pump_locked, lease.key, ks)
@@ -385,7 +385,7 @@ class TaskSubmitter:
         if meta is None or meta[0] != ERROR:
             return False
         if isinstance(rec.retry_exceptions, list):
-            err = _as_error(bufs[0], bufs[1 : meta[1]])
+            err = as_error(bufs[0], bufs[1 : meta[1]])
             cause = getattr(err, "cause", err)
             if not any(isinstance(cause, t) for t in rec.retry_exceptions):
                 return False
@@ -429,7 +429,7 @@ class TaskSubmitter:
         """The lease has nothing to run: give it back unless used again soon (under self.lock)."""
         lease.idle_since = time.monotonic()
         if lease.timer is None:
-            if threading.current_thread() is self.core._thread:
+            if threading.current_thread() is self.core.io_thread:
                 lease.timer = self.core.loop.call_later(LINGER_S, self._linger_over, lease)
             else:
                 lease.timer = _ARMING
@@ -527,7 +527,7 @@ async def resolve_deps(core: Any, rec: TaskRecord) -> BaseException | None:
             entries.append(["s", oid, e.node_id])
         else:
             e.retrieved = True
-            return _as_error(e.data, e.bufs)
+            return as_error(e.data, e.bufs)
     rec.spec["r"] = entries
     if extra:
         rec.arg_bufs = rec.arg_bufs + extra

@@ -32,8 +32,8 @@ def serve(sock: socket.socket) -> None:
     import cloudpickle  # noqa: F401
     import msgpack  # noqa: F401
 
+    import skate._private.core_worker  # noqa: F401
     from skate._private import worker_main  # noqa: F401
-    from skate._private.core_worker import actors, core, executor, submitter  # noqa: F401
 
     try:
         import uvloop  # noqa: F401
