@@ -14,7 +14,7 @@ import stat
 import struct
 import time
 
-import msgpack
+import msgspec
 import psutil
 import pytest
 from conftest import wait_for
@@ -144,7 +144,7 @@ def _listening_tcp_ports(pid: int) -> list[tuple[str, int]]:
 
 def _garbage_payloads(path: str) -> list[bytes]:
     evil = pickle.dumps(_CreatesFile(path), protocol=5)
-    header = msgpack.packb([framing.REQUEST, 1, "get_nodes", None, [len(evil)]], use_bin_type=True)
+    header = msgspec.msgpack.encode([framing.REQUEST, 1, "get_nodes", None, [len(evil)]])
     frame = framing.PREFIX.pack(len(header), len(evil)) + header + evil
     return [
         evil + b"\0" * 64,  # a pickle where the handshake answer should be

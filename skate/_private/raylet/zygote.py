@@ -30,7 +30,7 @@ def serve(sock: socket.socket) -> None:
     """The zygote's loop: fork on request, report exits; returns when the daemon goes."""
     # Preload what every worker needs.
     import cloudpickle  # noqa: F401
-    import msgpack  # noqa: F401
+    import msgspec  # noqa: F401
 
     import skate._private.core_worker  # noqa: F401
     from skate._private import worker_main  # noqa: F401

@@ -38,8 +38,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
+from skate._private import messages
 from skate._private.wire import dispatch
-from skate._private.wire.dispatch import ConnectionLost, Handler, RemoteError
+from skate._private.wire.dispatch import ConnectionLost, Handler, Pending, RemoteError
 from skate._private.wire.framing import (
     ERROR,
     NOTIFY,
@@ -70,8 +73,8 @@ class Connection(asyncio.BufferedProtocol):
         self.on_close: list[Callable[[Connection], None]] = []
         self.peer: Any = None  # set by handlers, e.g. the peer's worker id
         self.current_rid = 0  # the request being handled (for handlers that DEFER)
-        #: Requests sent and not answered: rid -> future, callback or (thread-safe callback,).
-        self.pending: dict[int, Any] = {}
+        #: Requests sent and not answered yet.
+        self.pending: dict[int, Pending] = {}
         self._rids = itertools.count(1)
         self._reader = FrameReader()
         self._hs = ServerHandshake(token) if server else ClientHandshake(token)
@@ -227,7 +230,7 @@ class Connection(asyncio.BufferedProtocol):
             self._close_rsock()  # (_fail could not while this held the read lock)
         elif self.led and not self.pending:
             self._stop_watching()  # nothing owed: a thread waiting for the next reply reads it
-            if any(type(cb) is not tuple for cb in list(self.pending.values())):
+            if any(not p.threadsafe for p in list(self.pending.values())):
                 self.watch()  # a request only the loop may answer was sent meanwhile
 
     def _stop_watching(self) -> None:
@@ -331,14 +334,31 @@ class Connection(asyncio.BufferedProtocol):
                 pass
 
     # --- dispatch -----------------------------------------------------------
-    def _dispatch(self, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
+    def _dispatch(self, kind: int, rid: int, method: str, raw: Any, bufs: list) -> None:
+        # The body is decoded right here: ``raw`` is a view of the receive buffer.
+        if kind == REPLY:
+            entry = self.pending.get(rid)
+            if entry is None:
+                return  # late: the request was given up
+            try:
+                body = entry.decoder.decode(raw)
+            except msgspec.DecodeError as e:
+                self._reply_unreadable(rid, entry, e)
+                return
+        elif kind == ERROR:
+            body = messages.UNTYPED.decode(raw)
+        else:
+            try:
+                body = messages.request_decoder(method).decode(raw)
+            except msgspec.DecodeError as e:
+                body = ProtocolError(f"bad {method!r} message: {e}")
         if self.leader is not None and self.leader == threading.get_ident():
             # Read by a user thread: only thread-safe reply callbacks run here.
             if kind == REPLY or kind == ERROR:
                 entry = self.pending.get(rid)
-                if type(entry) is tuple:
+                if entry is not None and entry.threadsafe:
                     del self.pending[rid]
-                    dispatch.complete(entry, kind, body, bufs)
+                    dispatch.complete(entry.target, kind, body, bufs)
                     return
             self.loop.call_soon_threadsafe(self._dispatch_on_loop, kind, rid, method, body, bufs)
             return
@@ -348,9 +368,23 @@ class Connection(asyncio.BufferedProtocol):
         if kind == REPLY or kind == ERROR:
             entry = self.pending.pop(rid, None)
             if entry is not None:
-                dispatch.complete(entry, kind, body, bufs)
+                dispatch.complete(entry.target, kind, body, bufs)
             return
         dispatch.handle(self, kind, rid, method, body, bufs)
+
+    def _reply_unreadable(self, rid: int, entry: Pending, e: Exception) -> None:
+        log.warning("a reply failed validation: %s", e)
+        err = ProtocolError(f"malformed reply: {e}")
+        if entry.threadsafe and self.leader == threading.get_ident():
+            if self.pending.pop(rid, None) is not None:
+                dispatch.deliver(entry.target, None, err)
+        else:
+            self.loop.call_soon_threadsafe(self._fail_request, rid, err)
+
+    def _fail_request(self, rid: int, err: BaseException) -> None:
+        entry = self.pending.pop(rid, None)
+        if entry is not None:
+            dispatch.deliver(entry.target, None, err)
 
     def reply(self, rid: int, body: Any, bufs: Any = ()) -> None:
         """Answers request ``rid`` (any thread); for handlers that return ``DEFER``."""
@@ -388,13 +422,7 @@ class Connection(asyncio.BufferedProtocol):
         pending, self.pending = self.pending, {}
         lost = ConnectionLost(str(exc))
         for entry in pending.values():
-            if type(entry) is tuple:
-                entry = entry[0]
-            if isinstance(entry, asyncio.Future):
-                if not entry.done():
-                    entry.set_exception(lost)
-            else:
-                entry(None, lost)
+            dispatch.deliver(entry.target, None, lost)
         with self._wlock:
             if self._wsock is not None:
                 if self._backlog:
@@ -423,7 +451,7 @@ class Connection(asyncio.BufferedProtocol):
             fut.set_exception(ConnectionLost("connection closed"))
             return fut
         rid = next(self._rids)
-        self.pending[rid] = fut
+        self.pending[rid] = Pending(fut, messages.reply_decoder(method), False)
         if not self.loop_reading and self.rsock is not None:
             self.watch()
         self._send(encode(REQUEST, rid, method, body, bufs))
@@ -446,14 +474,12 @@ class Connection(asyncio.BufferedProtocol):
             self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
             return
         rid = next(self._rids)
+        self.pending[rid] = Pending(callback, messages.reply_decoder(method), threadsafe)
         if threadsafe:
-            self.pending[rid] = (callback,)
             if not self.loop_reading and self.rsock is not None and threading.current_thread() is loop_thread(self.loop):
                 self.watch()  # sent by the loop itself: no thread is about to wait for it
-        else:
-            self.pending[rid] = callback
-            if not self.loop_reading and self.rsock is not None:
-                self.watch_threadsafe()  # only the loop may run this callback
+        elif not self.loop_reading and self.rsock is not None:
+            self.watch_threadsafe()  # only the loop may run this callback
         self._send(encode(REQUEST, rid, method, body, bufs))
         if self.closed and self.pending.pop(rid, None) is not None:
             self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))

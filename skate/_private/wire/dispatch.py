@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-from skate._private.wire.framing import ERROR, REPLY, REQUEST
+from skate._private.wire.framing import ERROR, REPLY, REQUEST, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +50,48 @@ class Reply:
         self.bufs = bufs
 
 
-def complete(entry: Any, kind: int, body: Any, bufs: list) -> None:
-    """Delivers a reply (or error reply) to the entry that waits for it.
+class Pending(NamedTuple):
+    """A request sent and not answered yet."""
 
-    ``entry`` is an asyncio future (``Connection.request``), a callback
-    ``(result, error)`` (``request_cb``), or a 1-tuple of a thread-safe one.
-    """
-    if type(entry) is tuple:
-        entry = entry[0]
-    if isinstance(entry, asyncio.Future):
-        if entry.done():
-            return
-        if kind == REPLY:
-            entry.set_result((body, bufs) if bufs else body)
-        else:
-            entry.set_exception(RemoteError(body))
-        return
+    target: Any  # an asyncio future (``request``) or a callback(result, error) (``request_cb``)
+    decoder: Any  # validates the reply body (``messages.reply_decoder``)
+    threadsafe: bool  # the callback may run on a user thread that reads the reply
+
+
+def complete(target: Any, kind: int, body: Any, bufs: list) -> None:
+    """Delivers a reply (or error reply) to what waits for it."""
     if kind == REPLY:
-        entry((body, bufs) if bufs else body, None)
+        deliver(target, (body, bufs) if bufs else body, None)
     else:
-        entry(None, RemoteError(body))
+        deliver(target, None, RemoteError(body))
+
+
+def deliver(target: Any, result: Any, error: BaseException | None) -> None:
+    """Completes a future or calls a callback with a result or an error."""
+    if isinstance(target, asyncio.Future):
+        if target.done():
+            return
+        if error is None:
+            target.set_result(result)
+        else:
+            target.set_exception(error)
+        return
+    target(result, error)
 
 
 def handle(conn: Any, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
-    """Runs the handler of a request or notification (on the connection's loop)."""
+    """Runs the handler of a request or notification (on the connection's loop).
+
+    ``body`` is a ``ProtocolError`` when the message failed validation: a
+    request is answered with it, a notification is dropped, and the
+    connection keeps serving.
+    """
+    if isinstance(body, ProtocolError):
+        if kind == REQUEST:
+            conn.send_frame(ERROR, rid, None, f"ProtocolError: {body}")
+        else:
+            log.warning("dropped a malformed %r notification: %s", method, body)
+        return
     handler = conn.handlers.get(method)
     if handler is None:
         if kind == REQUEST:

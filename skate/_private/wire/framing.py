@@ -4,7 +4,8 @@ A frame is::
 
     <u32 header length><u64 payload length><msgpack header><payload buffers>
 
-The header is ``[kind, request id, method, body, [buffer lengths]]``; the
+The header is ``[kind, request id, method, body, [buffer lengths]]`` in
+msgpack; the
 payload buffers follow back to back, so large values (pickle protocol 5
 out-of-band buffers) are written straight from their memory and never
 re-encoded.  ``kind`` says whether the frame is a request, a reply, an error
@@ -21,10 +22,12 @@ and compacts what is left after each read); it knows nothing of sockets.
 
 from __future__ import annotations
 
+import numbers
 import struct
 from collections.abc import Iterator
+from typing import Any, Union
 
-import msgpack
+import msgspec
 
 REQUEST = 0
 REPLY = 1
@@ -33,7 +36,21 @@ NOTIFY = 3
 
 PREFIX = struct.Struct("<IQ")
 
-_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def _enc_hook(obj: Any) -> Any:
+    # Numbers and bytes of other types (numpy scalars, bytes subclasses) as plain ones.
+    if isinstance(obj, bytes):
+        return bytes(obj)
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    raise TypeError(f"{type(obj).__name__} cannot be sent in a message")
+
+
+_packb = msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode
+_header = msgspec.msgpack.Decoder(tuple[int, int, Union[str, None], msgspec.Raw, list[int]])
 
 
 class ProtocolError(ValueError):
@@ -50,21 +67,19 @@ def encode(kind: int, rid: int, method: str | None, body: object, bufs: list | t
 
 
 def decode_header(data: bytes | memoryview) -> tuple:
-    """Decodes a frame header into ``(kind, rid, method, body, lens)``.
+    """Decodes a frame header into ``(kind, rid, method, raw body, lens)``.
 
-    Raises ``ProtocolError`` when it is not one.
+    The body stays encoded (``msgspec.Raw``, a view of ``data``): it is
+    decoded, and validated, with the type its method declares (see
+    ``skate._private.messages``) before ``data`` changes.  Raises
+    ``ProtocolError`` when ``data`` is not a frame header.
     """
     try:
-        header = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
-    except Exception as e:  # msgpack raises several types for bad input
-        raise ProtocolError(f"undecodable frame header: {e}") from None
-    if type(header) is not list or len(header) != 5:
-        raise ProtocolError("a frame header must be a list of 5 items")
-    kind, rid, method, _body, lens = header
-    if type(kind) is not int or not REQUEST <= kind <= NOTIFY:
-        raise ProtocolError(f"unknown frame kind {kind!r}")
-    if type(rid) is not int or (method is not None and type(method) is not str) or type(lens) is not list:
-        raise ProtocolError("malformed frame header fields")
+        header = _header.decode(data)
+    except msgspec.DecodeError as e:
+        raise ProtocolError(f"malformed frame header: {e}") from None
+    if not REQUEST <= header[0] <= NOTIFY:
+        raise ProtocolError(f"unknown frame kind {header[0]!r}")
     return header
 
 

@@ -1,0 +1,401 @@
+"""Every message skate's processes send each other, declared once.
+
+A frame's body is decoded with the type declared here for its method (a
+``TypedDict``, a tuple or a plain type) by ``msgspec``, which validates it on
+the way in: a field that is missing or of the wrong type is a
+``ProtocolError`` answered to the sender ("bad 'obj_seal' message: ..."),
+never a ``KeyError`` deep inside a daemon.  Handlers still see plain dicts
+and lists, so a decoded message costs no more than an untyped one.
+
+``REQUESTS`` maps each method to ``(request body, reply body)``; one-way
+notifications have ``None`` as their reply type.  Short keys (``"t"``,
+``"nr"``) are kept for messages on the task path, where they are encoded
+millions of times; each is documented where it is declared.
+
+Who serves what::
+
+    control store  register_node heartbeat get_nodes drain_node subscribe publish new_job
+                   register_actor update_actor get_actor get_named_actor list_actors
+                   list_named_actors kv_put kv_get kv_del kv_keys ping
+    node daemon    request_lease return_lease lease_blocked lease_unblocked worker_exit_info
+                   kill_worker register_worker register_client node_stats obj_reserve
+                   obj_seal obj_get obj_unmapped obj_fetch obj_free flush_logs
+                   pub shutdown (from the control store)
+    core worker    push_task create_actor actor_call cancel_task release_held exit_now hello
+                   borrow_add borrow_remove get_object pub warning ping
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict, Union
+
+import msgspec
+
+Number = Union[int, float]
+Resources = dict[str, Number]
+#: A core worker's address: ``[worker id, ip, port, unix socket path]``, plus
+#: ``[exec port, exec unix socket path]`` for workers (their execution endpoint).
+Address = list[Any]
+
+
+# --- nodes (control store) ---------------------------------------------------------
+class NodeInfo(TypedDict):
+    """A node daemon introducing itself (``register_node``)."""
+
+    node_id: bytes
+    ip: str
+    port: int  # the node daemon's TCP port
+    uds: str  # its Unix socket path
+    resources: Resources
+    store_prefix: str  # shared-memory name prefix of its object store
+    pid: int
+    session_dir: str
+    is_head: bool
+
+
+class NodeRecord(NodeInfo, total=False):
+    """A node as the control store reports it."""
+
+    alive: bool
+    available: Resources
+    death_reason: str
+
+
+class RegisterNodeReply(TypedDict):
+    nodes: list[NodeRecord]  # every node known so far, this one included
+
+
+class Heartbeat(TypedDict):
+    node_id: bytes
+    available: Resources
+
+
+# --- jobs and actors (control store) -------------------------------------------------
+class NewJob(TypedDict):
+    driver_pid: int
+    namespace: Union[str, None]
+
+
+class RegisterActor(TypedDict):
+    """An actor about to be created (its pickled handle metadata travels as a buffer)."""
+
+    actor_id: bytes
+    name: Union[str, None]
+    namespace: Union[str, None]
+    class_name: str
+    detached: bool
+    owner: Address
+    job_id: int
+    max_restarts: int
+
+
+class _ActorUpdateRequired(TypedDict):
+    actor_id: bytes
+
+
+class ActorUpdate(_ActorUpdateRequired, total=False):
+    """A change of an actor's record; only ``actor_id`` is required."""
+
+    state: str  # PENDING_CREATION, ALIVE or DEAD
+    cause: Union[str, None]  # why it died
+    cause_if_unset: str  # the cause, unless one is known already
+    address: Address
+    node_id: bytes
+    worker_id: bytes
+    pid: Union[int, None]
+
+
+class ActorRecord(RegisterActor, total=False):
+    """An actor as the control store reports it."""
+
+    state: str
+    cause: Union[str, None]
+    address: Address
+    node_id: bytes
+    worker_id: bytes
+    pid: Union[int, None]
+
+
+class _GetActorRequired(TypedDict):
+    actor_id: bytes
+
+
+class GetActor(_GetActorRequired, total=False):
+    wait: bool  # answer once it is ALIVE or DEAD
+    until_dead: bool  # answer once it is DEAD (at most 5 s)
+
+
+class GetNamedActor(TypedDict):
+    name: str
+    namespace: Union[str, None]
+
+
+class ListNamedActors(TypedDict, total=False):
+    namespace: Union[str, None]
+    all_namespaces: bool
+
+
+class NamedActor(TypedDict):
+    name: str
+    namespace: Union[str, None]
+
+
+# --- leases (node daemon) ---------------------------------------------------------------
+class _LeaseRequestRequired(TypedDict):
+    resources: Resources
+
+
+class LeaseRequest(_LeaseRequestRequired, total=False):
+    """A request for a worker that fits ``resources``."""
+
+    placement: Resources  # what the node must have free to take it (default: resources)
+    strategy: Any  # None, "SPREAD", or ["node", node_id hex, soft]
+    actor_id: Union[bytes, None]  # set when the worker is for an actor
+    detached: bool
+    no_spill: bool  # grant here or wait: do not point elsewhere
+
+
+class Spillback(TypedDict):
+    node_id: bytes
+    ip: str
+    port: int
+    uds: str
+
+
+class LeaseReply(TypedDict, total=False):
+    """A grant, or where to ask instead (``spill``), or why it never can be."""
+
+    lease_id: int
+    worker_id: bytes
+    address: Address
+    node_id: bytes
+    pid: int
+    spill: Spillback
+    unschedulable: str
+
+
+class LeaseRef(TypedDict):
+    lease_id: int
+
+
+class _ReturnLeaseRequired(TypedDict):
+    lease_id: int
+
+
+class ReturnLease(_ReturnLeaseRequired, total=False):
+    kill: bool  # the worker must not be reused
+
+
+class _WorkerExitInfoRequestRequired(TypedDict):
+    worker_id: bytes
+
+
+class WorkerExitInfoRequest(_WorkerExitInfoRequestRequired, total=False):
+    timeout: float  # seconds to wait for the exit
+
+
+class WorkerExitInfo(TypedDict):
+    how: str  # "exited with code 1", "was killed by signal 9 (SIGKILL)", ...
+    code: Union[int, None]
+    tail: list[str]  # last lines of its output
+
+
+class _KillWorkerRequired(TypedDict):
+    worker_id: bytes
+
+
+class KillWorker(_KillWorkerRequired, total=False):
+    force: bool
+
+
+class RegisterWorker(TypedDict):
+    worker_id: bytes
+    address: Address
+
+
+class RegisterClient(TypedDict):
+    worker_id: bytes
+
+
+class ClientInfo(TypedDict):
+    """What a node daemon tells the processes that connect to it."""
+
+    node_id: bytes
+    ip: str
+    store_prefix: str
+    gcs_address: str
+    resources: Resources
+
+
+class NodeStats(TypedDict):
+    store: dict[str, Any]
+    workers: int
+    idle: int
+    leases: int
+    available: Resources
+    pids: list[int]
+
+
+# --- objects (node daemon) ---------------------------------------------------------------
+class _ObjReserveRequired(TypedDict):
+    oid: bytes
+    size: int  # bytes
+
+
+class ObjReserve(_ObjReserveRequired, total=False):
+    primary: bool  # False for a copy pulled from another node
+
+
+class ObjRef(TypedDict):
+    oid: bytes
+
+
+class ObjGet(TypedDict):
+    oid: bytes
+    node_id: Union[bytes, None]  # where the primary copy is, to pull it from
+
+
+class ObjFetch(TypedDict):
+    oid: bytes
+    node_id: bytes  # the node that asks (told about frees later)
+
+
+# --- tasks and actor calls (core worker) --------------------------------------------------
+class _TaskSpecRequired(TypedDict):
+    t: bytes  # task id
+
+
+class TaskSpec(_TaskSpecRequired, total=False):
+    """A task pushed to a leased worker, or an actor creation or call.
+
+    ``a`` describes the pickled arguments: ``["i", n]`` (n buffers inline),
+    ``["s", oid, node_id]`` (in shared memory) or None; ``r`` describes the
+    values of ObjectRef arguments, one entry each, in the same forms plus
+    ``["o", oid, owner address]`` (ask the owner).
+    """
+
+    n: str  # name (function, Class or Class.method)
+    f: bytes  # function id
+    fb: int  # 1: the pickled function is the first buffer
+    nr: int  # num_returns
+    mc: int  # max_calls (0: unlimited)
+    mr: int  # max_retries
+    j: int  # job id
+    ns: Union[str, None]  # namespace
+    a: Any  # arguments, see above
+    r: list[Any]  # ObjectRef argument values, see above
+    l: int  # noqa: E741 - lease id
+    m: str  # actor method name
+    aid: bytes  # actor id (creation)
+    mcc: Union[int, None]  # max_concurrency (creation)
+    detached: bool  # (creation)
+
+
+class TaskReply(TypedDict, total=False):
+    """A task's or actor call's results.
+
+    ``r`` has one entry per return: ``[INLINE, n buffers]``, ``[SHM, 0,
+    node_id, size]`` or ``[ERROR, n buffers]``; ``h`` lists refs the worker
+    holds for the caller until it borrowed them: ``[task id, [[oid, owner],
+    ...]]``; ``x`` says the worker (or actor) exits after this reply.
+    ``ok``/``pid`` answer an actor creation.
+    """
+
+    r: list[Any]
+    h: list[Any]
+    x: int
+    ok: int
+    pid: int
+
+
+class _CancelTaskRequired(TypedDict):
+    t: bytes
+
+
+class CancelTask(_CancelTaskRequired, total=False):
+    force: bool
+
+
+class ExitNow(TypedDict, total=False):
+    graceful: bool
+
+
+#: ``[state, node_id, size]`` of an object, or None when the owner freed it.
+#: (A list, not a tuple: a reply with buffers reaches its waiter as a
+#: ``(body, bufs)`` tuple, so a reply body is never a tuple itself.)
+ObjectMeta = Union[list[Any], None]
+
+
+#: method -> (request body type, reply body type; None for notifications)
+REQUESTS: dict[str, tuple[Any, Any]] = {
+    # control store
+    "register_node": (NodeInfo, RegisterNodeReply),
+    "heartbeat": (Heartbeat, None),
+    "get_nodes": (None, list[NodeRecord]),
+    "drain_node": (bytes, bool),
+    "subscribe": (list[str], bool),
+    "publish": (tuple[str, Any], Any),
+    "new_job": (NewJob, int),
+    "register_actor": (RegisterActor, bool),
+    "update_actor": (ActorUpdate, None),
+    "get_actor": (GetActor, Union[ActorRecord, None]),
+    "get_named_actor": (GetNamedActor, Union[ActorRecord, None]),
+    "list_actors": (None, list[ActorRecord]),
+    "list_named_actors": (ListNamedActors, list[NamedActor]),
+    "kv_put": (tuple[Any, Any, bool], bool),
+    "kv_get": (tuple[Any, Any], bool),
+    "kv_del": (tuple[Any, Any], bool),
+    "kv_keys": (tuple[Any, Any], list[Any]),
+    "ping": (Any, str),
+    # node daemon
+    "pub": (tuple[str, Any], None),
+    "shutdown": (None, None),
+    "request_lease": (LeaseRequest, LeaseReply),
+    "return_lease": (ReturnLease, None),
+    "lease_blocked": (LeaseRef, None),
+    "lease_unblocked": (LeaseRef, None),
+    "worker_exit_info": (WorkerExitInfoRequest, Union[WorkerExitInfo, None]),
+    "kill_worker": (KillWorker, bool),
+    "register_worker": (RegisterWorker, ClientInfo),
+    "register_client": (RegisterClient, ClientInfo),
+    "node_stats": (None, NodeStats),
+    "obj_reserve": (ObjReserve, str),
+    "obj_seal": (ObjRef, None),
+    "obj_get": (ObjGet, str),
+    "obj_unmapped": (list[bytes], None),
+    "obj_fetch": (ObjFetch, bool),
+    "obj_free": (list[bytes], None),
+    "flush_logs": (None, bool),
+    "warning": (str, None),
+    # core worker
+    "push_task": (TaskSpec, TaskReply),
+    "create_actor": (TaskSpec, TaskReply),
+    "actor_call": (TaskSpec, TaskReply),
+    "cancel_task": (CancelTask, None),
+    "release_held": (bytes, None),
+    "exit_now": (Union[ExitNow, None], None),
+    "hello": (Address, None),
+    "borrow_add": (list[bytes], bool),
+    "borrow_remove": (list[bytes], None),
+    "get_object": (tuple[bytes, bool], ObjectMeta),
+}
+
+_UNTYPED = msgspec.msgpack.Decoder()
+_REQUEST_DECODERS = {m: msgspec.msgpack.Decoder(req) for m, (req, _) in REQUESTS.items()}
+_REPLY_DECODERS = {m: msgspec.msgpack.Decoder(rep) for m, (_, rep) in REQUESTS.items() if rep is not None}
+
+
+def request_decoder(method: str) -> msgspec.msgpack.Decoder:
+    """The decoder that validates the body of a ``method`` request or notification.
+
+    Methods not declared here (tests' own) decode untyped.
+    """
+    return _REQUEST_DECODERS.get(method, _UNTYPED)
+
+
+def reply_decoder(method: str) -> msgspec.msgpack.Decoder:
+    """The decoder that validates the reply to a ``method`` request."""
+    return _REPLY_DECODERS.get(method, _UNTYPED)
+
+
+UNTYPED = _UNTYPED
