@@ -62,7 +62,7 @@ class ActorPool:
         Returns:
             An iterator over the results, in the order of ``values``.
         """
-        self._drop_unfetched(ordered=True)
+        self._drop_unfetched()
         for v in values:
             self.submit(fn, v)
 
@@ -75,10 +75,15 @@ class ActorPool:
     def map_unordered(self, fn: Callable[[Any, Any], Any], values: Iterable) -> Iterator:
         """Like ``map`` but yields each result as soon as it is ready.
 
+        Unlike ``map``, it first waits for the results of earlier
+        submissions that were not fetched yet and discards them (a task
+        error among them is raised), as Ray's does.
+
         Returns:
             An iterator over the results, in completion order.
         """
-        self._drop_unfetched(ordered=False)
+        while self.has_next():
+            self.get_next_unordered()
         for v in values:
             self.submit(fn, v)
 
@@ -88,13 +93,10 @@ class ActorPool:
 
         return results()
 
-    def _drop_unfetched(self, ordered: bool) -> None:
+    def _drop_unfetched(self) -> None:
         while self.has_next():
             try:
-                if ordered:
-                    self.get_next(timeout=0, ignore_if_timedout=True)
-                else:
-                    self.get_next_unordered(timeout=0, ignore_if_timedout=True)
+                self.get_next(timeout=0, ignore_if_timedout=True)
             except TimeoutError:
                 pass
 

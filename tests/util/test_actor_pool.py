@@ -243,3 +243,13 @@ def test_functions_returning_several_refs(ray_start):
         pool.get_next_unordered(timeout=0.2)  # only half of the first list is ready
     gate.open.remote()
     assert pool.get_next_unordered() == [8, 8]
+
+
+def test_map_unordered_waits_out_and_discards_earlier_results(ray_start):
+    pool = ActorPool([Worker.remote(), Worker.remote()])
+    for v in (100, 200, 300):
+        pool.submit(lambda a, v: a.double.remote(v), v)
+    assert sorted(pool.map_unordered(lambda a, v: a.double.remote(v), [1, 2])) == [2, 4]
+    pool.submit(lambda a, v: a.fail.remote(v), 9)
+    with pytest.raises(ValueError, match="bad value 9"):  # an earlier error surfaces, as in Ray
+        pool.map_unordered(lambda a, v: a.double.remote(v), [1])

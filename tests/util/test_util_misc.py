@@ -32,6 +32,16 @@ def test_util_is_reachable_from_the_top_level_module():
     }
 
 
+def test_every_public_name_exists_once():
+    import importlib
+
+    for mod in ("skate.util", "skate.util.queue", "skate.util.multiprocessing", "skate.util.joblib"):
+        m = importlib.import_module(mod)
+        assert len(m.__all__) == len(set(m.__all__)), mod
+        for name in m.__all__:
+            assert hasattr(m, name), f"{mod}.{name}"
+
+
 # --- list_named_actors ---------------------------------------------------------------------
 
 
