@@ -33,6 +33,7 @@ _LAZY = {
     "method": "skate.actor",
     "ObjectRef": "skate.object_ref",
     "RemoteFunction": "skate.remote_function",
+    "util": "skate.util",
 }
 
 
