@@ -1,14 +1,18 @@
-"""The control store (GCS): one per cluster, on the head node.
+r"""The control store (GCS): one per cluster, on the head node.
 
 It owns the cluster's membership and names: nodes and their health and
-resources, jobs, actors (state, address, names in namespaces), a key-value
-table and publish/subscribe channels (node changes, resource views, worker
-logs, error messages).  Node daemons keep a connection open and send
-heartbeats; a closed connection or missed heartbeats declare the node dead.
-Drivers and workers ask it about actors and nodes; the hot paths (task
-submission, actor calls, object transfer) never pass through it.
+resources (``nodes``), jobs, actors with their names in namespaces
+(``actors``), a key-value table, and publish/subscribe channels
+(``pubsub``).  Tables live in a ``Storage`` (``storage``; in memory by
+default).  Node daemons keep a connection open and send heartbeats; a closed
+connection or missed heartbeats declare the node dead.  Drivers and workers
+ask it about actors and nodes; the hot paths (task submission, actor calls,
+object transfer) never pass through it.
 
-State is in memory; a durable backend is a later addition.
+::
+
+    request --> GcsServer.on_<method> --> NodeTable / ActorDirectory / jobs / kv
+                                            \--> PubSub.publish --> subscribers
 """
 
 from __future__ import annotations
@@ -20,195 +24,93 @@ import time
 from typing import Any
 
 from skate._private import daemon, wire
-from skate._private.config import CONFIG
+from skate._private.gcs.actors import ActorDirectory, public
+from skate._private.gcs.nodes import NodeTable
+from skate._private.gcs.pubsub import PubSub
+from skate._private.gcs.storage import Storage, Table, open_storage
 
 log = logging.getLogger(__name__)
 
-PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
-
 
 class GcsServer:
-    """In-memory cluster tables and pub/sub."""
+    """The control store's request handlers over its tables."""
 
-    def __init__(self, token: bytes) -> None:
+    def __init__(self, token: bytes, storage: Storage | None = None) -> None:
         self.token = token
-        self.nodes: dict[bytes, dict] = {}
-        self.node_conns: dict[bytes, wire.Connection] = {}
-        self.actors: dict[bytes, dict] = {}
-        self.named: dict[tuple[str, str], bytes] = {}
-        self.kv: dict[tuple[str, str], bytes] = {}
-        self.subs: dict[str, set[wire.Connection]] = {}
-        self.jobs: dict[int, dict] = {}
-        self.actor_waiters: dict[bytes, list[asyncio.Future]] = {}
-        self.death_waiters: dict[bytes, list[asyncio.Future]] = {}
+        storage = storage if storage is not None else open_storage(None)
+        self.pubsub = PubSub()
+        self.actors = ActorDirectory(storage, self.pubsub.publish)
+        self.nodes = NodeTable(storage, self.pubsub.publish, self.actors.node_died)
+        self.jobs = Table(storage, "jobs")
+        self.kv = Table(storage, "kv")
         self.handlers = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
         }
 
     # --- nodes --------------------------------------------------------------
     def on_register_node(self, conn: wire.Connection, info: dict, bufs: list) -> dict:
-        node_id = info["node_id"]
-        info = dict(info, alive=True, available=dict(info["resources"]), last_hb=time.monotonic())
-        self.nodes[node_id] = info
-        self.node_conns[node_id] = conn
-        conn.peer = node_id
-        conn.on_close.append(lambda c: self._node_dead(node_id, "its node daemon disconnected"))
-        self._publish("node", self._public_node(info))
-        return {"nodes": [self._public_node(n) for n in self.nodes.values()]}
+        return {"nodes": self.nodes.register(conn, info)}
 
     def on_heartbeat(self, conn: wire.Connection, body: dict, bufs: list) -> None:
-        node = self.nodes.get(body["node_id"])
-        if node is None or not node["alive"]:
-            return
-        node["last_hb"] = time.monotonic()
-        if node["available"] != body["available"]:
-            node["available"] = body["available"]
-            self._publish("resources", {"node_id": node["node_id"], "available": body["available"]})
+        self.nodes.heartbeat(body["node_id"], body["available"])
 
     def on_get_nodes(self, conn: wire.Connection, body: Any, bufs: list) -> list:
-        return [self._public_node(n) for n in self.nodes.values()]
+        return self.nodes.all()
 
     def on_drain_node(self, conn: wire.Connection, node_id: bytes, bufs: list) -> bool:
-        self._node_dead(node_id, "removed")
-        c = self.node_conns.pop(node_id, None)
-        if c is not None:
-            c.notify("shutdown")
+        self.nodes.drain(node_id)
         return True
-
-    def _public_node(self, n: dict) -> dict:
-        return {k: v for k, v in n.items() if k != "last_hb"}
-
-    def _node_dead(self, node_id: bytes, why: str) -> None:
-        node = self.nodes.get(node_id)
-        if node is None or not node["alive"]:
-            return
-        node["alive"] = False
-        node["death_reason"] = why
-        log.info("node %s dead: %s", node_id.hex(), why)
-        self._publish("node", self._public_node(node))
-        for aid, actor in self.actors.items():
-            if actor.get("node_id") == node_id and actor["state"] != DEAD:
-                self._set_actor(aid, {"state": DEAD, "cause": f"its node died ({why})"})
-
-    async def _watch_heartbeats(self) -> None:
-        while True:
-            await asyncio.sleep(CONFIG.heartbeat_s)
-            now = time.monotonic()
-            for node_id, node in list(self.nodes.items()):
-                if node["alive"] and now - node["last_hb"] > CONFIG.node_timeout_s:
-                    self._node_dead(node_id, "missed heartbeats")
 
     # --- pub/sub --------------------------------------------------------------
     def on_subscribe(self, conn: wire.Connection, channels: list, bufs: list) -> bool:
-        for ch in channels:
-            self.subs.setdefault(ch, set()).add(conn)
-        conn.on_close.append(self._unsubscribe)
+        self.pubsub.subscribe(conn, channels)
         return True
 
-    def _unsubscribe(self, conn: wire.Connection) -> None:
-        for subs in self.subs.values():
-            subs.discard(conn)
-
     def on_publish(self, conn: wire.Connection, body: list, bufs: list) -> None:
-        self._publish(body[0], body[1])
-
-    def _publish(self, channel: str, msg: Any) -> None:
-        for conn in list(self.subs.get(channel, ())):
-            conn.notify("pub", [channel, msg])
+        self.pubsub.publish(body[0], body[1])
 
     # --- jobs -----------------------------------------------------------------
     def on_new_job(self, conn: wire.Connection, info: dict, bufs: list) -> int:
         job = len(self.jobs) + 1
-        self.jobs[job] = dict(info, start=time.time(), alive=True)
-        conn.on_close.append(lambda c: self.jobs[job].update(alive=False, end=time.time()))
+        self.jobs.set(job, dict(info, start=time.time(), alive=True))
+
+        def ended(c: wire.Connection) -> None:
+            record = self.jobs.get(job)
+            record.update(alive=False, end=time.time())
+            self.jobs.set(job, record)
+
+        conn.on_close.append(ended)
         return job
 
     # --- actors ---------------------------------------------------------------
     def on_register_actor(self, conn: wire.Connection, info: dict, bufs: list) -> bool:
-        name, ns = info.get("name"), info.get("namespace")
-        if name:
-            existing = self.named.get((ns, name))
-            if existing is not None and self.actors[existing]["state"] != DEAD:
-                raise ValueError(
-                    f"the actor name {name!r} is already taken in namespace {ns!r}; "
-                    "use get_actor() to get a handle, or options(get_if_exists=True)"
-                )
-            self.named[(ns, name)] = info["actor_id"]
-        self.actors[info["actor_id"]] = dict(info, state=PENDING, handle=bufs[0] if bufs else b"")
+        self.actors.register(info, bufs[0] if bufs else b"")
         return True
 
     def on_update_actor(self, conn: wire.Connection, body: dict, bufs: list) -> None:
-        self._set_actor(body["actor_id"], body)
-
-    def _set_actor(self, aid: bytes, update: dict) -> None:
-        actor = self.actors.get(aid)
-        if actor is None:
-            return
-        update = dict(update)
-        fallback = update.pop("cause_if_unset", None)
-        if actor["state"] == DEAD and update.get("state") == DEAD:
-            return  # already dead; keep the first cause
-        actor.update({k: v for k, v in update.items() if k != "actor_id"})
-        if fallback and not actor.get("cause"):
-            actor["cause"] = fallback
-        if actor["state"] == DEAD and actor.get("name"):
-            key = (actor.get("namespace"), actor["name"])
-            if self.named.get(key) == aid:
-                del self.named[key]
-        if actor["state"] == DEAD:
-            for fut in self.death_waiters.pop(aid, []):
-                if not fut.done():
-                    fut.set_result(None)
-        if actor["state"] in (ALIVE, DEAD):
-            for fut in self.actor_waiters.pop(aid, []):
-                if not fut.done():
-                    fut.set_result(None)
-        self._publish("actor", self._public_actor(actor))
-
-    def _public_actor(self, a: dict) -> dict:
-        return {k: v for k, v in a.items() if k != "handle"}
+        self.actors.update(body["actor_id"], body)
 
     async def on_get_actor(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:
-        aid = body["actor_id"]
-        actor = self.actors.get(aid)
-        if actor is None:
-            return None
-        if body.get("wait") and actor["state"] not in (ALIVE, DEAD):
-            fut = asyncio.get_running_loop().create_future()
-            self.actor_waiters.setdefault(aid, []).append(fut)
-            await fut
-        if body.get("until_dead") and actor["state"] != DEAD:
-            fut = asyncio.get_running_loop().create_future()
-            self.death_waiters.setdefault(aid, []).append(fut)
-            try:
-                await asyncio.wait_for(fut, 5.0)
-            except asyncio.TimeoutError:
-                pass
-        return self._public_actor(self.actors[aid])
+        return await self.actors.get(body["actor_id"], body.get("wait", False), body.get("until_dead", False))
 
     def on_get_named_actor(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
-        aid = self.named.get((body["namespace"], body["name"]))
-        if aid is None:
+        actor = self.actors.by_name(body["namespace"], body["name"])
+        if actor is None:
             return wire.Reply(None)
-        actor = self.actors[aid]
-        return wire.Reply(self._public_actor(actor), [actor["handle"]])
+        return wire.Reply(public(actor), [actor["handle"]])
 
     def on_list_actors(self, conn: wire.Connection, body: Any, bufs: list) -> list:
-        return [self._public_actor(a) for a in self.actors.values()]
+        return [public(a) for a in self.actors.actors.values()]
 
     def on_list_named_actors(self, conn: wire.Connection, body: dict, bufs: list) -> list:
-        return [
-            {"name": name, "namespace": ns}
-            for (ns, name), aid in self.named.items()
-            if body.get("all_namespaces") or ns == body.get("namespace")
-        ]
+        return self.actors.names(body.get("namespace"), bool(body.get("all_namespaces")))
 
     # --- key-value ------------------------------------------------------------
     def on_kv_put(self, conn: wire.Connection, body: list, bufs: list) -> bool:
         ns, key, overwrite = body
         if not overwrite and (ns, key) in self.kv:
             return False
-        self.kv[(ns, key)] = bufs[0] if bufs else b""
+        self.kv.set((ns, key), bufs[0] if bufs else b"")
         return True
 
     def on_kv_get(self, conn: wire.Connection, body: list, bufs: list) -> wire.Reply:
@@ -216,11 +118,11 @@ class GcsServer:
         return wire.Reply(value is not None, [value] if value is not None else [])
 
     def on_kv_del(self, conn: wire.Connection, body: list, bufs: list) -> bool:
-        return self.kv.pop((body[0], body[1]), None) is not None
+        return self.kv.delete((body[0], body[1])) is not None
 
     def on_kv_keys(self, conn: wire.Connection, body: list, bufs: list) -> list:
         ns, prefix = body
-        return [k for (n, k) in self.kv if n == ns and k.startswith(prefix)]
+        return [k for (n, k), _ in self.kv.items() if n == ns and k.startswith(prefix)]
 
     def on_ping(self, conn: wire.Connection, body: Any, bufs: list) -> str:
         return "pong"
@@ -233,11 +135,12 @@ async def _main(stop: asyncio.Event) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--token-file", required=True)
+    ap.add_argument("--storage", default=None, help="where tables live (default: memory)")
     ap.add_argument("--listen-fd", type=int, default=-1, help="an already bound socket to serve on")
     args = ap.parse_args()
     with open(args.token_file, "rb") as f:
         token = f.read().strip()
-    gcs = GcsServer(token)
+    gcs = GcsServer(token, open_storage(args.storage))
     if args.listen_fd >= 0:
         import socket
 
@@ -246,11 +149,11 @@ async def _main(stop: asyncio.Event) -> None:
     else:
         server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers)
     port = server.sockets[0].getsockname()[1]
-    watcher = asyncio.ensure_future(gcs._watch_heartbeats())
+    watcher = asyncio.ensure_future(gcs.nodes.watch_heartbeats())
     daemon.report_ready({"port": port})
     await stop.wait()
     watcher.cancel()
-    for conn in list(gcs.node_conns.values()):
+    for conn in list(gcs.nodes.conns.values()):
         conn.close()
     server.close()
 

@@ -1,0 +1,104 @@
+"""The control store's tables, without sockets: storage, actor directory, node table."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from skate._private.gcs.actors import ALIVE, DEAD, PENDING, ActorDirectory
+from skate._private.gcs.nodes import NodeTable
+from skate._private.gcs.storage import MemoryStorage, Table, open_storage
+
+
+class _Conn:
+    """Stands in for a connection: records close callbacks and notifications."""
+
+    def __init__(self) -> None:
+        self.on_close: list = []
+        self.sent: list = []
+        self.peer = None
+
+    def notify(self, method, body=None):
+        self.sent.append((method, body))
+
+
+def test_table_writes_through_and_reloads_from_its_storage():
+    storage = MemoryStorage()
+    t = Table(storage, "kv")
+    t.set(("ns", "k"), b"v")
+    assert t.get(("ns", "k")) == b"v" and ("ns", "k") in t and len(t) == 1
+    # A new table over the same storage sees what was written (a restarted control store).
+    assert Table(storage, "kv").get(("ns", "k")) == b"v"
+    assert t.delete(("ns", "k")) == b"v"
+    assert Table(storage, "kv").get(("ns", "k")) is None
+
+
+def test_open_storage_rejects_backends_it_does_not_have():
+    assert isinstance(open_storage(None), MemoryStorage)
+    assert isinstance(open_storage("memory"), MemoryStorage)
+    with pytest.raises(ValueError, match="only 'memory'"):
+        open_storage("redis://127.0.0.1:6379")
+
+
+def _actor(aid: bytes, name: str | None = None) -> dict:
+    return {
+        "actor_id": aid, "name": name, "namespace": "ns", "class_name": "A", "detached": False,
+        "owner": [], "job_id": 1, "max_restarts": 0,
+    }
+
+
+def test_actor_names_are_unique_while_alive_and_free_once_dead():
+    published = []
+    d = ActorDirectory(MemoryStorage(), lambda ch, msg: published.append((ch, msg)))
+    d.register(_actor(b"a1", "x"), b"meta")
+    assert d.by_name("ns", "x")["state"] == PENDING
+    with pytest.raises(ValueError, match="already taken"):
+        d.register(_actor(b"a2", "x"), b"meta")
+    d.update(b"a1", {"actor_id": b"a1", "state": DEAD, "cause": "killed"})
+    assert d.by_name("ns", "x") is None
+    assert published[-1][0] == "actor" and published[-1][1]["state"] == DEAD
+    assert "handle" not in published[-1][1]
+    d.register(_actor(b"a2", "x"), b"meta")  # the name is free again
+    assert d.by_name("ns", "x")["actor_id"] == b"a2"
+
+
+def test_the_first_cause_of_death_is_kept():
+    d = ActorDirectory(MemoryStorage(), lambda ch, msg: None)
+    d.register(_actor(b"a"), b"")
+    d.update(b"a", {"actor_id": b"a", "state": DEAD, "cause": "first"})
+    d.update(b"a", {"actor_id": b"a", "state": DEAD, "cause": "second"})
+    d.update(b"a", {"actor_id": b"a", "cause_if_unset": "third"})
+    assert d.actors.get(b"a")["cause"] == "first"
+
+
+def test_waiting_for_an_actor_returns_once_it_is_alive():
+    async def main():
+        d = ActorDirectory(MemoryStorage(), lambda ch, msg: None)
+        d.register(_actor(b"a"), b"")
+        waiter = asyncio.ensure_future(d.get(b"a", wait=True))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        d.update(b"a", {"actor_id": b"a", "state": ALIVE})
+        assert (await asyncio.wait_for(waiter, 5))["state"] == ALIVE
+
+    asyncio.run(main())
+
+
+def test_a_dead_node_takes_its_actors_with_it():
+    d = ActorDirectory(MemoryStorage(), lambda ch, msg: None)
+    published = []
+    nodes = NodeTable(MemoryStorage(), lambda ch, msg: published.append((ch, msg)), d.node_died)
+    conn = _Conn()
+    info = {"node_id": b"n1", "ip": "127.0.0.1", "port": 1, "uds": "", "resources": {"CPU": 1.0},
+            "store_prefix": "p", "pid": 1, "session_dir": "", "is_head": True}
+    assert [n["node_id"] for n in nodes.register(conn, info)] == [b"n1"]
+    d.register(_actor(b"a"), b"")
+    d.update(b"a", {"actor_id": b"a", "state": ALIVE, "node_id": b"n1"})
+    nodes.heartbeat(b"n1", {"CPU": 0.0})
+    assert published[-1] == ("resources", {"node_id": b"n1", "available": {"CPU": 0.0}})
+    nodes.drain(b"n1")
+    assert conn.sent == [("shutdown", None)]
+    assert not nodes.nodes.get(b"n1")["alive"]
+    assert d.actors.get(b"a")["state"] == DEAD
+    assert "its node died (removed)" in d.actors.get(b"a")["cause"]
