@@ -26,34 +26,26 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from skate._private import daemon, wire
 from skate._private.config import CONFIG
-from skate._private.object_store.store import ObjectStore, StoreFull
-from skate._private.raylet.scheduler import LeaseRequest, LocalScheduler
+from skate._private.object_store.store import ObjectStore
+from skate._private.raylet.leases import Lease, LeaseManager
+from skate._private.raylet.object_manager import ObjectManager
+from skate._private.raylet.scheduler import LocalScheduler
 from skate._private.raylet.worker_pool import Worker, WorkerPool
 from skate._private.raylet.worker_pool import signal_pid as _kill
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Lease:
-    """A worker lent to a submitter together with some resources."""
+class Raylet(LeaseManager, ObjectManager):
+    """The node daemon: its state, start-up, registration and logs.
 
-    lease_id: int
-    worker: Worker
-    resources: dict
-    holder: wire.Connection | None
-    actor_id: bytes | None = None
-    detached: bool = False
-    blocked: int = 0
-
-
-class Raylet:
-    """The node daemon's state and handlers."""
+    Leases (``leases``) and objects (``object_manager``) are parts of this
+    class, split by concern; its handler table is every ``on_*`` method.
+    """
 
     def __init__(self, args: argparse.Namespace, token: bytes) -> None:
         self.args = args
@@ -190,188 +182,6 @@ class Raylet:
         self.peers[n["node_id"]] = n
         self.sched.update_node(n["node_id"], n["resources"], n.get("available", n["resources"]), n["alive"])
 
-    # --- leases -----------------------------------------------------------------
-    async def on_request_lease(self, conn: wire.Connection, body: dict, bufs: list) -> dict:
-        resources = body["resources"]
-        req = LeaseRequest(
-            resources=resources,
-            placement=body.get("placement") or resources,
-            strategy=body.get("strategy"),
-            no_spill=body.get("no_spill", False),
-            payload=(conn, body),
-        )
-        fut = asyncio.get_running_loop().create_future()
-        self.waiting[req.id] = fut
-        # A requester that goes away takes its queued request with it.
-        drop = lambda c, fut=fut: fut.cancel() if not fut.done() else None  # noqa: E731
-        conn.on_close.append(drop)
-        self.sched.submit(req)
-        self._schedule()
-        try:
-            return await fut
-        finally:
-            self.waiting.pop(req.id, None)
-            if not conn.closed:
-                conn.on_close.remove(drop)
-            if not fut.done() or fut.cancelled():
-                self.sched.cancel(req.id)
-
-    def _schedule(self) -> None:
-        again = True
-        while again:
-            again = self._schedule_once()
-
-    def _schedule_once(self) -> bool:
-        """One pass of decisions; True when resources came back and another pass is due."""
-        freed = False
-        for decision, req, arg in self.sched.schedule():
-            fut = self.waiting.get(req.id)
-            conn, body = req.payload
-            if decision == "grant":
-                if fut is None or fut.done() or conn.closed:
-                    # Nobody wants it any more: what it took may fit a request
-                    # this pass already left waiting.
-                    self.sched.release(req.resources)
-                    freed = True
-                    continue
-                asyncio.ensure_future(self._grant(req, fut))
-            elif decision == "spill":
-                peer = self.peers[arg]
-                if fut is not None and not fut.done():
-                    fut.set_result({"spill": {"node_id": arg, "ip": peer["ip"], "port": peer["port"], "uds": peer["uds"]}})
-            elif decision == "unschedulable":
-                if fut is not None and not fut.done():
-                    fut.set_result({"unschedulable": arg})
-            elif decision == "infeasible":
-                if not conn.closed:
-                    conn.notify(
-                        "warning",
-                        f"a task or actor needs {req.placement}, but no node in the cluster has "
-                        f"that much (this node has {self.resources}); it stays pending until a node "
-                        "that fits joins the cluster" + (f" ({arg})" if arg else ""),
-                    )
-        return freed
-
-    async def _grant(self, req: LeaseRequest, fut: asyncio.Future) -> None:
-        conn, body = req.payload
-        w = None
-        while self.pool.idle:
-            cand = self.pool.idle.pop()
-            if cand.exit_info is None:
-                w = cand
-                break
-        if w is None:
-            try:
-                w = await self.pool.start()
-            except Exception as e:
-                self.sched.release(req.resources)
-                if not fut.done():
-                    fut.set_exception(e)
-                return
-        if fut.done() or conn.closed:
-            self.sched.release(req.resources)
-            w.idle_since = time.monotonic()
-            self.pool.idle.append(w)
-            self._schedule()
-            return
-        lease_id = req.id
-        actor_id = body.get("actor_id")
-        lease = Lease(lease_id, w, req.resources, conn, actor_id, bool(body.get("detached")))
-        w.lease = lease
-        w.actor_id = actor_id
-        self.leases[lease_id] = lease
-        if not lease.detached:
-            holder_leases = getattr(conn, "leases", None)
-            if holder_leases is None:
-                conn.leases = holder_leases = set()
-                conn.on_close.append(self._holder_gone)
-            holder_leases.add(lease_id)
-        fut.set_result(
-            {"lease_id": lease_id, "worker_id": w.worker_id, "address": w.address, "node_id": self.node_id, "pid": w.pid}
-        )
-
-    def on_return_lease(self, conn: wire.Connection, body: dict, bufs: list) -> None:
-        lease = self.leases.pop(body["lease_id"], None)
-        if lease is None:
-            return
-        holder_leases = getattr(lease.holder, "leases", None)
-        if holder_leases:
-            holder_leases.discard(lease.lease_id)
-        self._release(lease)
-        w = lease.worker
-        w.lease = None
-        if body.get("kill") or lease.actor_id or w.exit_info is not None:
-            _kill(w.pid, signal.SIGKILL if body.get("kill") else signal.SIGTERM)
-        else:
-            w.idle_since = time.monotonic()
-            self.pool.idle.append(w)
-        self._schedule()
-
-    def _release(self, lease: Lease) -> None:
-        if lease.blocked:
-            lease.blocked = 0
-        else:
-            self.sched.release(lease.resources)
-
-    def _holder_gone(self, conn: wire.Connection) -> None:
-        for lease_id in list(getattr(conn, "leases", ())):
-            lease = self.leases.pop(lease_id, None)
-            if lease is None:
-                continue
-            self._release(lease)
-            lease.worker.lease = None
-            # The worker may still run work for a holder that is gone: stop it.
-            _kill(lease.worker.pid, signal.SIGKILL)
-        self._schedule()
-
-    def on_lease_blocked(self, conn: wire.Connection, body: dict, bufs: list) -> None:
-        lease = self.leases.get(body["lease_id"])
-        if lease is None:
-            return
-        lease.blocked += 1
-        if lease.blocked == 1:
-            self.sched.release(lease.resources)
-            self._schedule()
-
-    def on_lease_unblocked(self, conn: wire.Connection, body: dict, bufs: list) -> None:
-        lease = self.leases.get(body["lease_id"])
-        if lease is None or not lease.blocked:
-            return
-        lease.blocked -= 1
-        if lease.blocked == 0:
-            self.sched.acquire(lease.resources)
-
-    def _on_worker_exit(self, w: Worker) -> None:
-        lease = w.lease
-        if lease is not None:
-            self.leases.pop(lease.lease_id, None)
-            self._release(lease)
-            w.lease = None
-            self._schedule()
-        if w.actor_id is not None and self.gcs is not None and not self.stopping.is_set():
-            self.gcs.notify(
-                "update_actor",
-                {"actor_id": w.actor_id, "state": "DEAD", "cause_if_unset": f"the actor's worker process (pid={w.pid}) {w.exit_info['how']}"},
-            )
-
-    async def on_worker_exit_info(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:
-        worker_id = body["worker_id"]
-        w = self.pool.workers.get(worker_id) or self.pool.dead.get(worker_id)
-        if w is None:
-            return None
-        try:
-            await asyncio.wait_for(asyncio.shield(w.exited), body.get("timeout", 5.0))
-        except asyncio.TimeoutError:
-            return None
-        return {"how": w.exit_info["how"], "code": w.exit_info["code"], "tail": [ln.decode(errors="replace") for ln in w.tail]}
-
-    def on_kill_worker(self, conn: wire.Connection, body: dict, bufs: list) -> bool:
-        w = self.pool.workers.get(body["worker_id"])
-        if w is None:
-            return False
-        _kill(w.pid, signal.SIGKILL if body.get("force", True) else signal.SIGTERM)
-        return True
-
     # --- registration -----------------------------------------------------------------
     def on_register_worker(self, conn: wire.Connection, body: dict, bufs: list) -> dict:
         w = self.pool.registered(body["worker_id"], body["address"], conn)
@@ -402,103 +212,6 @@ class Raylet:
             "pids": [w.pid for w in self.pool.workers.values()],
         }
 
-    # --- objects ------------------------------------------------------------------------
-    def on_obj_reserve(self, conn: wire.Connection, body: dict, bufs: list) -> str:
-        try:
-            return self.store.reserve(body["oid"], body["size"], body.get("primary", True))
-        except StoreFull as e:
-            raise ObjectStoreFull(str(e)) from None
-
-    def on_obj_seal(self, conn: wire.Connection, body: dict, bufs: list) -> None:
-        self.store.seal(body["oid"])
-
-    async def on_obj_get(self, conn: wire.Connection, body: dict, bufs: list) -> str:
-        oid = body["oid"]
-        path = self.store.ensure_local(oid)
-        if path is None:
-            path = await self._fetch(oid, body.get("node_id"))
-        self._track_map(conn, oid)
-        return path
-
-    def _track_map(self, conn: wire.Connection, oid: bytes) -> None:
-        maps = getattr(conn, "maps", None)
-        if maps is None:
-            maps = conn.maps = {}
-            conn.on_close.append(self._reader_gone)
-        maps[oid] = maps.get(oid, 0) + 1
-        self.store.map_added(oid)
-
-    def on_obj_unmapped(self, conn: wire.Connection, oids: list, bufs: list) -> None:
-        maps = getattr(conn, "maps", {})
-        for oid in oids:
-            n = maps.get(oid, 0)
-            if n:
-                maps[oid] = n - 1
-                if n == 1:
-                    del maps[oid]
-                self.store.map_removed(oid)
-
-    def _reader_gone(self, conn: wire.Connection) -> None:
-        for oid, n in conn.maps.items():
-            for _ in range(n):
-                self.store.map_removed(oid)
-        conn.maps = {}
-
-    async def _fetch(self, oid: bytes, src: bytes | None) -> str:
-        if src is None or src == self.node_id:
-            raise KeyError(f"object {oid.hex()} is not in this node's store (it was freed or lost)")
-        fut = self.pulls.get(oid)
-        if fut is None:
-            fut = self.pulls[oid] = asyncio.ensure_future(self._pull(oid, src))
-            fut.add_done_callback(lambda f: self.pulls.pop(oid, None))
-        return await asyncio.shield(fut)
-
-    async def _pull(self, oid: bytes, src: bytes) -> str:
-        peer = await self._peer(src)
-        reply = await peer.request("obj_fetch", {"oid": oid, "node_id": self.node_id})
-        if not isinstance(reply, tuple):
-            raise KeyError(f"object {oid.hex()} is gone from the node that held it")
-        data = reply[1][0]
-        path = self.store.reserve(oid, len(data), primary=False)
-        from skate._private.object_store import shm
-
-        m = shm.create(path, max(len(data), 1))
-        m[: len(data)] = data
-        m.close()
-        self.store.seal(oid)
-        return path
-
-    async def _peer(self, node_id: bytes) -> wire.Connection:
-        fut = self.peer_conns.get(node_id)
-        if fut is None or (fut.done() and (fut.exception() or fut.result().closed)):
-            info = self.peers.get(node_id)
-            if info is None or not info.get("alive", True):
-                raise ConnectionError(f"node {node_id.hex()} is not alive")
-            fut = self.peer_conns[node_id] = asyncio.ensure_future(
-                wire.connect((info["ip"], info["port"]), self.token, self.handlers)
-            )
-        return await asyncio.shield(fut)
-
-    def on_obj_fetch(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
-        data = self.store.read_bytes(body["oid"])
-        if data is None:
-            return wire.Reply(False)
-        self.pulled_by.setdefault(body["oid"], set()).add(body["node_id"])
-        return wire.Reply(True, [data])
-
-    def on_obj_free(self, conn: wire.Connection, oids: list, bufs: list) -> None:
-        for oid in oids:
-            self.store.free(oid)
-            for node_id in self.pulled_by.pop(oid, ()):
-                asyncio.ensure_future(self._forward_free(node_id, oid))
-
-    async def _forward_free(self, node_id: bytes, oid: bytes) -> None:
-        try:
-            peer = await self._peer(node_id)
-            peer.notify("obj_free", [oid])
-        except Exception:
-            pass
-
     # --- logs -----------------------------------------------------------------------------
     def _on_output(self, w: Worker, line: bytes, is_err: bool) -> None:
         text = line.decode(errors="replace").rstrip("\n")
@@ -522,11 +235,6 @@ class Raylet:
             # A request: the control store has sent the lines to subscribers when it answers.
             await self.gcs.request("publish", ["logs", batch])
         return True
-
-
-
-class ObjectStoreFull(Exception):
-    """Raised to a producer when no room can be made."""
 
 
 async def _connect_retrying(address: str, token: bytes, handlers: dict, timeout: float = 15.0) -> wire.Connection:

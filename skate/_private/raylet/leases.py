@@ -1,0 +1,224 @@
+"""Leases: lending this node's workers, with resources, to submitters.
+
+::
+
+    request_lease -> LocalScheduler decides: grant (a worker from the pool),
+                     spill (ask that node instead), unschedulable, or wait
+    lease_blocked / lease_unblocked -> a holder blocked in get() lends its CPUs back
+    return_lease  -> the worker goes back to the idle pool (or is killed)
+    holder's connection closes -> its leases end and their workers are killed
+
+``LeaseManager`` is one part of ``Raylet`` (see ``server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass
+
+from skate._private import wire
+from skate._private.raylet.scheduler import LeaseRequest
+from skate._private.raylet.worker_pool import Worker
+from skate._private.raylet.worker_pool import signal_pid as _kill
+
+
+@dataclass
+class Lease:
+    """A worker lent to a submitter together with some resources."""
+
+    lease_id: int
+    worker: Worker
+    resources: dict
+    holder: wire.Connection | None
+    actor_id: bytes | None = None
+    detached: bool = False
+    blocked: int = 0
+
+
+
+class LeaseManager:
+    """Lease handlers of the node daemon (part of ``Raylet``)."""
+
+    async def on_request_lease(self, conn: wire.Connection, body: dict, bufs: list) -> dict:
+        resources = body["resources"]
+        req = LeaseRequest(
+            resources=resources,
+            placement=body.get("placement") or resources,
+            strategy=body.get("strategy"),
+            no_spill=body.get("no_spill", False),
+            payload=(conn, body),
+        )
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting[req.id] = fut
+        # A requester that goes away takes its queued request with it.
+        drop = lambda c, fut=fut: fut.cancel() if not fut.done() else None  # noqa: E731
+        conn.on_close.append(drop)
+        self.sched.submit(req)
+        self._schedule()
+        try:
+            return await fut
+        finally:
+            self.waiting.pop(req.id, None)
+            if not conn.closed:
+                conn.on_close.remove(drop)
+            if not fut.done() or fut.cancelled():
+                self.sched.cancel(req.id)
+
+    def _schedule(self) -> None:
+        again = True
+        while again:
+            again = self._schedule_once()
+
+    def _schedule_once(self) -> bool:
+        """One pass of decisions; True when resources came back and another pass is due."""
+        freed = False
+        for decision, req, arg in self.sched.schedule():
+            fut = self.waiting.get(req.id)
+            conn, body = req.payload
+            if decision == "grant":
+                if fut is None or fut.done() or conn.closed:
+                    # Nobody wants it any more: what it took may fit a request
+                    # this pass already left waiting.
+                    self.sched.release(req.resources)
+                    freed = True
+                    continue
+                asyncio.ensure_future(self._grant(req, fut))
+            elif decision == "spill":
+                peer = self.peers[arg]
+                if fut is not None and not fut.done():
+                    fut.set_result({"spill": {"node_id": arg, "ip": peer["ip"], "port": peer["port"], "uds": peer["uds"]}})
+            elif decision == "unschedulable":
+                if fut is not None and not fut.done():
+                    fut.set_result({"unschedulable": arg})
+            elif decision == "infeasible":
+                if not conn.closed:
+                    conn.notify(
+                        "warning",
+                        f"a task or actor needs {req.placement}, but no node in the cluster has "
+                        f"that much (this node has {self.resources}); it stays pending until a node "
+                        "that fits joins the cluster" + (f" ({arg})" if arg else ""),
+                    )
+        return freed
+
+    async def _grant(self, req: LeaseRequest, fut: asyncio.Future) -> None:
+        conn, body = req.payload
+        w = None
+        while self.pool.idle:
+            cand = self.pool.idle.pop()
+            if cand.exit_info is None:
+                w = cand
+                break
+        if w is None:
+            try:
+                w = await self.pool.start()
+            except Exception as e:
+                self.sched.release(req.resources)
+                if not fut.done():
+                    fut.set_exception(e)
+                return
+        if fut.done() or conn.closed:
+            self.sched.release(req.resources)
+            w.idle_since = time.monotonic()
+            self.pool.idle.append(w)
+            self._schedule()
+            return
+        lease_id = req.id
+        actor_id = body.get("actor_id")
+        lease = Lease(lease_id, w, req.resources, conn, actor_id, bool(body.get("detached")))
+        w.lease = lease
+        w.actor_id = actor_id
+        self.leases[lease_id] = lease
+        if not lease.detached:
+            holder_leases = getattr(conn, "leases", None)
+            if holder_leases is None:
+                conn.leases = holder_leases = set()
+                conn.on_close.append(self._holder_gone)
+            holder_leases.add(lease_id)
+        fut.set_result(
+            {"lease_id": lease_id, "worker_id": w.worker_id, "address": w.address, "node_id": self.node_id, "pid": w.pid}
+        )
+
+    def on_return_lease(self, conn: wire.Connection, body: dict, bufs: list) -> None:
+        lease = self.leases.pop(body["lease_id"], None)
+        if lease is None:
+            return
+        holder_leases = getattr(lease.holder, "leases", None)
+        if holder_leases:
+            holder_leases.discard(lease.lease_id)
+        self._release(lease)
+        w = lease.worker
+        w.lease = None
+        if body.get("kill") or lease.actor_id or w.exit_info is not None:
+            _kill(w.pid, signal.SIGKILL if body.get("kill") else signal.SIGTERM)
+        else:
+            w.idle_since = time.monotonic()
+            self.pool.idle.append(w)
+        self._schedule()
+
+    def _release(self, lease: Lease) -> None:
+        if lease.blocked:
+            lease.blocked = 0
+        else:
+            self.sched.release(lease.resources)
+
+    def _holder_gone(self, conn: wire.Connection) -> None:
+        for lease_id in list(getattr(conn, "leases", ())):
+            lease = self.leases.pop(lease_id, None)
+            if lease is None:
+                continue
+            self._release(lease)
+            lease.worker.lease = None
+            # The worker may still run work for a holder that is gone: stop it.
+            _kill(lease.worker.pid, signal.SIGKILL)
+        self._schedule()
+
+    def on_lease_blocked(self, conn: wire.Connection, body: dict, bufs: list) -> None:
+        lease = self.leases.get(body["lease_id"])
+        if lease is None:
+            return
+        lease.blocked += 1
+        if lease.blocked == 1:
+            self.sched.release(lease.resources)
+            self._schedule()
+
+    def on_lease_unblocked(self, conn: wire.Connection, body: dict, bufs: list) -> None:
+        lease = self.leases.get(body["lease_id"])
+        if lease is None or not lease.blocked:
+            return
+        lease.blocked -= 1
+        if lease.blocked == 0:
+            self.sched.acquire(lease.resources)
+
+    def _on_worker_exit(self, w: Worker) -> None:
+        lease = w.lease
+        if lease is not None:
+            self.leases.pop(lease.lease_id, None)
+            self._release(lease)
+            w.lease = None
+            self._schedule()
+        if w.actor_id is not None and self.gcs is not None and not self.stopping.is_set():
+            self.gcs.notify(
+                "update_actor",
+                {"actor_id": w.actor_id, "state": "DEAD", "cause_if_unset": f"the actor's worker process (pid={w.pid}) {w.exit_info['how']}"},
+            )
+
+    async def on_worker_exit_info(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:
+        worker_id = body["worker_id"]
+        w = self.pool.workers.get(worker_id) or self.pool.dead.get(worker_id)
+        if w is None:
+            return None
+        try:
+            await asyncio.wait_for(asyncio.shield(w.exited), body.get("timeout", 5.0))
+        except asyncio.TimeoutError:
+            return None
+        return {"how": w.exit_info["how"], "code": w.exit_info["code"], "tail": [ln.decode(errors="replace") for ln in w.tail]}
+
+    def on_kill_worker(self, conn: wire.Connection, body: dict, bufs: list) -> bool:
+        w = self.pool.workers.get(body["worker_id"])
+        if w is None:
+            return False
+        _kill(w.pid, signal.SIGKILL if body.get("force", True) else signal.SIGTERM)
+        return True
+
