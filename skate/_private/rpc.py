@@ -66,7 +66,7 @@ class ConnectionLost(ConnectionError):
 class Connection(asyncio.BufferedProtocol):
     """One framed, authenticated connection (client or server side)."""
 
-    def __init__(self, token: bytes, handlers: dict[str, Handler], server: bool) -> None:
+    def __init__(self, token: bytes, handlers: dict[str, Handler], server: bool, gate: _Gate | None = None) -> None:
         self.token = token
         self.handlers = handlers
         self.server = server
@@ -97,6 +97,8 @@ class Connection(asyncio.BufferedProtocol):
         self._poller: Any = None  # a poll object on _rsock, for leading threads
         self.off_since = 0.0
         self._owed_mark = 0
+        self._gate = gate  # the listener's count of unauthenticated connections
+        self._deadline: asyncio.TimerHandle | None = None  # of the handshake
 
     # --- protocol callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,8 +118,45 @@ class Connection(asyncio.BufferedProtocol):
         self._wsock = socket.socket(fileno=os.dup(sock.fileno()))
         self._wsock.setblocking(False)
         if self.server:
+            if not self._admit():
+                return
             self._nonce = P.new_nonce()
             self._send([self._nonce])
+
+    # --- limits before authentication (server side) --------------------------------
+    def _admit(self) -> bool:
+        """Takes a slot among the listener's unauthenticated connections and starts the deadline.
+
+        Past the cap (``Config.max_pending_handshakes``) the connection is
+        closed at once: peers without the token cannot pin memory and
+        descriptors of a daemon.
+        """
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            if gate.pending >= gate.cap:
+                gate.refused += 1
+                if gate.refused == 1:
+                    log.warning("more than %d connections waiting to authenticate: closing new ones", gate.cap)
+                self._fail(ConnectionRefusedError("too many connections waiting to authenticate"))
+                return False
+            gate.pending += 1
+            self._gate = gate
+        self._deadline = self.loop.call_later(CONFIG.handshake_timeout_s, self._handshake_expired)
+        return True
+
+    def _handshake_expired(self) -> None:
+        self._deadline = None
+        if self._auth_state < 2 and not self.closed:
+            self._fail(P.AuthError(f"no handshake within {CONFIG.handshake_timeout_s} s"))
+
+    def _handshake_over(self) -> None:
+        """Gives back the slot taken by ``_admit`` (authenticated, or closed)."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._gate is not None:
+            self._gate.pending -= 1
+            self._gate = None
 
     # --- sending (any thread) -------------------------------------------------
     def _send(self, pieces: list) -> None:
@@ -368,6 +407,9 @@ class Connection(asyncio.BufferedProtocol):
     def _handshake(self, view: memoryview, n: int) -> int:
         if self.server:
             if self._auth_state == 0:
+                if n > P.MAC_LEN + P.NONCE_LEN:
+                    # A client sends nothing more before the server's proof.
+                    raise P.AuthError(f"peer sent {n} bytes before authenticating (the answer is {P.MAC_LEN + P.NONCE_LEN})")
                 if n < P.MAC_LEN + P.NONCE_LEN:
                     return 0
                 answer = bytes(view[: P.MAC_LEN])
@@ -376,6 +418,7 @@ class Connection(asyncio.BufferedProtocol):
                 theirs = bytes(view[P.MAC_LEN : P.MAC_LEN + P.NONCE_LEN])
                 self._send([P.mac(self.token, theirs, b"s")])
                 self._auth_state = 2
+                self._handshake_over()
                 self.ready.set_result(True)
                 return P.MAC_LEN + P.NONCE_LEN
             return 0
@@ -514,6 +557,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self.closed = True
+        self._handshake_over()
         if not self.ready.done():
             self.ready.set_exception(exc)
             self.ready.exception()  # mark retrieved
@@ -722,8 +766,20 @@ def _log_task_error(task: asyncio.Task) -> None:
         log.error("notification handler failed", exc_info=task.exception())
 
 
+class _Gate:
+    """Per listener: how many accepted connections have not authenticated yet."""
+
+    __slots__ = ("cap", "pending", "refused")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.pending = 0
+        self.refused = 0
+
+
 def _server_side(token: bytes, handlers: dict[str, Handler]) -> Callable[[], Connection]:
-    return lambda: Connection(token, handlers, server=True)
+    gate = _Gate(CONFIG.max_pending_handshakes)
+    return lambda: Connection(token, handlers, server=True, gate=gate)
 
 
 async def serve_tcp(

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from skate._private import daemon, rpc
+from skate._private import daemon, private_paths, rpc
 from skate._private.config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -235,8 +235,7 @@ async def _main(stop: asyncio.Event) -> None:
     ap.add_argument("--token-file", required=True)
     ap.add_argument("--listen-fd", type=int, default=-1, help="an already bound socket to serve on")
     args = ap.parse_args()
-    with open(args.token_file, "rb") as f:
-        token = f.read().strip()
+    token = private_paths.read_token(args.token_file)
     gcs = GcsServer(token)
     if args.listen_fd >= 0:
         import socket
