@@ -813,6 +813,32 @@ async def connect(
     def factory() -> Connection:
         return Connection(token, handlers, server=False)
 
+    deadline = loop.time() + timeout
+    delay = 0.01
+    while True:
+        conn = await _connect_once(loop, address, factory, timeout)
+        try:
+            await asyncio.wait_for(asyncio.shield(conn.ready), max(deadline - loop.time(), 0.001))
+        except (asyncio.TimeoutError, ConnectionError) as e:
+            conn.close()
+            if isinstance(e, ConnectionLost):
+                if conn._auth_state == 0 and loop.time() + delay < deadline:
+                    # Closed before it challenged us: the listener holds its
+                    # cap of unauthenticated connections (a flood?); retry.
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                raise P.AuthError(
+                    f"connection to {address} was refused during authentication: "
+                    "is the cluster token right?"
+                ) from None
+            raise
+        return conn
+
+
+async def _connect_once(
+    loop: asyncio.AbstractEventLoop, address: str | tuple, factory: Callable[[], Connection], timeout: float
+) -> Connection:
     if isinstance(address, str) and address.startswith("/"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target: Any = address
@@ -829,16 +855,6 @@ async def connect(
         raise
     conn = factory()
     conn.attach(sock)
-    try:
-        await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
-    except (asyncio.TimeoutError, ConnectionError) as e:
-        conn.close()
-        if isinstance(e, ConnectionLost):
-            raise P.AuthError(
-                f"connection to {address} was refused during authentication: "
-                "is the cluster token right?"
-            ) from None
-        raise
     return conn
 
 
