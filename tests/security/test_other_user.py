@@ -66,14 +66,16 @@ def other_user():
     if os.geteuid() != 0:
         pytest.skip("acting as a second local user needs root (to create the user and switch to it); CI runs as root")
     useradd = shutil.which("useradd")
-    if useradd is None:
-        # No account tools here: a uid no account uses is just as foreign.
+    name = f"sktatk{os.getpid() % 100000}"
+    made = useradd is not None and subprocess.run(
+        [useradd, "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True, timeout=60,
+    ).returncode == 0
+    if not made:
+        # No account tools (or a read-only /etc) here: a uid no account uses is just as foreign.
         uid = _free_uid()
         yield OtherUser(None, uid, uid)
         return
-    name = f"sktatk{os.getpid() % 100000}"
-    subprocess.run([useradd, "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True, timeout=60)
     try:
         entry = pwd.getpwnam(name)
         yield OtherUser(name, entry.pw_uid, entry.pw_gid)
