@@ -816,7 +816,7 @@ async def connect(
     deadline = loop.time() + timeout
     delay = 0.01
     while True:
-        conn = await _connect_once(loop, address, factory, timeout)
+        conn = await _connect_once(loop, address, factory, max(deadline - loop.time(), 0.001))
         try:
             await asyncio.wait_for(asyncio.shield(conn.ready), max(deadline - loop.time(), 0.001))
         except (asyncio.TimeoutError, ConnectionError) as e:
