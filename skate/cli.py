@@ -21,17 +21,21 @@ def _pids_file() -> str:
     return os.path.join(node.clusters_dir(), "daemons.json")
 
 
-def _remember(pids: list[int], session_dir: str) -> None:
-    path = _pids_file()
+def _known_daemons() -> list:
+    from skate._private import private_paths
+
     try:
-        with open(path) as f:
-            known = json.load(f)
+        known = json.loads(private_paths.read_private(_pids_file()))
     except (OSError, ValueError):
-        known = []
-    known += [{"pid": p, "session_dir": session_dir} for p in pids]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(known, f)
+        return []
+    return known if isinstance(known, list) else []
+
+
+def _remember(pids: list[int], session_dir: str) -> None:
+    from skate._private import private_paths
+
+    known = _known_daemons() + [{"pid": p, "session_dir": session_dir} for p in pids]
+    private_paths.replace_private(_pids_file(), json.dumps(known).encode())
 
 
 @main.command()
@@ -58,16 +62,14 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
         click.echo(f"skate head started at {info['gcs_address']}")
         click.echo(f"  connect a driver:   skate.init(address=\"{info['gcs_address']}\")")
         click.echo(f"  add a node:         skate start --address {info['gcs_address']}")
-        click.echo(f"  from another host:  export SKATE_CLUSTER_TOKEN={info['token'].decode()}")
+        click.echo(f"  from another host:  export SKATE_CLUSTER_TOKEN=<the contents of {info['token_file']}>")
         return
     rec = node.lookup_cluster(address)
     token = os.environ.get("SKATE_CLUSTER_TOKEN")
     if rec is not None:
         token_file, session_dir = rec["token_file"], rec["session_dir"]
     elif token:
-        session_dir, _, token_file = node.new_session()
-        with open(token_file, "wb") as f:
-            f.write(token.encode())
+        session_dir, _, token_file = node.new_session(token=token.encode())
     else:
         raise click.ClickException(f"no token for the cluster at {address}: set SKATE_CLUSTER_TOKEN")
     d = node.start_worker_node(rec["gcs_address"] if rec else address, token_file, session_dir, cpus, num_gpus,
@@ -86,11 +88,7 @@ def stop(force: bool) -> None:
 
     from skate._private import node
 
-    try:
-        with open(_pids_file()) as f:
-            known = json.load(f)
-    except (OSError, ValueError):
-        known = []
+    known = _known_daemons()
     procs = []
     for entry in known:
         try:

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from skate import exceptions as exc
-from skate._private import node, runtime, wire
+from skate._private import node, private_paths, runtime, wire
 from skate._private.config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ def init(
     Raises:
         RuntimeError: when already initialized (unless ``ignore_reinit_error``).
         ConnectionError: when the cluster cannot be reached or rejects the token.
+        UnsafePathError: (a RuntimeError) when skate's temp folder, a cluster
+            record or a token file could be changed by another local user.
     """
     global _head
     unknown = set(kwargs) - {"_system_config", "_temp_dir", "num_redis_shards", "redis_max_clients",
@@ -140,8 +142,7 @@ def _find_cluster(address: str, token_hex: str | None) -> tuple[bytes, str, Any]
     if token_hex:
         token = token_hex.encode()
     elif rec:
-        with open(rec["token_file"], "rb") as f:
-            token = f.read().strip()
+        token = private_paths.read_token(rec["token_file"])
     else:
         raise ConnectionError(
             f"no token for the cluster at {address}: set SKATE_CLUSTER_TOKEN (printed by `skate start --head`)"
@@ -172,9 +173,8 @@ def _find_cluster(address: str, token_hex: str | None) -> tuple[bytes, str, Any]
 
 
 def _own_session_dir() -> str:
-    d = os.path.join(CONFIG.temp_dir, f"driver_{os.getpid()}")
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    return d
+    private_paths.private_dir(CONFIG.temp_dir)
+    return private_paths.private_dir(os.path.join(CONFIG.temp_dir, f"driver_{os.getpid()}"))
 
 
 def shutdown(_exiting_interpreter: bool = False) -> None:

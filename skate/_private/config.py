@@ -40,6 +40,12 @@ class Config:
     #: that just handled a message, polls before it sleeps (a wake-up from
     #: sleep costs tens of microseconds on virtual machines); 0 turns it off.
     spin_us: int = 100
+    #: Seconds a peer has to prove it holds the cluster token before its
+    #: connection is dropped.
+    handshake_timeout_s: float = 5.0
+    #: Connections a listener holds at once that have not authenticated
+    #: yet; more are closed as soon as they are accepted.
+    max_pending_handshakes: int = 64
 
     @classmethod
     def from_env(cls) -> Config:

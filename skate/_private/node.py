@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from skate._private import private_paths
 from skate._private.config import CONFIG
 
 
@@ -37,17 +38,21 @@ class DaemonProcess:
     info: dict = field(default_factory=dict)
 
 
-def new_session(base: str | None = None) -> tuple[str, bytes, str]:
-    """Creates a session folder and token; returns ``(dir, token, token_file)``."""
-    base = base or CONFIG.temp_dir
-    os.makedirs(base, mode=0o700, exist_ok=True)
+def new_session(base: str | None = None, token: bytes | None = None) -> tuple[str, bytes, str]:
+    """Creates a session folder and token; returns ``(dir, token, token_file)``.
+
+    ``base`` (default ``CONFIG.temp_dir``) must be this user's own folder;
+    ``token`` defaults to a fresh random one.
+
+    Raises:
+        UnsafePathError: when ``base`` exists but another user can change it.
+    """
+    base = private_paths.private_dir(base or CONFIG.temp_dir)
     session_dir = os.path.join(base, f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{os.urandom(3).hex()}")
-    os.makedirs(session_dir, mode=0o700)
-    token = os.urandom(24).hex().encode()
+    os.mkdir(session_dir, 0o700)
+    token = token or os.urandom(24).hex().encode()
     token_file = os.path.join(session_dir, "token")
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(token)
+    private_paths.create_private(token_file, token)
     return session_dir, token, token_file
 
 
@@ -61,7 +66,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def spawn(name: str, args: list[str], env: dict | None = None, tie_to_parent: bool = True, log_path: str | None = None, pass_fds: tuple = ()) -> DaemonProcess:
     """Starts ``python -m <args>`` with a readiness pipe."""
     r, w = os.pipe()
-    child_env = dict(env or os.environ)
+    child_env = {k: v for k, v in (env or os.environ).items() if k not in private_paths.SECRET_ENV}
     flags = []
     if CONFIG.daemon_skip_site:
         # The daemons import from exactly this process's import path, without
@@ -289,53 +294,71 @@ def stop_processes(procs: list[DaemonProcess], grace: float = 5.0) -> None:
             d.proc.wait()
 
 
-def clusters_dir() -> str:
+def clusters_dir(create: bool = True) -> str:
+    """``<temp dir>/clusters``, verified to be this user's own (created when ``create``)."""
     path = os.path.join(CONFIG.temp_dir, "clusters")
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    if create:
+        private_paths.private_dir(CONFIG.temp_dir)
+        return private_paths.private_dir(path)
+    private_paths.check_dir(CONFIG.temp_dir)
+    private_paths.check_dir(path)
     return path
 
 
 def record_cluster(gcs_address: str, session_dir: str, token_file: str) -> None:
     """Remembers where the token of the cluster at ``gcs_address`` is."""
     host, _, port = gcs_address.rpartition(":")
-    path = os.path.join(clusters_dir(), f"{host}_{port}.json")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"gcs_address": gcs_address, "session_dir": session_dir, "token_file": token_file}, f)
-    latest = os.path.join(clusters_dir(), "latest.json")
-    fd = os.open(latest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"gcs_address": gcs_address, "session_dir": session_dir, "token_file": token_file}, f)
+    folder = clusters_dir()
+    data = json.dumps({"gcs_address": gcs_address, "session_dir": session_dir, "token_file": token_file}).encode()
+    private_paths.replace_private(os.path.join(folder, f"{host}_{port}.json"), data)
+    private_paths.replace_private(os.path.join(folder, "latest.json"), data)
 
 
 def forget_cluster(gcs_address: str) -> None:
     """Drops the record written by ``record_cluster``."""
     host, _, port = gcs_address.rpartition(":")
-    for name in (f"{host}_{port}.json",):
-        try:
-            os.unlink(os.path.join(clusters_dir(), name))
-        except FileNotFoundError:
-            pass
-    latest = os.path.join(clusters_dir(), "latest.json")
     try:
-        with open(latest) as f:
-            if json.load(f).get("gcs_address") == gcs_address:
-                os.unlink(latest)
+        folder = clusters_dir(create=False)
+    except (FileNotFoundError, private_paths.UnsafePathError):
+        return  # nothing of ours to forget
+    try:
+        os.unlink(os.path.join(folder, f"{host}_{port}.json"))
+    except FileNotFoundError:
+        pass
+    latest = os.path.join(folder, "latest.json")
+    try:
+        if json.loads(private_paths.read_private(latest)).get("gcs_address") == gcs_address:
+            os.unlink(latest)
     except (OSError, ValueError):
         pass
 
 
 def lookup_cluster(address: str) -> dict | None:
-    """The record of a cluster by GCS address (``"auto"``: the latest started here)."""
+    """The record of a cluster by GCS address (``"auto"``: the latest started here).
+
+    Returns None when there is none.  The record, the folders it is in, the
+    session folder and the token file it names must all be this user's own.
+
+    Raises:
+        UnsafePathError: when one of them could be changed by another user.
+    """
     if address == "auto":
-        path = os.path.join(clusters_dir(), "latest.json")
+        name = "latest.json"
     else:
         host, _, port = address.rpartition(":")
         if host in ("localhost", ""):
             host = "127.0.0.1"
-        path = os.path.join(clusters_dir(), f"{host}_{port}.json")
+        name = f"{host}_{port}.json"
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        path = os.path.join(clusters_dir(create=False), name)
+        rec = json.loads(private_paths.read_private(path))
+    except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
+    if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in ("gcs_address", "session_dir", "token_file")):
+        return None
+    try:
+        private_paths.check_dir(rec["session_dir"])
+        private_paths.check_dir(os.path.dirname(rec["token_file"]))
+    except FileNotFoundError:
+        return None  # a record left by a cluster that is gone
+    return rec

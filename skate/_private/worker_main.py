@@ -10,14 +10,14 @@ import sys
 
 def main() -> None:
     """Connects to the node daemon, registers, and runs pushed work until told to stop."""
-    from skate._private import runtime
+    from skate._private import private_paths, runtime
     from skate._private.core_worker import start_worker
     from skate._private.core_worker.executor import OutputPrefixer
 
     env = os.environ
     core = start_worker(
         env["SKATE_RAYLET_SOCKET"],
-        env["SKATE_TOKEN"].encode(),
+        private_paths.read_token(env["SKATE_TOKEN_FILE"]),
         env["SKATE_SESSION_DIR"],
         worker_id=bytes.fromhex(env["SKATE_WORKER_ID"]),
     )

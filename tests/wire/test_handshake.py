@@ -99,3 +99,11 @@ def test_frame_reader_grows_for_a_frame_larger_than_its_buffer():
 def test_malformed_headers_are_protocol_errors(header):
     with pytest.raises(framing.ProtocolError):
         framing.decode_header(header)
+
+
+def test_server_refuses_bytes_past_the_answer_before_authenticating():
+    server, client = handshake.ServerHandshake(TOKEN), handshake.ClientHandshake(TOKEN)
+    answer = _trickle(client, server.hello())
+    with pytest.raises(handshake.AuthError, match="before authenticating"):
+        server.feed(memoryview(answer + b"\x00"))
+    assert not server.done

@@ -151,7 +151,7 @@ class ObjectAccess:
                 del cache[key]
                 m.close()
                 os.close(fd)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = shm.open_writable(path)  # exclusive, or this user's own recycled segment
         st = os.fstat(fd)
         if st.st_size != size:
             os.ftruncate(fd, size)

@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from skate._private import daemon, wire
+from skate._private import daemon, private_paths, wire
 from skate._private.gcs.actors import ActorDirectory, public
 from skate._private.gcs.nodes import NodeTable
 from skate._private.gcs.pubsub import PubSub
@@ -138,8 +138,7 @@ async def _main(stop: asyncio.Event) -> None:
     ap.add_argument("--storage", default=None, help="where tables live (default: memory)")
     ap.add_argument("--listen-fd", type=int, default=-1, help="an already bound socket to serve on")
     args = ap.parse_args()
-    with open(args.token_file, "rb") as f:
-        token = f.read().strip()
+    token = private_paths.read_token(args.token_file)
     gcs = GcsServer(token, open_storage(args.storage))
     if args.listen_fd >= 0:
         import socket

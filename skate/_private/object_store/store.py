@@ -152,7 +152,7 @@ class ObjectStore:
         self.objects.move_to_end(oid)
         if obj.spilled_path:
             self._make_room(obj.size, oid)
-            shutil.copyfile(obj.spilled_path, obj.path)
+            shm.copy_in(obj.spilled_path, obj.path)
             os.unlink(obj.spilled_path)
             obj.spilled_path = None
             self.used += obj.size

@@ -28,7 +28,7 @@ import signal
 import time
 from typing import Any
 
-from skate._private import daemon, wire
+from skate._private import daemon, private_paths, wire
 from skate._private.config import CONFIG
 from skate._private.object_store.store import ObjectStore
 from skate._private.raylet.leases import Lease, LeaseManager
@@ -87,13 +87,15 @@ class Raylet(LeaseManager, ObjectManager):
         self.uds_server = await wire.serve_unix(self.uds, self.token, self.handlers)
         self.tcp_server = await wire.serve_tcp(self.ip, self.args.port, self.token, self.handlers)
         self.port = self.tcp_server.sockets[0].getsockname()[1]
+        # Workers read the token from the (owner-only) token file: in their
+        # environment every subprocess of a task would inherit it.
         self.pool.env = dict(
-            os.environ,
+            private_paths.environ_without_secrets(),
             SKATE_RAYLET_SOCKET=self.uds,
             SKATE_NODE_ID=self.node_id.hex(),
             SKATE_NODE_IP=self.ip,
             SKATE_GCS_ADDRESS=self.args.gcs_address,
-            SKATE_TOKEN=self.token.decode(),
+            SKATE_TOKEN_FILE=self.args.token_file,
             SKATE_SESSION_DIR=self.session_dir,
             SKATE_STORE_PREFIX=self.prefix,
         )
@@ -266,8 +268,7 @@ async def _main(stop: asyncio.Event) -> None:
     ap.add_argument("--object-store-memory", type=float, required=True)
     ap.add_argument("--head", action="store_true")
     args = ap.parse_args()
-    with open(args.token_file, "rb") as f:
-        token = f.read().strip()
+    token = private_paths.read_token(args.token_file)
     raylet = Raylet(args, token)
     raylet.pool.early_zygote = _EARLY_ZYGOTE
     await raylet.start()

@@ -41,6 +41,7 @@ from typing import Any
 import msgspec
 
 from skate._private import messages
+from skate._private.config import CONFIG
 from skate._private.wire import dispatch
 from skate._private.wire.dispatch import ConnectionLost, Handler, Pending, RemoteError
 from skate._private.wire.framing import (
@@ -59,10 +60,21 @@ from skate._private.wire.watch import watch_of
 log = logging.getLogger(__name__)
 
 
+class Gate:
+    """Per listener: how many accepted connections have not authenticated yet."""
+
+    __slots__ = ("cap", "pending", "refused")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.pending = 0
+        self.refused = 0
+
+
 class Connection(asyncio.BufferedProtocol):
     """One framed, authenticated connection (client or server side)."""
 
-    def __init__(self, token: bytes, handlers: dict[str, Handler], server: bool) -> None:
+    def __init__(self, token: bytes, handlers: dict[str, Handler], server: bool, gate: Gate | None = None) -> None:
         self.token = token
         self.handlers = handlers
         self.server = server
@@ -93,6 +105,8 @@ class Connection(asyncio.BufferedProtocol):
         self._poller: Any = None  # a poll object on rsock, for leading threads
         self.off_since = 0.0
         self.owed_mark = 0
+        self._gate = gate  # the listener's count of unauthenticated connections
+        self._deadline: asyncio.TimerHandle | None = None  # of the handshake
 
     # --- protocol callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,9 +125,51 @@ class Connection(asyncio.BufferedProtocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._wsock = socket.socket(fileno=os.dup(sock.fileno()))
         self._wsock.setblocking(False)
+        if self.server and not self._admit():
+            return
         hello = self._hs.hello()
         if hello:
             self._send([hello])
+
+    # --- limits before authentication (server side) --------------------------------
+    def _admit(self) -> bool:
+        """Takes a slot among the listener's unauthenticated connections and starts the deadline.
+
+        Past the cap (``Config.max_pending_handshakes``) the connection is
+        closed at once: peers without the token cannot pin memory and
+        descriptors of a daemon.
+        """
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            if gate.pending >= gate.cap:
+                gate.refused += 1
+                if gate.refused == 1:
+                    log.warning("more than %d connections waiting to authenticate: closing new ones", gate.cap)
+                self._fail(ConnectionRefusedError("too many connections waiting to authenticate"))
+                return False
+            gate.pending += 1
+            self._gate = gate
+        self._deadline = self.loop.call_later(CONFIG.handshake_timeout_s, self._handshake_expired)
+        return True
+
+    def _handshake_expired(self) -> None:
+        self._deadline = None
+        if not self.authed and not self.closed:
+            self._fail(AuthError(f"no handshake within {CONFIG.handshake_timeout_s} s"))
+
+    def _handshake_over(self) -> None:
+        """Gives back the slot taken by ``_admit`` (authenticated, or closed)."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._gate is not None:
+            self._gate.pending -= 1
+            self._gate = None
+
+    @property
+    def challenged(self) -> bool:
+        """The handshake got as far as the server's challenge."""
+        return self._hs.challenged
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._reader.buffer()
@@ -148,6 +204,7 @@ class Connection(asyncio.BufferedProtocol):
             if not self._hs.done:
                 return
             self.authed = True
+            self._handshake_over()
             self.ready.set_result(True)
         for kind, rid, method, body, bufs in reader.frames():
             self._dispatch(kind, rid, method, body, bufs)
@@ -416,6 +473,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self.closed = True
+        self._handshake_over()
         if not self.ready.done():
             self.ready.set_exception(exc)
             self.ready.exception()  # mark retrieved

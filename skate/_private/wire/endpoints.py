@@ -11,13 +11,15 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from skate._private.wire.connection import Connection
+from skate._private.config import CONFIG
+from skate._private.wire.connection import Connection, Gate
 from skate._private.wire.dispatch import ConnectionLost, Handler
 from skate._private.wire.handshake import AuthError
 
 
 def _server_side(token: bytes, handlers: dict[str, Handler]) -> Callable[[], Connection]:
-    return lambda: Connection(token, handlers, server=True)
+    gate = Gate(CONFIG.max_pending_handshakes)
+    return lambda: Connection(token, handlers, server=True, gate=gate)
 
 
 async def serve_tcp(
@@ -46,11 +48,37 @@ async def connect(
 ) -> Connection:
     """Connects to a ``"host:port"``, ``(host, port)`` or Unix socket path and authenticates.
 
+    A listener that closes the connection before it challenges (it holds its
+    cap of unauthenticated connections) is tried again until ``timeout``.
     Raises ``AuthError`` when the server refuses the token, ``OSError`` or
     ``asyncio.TimeoutError`` when it cannot be reached.
     """
     loop = asyncio.get_running_loop()
     handlers = handlers if handlers is not None else {}
+    deadline = loop.time() + timeout
+    delay = 0.01
+    while True:
+        conn = await _connect_once(address, token, handlers, max(deadline - loop.time(), 0.001))
+        try:
+            await asyncio.wait_for(asyncio.shield(conn.ready), max(deadline - loop.time(), 0.001))
+        except (asyncio.TimeoutError, ConnectionError) as e:
+            challenged = conn.challenged
+            conn.close()
+            if isinstance(e, ConnectionLost):
+                if not challenged and loop.time() + delay < deadline:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                raise AuthError(
+                    f"connection to {address} was refused during authentication: "
+                    "is the cluster token right?"
+                ) from None
+            raise
+        return conn
+
+
+async def _connect_once(address: str | tuple, token: bytes, handlers: dict[str, Handler], timeout: float) -> Connection:
+    loop = asyncio.get_running_loop()
     if isinstance(address, str) and address.startswith("/"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target: Any = address
@@ -67,16 +95,6 @@ async def connect(
         raise
     conn = Connection(token, handlers, server=False)
     conn.attach(sock)
-    try:
-        await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
-    except (asyncio.TimeoutError, ConnectionError) as e:
-        conn.close()
-        if isinstance(e, ConnectionLost):
-            raise AuthError(
-                f"connection to {address} was refused during authentication: "
-                "is the cluster token right?"
-            ) from None
-        raise
     return conn
 
 

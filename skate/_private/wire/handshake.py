@@ -52,13 +52,23 @@ class ServerHandshake:
         self.nonce = new_nonce()
         self.done = False
 
+    @property
+    def challenged(self) -> bool:
+        """The server challenges at once."""
+        return True
+
     def hello(self) -> bytes:
         """What the server sends as soon as the connection is made."""
         return self.nonce
 
     def feed(self, data: memoryview) -> tuple[int, bytes]:
         """Takes received bytes; returns ``(bytes used, bytes to send)``."""
-        if self.done or len(data) < MAC_LEN + NONCE_LEN:
+        if self.done:
+            return 0, b""
+        if len(data) > MAC_LEN + NONCE_LEN:
+            # A client sends nothing more before the server's proof.
+            raise AuthError(f"peer sent {len(data)} bytes before authenticating (the answer is {MAC_LEN + NONCE_LEN})")
+        if len(data) < MAC_LEN + NONCE_LEN:
             return 0, b""
         if not check_mac(self.token, self.nonce, b"c", bytes(data[:MAC_LEN])):
             raise AuthError("wrong cluster token")
@@ -74,6 +84,11 @@ class ClientHandshake:
         self.token = token
         self.nonce = b""
         self.done = False
+
+    @property
+    def challenged(self) -> bool:
+        """The server's challenge has come."""
+        return bool(self.nonce)
 
     def hello(self) -> bytes:
         """The client speaks only when challenged."""
