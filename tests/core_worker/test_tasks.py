@@ -92,6 +92,18 @@ def test_arguments(ray_start):
     assert skate.get(ref) == 10
 
 
+@pytest.mark.timeout(60)
+def test_thousands_of_returns_from_one_task(ray_start):
+    # More return values than one sendmsg takes pieces (IOV_MAX): this hung.
+    @skate.remote
+    def many(n):
+        return list(range(n))
+
+    for n in (1025, 3000):
+        refs = many.options(num_returns=n).remote(n)
+        assert skate.get(refs, timeout=30) == list(range(n))
+
+
 def test_num_returns(ray_start, tmp_path):
     marker = tmp_path / "ran"
 

@@ -168,6 +168,29 @@ def test_large_payload(sock_path):
     run(main())
 
 
+@pytest.mark.parametrize("n", [1023, 1025, 3000])
+def test_frames_with_more_buffers_than_one_sendmsg_takes(sock_path, n):
+    # The kernel takes at most IOV_MAX (1024) pieces per sendmsg.
+    pieces = [bytes([i % 256]) * (i % 7 + 1) for i in range(n)]
+
+    def echo(conn, body, bufs):
+        return wire.Reply(len(bufs), bufs)
+
+    async def main():
+        srv = await wire.serve_unix(sock_path, TOKEN, {"echo": echo})
+        conn = await wire.connect(sock_path, TOKEN)
+        try:
+            count, bufs = await asyncio.wait_for(conn.request("echo", None, pieces), 10)
+            assert count == n
+            assert [bytes(b) for b in bufs] == pieces
+        finally:
+            conn.close()
+            srv.close()
+            await srv.wait_closed()
+
+    run(main())
+
+
 def test_notify(sock_path):
     async def main():
         got = asyncio.Queue()

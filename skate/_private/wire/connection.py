@@ -59,6 +59,9 @@ from skate._private.wire.watch import watch_of
 
 log = logging.getLogger(__name__)
 
+#: Pieces per sendmsg call (the kernel takes at most IOV_MAX, 1024 on Linux).
+_IOV_CHUNK = 512
+
 
 class Gate:
     """Per listener: how many accepted connections have not authenticated yet."""
@@ -219,20 +222,29 @@ class Connection(asyncio.BufferedProtocol):
             if self._backlog:
                 self._backlog.extend(memoryview(p).cast("B") for p in pieces)
                 return
-            try:
-                n = self._wsock.sendmsg(pieces)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as e:
-                self.loop.call_soon_threadsafe(self._fail, e)
-                return
-            for p in pieces:
-                mv = memoryview(p).cast("B")
-                if n >= mv.nbytes:
-                    n -= mv.nbytes
-                    continue
-                self._backlog.append(mv[n:])
-                n = 0
+            # sendmsg takes at most IOV_MAX (1024 here) pieces at once: a
+            # frame with more (a task with thousands of returns) goes in parts.
+            i = 0
+            while i < len(pieces):
+                chunk = pieces if (not i and len(pieces) <= _IOV_CHUNK) else pieces[i : i + _IOV_CHUNK]
+                i += len(chunk)
+                try:
+                    n = self._wsock.sendmsg(chunk)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError as e:
+                    self.loop.call_soon_threadsafe(self._fail, e)
+                    return
+                for p in chunk:
+                    mv = memoryview(p).cast("B")
+                    if n >= mv.nbytes:
+                        n -= mv.nbytes
+                        continue
+                    self._backlog.append(mv[n:])
+                    n = 0
+                if self._backlog:
+                    self._backlog.extend(memoryview(p).cast("B") for p in pieces[i:])
+                    break
             if self._backlog:
                 if threading.current_thread() is loop_thread(self.loop):
                     self._arm()
@@ -246,7 +258,7 @@ class Connection(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         with self._wlock:
             while self._backlog:
-                chunk = list(itertools.islice(self._backlog, 0, 512))
+                chunk = list(itertools.islice(self._backlog, 0, _IOV_CHUNK))
                 try:
                     n = self._wsock.sendmsg(chunk)
                 except (BlockingIOError, InterruptedError):
