@@ -76,6 +76,7 @@ class WorkerPool:
         #: A zygote forked by the daemon at start-up (see zygote.fork_early).
         self.early_zygote: socket.socket | None = None
         self._zygote_starting: asyncio.Future | None = None
+        self._fork_lock = asyncio.Lock()
         self._forks: collections.deque[asyncio.Future] = collections.deque()
         self._by_pid: dict[int, Worker] = {}
         self._early_exits: dict[int, int] = {}
@@ -154,14 +155,18 @@ class WorkerPool:
         try:
             sock = await self._zygote()
             fut = loop.create_future()
-            self._forks.append(fut)
             env = {k: v for k, v in self.env.items() if k.startswith("SKATE_")}
             env["SKATE_WORKER_ID"] = worker_id.hex()
             # Known before the fork: the worker may register before the fork's answer is read.
             w = Worker(worker_id, 0, registered=loop.create_future(), exited=loop.create_future())
             self.workers[worker_id] = w
             try:
-                sock.send(json.dumps({"env": env}).encode())
+                # Requests wait while the zygote's socket is full (a burst of
+                # actor creations), one at a time, so that its answers, which
+                # come in request order, meet their futures in that order.
+                async with self._fork_lock:
+                    await loop.sock_sendall(sock, json.dumps({"env": env}).encode())
+                    self._forks.append(fut)
                 pid, fds = await fut
             except BaseException:
                 self.workers.pop(worker_id, None)
