@@ -132,7 +132,7 @@ class Cluster:
         import asyncio
 
         async def go() -> list:
-            conn = await wire.connect(self.address, self._info["token"], {})
+            conn = await wire.connect(self.address, self._info["token"], {}, expect=wire.GCS_IDENTITY)
             try:
                 return await conn.request("get_nodes")
             finally:

@@ -151,7 +151,7 @@ def _find_cluster(address: str, token_hex: str | None) -> tuple[bytes, str, Any]
     import asyncio
 
     async def nodes() -> list:
-        conn = await wire.connect(gcs_address, token, {})
+        conn = await wire.connect(gcs_address, token, {}, expect=wire.GCS_IDENTITY)
         try:
             return await conn.request("get_nodes")
         finally:

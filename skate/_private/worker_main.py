@@ -36,8 +36,8 @@ def main() -> None:
     asyncio.set_event_loop(loop)
     executor.exec_loop = loop
     exec_uds = os.path.join(core.session_dir, f"x-{core.worker_id.hex()[:16]}.sock")
-    loop.run_until_complete(wire.serve_unix(exec_uds, core.token, executor.exec_handlers()))
-    tcp = loop.run_until_complete(wire.serve_tcp(core.node_ip, 0, core.token, executor.exec_handlers()))
+    loop.run_until_complete(wire.serve_unix(exec_uds, core.token, executor.exec_handlers(), identity=core.worker_id))
+    tcp = loop.run_until_complete(wire.serve_tcp(core.node_ip, 0, core.token, executor.exec_handlers(), identity=core.worker_id))
     core.address = [*core.address, tcp.sockets[0].getsockname()[1], exec_uds]
     core.extra_sockets.append(exec_uds)
     core.request(core.raylet, "register_worker", {"worker_id": core.worker_id, "address": core.address})

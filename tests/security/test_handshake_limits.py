@@ -191,7 +191,7 @@ def test_bytes_past_the_handshake_answer_are_dropped(cluster, target):
     addr = _address(cluster, target)
     with socket.create_connection(addr, timeout=10) as s:
         nonce = _recv_exactly(s, handshake.NONCE_LEN)
-        s.sendall(handshake.mac(token, nonce, b"c") + handshake.new_nonce() + _kv_put_frame())
+        s.sendall(handshake.client_answer(token, nonce, handshake.new_nonce()) + _kv_put_frame())
         assert _recv_until_closed(s, timeout=10) == b"", "the server accepted bytes past the handshake answer"
     # An unauthenticated megabyte is dropped just the same.
     with socket.create_connection(addr, timeout=10) as s:

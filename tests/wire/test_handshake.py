@@ -24,14 +24,22 @@ def _trickle(side: handshake.ServerHandshake | handshake.ClientHandshake, data: 
 
 
 def test_both_sides_agree_byte_by_byte():
-    server, client = handshake.ServerHandshake(TOKEN), handshake.ClientHandshake(TOKEN)
+    server, client = handshake.ServerHandshake(TOKEN, b"node-1"), handshake.ClientHandshake(TOKEN, expect=b"node-1")
     assert client.hello() == b""
     to_server = _trickle(client, server.hello())
-    assert not client.done and len(to_server) == handshake.MAC_LEN + handshake.NONCE_LEN
+    assert not client.done and len(to_server) == handshake.ANSWER_LEN
     to_client = _trickle(server, to_server)
-    assert server.done and len(to_client) == handshake.MAC_LEN
+    assert server.done and len(to_client) == 1 + len(b"node-1") + handshake.MAC_LEN
     assert _trickle(client, to_client) == b""
-    assert client.done
+    assert client.done and client.identity == b"node-1"
+    # One key per direction, the same on both sides, new for every connection.
+    c_send, c_recv = client.keys()
+    s_send, s_recv = server.keys()
+    assert (c_send, c_recv) == (s_recv, s_send) and c_send != c_recv
+    again = handshake.ServerHandshake(TOKEN, b"node-1")
+    other = handshake.ClientHandshake(TOKEN)
+    _trickle(other, _trickle(again, _trickle(other, again.hello())))
+    assert other.keys() != client.keys()
 
 
 def test_server_rejects_a_wrong_token():
@@ -45,10 +53,28 @@ def test_client_rejects_a_server_without_the_token():
     impostor, client = handshake.ServerHandshake(b"x" * 32), handshake.ClientHandshake(TOKEN)
     answer = _trickle(client, impostor.hello())
     # The impostor cannot check the client's answer, but answers anyway.
-    forged = handshake.mac(b"x" * 32, answer[handshake.MAC_LEN :], b"s")
+    forged = handshake.server_proof(b"x" * 32, impostor.nonce, answer[handshake.MAC_LEN :], b"")
     with pytest.raises(handshake.AuthError, match="server failed"):
         _trickle(client, forged)
     assert not client.done
+
+
+def test_client_rejects_a_relay_to_another_endpoint():
+    # A process that took over a dead worker's port passes the client on to a
+    # real skate process: its proof is genuine, but names another endpoint.
+    real, client = handshake.ServerHandshake(TOKEN, b"worker-2"), handshake.ClientHandshake(TOKEN, expect=b"worker-1")
+    with pytest.raises(handshake.AuthError, match="not the expected"):
+        _trickle(client, _trickle(real, _trickle(client, real.hello())))
+    assert not client.done
+
+
+def test_an_answer_is_bound_to_both_nonces():
+    server = handshake.ServerHandshake(TOKEN)
+    nonce_c = handshake.new_nonce()
+    # An answer recorded on another connection (another server nonce) fails.
+    stale = handshake.client_answer(TOKEN, handshake.new_nonce(), nonce_c)
+    with pytest.raises(handshake.AuthError):
+        server.feed(memoryview(stale))
 
 
 def test_a_server_answer_cannot_be_replayed_as_a_client_answer():

@@ -154,8 +154,8 @@ class CoreWorker(ObjectAccess, RefCounting):
 
     async def start_server(self) -> None:
         """Listens for peers (tasks pushed to us, owner requests)."""
-        self._uds_server = await wire.serve_unix(self.server_uds, self.token, self.handlers)
-        self._tcp_server = await wire.serve_tcp(self.node_ip, 0, self.token, self.handlers)
+        self._uds_server = await wire.serve_unix(self.server_uds, self.token, self.handlers, identity=self.worker_id)
+        self._tcp_server = await wire.serve_tcp(self.node_ip, 0, self.token, self.handlers, identity=self.worker_id)
         port = self._tcp_server.sockets[0].getsockname()[1]
         self.address = [self.worker_id, self.node_ip, port, self.server_uds]
 
@@ -186,7 +186,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         fut = self.conns[wid] = self.loop.create_future()
         try:
             target = addr[3] if addr[3] and os.path.exists(addr[3]) else (addr[1], addr[2])
-            conn = await wire.connect(target, self.token, self.handlers)
+            conn = await wire.connect(target, self.token, self.handlers, expect=addr[0])
         except BaseException as e:
             fut.set_exception(e)
             fut.exception()
@@ -216,7 +216,7 @@ class CoreWorker(ObjectAccess, RefCounting):
     async def gcs(self) -> wire.Connection:
         """The connection to the control store (made on first use)."""
         if self.gcs_fut is None or (self.gcs_fut.done() and (self.gcs_fut.exception() or self.gcs_fut.result().closed)):
-            self.gcs_fut = asyncio.ensure_future(wire.connect(self.gcs_address, self.token, self.handlers))
+            self.gcs_fut = asyncio.ensure_future(wire.connect(self.gcs_address, self.token, self.handlers, expect=wire.GCS_IDENTITY))
         return await asyncio.shield(self.gcs_fut)
 
     def gcs_call(self, method: str, body: Any = None, bufs: Any = (), timeout: float = 60) -> Any:

@@ -294,7 +294,7 @@ class TaskSubmitter:
         fut = self.raylets.get(key)
         if fut is None or (fut.done() and (fut.exception() or fut.result().closed)):
             addr = target["uds"] if os.path.exists(target["uds"]) else key
-            fut = self.raylets[key] = asyncio.ensure_future(wire.connect(addr, self.core.token, self.core.handlers))
+            fut = self.raylets[key] = asyncio.ensure_future(wire.connect(addr, self.core.token, self.core.handlers, expect=target.get("node_id")))
         return await asyncio.shield(fut)
 
     # --- dispatch (under self.lock) -------------------------------------------

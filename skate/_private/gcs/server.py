@@ -144,9 +144,9 @@ async def _main(stop: asyncio.Event) -> None:
         import socket
 
         sock = socket.socket(fileno=args.listen_fd)
-        server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers, sock=sock)
+        server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers, sock=sock, identity=wire.GCS_IDENTITY)
     else:
-        server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers)
+        server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers, identity=wire.GCS_IDENTITY)
     port = server.sockets[0].getsockname()[1]
     watcher = asyncio.ensure_future(gcs.nodes.watch_heartbeats())
     daemon.report_ready({"port": port})

@@ -98,7 +98,7 @@ class ObjectManager:
             if info is None or not info.get("alive", True):
                 raise ConnectionError(f"node {node_id.hex()} is not alive")
             fut = self.peer_conns[node_id] = asyncio.ensure_future(
-                wire.connect((info["ip"], info["port"]), self.token, self.handlers)
+                wire.connect((info["ip"], info["port"]), self.token, self.handlers, expect=node_id)
             )
         return await asyncio.shield(fut)
 

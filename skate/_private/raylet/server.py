@@ -84,8 +84,8 @@ class Raylet(LeaseManager, ObjectManager):
 
     # --- start / stop -------------------------------------------------------------
     async def start(self) -> None:
-        self.uds_server = await wire.serve_unix(self.uds, self.token, self.handlers)
-        self.tcp_server = await wire.serve_tcp(self.ip, self.args.port, self.token, self.handlers)
+        self.uds_server = await wire.serve_unix(self.uds, self.token, self.handlers, identity=self.node_id)
+        self.tcp_server = await wire.serve_tcp(self.ip, self.args.port, self.token, self.handlers, identity=self.node_id)
         self.port = self.tcp_server.sockets[0].getsockname()[1]
         # Workers read the token from the (owner-only) token file: in their
         # environment every subprocess of a task would inherit it.
@@ -245,7 +245,7 @@ async def _connect_retrying(address: str, token: bytes, handlers: dict, timeout:
     delay = 0.005
     while True:
         try:
-            return await wire.connect(address, token, handlers)
+            return await wire.connect(address, token, handlers, expect=wire.GCS_IDENTITY)
         except (ConnectionRefusedError, FileNotFoundError):
             if time.monotonic() > deadline:
                 raise

@@ -4,6 +4,7 @@ Layers, bottom up (each module opens with its own data flow)::
 
     framing     bytes <-> frames (kind, request id, method, body, buffers)
     handshake   mutual HMAC challenge on the cluster token (pure state machines)
+    records     every frame on TCP in an encrypted, authenticated record
     dispatch    a decoded frame -> a handler, a waiting future or a callback
     watch/spin  who reads a socket: the I/O loop or a thread waiting on it
     connection  one authenticated connection, writable from any thread
@@ -19,8 +20,12 @@ from skate._private.wire.framing import ProtocolError
 from skate._private.wire.handshake import AuthError
 from skate._private.wire.spin import SpinningSelector
 
+#: What the control store proves it is in the handshake (nodes and workers use their ids).
+GCS_IDENTITY = b"gcs"
+
 __all__ = [
     "DEFER",
+    "GCS_IDENTITY",
     "AuthError",
     "Connection",
     "ConnectionLost",

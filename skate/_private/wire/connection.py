@@ -54,6 +54,7 @@ from skate._private.wire.framing import (
     encode,
 )
 from skate._private.wire.handshake import AuthError, ClientHandshake, ServerHandshake
+from skate._private.wire.records import RecordCipher
 from skate._private.wire.spin import SPIN_S, loop_thread
 from skate._private.wire.watch import watch_of
 
@@ -77,7 +78,16 @@ class Gate:
 class Connection(asyncio.BufferedProtocol):
     """One framed, authenticated connection (client or server side)."""
 
-    def __init__(self, token: bytes, handlers: dict[str, Handler], server: bool, gate: Gate | None = None) -> None:
+    def __init__(
+        self,
+        token: bytes,
+        handlers: dict[str, Handler],
+        server: bool,
+        gate: Gate | None = None,
+        identity: bytes = b"",
+        expect: bytes | None = None,
+    ) -> None:
+        """``identity``: what a server proves it is; ``expect``: what a client insists on (None: any)."""
         self.token = token
         self.handlers = handlers
         self.server = server
@@ -92,7 +102,10 @@ class Connection(asyncio.BufferedProtocol):
         self.pending: dict[int, Pending] = {}
         self._rids = itertools.count(1)
         self._reader = FrameReader()
-        self._hs = ServerHandshake(token) if server else ClientHandshake(token)
+        self._hs = ServerHandshake(token, identity) if server else ClientHandshake(token, expect)
+        self._secure = False  # TCP: every frame goes in an encrypted, authenticated record
+        self._cipher: RecordCipher | None = None
+        self._plain: FrameReader | None = None  # decrypted bytes, for TCP
         self.loop = asyncio.get_running_loop()
         self._wlock = threading.Lock()
         self._backlog: collections.deque = collections.deque()
@@ -126,6 +139,7 @@ class Connection(asyncio.BufferedProtocol):
     def _setup(self, sock: socket.socket) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._secure = True
         self._wsock = socket.socket(fileno=os.dup(sock.fileno()))
         self._wsock.setblocking(False)
         if self.server and not self._admit():
@@ -170,6 +184,11 @@ class Connection(asyncio.BufferedProtocol):
             self._gate = None
 
     @property
+    def peer_identity(self) -> bytes:
+        """The server's identity as it proved it (client side, once authenticated)."""
+        return getattr(self._hs, "identity", b"")
+
+    @property
     def challenged(self) -> bool:
         """The handshake got as far as the server's challenge."""
         return self._hs.challenged
@@ -206,9 +225,15 @@ class Connection(asyncio.BufferedProtocol):
                 self._send([out])
             if not self._hs.done:
                 return
+            if self._secure:
+                self._cipher = RecordCipher(*self._hs.keys())
+                self._plain = FrameReader()
             self.authed = True
             self._handshake_over()
             self.ready.set_result(True)
+        if self._cipher is not None:
+            self._cipher.open(reader, self._plain)
+            reader = self._plain
         for kind, rid, method, body, bufs in reader.frames():
             self._dispatch(kind, rid, method, body, bufs)
             if self.closed:
@@ -219,6 +244,8 @@ class Connection(asyncio.BufferedProtocol):
         with self._wlock:
             if self.closed:
                 return
+            if self._cipher is not None:
+                pieces = self._cipher.seal(pieces)
             if self._backlog:
                 self._backlog.extend(memoryview(p).cast("B") for p in pieces)
                 return

@@ -17,37 +17,52 @@ from skate._private.wire.dispatch import ConnectionLost, Handler
 from skate._private.wire.handshake import AuthError
 
 
-def _server_side(token: bytes, handlers: dict[str, Handler]) -> Callable[[], Connection]:
+def _server_side(token: bytes, handlers: dict[str, Handler], identity: bytes) -> Callable[[], Connection]:
     gate = Gate(CONFIG.max_pending_handshakes)
-    return lambda: Connection(token, handlers, server=True, gate=gate)
+    return lambda: Connection(token, handlers, server=True, gate=gate, identity=identity)
 
 
 async def serve_tcp(
-    host: str, port: int, token: bytes, handlers: dict[str, Handler], sock: socket.socket | None = None
+    host: str,
+    port: int,
+    token: bytes,
+    handlers: dict[str, Handler],
+    sock: socket.socket | None = None,
+    identity: bytes = b"",
 ) -> asyncio.base_events.Server:
-    """Starts a TCP server on ``host:port`` (port 0 picks a free one), or on a bound ``sock``."""
+    """Starts a TCP server on ``host:port`` (port 0 picks a free one), or on a bound ``sock``.
+
+    ``identity`` is what it proves it is to clients (a node or worker id).
+    """
     loop = asyncio.get_running_loop()
-    factory = _server_side(token, handlers)
+    factory = _server_side(token, handlers, identity)
     if sock is not None:
         return await loop.create_server(factory, sock=sock)
     return await loop.create_server(factory, host, port, reuse_address=True)
 
 
-async def serve_unix(path: str, token: bytes, handlers: dict[str, Handler]) -> asyncio.base_events.Server:
+async def serve_unix(
+    path: str, token: bytes, handlers: dict[str, Handler], identity: bytes = b""
+) -> asyncio.base_events.Server:
     """Starts a Unix-socket server at ``path`` (owner-only permissions)."""
     loop = asyncio.get_running_loop()
     if os.path.exists(path):
         os.unlink(path)
-    srv = await loop.create_unix_server(_server_side(token, handlers), path)
+    srv = await loop.create_unix_server(_server_side(token, handlers, identity), path)
     os.chmod(path, 0o600)
     return srv
 
 
 async def connect(
-    address: str | tuple, token: bytes, handlers: dict[str, Handler] | None = None, timeout: float = 10.0
+    address: str | tuple,
+    token: bytes,
+    handlers: dict[str, Handler] | None = None,
+    timeout: float = 10.0,
+    expect: bytes | None = None,
 ) -> Connection:
     """Connects to a ``"host:port"``, ``(host, port)`` or Unix socket path and authenticates.
 
+    ``expect``: the identity the server must prove (None: any skate endpoint).
     A listener that closes the connection before it challenges (it holds its
     cap of unauthenticated connections) is tried again until ``timeout``.
     Raises ``AuthError`` when the server refuses the token, ``OSError`` or
@@ -58,7 +73,7 @@ async def connect(
     deadline = loop.time() + timeout
     delay = 0.01
     while True:
-        conn = await _connect_once(address, token, handlers, max(deadline - loop.time(), 0.001))
+        conn = await _connect_once(address, token, handlers, max(deadline - loop.time(), 0.001), expect)
         try:
             await asyncio.wait_for(asyncio.shield(conn.ready), max(deadline - loop.time(), 0.001))
         except (asyncio.TimeoutError, ConnectionError) as e:
@@ -77,7 +92,9 @@ async def connect(
         return conn
 
 
-async def _connect_once(address: str | tuple, token: bytes, handlers: dict[str, Handler], timeout: float) -> Connection:
+async def _connect_once(
+    address: str | tuple, token: bytes, handlers: dict[str, Handler], timeout: float, expect: bytes | None
+) -> Connection:
     loop = asyncio.get_running_loop()
     if isinstance(address, str) and address.startswith("/"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -93,7 +110,7 @@ async def _connect_once(address: str | tuple, token: bytes, handlers: dict[str, 
     except BaseException:
         sock.close()
         raise
-    conn = Connection(token, handlers, server=False)
+    conn = Connection(token, handlers, server=False, expect=expect)
     conn.attach(sock)
     return conn
 

@@ -93,8 +93,12 @@ class FrameReader:
 
     def buffer(self) -> memoryview:
         """Free space to receive into (at least 64 KiB)."""
-        if len(self._buf) - self.n < 65536:
-            self._grow(len(self._buf) * 2)
+        return self.space(65536)
+
+    def space(self, nbytes: int) -> memoryview:
+        """Free space of at least ``nbytes`` to write received bytes into."""
+        if len(self._buf) - self.n < nbytes:
+            self._grow(max(len(self._buf) * 2, self.n + nbytes))
         return self._view[self.n :]
 
     def received(self, nbytes: int) -> None:

@@ -1,0 +1,78 @@
+"""Records: every frame on a TCP connection, encrypted and authenticated.
+
+::
+
+    send:    frame pieces -> join -> split in <= 1 MiB parts -> AES-256-GCM
+             (key of this direction, nonce = counter) -> <u32 length><ciphertext + tag>
+    receive: inbox bytes -> whole records -> decrypt and verify -> plaintext
+             bytes for the ``FrameReader``
+
+Each direction has its own key (derived in the handshake) and counter, so a
+record cannot be replayed, reordered, dropped silently or moved to another
+connection: a record that fails its tag ends the connection before a byte of
+it is parsed.  Unix-socket connections (a node's own processes, in the
+owner's private folder) skip this layer.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from skate._private.wire.framing import FrameReader, ProtocolError
+
+_LEN = struct.Struct("<I")
+TAG_LEN = 16
+MAX_RECORD = 1 << 20  # plaintext bytes per record
+
+
+class RecordCipher:
+    """The two directions of one connection."""
+
+    def __init__(self, send_key: bytes, recv_key: bytes) -> None:
+        self._send = AESGCM(send_key)
+        self._recv = AESGCM(recv_key)
+        self._send_n = 0
+        self._recv_n = 0
+
+    def seal(self, pieces: list) -> list:
+        """The records carrying ``pieces`` (call under the connection's write lock)."""
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        view = memoryview(data).cast("B")
+        out = []
+        for start in range(0, max(len(view), 1), MAX_RECORD):
+            nonce = self._send_n.to_bytes(12, "little")
+            self._send_n += 1
+            ct = self._send.encrypt(nonce, view[start : start + MAX_RECORD], None)
+            out.append(_LEN.pack(len(ct)))
+            out.append(ct)
+        return out
+
+    def open(self, inbox: FrameReader, plain: FrameReader) -> None:
+        """Moves every whole record from ``inbox`` into ``plain``, decrypted.
+
+        Raises ``ProtocolError`` on a record that is too long or fails its tag.
+        """
+        held = inbox.held()
+        pos = 0
+        try:
+            while len(held) - pos >= _LEN.size:
+                (n,) = _LEN.unpack_from(held, pos)
+                if n > MAX_RECORD + TAG_LEN or n < TAG_LEN:
+                    raise ProtocolError(f"a record of {n} bytes")
+                if len(held) - pos - _LEN.size < n:
+                    break
+                start = pos + _LEN.size
+                nonce = self._recv_n.to_bytes(12, "little")
+                try:
+                    data = self._recv.decrypt(nonce, held[start : start + n], None)
+                except InvalidTag:
+                    raise ProtocolError("a record failed authentication (altered or injected)") from None
+                self._recv_n += 1
+                plain.space(len(data))[: len(data)] = data
+                plain.received(len(data))
+                pos = start + n
+        finally:
+            inbox.consume(pos)
