@@ -10,6 +10,9 @@ import sys
 
 def main() -> None:
     """Connects to the node daemon, registers, and runs pushed work until told to stop."""
+    from skate._private import proctitle
+
+    proctitle.set_title("IDLE")
     from skate._private import runtime
     from skate._private.core_worker.core import WORKER, CoreWorker
     from skate._private.core_worker.executor import Executor, OutputPrefixer

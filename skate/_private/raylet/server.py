@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from skate._private import daemon, rpc
+from skate._private import daemon, logs, rpc
 from skate._private.config import CONFIG
 from skate._private.object_store.store import ObjectStore, StoreFull
 from skate._private.raylet.scheduler import LeaseRequest, LocalScheduler
@@ -85,7 +85,7 @@ class Raylet:
         self.log_batch: list = []
         self.port = 0
         self.stopping = asyncio.Event()
-        self.pool = WorkerPool({}, self._on_output)
+        self.pool = WorkerPool({}, logs.tee_worker_output(self._on_output))
         self.pool.on_exit = self._on_worker_exit
         self.handlers = {name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")}
         self.gcs_handlers = {"pub": self._on_pub, "shutdown": lambda c, b, bufs: self.stopping.set()}
@@ -130,6 +130,7 @@ class Raylet:
             "pid": os.getpid(),
             "session_dir": self.session_dir,
             "is_head": self.args.head,
+            "labels": json.loads(self.args.labels),
         }
 
     async def stop(self) -> None:
@@ -400,6 +401,8 @@ class Raylet:
             "leases": len(self.leases),
             "available": self._available(),
             "pids": [w.pid for w in self.pool.workers.values()],
+            # Queued lease requests: [resources, infeasible (no node has that much)].
+            "demands": [[req.placement, req.warned] for req in self.sched.queue],
         }
 
     # --- objects ------------------------------------------------------------------------
@@ -557,6 +560,7 @@ async def _main(stop: asyncio.Event) -> None:
     ap.add_argument("--resources", default="{}")
     ap.add_argument("--object-store-memory", type=float, required=True)
     ap.add_argument("--head", action="store_true")
+    ap.add_argument("--labels", default="{}")
     args = ap.parse_args()
     with open(args.token_file, "rb") as f:
         token = f.read().strip()
