@@ -13,10 +13,7 @@ import click
 
 import skate
 
-_NO_DASHBOARD = (
-    "skate has no dashboard yet, so {flag} cannot be honoured; "
-    "leave it out (or pass --include-dashboard=false)"
-)
+_NO_DASHBOARD = "skate has no dashboard yet, so {flag} cannot be honoured; leave it out"
 
 
 class _Group(click.Group):
