@@ -390,11 +390,18 @@ def record_cluster(
 
     ``discoverable`` clusters are candidates for ``init()`` with no address.
     """
+    created = None
+    if gcs_pid:
+        try:
+            created = psutil.Process(gcs_pid).create_time()
+        except psutil.Error:
+            pass
     rec = {
         "gcs_address": gcs_address,
         "session_dir": session_dir,
         "token_file": token_file,
         "gcs_pid": gcs_pid,
+        "gcs_created": created,
         "discoverable": discoverable,
         "started": time.time(),
     }
@@ -429,6 +436,8 @@ def cluster_alive(rec: dict) -> bool:
         return False
     try:
         p = psutil.Process(pid)
+        if rec.get("gcs_created") is not None and abs(p.create_time() - rec["gcs_created"]) > 0.01:
+            return False  # the pid now belongs to another process
         return p.status() != psutil.STATUS_ZOMBIE and proctitle.is_skate_process(p.cmdline())
     except psutil.Error:
         return False
