@@ -68,7 +68,10 @@ def init(
 
     Raises:
         RuntimeError: when already initialized (unless ``ignore_reinit_error``).
-        ConnectionError: when the cluster cannot be reached or rejects the token.
+        ConnectionError: when the cluster cannot be reached or rejects the
+            token, or ``address="auto"`` and no cluster runs on this machine.
+        ValueError: a malformed address, or node resources given while
+            joining an existing cluster.
     """
     global _head
     unknown = set(kwargs) - {"_system_config", "_temp_dir", "num_redis_shards", "redis_max_clients",
