@@ -44,6 +44,8 @@ def main() -> None:
 @click.option("--num-cpus", type=float, default=None, help="CPUs of this node [default: all cores].")
 @click.option("--num-gpus", type=float, default=0, help="GPUs of this node.")
 @click.option("--resources", default="{}", help='Custom resources as JSON, e.g. \'{"disk": 2}\'.')
+@click.option("--memory", type=int, default=None,
+              help="Bytes of the node's `memory` resource for tasks and actors [default: 70% of RAM].")
 @click.option("--object-store-memory", type=int, default=None,
               help="Shared-memory bytes for objects [default: 30% of RAM, capped by /dev/shm].")
 @click.option("--labels", default="", help="Node labels, key1=value1,key2=value2 (shown by skate.nodes()).")
@@ -58,7 +60,7 @@ def main() -> None:
 @click.option("--disable-usage-stats", is_flag=True,
               help="Accepted for Ray compatibility; skate collects no usage statistics at all.")
 def start(head: bool, address: str | None, node_ip_address: str, port: int | None, num_cpus: float | None,
-          num_gpus: float, resources: str, object_store_memory: int | None, labels: str, temp_dir: str | None,
+          num_gpus: float, resources: str, memory: int | None, object_store_memory: int | None, labels: str, temp_dir: str | None,
           block: bool, include_dashboard: bool | None, dashboard_host: str | None, dashboard_port: int | None,
           disable_usage_stats: bool) -> None:
     """Starts this machine's daemons for a cluster that outlives drivers (`skate stop` stops them)."""
@@ -82,6 +84,7 @@ def start(head: bool, address: str | None, node_ip_address: str, port: int | Non
         info = node.start_head(
             cpus, num_gpus, res, object_store_memory, host=node_ip_address, port=6379 if port is None else port,
             tie_to_parent=block, detach=True, discoverable=True, temp_dir=temp_dir, labels=node_labels,
+            memory=memory,
         )
         procs = info["processes"]
         session_dir, gcs_address = info["session_dir"], info["gcs_address"]
@@ -112,7 +115,7 @@ def start(head: bool, address: str | None, node_ip_address: str, port: int | Non
                 f.write(target.token)
         d = node.start_worker_node(
             gcs_address, token_file, session_dir, cpus, num_gpus, res, object_store_memory,
-            node_ip=node_ip_address, tie_to_parent=block, detach=True, labels=node_labels,
+            node_ip=node_ip_address, tie_to_parent=block, detach=True, labels=node_labels, memory=memory,
         )
         procs = [d]
         cs.remember([(d.proc.pid, "raylet")], session_dir, None)

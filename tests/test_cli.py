@@ -300,20 +300,21 @@ def test_port_is_rejected_for_a_joining_node(cli):
 
 def test_accepted_flags_are_honoured(cli):
     """--include-dashboard=false, --disable-usage-stats (a no-op: nothing is collected), --labels,
-    --num-gpus, --object-store-memory, --resources."""
+    --num-gpus, --object-store-memory, --memory, --resources."""
     head = cli.head("--include-dashboard=false", "--disable-usage-stats", "--labels", "zone=a,example.com/tier=gpu",
-                    "--num-gpus", "2", "--object-store-memory", str(300 * 2**20), "--resources", '{"disk": 3}')
+                    "--num-gpus", "2", "--object-store-memory", str(300 * 2**20), "--resources", '{"disk": 3}',
+                    "--memory", str(2**30))
     out = cli.driver(
         """
         import skate
         skate.init()
         print("labels", sorted(skate.nodes()[0]["Labels"].items()))
         r = skate.cluster_resources()
-        print("res", r["GPU"], r["disk"], r["object_store_memory"])
+        print("res", r["GPU"], r["disk"], r["object_store_memory"], r["memory"])
         """
     )
     assert "labels [('example.com/tier', 'gpu'), ('zone', 'a')]" in out.stdout
-    assert f"res 2.0 3.0 {float(300 * 2**20)}" in out.stdout
+    assert f"res 2.0 3.0 {float(300 * 2**20)} {float(2**30)}" in out.stdout
     status = cli.run("status", "--address", head).stdout
     assert "labels: example.com/tier=gpu,zone=a" in status
     assert "--disable-usage-stats" in cli.run("start", "--help").stdout
