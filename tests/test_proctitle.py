@@ -75,3 +75,15 @@ def test_is_skate_process():
     assert proctitle.is_skate_process(["skate::raylet"])
     assert proctitle.is_skate_process(["python", "-m", "skate._private.gcs.server"])
     assert not proctitle.is_skate_process(["python", "-m", "http.server"])
+
+
+@skate.remote
+class AsyncActor:
+    async def title_now(self):
+        return _own_title()
+
+
+def test_async_actor_keeps_its_class_title(ray_start):
+    """Several calls of an async actor run at once, so none of them names the process."""
+    a = AsyncActor.remote()
+    assert skate.get(a.title_now.remote()) == "skate::AsyncActor"
