@@ -1,147 +1,160 @@
-"""The ``skate`` command: one small function per subcommand over the public API."""
+"""The ``skate`` command: one small function per subcommand, with Ray's flags.
+
+Errors a user can act on (a busy port, no cluster, a bad address, a refused
+token) print one line and exit with status 1, never a traceback.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import sys
 
 import click
 
+import skate
 
-@click.group()
+_NO_DASHBOARD = "skate has no dashboard yet, so {flag} cannot be honoured; leave it out"
+
+
+class _Group(click.Group):
+    """Turns the errors a user can act on into one-line messages."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except (ConnectionError, TimeoutError, ValueError, RuntimeError, OSError) as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(skate.__version__, "--version", prog_name="skate")
 def main() -> None:
     """skate: a distributed execution framework with Ray's API."""
-
-
-def _pids_file() -> str:
-    from skate._private import node
-
-    return os.path.join(node.clusters_dir(), "daemons.json")
-
-
-def _known_daemons() -> list:
-    from skate._private import private_paths
-
-    try:
-        known = json.loads(private_paths.read_private(_pids_file()))
-    except (OSError, ValueError):
-        return []
-    return known if isinstance(known, list) else []
-
-
-def _remember(pids: list[int], session_dir: str) -> None:
-    from skate._private import private_paths
-
-    known = _known_daemons() + [{"pid": p, "session_dir": session_dir} for p in pids]
-    private_paths.replace_private(_pids_file(), json.dumps(known).encode())
 
 
 @main.command()
 @click.option("--head", is_flag=True, help="Start the head node (control store + node daemon).")
 @click.option("--address", default=None, help="Join the cluster whose head listens at HOST:PORT.")
-@click.option("--port", type=int, default=6379, show_default=True, help="Control-store port of a head.")
-@click.option("--num-cpus", type=float, default=None, help="CPUs of this node (default: all cores).")
+@click.option("--node-ip-address", default="127.0.0.1", show_default=True,
+              help="Address this node listens on and is reached at; other hosts can join only "
+                   "when it is not a loopback address.")
+@click.option("--port", type=int, default=None, help="Control-store port of a head [default: 6379; 0: any free port].")
+@click.option("--num-cpus", type=float, default=None, help="CPUs of this node [default: all cores].")
 @click.option("--num-gpus", type=float, default=0, help="GPUs of this node.")
 @click.option("--resources", default="{}", help='Custom resources as JSON, e.g. \'{"disk": 2}\'.')
-@click.option("--object-store-memory", type=int, default=None, help="Shared-memory bytes for objects.")
-@click.option("--node-ip-address", default="127.0.0.1", show_default=True, help="Address to listen on.")
-def start(head: bool, address: str | None, port: int, num_cpus: float | None, num_gpus: float,
-          resources: str, object_store_memory: int | None, node_ip_address: str) -> None:
-    """Starts node daemons that outlive this command (stop them with `skate stop`)."""
-    from skate._private import node
+@click.option("--memory", type=int, default=None,
+              help="Bytes of the node's `memory` resource for tasks and actors [default: 70% of RAM].")
+@click.option("--object-store-memory", type=int, default=None,
+              help="Shared-memory bytes for objects [default: 30% of RAM, capped by /dev/shm].")
+@click.option("--labels", default="", help="Node labels, key1=value1,key2=value2 (shown by skate.nodes()).")
+@click.option("--temp-dir", default=None, type=click.Path(file_okay=False),
+              help="Root of this node's session and log folders [default: $SKATE_TEMP_DIR or /tmp/skate-<uid>].")
+@click.option("--block", is_flag=True,
+              help="Stay in the foreground: exit non-zero when a daemon dies; Ctrl-C or SIGTERM stops them.")
+@click.option("--include-dashboard", type=click.BOOL, default=None,
+              help="Only false is accepted: skate has no dashboard yet.")
+@click.option("--dashboard-host", default=None, help="Not available: skate has no dashboard yet.")
+@click.option("--dashboard-port", type=int, default=None, help="Not available: skate has no dashboard yet.")
+@click.option("--disable-usage-stats", is_flag=True,
+              help="Accepted for Ray compatibility; skate collects no usage statistics at all.")
+def start(head: bool, address: str | None, node_ip_address: str, port: int | None, num_cpus: float | None,
+          num_gpus: float, resources: str, memory: int | None, object_store_memory: int | None, labels: str, temp_dir: str | None,
+          block: bool, include_dashboard: bool | None, dashboard_host: str | None, dashboard_port: int | None,
+          disable_usage_stats: bool) -> None:
+    """Starts this machine's daemons for a cluster that outlives drivers (`skate stop` stops them)."""
+    from skate._private import cli_support as cs
+    from skate._private import discovery, node, wire
 
-    res = json.loads(resources)
-    cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
     if head == bool(address):
         raise click.UsageError("give exactly one of --head or --address")
+    if include_dashboard:
+        raise click.UsageError("skate has no dashboard yet: --include-dashboard=true cannot be honoured")
+    for flag, value in (("--dashboard-host", dashboard_host), ("--dashboard-port", dashboard_port)):
+        if value is not None:
+            raise click.UsageError(_NO_DASHBOARD.format(flag=flag))
+    if node_ip_address in ("0.0.0.0", "::", ""):
+        raise click.UsageError("--node-ip-address must be an address this node is reached at, not a wildcard")
+    res = cs.parse_resources(resources)
+    node_labels = cs.parse_labels(labels)
+    cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
+    own_session = head
     if head:
-        info = node.start_head(cpus, num_gpus, res, object_store_memory, host=node_ip_address, port=port, tie_to_parent=False)
-        _remember([d.proc.pid for d in info["processes"]], info["session_dir"])
-        click.echo(f"skate head started at {info['gcs_address']}")
-        click.echo(f"  connect a driver:   skate.init(address=\"{info['gcs_address']}\")")
-        click.echo(f"  add a node:         skate start --address {info['gcs_address']}")
-        click.echo(f"  from another host:  export SKATE_CLUSTER_TOKEN=<the contents of {info['token_file']}>")
-        return
-    rec = node.lookup_cluster(address)
-    token = os.environ.get("SKATE_CLUSTER_TOKEN")
-    if rec is not None:
-        token_file, session_dir = rec["token_file"], rec["session_dir"]
-    elif token:
-        session_dir, _, token_file = node.new_session(token=token.encode())
-    else:
-        raise click.ClickException(f"no token for the cluster at {address}: set SKATE_CLUSTER_TOKEN")
-    d = node.start_worker_node(rec["gcs_address"] if rec else address, token_file, session_dir, cpus, num_gpus,
-                               res, object_store_memory, node_ip=node_ip_address, tie_to_parent=False)
-    _remember([d.proc.pid], session_dir)
-    click.echo(f"skate node {d.info['node_id'][:12]} joined {address}")
-
-
-@main.command()
-@click.option("--force", is_flag=True, help="SIGKILL at once instead of stopping cleanly.")
-def stop(force: bool) -> None:
-    """Stops every daemon started with `skate start` on this machine."""
-    import shutil
-
-    import psutil
-
-    from skate._private import node
-
-    known = _known_daemons()
-    procs = []
-    for entry in known:
-        try:
-            p = psutil.Process(entry["pid"])
-            if "skate._private" in " ".join(p.cmdline()):
-                procs.append(p)
-        except psutil.Error:
-            pass
-    # Node daemons first, so they leave the control store in order.
-    procs.sort(key=lambda p: "gcs.server" in " ".join(p.cmdline()))
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL if force else signal.SIGTERM)
-        except psutil.Error:
-            pass
-    gone, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        p.kill()
-    for entry in known:
-        shutil.rmtree(entry["session_dir"], ignore_errors=True)
-    for name in os.listdir(node.clusters_dir()):
-        os.unlink(os.path.join(node.clusters_dir(), name))
-    click.echo(f"stopped {len(procs)} skate processes")
-
-
-@main.command()
-@click.option("--address", default="auto", help="HOST:PORT of the head (default: the latest started here).")
-def status(address: str) -> None:
-    """Prints the cluster's nodes and resources."""
-    import skate
-
-    skate.init(address=address, log_to_driver=False)
-    try:
-        nodes = skate.nodes()
-        total = skate.cluster_resources()
-        free = skate.available_resources()
-    finally:
-        skate.shutdown()
-    alive = [n for n in nodes if n["Alive"]]
-    click.echo(f"{len(alive)} node(s) alive, {len(nodes) - len(alive)} dead")
-    for n in nodes:
-        state = "ALIVE" if n["Alive"] else "DEAD"
-        head = " (head)" if n["IsHead"] else ""
-        click.echo(f"  {n['NodeID'][:12]} {n['NodeManagerAddress']}:{n['NodeManagerPort']} {state}{head}")
-    click.echo("resources (used / total):")
-    for k in sorted(total):
-        if k.startswith("node:"):
-            continue
-        used = total[k] - free.get(k, 0.0)
-        if k in ("memory", "object_store_memory"):
-            click.echo(f"  {k}: {used / 2**30:.2f} / {total[k] / 2**30:.2f} GiB")
+        info = node.start_head(
+            cpus, num_gpus, res, object_store_memory, host=node_ip_address, port=6379 if port is None else port,
+            tie_to_parent=block, detach=True, discoverable=True, temp_dir=temp_dir, labels=node_labels,
+            memory=memory,
+        )
+        procs = info["processes"]
+        session_dir, gcs_address = info["session_dir"], info["gcs_address"]
+        cs.remember([(procs[0].proc.pid, "gcs"), (procs[1].proc.pid, "raylet")], session_dir, gcs_address)
+        click.echo(f"skate head started at {gcs_address}")
+        click.echo(f"  logs:               {info['logs_dir']}")
+        click.echo(f"  token file:         {info['token_file']}  (owner-only; never printed)")
+        click.echo("  connect a driver:   skate.init()   (on this machine; or skate.init(address=\"" + gcs_address + "\"))")
+        click.echo(f"  add a node here:    skate start --address {gcs_address}")
+        if cs.is_loopback(node_ip_address):
+            click.echo(f"  other hosts:        cannot join: the head listens on {node_ip_address} only; to let "
+                       "them, start it with --node-ip-address <an address of this host they can reach>")
         else:
-            click.echo(f"  {k}: {used:g} / {total[k]:g}")
+            click.echo(f"  from another host:  export SKATE_CLUSTER_TOKEN=<the contents of {info['token_file']}>")
+            click.echo(f"                      skate start --address {gcs_address}")
+        click.echo("  stop:               skate stop")
+    else:
+        if port is not None:
+            raise click.UsageError("--port sets a head's control-store port; a joining node picks free ports itself")
+        gcs_address = discovery.check_address(address)
+        target = discovery.credentials(gcs_address)
+        discovery.request(gcs_address, target.token, "get_nodes", expect=wire.GCS_IDENTITY)  # reachable, and the token is right
+        own_session = target.session_dir is None or temp_dir is not None
+        if not own_session:
+            session_dir, token_file = target.session_dir, os.path.join(target.session_dir, "token")
+        else:
+            session_dir, _, token_file = node.new_session(temp_dir, token=target.token)
+        d = node.start_worker_node(
+            gcs_address, token_file, session_dir, cpus, num_gpus, res, object_store_memory,
+            node_ip=node_ip_address, tie_to_parent=block, detach=True, labels=node_labels, memory=memory,
+        )
+        procs = [d]
+        cs.remember([(d.proc.pid, "raylet")], session_dir, None)
+        click.echo(f"skate node {d.info['node_id'][:12]} joined {gcs_address} (logs: {os.path.dirname(d.log_path)})")
+    if not block:
+        return
+    cs.remember([(os.getpid(), "supervisor")], session_dir, gcs_address if head else None)
+    click.echo("--block: supervising the daemons; Ctrl-C or SIGTERM stops them")
+    code = cs.supervise(procs, cs.echo_err)
+    cs.forget({os.getpid(), *(d.proc.pid for d in procs)})
+    if head:
+        node.forget_cluster(gcs_address)
+    if head or own_session:
+        import shutil
+
+        shutil.rmtree(session_dir, ignore_errors=True)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("-f", "--force", is_flag=True, help="SIGKILL at once instead of stopping cleanly.")
+@click.option("-g", "--grace-period", type=float, default=16, show_default=True,
+              help="Seconds to wait for a clean stop before SIGKILL.")
+def stop(force: bool, grace_period: float) -> None:
+    """Stops every daemon started with `skate start` on this machine (logs are kept)."""
+    from skate._private import cli_support as cs
+
+    n = cs.stop_started(force, grace_period)
+    click.echo(f"stopped {n} skate processes")
+
+
+@main.command()
+@click.option("--address", default=None,
+              help="HOST:PORT of the head [default: $SKATE_ADDRESS/$RAY_ADDRESS, else the latest started here].")
+def status(address: str | None) -> None:
+    """Prints the cluster's nodes, resources, and pending and infeasible demands."""
+    from skate._private import cli_support as cs
+
+    for line in cs.format_status(cs.cluster_status(address)):
+        click.echo(line)
 
 
 @main.command(

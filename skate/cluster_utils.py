@@ -85,7 +85,8 @@ class Cluster:
         """Starts a node (the head, the first time) and waits until it is registered."""
         store = object_store_memory or 256 * 1024 * 1024
         if self._info is None:
-            self._info = _node.start_head(num_cpus, num_gpus, resources, store)
+            # Like Ray's Cluster, its head is what init() / init("auto") join by default.
+            self._info = _node.start_head(num_cpus, num_gpus, resources, store, discoverable=True)
             gcs, raylet = self._info["processes"]
             raylet.info = self._info["raylet"]
             self._gcs_proc = gcs

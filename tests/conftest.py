@@ -18,6 +18,14 @@ import time
 _RUN_DIR = tempfile.mkdtemp(prefix="sk-")
 os.environ.setdefault("SKATE_TEMP_DIR", _RUN_DIR)
 os.environ.setdefault("SKATE_SHM_PREFIX", f"skt{os.getpid()}")
+# Every process of the tests' clusters refuses a message field that is not
+# declared in skate._private.messages (fields are otherwise dropped unseen).
+os.environ.setdefault("SKATE_STRICT_MESSAGES", "1")
+# A cluster named by the environment would be joined by every init() of the
+# suite instead of the embedded cluster each test starts; tests that want one
+# set these themselves.
+for _var in ("RAY_ADDRESS", "SKATE_ADDRESS", "SKATE_CLUSTER_TOKEN"):
+    os.environ.pop(_var, None)
 
 import psutil  # noqa: E402
 import pytest  # noqa: E402

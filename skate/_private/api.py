@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from skate import exceptions as exc
-from skate._private import node, private_paths, runtime, wire
+from skate._private import discovery, node, private_paths, runtime, wire
 from skate._private.config import CONFIG
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,13 @@ def init(
     """Starts a local cluster, or connects to one at ``address``.
 
     Args:
-        address: ``None`` starts an embedded cluster for this process;
-            ``"auto"`` joins the cluster last started on this machine;
-            ``"host:port"`` joins the cluster whose control store listens there.
+        address: Like Ray's: ``None`` joins the cluster named by
+            ``SKATE_ADDRESS``/``RAY_ADDRESS``, else the latest ``skate start``
+            cluster on this machine whose head is alive, else starts an
+            embedded cluster for this process; ``"auto"`` does the same but
+            raises ConnectionError instead of starting one; ``"local"``
+            always starts one; ``"host:port"`` joins the cluster whose control
+            store listens there.
         num_cpus: CPUs of the local node (default: all cores).
         num_gpus: GPUs of the local node.
         resources: Custom resources of the local node, e.g. ``{"disk": 2}``.
@@ -64,7 +68,10 @@ def init(
 
     Raises:
         RuntimeError: when already initialized (unless ``ignore_reinit_error``).
-        ConnectionError: when the cluster cannot be reached or rejects the token.
+        ConnectionError: when the cluster cannot be reached or rejects the
+            token, or ``address="auto"`` and no cluster runs on this machine.
+        ValueError: a malformed address, or node resources given while
+            joining an existing cluster.
         UnsafePathError: (a RuntimeError) when skate's temp folder, a cluster
             record or a token file could be changed by another local user.
     """
@@ -77,12 +84,11 @@ def init(
         raise TypeError(f"init() got unexpected keyword arguments: {sorted(unknown)}")
     if address is None and redis_address is not None:
         address = redis_address
-    if address is None:
-        address = os.environ.get("SKATE_ADDRESS") or None
     if is_initialized():
         if ignore_reinit_error:
             return get_runtime_context()
         raise RuntimeError("skate.init() was already called; call shutdown() first, or pass ignore_reinit_error=True")
+    address = discovery.resolve_address(address)
     def load_runtime() -> None:
         # Imported while the daemons boot, on the other core.
         import skate._private.core_worker  # noqa: F401
@@ -134,42 +140,15 @@ def init(
 
 
 def _find_cluster(address: str, token_hex: str | None) -> tuple[bytes, str, Any]:
-    rec = node.lookup_cluster(address)
-    if address == "auto" and rec is None:
-        raise ConnectionError("address='auto' but no running skate cluster was found on this machine")
-    gcs_address = rec["gcs_address"] if rec else address
-    token_hex = token_hex or os.environ.get("SKATE_CLUSTER_TOKEN")
-    if token_hex:
-        token = token_hex.encode()
-    elif rec:
-        token = private_paths.read_token(rec["token_file"])
-    else:
-        raise ConnectionError(
-            f"no token for the cluster at {address}: set SKATE_CLUSTER_TOKEN (printed by `skate start --head`)"
-        )
-    session_dir = rec["session_dir"] if rec else _own_session_dir()
-    import asyncio
-
-    async def nodes() -> list:
-        conn = await wire.connect(gcs_address, token, {}, expect=wire.GCS_IDENTITY)
-        try:
-            return await conn.request("get_nodes")
-        finally:
-            conn.close()
-
-    try:
-        all_nodes = asyncio.run(nodes())
-    except wire.AuthError as e:
-        raise ConnectionError(f"the cluster at {gcs_address} rejected this process: {e}") from None
-    except OSError as e:
-        raise ConnectionError(f"cannot reach a skate cluster at {gcs_address}: {e}") from None
+    target = discovery.credentials(address, token_hex)
+    all_nodes = discovery.request(target.gcs_address, target.token, "get_nodes", expect=wire.GCS_IDENTITY)
     alive = [n for n in all_nodes if n["alive"]]
     if not alive:
-        raise ConnectionError(f"the cluster at {gcs_address} has no live node")
+        raise ConnectionError(f"the cluster at {target.gcs_address} has no live node")
     local = [n for n in alive if os.path.exists(n["uds"])]
     pick = sorted(local or alive, key=lambda n: not n.get("is_head"))[0]
     addr = pick["uds"] if os.path.exists(pick["uds"]) else (pick["ip"], pick["port"])
-    return token, session_dir, addr
+    return target.token, target.session_dir or _own_session_dir(), addr
 
 
 def _own_session_dir() -> str:
@@ -285,7 +264,7 @@ def nodes() -> list[dict]:
                 "NodeName": n["ip"],
                 "Resources": dict(n["resources"]) if n["alive"] else {},
                 "IsHead": bool(n.get("is_head")),
-                "Labels": {},
+                "Labels": dict(n.get("labels") or {}),
             }
         )
     return out

@@ -30,6 +30,9 @@ class Config:
     idle_worker_s: float = 10.0
     #: Root of per-session folders (sockets, logs, spilled objects).
     temp_dir: str = os.path.join(tempfile.gettempdir(), f"skate-{os.getuid()}")
+    #: Log folders (``<temp_dir>/logs/session_*``) of finished sessions kept;
+    #: older ones are removed when a new session starts.
+    logs_kept: int = 10
     #: First part of shared-memory segment names (/dev/shm/<prefix>-<node>-<object>).
     shm_prefix: str = "skate"
     #: Start daemons with ``python -S`` and this process's import path (faster start).
@@ -46,6 +49,9 @@ class Config:
     #: Connections a listener holds at once that have not authenticated
     #: yet; more are closed as soon as they are accepted.
     max_pending_handshakes: int = 64
+    #: Refuse messages carrying fields their declared type does not have
+    #: (the test suite turns it on; it decodes every message twice).
+    strict_messages: int = 0
 
     @classmethod
     def from_env(cls) -> Config:

@@ -14,6 +14,8 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
+from skate._private import proctitle
+
 
 def new_loop() -> asyncio.AbstractEventLoop:
     """A fresh event loop, uvloop's when it is installed."""
@@ -42,6 +44,9 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     die_with_parent()
+    name = proctitle.daemon_name()
+    if name:
+        proctitle.set_title(name)
     loop = new_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()

@@ -51,6 +51,7 @@ class NodeInfo(TypedDict):
     pid: int
     session_dir: str
     is_head: bool
+    labels: dict[str, str]  # ``skate start --labels``
 
 
 class NodeRecord(NodeInfo, total=False):
@@ -234,6 +235,7 @@ class NodeStats(TypedDict):
     leases: int
     available: Resources
     pids: list[int]
+    demands: list[Any]  # queued lease requests: [[resources, infeasible], ...]
 
 
 # --- objects (node daemon) ---------------------------------------------------------------
@@ -383,6 +385,26 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
 _UNTYPED = msgspec.msgpack.Decoder()
 _REQUEST_DECODERS = {m: msgspec.msgpack.Decoder(req) for m, (req, _) in REQUESTS.items()}
 _REPLY_DECODERS = {m: msgspec.msgpack.Decoder(rep) for m, (_, rep) in REQUESTS.items() if rep is not None}
+
+
+def undeclared(typed: Any, untyped: Any) -> list[str]:
+    """Paths of fields in ``untyped`` (a message decoded without its type)
+    that decoding with its type dropped: fields nobody declared."""
+    out: list[str] = []
+    _undeclared(typed, untyped, "$", out)
+    return out
+
+
+def _undeclared(typed: Any, untyped: Any, path: str, out: list[str]) -> None:
+    if isinstance(typed, dict) and isinstance(untyped, dict):
+        for k, v in untyped.items():
+            if k not in typed:
+                out.append(f"{path}.{k}")
+            else:
+                _undeclared(typed[k], v, f"{path}.{k}", out)
+    elif isinstance(typed, (list, tuple)) and isinstance(untyped, (list, tuple)):
+        for i, (a, b) in enumerate(zip(typed, untyped, strict=False)):
+            _undeclared(a, b, f"{path}[{i}]", out)
 
 
 def request_decoder(method: str) -> msgspec.msgpack.Decoder:

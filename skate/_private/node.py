@@ -6,12 +6,22 @@ control store plus a node daemon; other nodes are a node daemon pointed at
 the head.  Daemons report readiness on a pipe; an embedded cluster's
 daemons also die with the process that started them.
 
-``clusters/<host>_<port>.json`` maps a control-store address to its session,
-so ``init(address=...)`` on this machine finds the token by itself.
+``clusters/<host>_<port>.json`` (under ``CONFIG.temp_dir``, wherever the
+session itself lives) maps a control-store address to its session, so
+``init(address=...)`` on this machine finds the token by itself.  Clusters
+started with ``skate start`` (and ``cluster_utils.Cluster``, like Ray's) are
+marked *discoverable*: ``init()`` with no address joins the most recently
+started one whose control store is still alive.  Embedded clusters of
+``init()`` are never discoverable, so one driver's private cluster is never
+joined by another.
+
+Daemons write their output to the session's log folder (see ``logs.py``),
+which outlives the session.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -25,7 +35,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from skate._private import private_paths
+from skate._private import logs, private_paths, proctitle
 from skate._private.config import CONFIG
 
 
@@ -36,6 +46,8 @@ class DaemonProcess:
     name: str
     proc: subprocess.Popen
     info: dict = field(default_factory=dict)
+    #: Where its stdout and stderr go ("" when inherited).
+    log_path: str = ""
 
 
 def new_session(base: str | None = None, token: bytes | None = None) -> tuple[str, bytes, str]:
@@ -48,8 +60,10 @@ def new_session(base: str | None = None, token: bytes | None = None) -> tuple[st
         UnsafePathError: when ``base`` exists but another user can change it.
     """
     base = private_paths.private_dir(base or CONFIG.temp_dir)
+    logs.prune(base, max(CONFIG.logs_kept - 1, 0))
     session_dir = os.path.join(base, f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{os.urandom(3).hex()}")
     os.mkdir(session_dir, 0o700)
+    logs.session_logs_dir(session_dir)
     token = token or os.urandom(24).hex().encode()
     token_file = os.path.join(session_dir, "token")
     private_paths.create_private(token_file, token)
@@ -63,8 +77,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def spawn(name: str, args: list[str], env: dict | None = None, tie_to_parent: bool = True, log_path: str | None = None, pass_fds: tuple = ()) -> DaemonProcess:
-    """Starts ``python -m <args>`` with a readiness pipe."""
+def spawn(
+    name: str,
+    args: list[str],
+    env: dict | None = None,
+    tie_to_parent: bool = True,
+    pass_fds: tuple = (),
+    logs_dir: str | None = None,
+    log_name: str = "",
+    detach: bool | None = None,
+) -> DaemonProcess:
+    """Starts ``python -m <args>`` with a readiness pipe.
+
+    ``tie_to_parent``: the daemon gets SIGTERM when this process exits.
+    ``detach``: it runs in a session of its own (no terminal signals);
+    default ``not tie_to_parent``.  With ``logs_dir``, its stdout and stderr
+    go to ``<logs_dir>/<log_name>-<pid>.log``.
+    """
     r, w = os.pipe()
     child_env = {k: v for k, v in (env or os.environ).items() if k not in private_paths.SECRET_ENV}
     flags = []
@@ -80,22 +109,27 @@ def spawn(name: str, args: list[str], env: dict | None = None, tie_to_parent: bo
     child_env["SKATE_READY_FD"] = str(w)
     if tie_to_parent:
         child_env["SKATE_PARENT_PID"] = str(os.getpid())
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    log_fd, log_path = -1, ""
+    if logs_dir:
+        child_env[logs.ENV] = logs_dir
+        log_fd, log_path = logs.open_daemon_log(logs_dir, log_name or name)
     try:
         proc = subprocess.Popen(
             [sys.executable, *flags, "-m", *args],
             pass_fds=(w, *pass_fds),
             env=child_env,
             stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out if log_path else None,
-            start_new_session=not tie_to_parent,
+            stdout=log_fd if logs_dir else subprocess.DEVNULL,
+            stderr=log_fd if logs_dir else None,
+            start_new_session=(not tie_to_parent) if detach is None else detach,
         )
     finally:
         os.close(w)
-        if log_path:
-            out.close()
-    d = DaemonProcess(name, proc)
+        if logs_dir:
+            os.close(log_fd)
+    if log_path:
+        log_path = logs.name_after_pid(log_path, log_name or name, proc.pid)
+    d = DaemonProcess(name, proc, log_path=log_path)
     d.ready_fd = r  # type: ignore[attr-defined]
     return d
 
@@ -116,7 +150,11 @@ def wait_ready(d: DaemonProcess, timeout: float = 30.0) -> dict:
             chunk = os.read(r, 4096)
             if not chunk:
                 code = d.proc.wait(timeout=5)
-                raise RuntimeError(f"{d.name} exited while starting (exit code {code}); see its output above")
+                where = "see its output above"
+                if d.log_path:
+                    last = logs.tail(d.log_path, 5)
+                    where = f"its log {d.log_path} ends with:\n{last}" if last else f"its log is {d.log_path}"
+                raise RuntimeError(f"{d.name} exited while starting (exit code {code}); {where}")
             data += chunk
     finally:
         os.close(r)
@@ -147,6 +185,7 @@ def raylet_args(
     node_ip: str = "127.0.0.1",
     port: int = 0,
     memory: float | None = None,
+    labels: dict | None = None,
 ) -> list[str]:
     """Command-line arguments of a node daemon."""
     if memory is None:
@@ -164,9 +203,26 @@ def raylet_args(
         "--resources", json.dumps(resources or {}),
         "--object-store-memory", str(object_store_memory),
     ]
+    if labels:
+        args += ["--labels", json.dumps(labels)]
     if head:
         args.append("--head")
     return args
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``; ConnectionError (one line) when that fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as e:
+        listener.close()
+        why = "the port is already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise ConnectionError(f"cannot listen on {host}:{port}: {why}") from None
+    listener.listen(128)
+    return listener
 
 
 def start_head(
@@ -179,25 +235,33 @@ def start_head(
     tie_to_parent: bool = True,
     memory: float | None = None,
     while_starting: Callable[[], None] | None = None,
+    discoverable: bool = False,
+    temp_dir: str | None = None,
+    labels: dict | None = None,
+    detach: bool | None = None,
 ) -> dict:
     """Starts a control store and a head node daemon in parallel.
 
     ``while_starting`` runs while they boot (the driver imports its runtime
-    then).  Returns a description with the processes, the GCS address and
-    the token.
+    then).  ``discoverable``: ``init()`` with no address may join it (CLI
+    clusters).  ``temp_dir``: where the session and its logs go (default
+    ``CONFIG.temp_dir``).  Returns a description with the processes, the
+    GCS address and the token.
+
+    Raises:
+        ConnectionError: when ``host:port`` cannot be listened on.
+        RuntimeError: when a daemon exits while starting.
     """
-    session_dir, token, token_file = new_session()
     # Bind the control store's socket here and hand it over, so its port is
     # known at once (the node daemon starts in parallel) and cannot be taken
     # by someone else in between.
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener = bind_listener(host, port)
     try:
-        listener.bind((host, port))
-    except OSError as e:
+        session_dir, token, token_file = new_session(temp_dir)
+    except BaseException:
         listener.close()
-        raise ConnectionError(f"cannot listen on {host}:{port}: {e}") from None
-    listener.listen(128)
+        raise
+    logs_dir = logs.session_logs_dir(session_dir)
     gcs_port = listener.getsockname()[1]
     gcs_address = f"{host}:{gcs_port}"
     try:
@@ -206,8 +270,10 @@ def start_head(
             ["skate._private.gcs.server", "--host", host, "--port", str(gcs_port), "--token-file", token_file,
              "--listen-fd", str(listener.fileno())],
             tie_to_parent=tie_to_parent,
-            log_path=None if tie_to_parent else os.path.join(session_dir, "gcs.log"),
             pass_fds=(listener.fileno(),),
+            logs_dir=logs_dir,
+            log_name="gcs",
+            detach=detach,
         )
     finally:
         listener.close()
@@ -224,9 +290,12 @@ def start_head(
             head=True,
             node_ip=host,
             memory=memory,
+            labels=labels,
         ),
         tie_to_parent=tie_to_parent,
-        log_path=None if tie_to_parent else os.path.join(session_dir, "raylet.log"),
+        logs_dir=logs_dir,
+        log_name="raylet",
+        detach=detach,
     )
     try:
         if while_starting is not None:
@@ -235,10 +304,14 @@ def start_head(
         info = wait_ready(raylet)
     except BaseException:
         stop_processes([gcs, raylet])
+        import shutil
+
+        shutil.rmtree(session_dir, ignore_errors=True)
         raise
-    record_cluster(gcs_address, session_dir, token_file)
+    record_cluster(gcs_address, session_dir, token_file, gcs_pid=gcs.proc.pid, discoverable=discoverable)
     return {
         "session_dir": session_dir,
+        "logs_dir": logs_dir,
         "token": token,
         "token_file": token_file,
         "gcs_address": gcs_address,
@@ -258,6 +331,8 @@ def start_worker_node(
     node_ip: str = "127.0.0.1",
     tie_to_parent: bool = True,
     memory: float | None = None,
+    labels: dict | None = None,
+    detach: bool | None = None,
 ) -> DaemonProcess:
     """Starts one more node daemon joining ``gcs_address``."""
     d = spawn(
@@ -265,9 +340,12 @@ def start_worker_node(
         raylet_args(
             gcs_address, token_file, session_dir, num_cpus, num_gpus, resources,
             object_store_memory or default_object_store_memory(), head=False, node_ip=node_ip, memory=memory,
+            labels=labels,
         ),
         tie_to_parent=tie_to_parent,
-        log_path=None if tie_to_parent else os.path.join(session_dir, f"raylet-{time.time_ns()}.log"),
+        logs_dir=logs.session_logs_dir(session_dir),
+        log_name="raylet",
+        detach=detach,
     )
     try:
         wait_ready(d)
@@ -295,7 +373,12 @@ def stop_processes(procs: list[DaemonProcess], grace: float = 5.0) -> None:
 
 
 def clusters_dir(create: bool = True) -> str:
-    """``<temp dir>/clusters``, verified to be this user's own (created when ``create``)."""
+    """``<temp dir>/clusters``, verified to be this user's own (created when ``create``).
+
+    Raises:
+        UnsafePathError: when another user could change it (or the temp dir).
+        FileNotFoundError: when it does not exist and ``create`` is False.
+    """
     path = os.path.join(CONFIG.temp_dir, "clusters")
     if create:
         private_paths.private_dir(CONFIG.temp_dir)
@@ -305,52 +388,54 @@ def clusters_dir(create: bool = True) -> str:
     return path
 
 
-def record_cluster(gcs_address: str, session_dir: str, token_file: str) -> None:
-    """Remembers where the token of the cluster at ``gcs_address`` is."""
+def _record_path(gcs_address: str, create: bool = True) -> str:
     host, _, port = gcs_address.rpartition(":")
-    folder = clusters_dir()
-    data = json.dumps({"gcs_address": gcs_address, "session_dir": session_dir, "token_file": token_file}).encode()
-    private_paths.replace_private(os.path.join(folder, f"{host}_{port}.json"), data)
-    private_paths.replace_private(os.path.join(folder, "latest.json"), data)
+    host = host.strip("[]")
+    if host in ("localhost", ""):
+        host = "127.0.0.1"
+    return os.path.join(clusters_dir(create), f"{host}_{port}.json")
+
+
+def record_cluster(
+    gcs_address: str, session_dir: str, token_file: str, gcs_pid: int | None = None, discoverable: bool = False
+) -> None:
+    """Remembers where the token of the cluster at ``gcs_address`` is.
+
+    ``discoverable`` clusters are candidates for ``init()`` with no address.
+    """
+    created = None
+    if gcs_pid:
+        try:
+            created = psutil.Process(gcs_pid).create_time()
+        except psutil.Error:
+            pass
+    rec = {
+        "gcs_address": gcs_address,
+        "session_dir": session_dir,
+        "token_file": token_file,
+        "gcs_pid": gcs_pid,
+        "gcs_created": created,
+        "discoverable": discoverable,
+        "started": time.time(),
+    }
+    private_paths.replace_private(_record_path(gcs_address), json.dumps(rec).encode())
 
 
 def forget_cluster(gcs_address: str) -> None:
     """Drops the record written by ``record_cluster``."""
-    host, _, port = gcs_address.rpartition(":")
     try:
-        folder = clusters_dir(create=False)
+        os.unlink(_record_path(gcs_address, create=False))
     except (FileNotFoundError, private_paths.UnsafePathError):
-        return  # nothing of ours to forget
-    try:
-        os.unlink(os.path.join(folder, f"{host}_{port}.json"))
-    except FileNotFoundError:
-        pass
-    latest = os.path.join(folder, "latest.json")
-    try:
-        if json.loads(private_paths.read_private(latest)).get("gcs_address") == gcs_address:
-            os.unlink(latest)
-    except (OSError, ValueError):
-        pass
+        pass  # nothing of ours to forget
 
 
-def lookup_cluster(address: str) -> dict | None:
-    """The record of a cluster by GCS address (``"auto"``: the latest started here).
+def _load_record(path: str) -> dict | None:
+    """A cluster record, or None when there is none or it names what is gone.
 
-    Returns None when there is none.  The record, the folders it is in, the
-    session folder and the token file it names must all be this user's own.
-
-    Raises:
-        UnsafePathError: when one of them could be changed by another user.
+    The record, the folders it is in, the session folder and the token file
+    it names must all be this user's own (``UnsafePathError`` otherwise).
     """
-    if address == "auto":
-        name = "latest.json"
-    else:
-        host, _, port = address.rpartition(":")
-        if host in ("localhost", ""):
-            host = "127.0.0.1"
-        name = f"{host}_{port}.json"
     try:
-        path = os.path.join(clusters_dir(create=False), name)
         rec = json.loads(private_paths.read_private(path))
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
@@ -362,3 +447,50 @@ def lookup_cluster(address: str) -> dict | None:
     except FileNotFoundError:
         return None  # a record left by a cluster that is gone
     return rec
+
+
+def lookup_cluster(address: str) -> dict | None:
+    """The record of a cluster by GCS address (``"auto"``: the latest discoverable one alive).
+
+    Raises:
+        UnsafePathError: when a record or what it names could be changed by another user.
+    """
+    if address == "auto":
+        return latest_cluster()
+    try:
+        return _load_record(_record_path(address, create=False))
+    except FileNotFoundError:
+        return None
+
+
+def cluster_alive(rec: dict) -> bool:
+    """True while the control store of a recorded cluster still runs."""
+    pid = rec.get("gcs_pid")
+    if not pid:
+        return False
+    try:
+        p = psutil.Process(pid)
+        if rec.get("gcs_created") is not None and abs(p.create_time() - rec["gcs_created"]) > 0.01:
+            return False  # the pid now belongs to another process
+        return p.status() != psutil.STATUS_ZOMBIE and proctitle.is_skate_process(p.cmdline())
+    except psutil.Error:
+        return False
+
+
+def latest_cluster() -> dict | None:
+    """The most recently started discoverable cluster (``skate start``) that is alive, if any."""
+    recs = []
+    try:
+        folder = clusters_dir(create=False)
+    except FileNotFoundError:
+        return None
+    for name in os.listdir(folder):
+        if not name.endswith(".json") or name == "daemons.json":
+            continue
+        rec = _load_record(os.path.join(folder, name))
+        if rec is not None and rec.get("discoverable"):
+            recs.append(rec)
+    for rec in sorted(recs, key=lambda r: r.get("started", 0), reverse=True):
+        if cluster_alive(rec):
+            return rec
+    return None

@@ -10,6 +10,9 @@ import sys
 
 def main() -> None:
     """Connects to the node daemon, registers, and runs pushed work until told to stop."""
+    from skate._private import proctitle
+
+    proctitle.set_title("IDLE")
     from skate._private import private_paths, runtime
     from skate._private.core_worker import start_worker
     from skate._private.core_worker.executor import OutputPrefixer

@@ -18,7 +18,7 @@ class Pinger:
 def _raylet() -> psutil.Process:
     for p in psutil.Process().children(recursive=True):
         try:
-            if "skate._private.raylet.server" in " ".join(p.cmdline()):
+            if " ".join(p.cmdline()).startswith("skate::raylet"):
                 return p
         except psutil.NoSuchProcess:
             pass

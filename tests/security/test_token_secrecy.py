@@ -105,7 +105,7 @@ def test_cli_head_does_not_print_the_token():
         assert token not in out.stdout and token not in out.stderr
         assert token_files[0] in out.stdout  # it says where to find it
         # Nor do the daemons' logs hold it.
-        logs = glob.glob(os.path.join(temp_dir, "session_*", "*.log"))
+        logs = glob.glob(os.path.join(temp_dir, "logs", "session_*", "*.log"))
         assert logs
         for path in logs:
             with open(path, errors="replace") as f:

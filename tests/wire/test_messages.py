@@ -126,3 +126,11 @@ def test_daemons_answer_malformed_messages_with_a_protocol_error_and_keep_servin
         return a + b
 
     assert skate.get(add.remote(1, 2)) == 3
+
+
+def test_undeclared_fields_are_found_at_any_depth():
+    raw = msgspec.msgpack.encode({"nodes": [{"node_id": b"n", "ip": "h", "port": 1, "uds": "", "resources": {},
+                                             "store_prefix": "p", "pid": 1, "session_dir": "", "is_head": True,
+                                             "labels": {}, "surprise": 1}]})
+    typed = messages.reply_decoder("register_node").decode(raw)
+    assert messages.undeclared(typed, msgspec.msgpack.decode(raw)) == ["$.nodes[0].surprise"]

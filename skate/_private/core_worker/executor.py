@@ -27,7 +27,7 @@ from typing import Any
 import cloudpickle
 
 from skate import exceptions as exc
-from skate._private import ids, serialization, wire
+from skate._private import ids, proctitle, serialization, wire
 from skate._private.config import CONFIG
 from skate._private.core_worker.errors import EXITED, error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
@@ -85,7 +85,7 @@ class Executor:
         prev = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(None)
         try:
-            fn(spec, bufs, rep)
+            proctitle.run_titled(self, fn, spec, bufs, rep)
         finally:
             asyncio.events._set_running_loop(prev)
 

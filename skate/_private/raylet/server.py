@@ -28,7 +28,7 @@ import signal
 import time
 from typing import Any
 
-from skate._private import daemon, private_paths, wire
+from skate._private import daemon, logs, private_paths, wire
 from skate._private.config import CONFIG
 from skate._private.object_store.store import ObjectStore
 from skate._private.raylet.leases import Lease, LeaseManager
@@ -77,7 +77,7 @@ class Raylet(LeaseManager, ObjectManager):
         self.log_batch: list = []
         self.port = 0
         self.stopping = asyncio.Event()
-        self.pool = WorkerPool({}, self._on_output)
+        self.pool = WorkerPool({}, logs.tee_worker_output(self._on_output))
         self.pool.on_exit = self._on_worker_exit
         self.handlers = {name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")}
         self.gcs_handlers = {"pub": self._on_pub, "shutdown": lambda c, b, bufs: self.stopping.set()}
@@ -124,6 +124,7 @@ class Raylet(LeaseManager, ObjectManager):
             "pid": os.getpid(),
             "session_dir": self.session_dir,
             "is_head": self.args.head,
+            "labels": json.loads(self.args.labels),
         }
 
     async def stop(self) -> None:
@@ -212,6 +213,8 @@ class Raylet(LeaseManager, ObjectManager):
             "leases": len(self.leases),
             "available": self._available(),
             "pids": [w.pid for w in self.pool.workers.values()],
+            # Queued lease requests: [resources, infeasible (no node has that much)].
+            "demands": [[req.placement, req.warned] for req in self.sched.queue],
         }
 
     # --- logs -----------------------------------------------------------------------------
@@ -267,6 +270,7 @@ async def _main(stop: asyncio.Event) -> None:
     ap.add_argument("--resources", default="{}")
     ap.add_argument("--object-store-memory", type=float, required=True)
     ap.add_argument("--head", action="store_true")
+    ap.add_argument("--labels", default="{}")
     args = ap.parse_args()
     token = private_paths.read_token(args.token_file)
     raylet = Raylet(args, token)

@@ -28,6 +28,10 @@ import sys
 
 def serve(sock: socket.socket) -> None:
     """The zygote's loop: fork on request, report exits; returns when the daemon goes."""
+    from skate._private import logs, proctitle
+
+    proctitle.set_title("zygote")
+    logs.own_log("zygote")
     # Preload what every worker needs.
     import cloudpickle  # noqa: F401
     import msgspec  # noqa: F401

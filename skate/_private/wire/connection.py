@@ -64,6 +64,15 @@ log = logging.getLogger(__name__)
 _IOV_CHUNK = 512
 
 
+_STRICT = bool(CONFIG.strict_messages)
+
+
+def _refuse_undeclared(body: Any, raw: Any, what: str) -> None:
+    extra = messages.undeclared(body, messages.UNTYPED.decode(raw))
+    if extra:
+        raise ProtocolError(f"{what} carries fields its declared type lacks: {', '.join(extra)}")
+
+
 class Gate:
     """Per listener: how many accepted connections have not authenticated yet."""
 
@@ -438,7 +447,9 @@ class Connection(asyncio.BufferedProtocol):
                 return  # late: the request was given up
             try:
                 body = entry.decoder.decode(raw)
-            except msgspec.DecodeError as e:
+                if _STRICT:
+                    _refuse_undeclared(body, raw, f"reply #{rid}")
+            except (msgspec.DecodeError, ProtocolError) as e:
                 self._reply_unreadable(rid, entry, e)
                 return
         elif kind == ERROR:
@@ -446,8 +457,12 @@ class Connection(asyncio.BufferedProtocol):
         else:
             try:
                 body = messages.request_decoder(method).decode(raw)
+                if _STRICT:
+                    _refuse_undeclared(body, raw, repr(method))
             except msgspec.DecodeError as e:
                 body = ProtocolError(f"bad {method!r} message: {e}")
+            except ProtocolError as e:
+                body = e
         if self.leader is not None and self.leader == threading.get_ident():
             # Read by a user thread: only thread-safe reply callbacks run here.
             if kind == REPLY or kind == ERROR:
