@@ -27,7 +27,7 @@ from typing import Any
 import cloudpickle
 
 from skate import exceptions as exc
-from skate._private import ids, rpc, serialization
+from skate._private import cancellation, ids, rpc, serialization
 from skate._private.config import CONFIG
 from skate._private.core_worker.core import error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
@@ -123,11 +123,15 @@ class Executor:
 
     def on_cancel_task(self, conn: rpc.Connection, body: dict, bufs: list) -> None:
         tid = body["t"]
+        sent = cancellation.cancel_children(self.core, tid) if body.get("r", True) else 0
         running = self.running.get(tid)
         if running is None:
             self.cancelled.add(tid)
             return
         if body.get("force"):
+            if sent:  # let the children's cancels go out first
+                self.core.loop.call_later(0.1, os._exit, 1)
+                return
             os._exit(1)
         if isinstance(running, asyncio.Task):  # an async actor call: cancel the coroutine
             self.actor_loop.call_soon_threadsafe(running.cancel)
