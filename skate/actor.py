@@ -35,7 +35,7 @@ def method(*args: Any, **kwargs: Any) -> Any:
     return decorate
 
 
-def _method_meta(cls: type) -> dict:
+def method_meta(cls: type) -> dict:
     """For each method: ``(num_returns, CallSignature)`` (sent with every handle)."""
     meta = {}
     for name, fn in inspect.getmembers(cls, lambda m: inspect.isfunction(m) or inspect.ismethod(m)):
@@ -54,7 +54,7 @@ class ActorClass:
         self._cls = cls
         self._options = opts.validate(options, actor=True)
         self._name = cls.__name__
-        self._meta = _method_meta(cls)
+        self._meta = method_meta(cls)
         self._signature = CallSignature(cls, cls.__name__)
         self._pickled: bytes | None = None
         self.__name__ = cls.__name__
@@ -138,9 +138,13 @@ class ActorClass:
             "t": core.new_task_id(), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id, "ns": core.namespace,
             "mcc": o.get("max_concurrency"), "detached": detached, "nr": 1,
         }
+        held = opts.resource_request(o, 0)
+        if held:
+            rec.spec["res"] = held
+        if name:
+            rec.spec["an"] = name
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, self._name
         rec.return_ids = []
-        held = opts.resource_request(o, 0)
         placement = dict(held) if o.get("num_cpus") is not None else dict(held, CPU=1.0)
         lease_body = {
             "resources": held,
@@ -228,15 +232,17 @@ class ActorHandle:
     def _ray_actor_id(self) -> ids.ActorID:
         return ids.ActorID(self._actor_id)
 
-    def _submit(self, method_name: str, args: tuple, kwargs: dict, num_returns: int, name: str = "") -> Any:
+    def _submit(self, method_name: str, args: tuple, kwargs: dict, num_returns: int, call_name: str = "") -> Any:
         core = self._core
-        name = name or f"{self._class_name}.{method_name}"
+        name = call_name or f"{self._class_name}.{method_name}"
         if not isinstance(num_returns, int):
             raise NotImplementedError(f"generator actor methods (num_returns={num_returns!r}) are not supported yet")
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"actor method {name}")
         task_id = core.new_task_id()
         rec = TaskRecord()
         rec.spec = {"t": task_id, "m": method_name, "nr": num_returns, "j": core.job_id, "a": blob, "r": []}
+        if call_name:
+            rec.spec["cn"] = call_name
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, name
         rec.actor = self._state
         refs = make_returns(core, task_id, num_returns, rec)

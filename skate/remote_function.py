@@ -18,6 +18,8 @@ from skate._private.core_worker.submitter import (
 )
 from skate._private.signature import CallSignature
 
+_DEFAULT_RESOURCES = {"CPU": 1.0}
+
 
 class RemoteFunction:
     """A function that runs as a task in a worker process."""
@@ -121,6 +123,8 @@ class RemoteFunction:
         re = o.get("retry_exceptions", False)
         rec.retry_exceptions = list(re) if isinstance(re, (list, tuple)) else bool(re)
         rec.resources = opts.resource_request(o, 1)
+        if rec.resources != _DEFAULT_RESOURCES:
+            rec.spec["res"] = rec.resources
         rec.strategy = opts.strategy_of(o)
         rec.key = (tuple(sorted(rec.resources.items())), repr(rec.strategy))
         refs = make_returns(core, task_id, nr, rec)

@@ -27,7 +27,7 @@ from typing import Any
 import cloudpickle
 
 from skate import exceptions as exc
-from skate._private import cancellation, ids, rpc, serialization
+from skate._private import cancellation, ids, rpc, serialization, task_context
 from skate._private.config import CONFIG
 from skate._private.core_worker.core import error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
@@ -54,6 +54,7 @@ class Executor:
         self.actor: Any = None
         self.actor_id: bytes | None = None
         self.actor_name = ""
+        self.actor_spec: dict | None = None
         self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.actor_loop: asyncio.AbstractEventLoop | None = None
         self.actor_sem: asyncio.Semaphore | None = None
@@ -125,8 +126,8 @@ class Executor:
         tid = body["t"]
         sent = cancellation.cancel_children(self.core, tid) if body.get("r", True) else 0
         running = self.running.get(tid)
+        self.cancelled.add(tid)
         if running is None:
-            self.cancelled.add(tid)
             return
         if body.get("force"):
             if sent:  # let the children's cancels go out first
@@ -176,6 +177,7 @@ class Executor:
             return
         ctx.task_id, ctx.name, ctx.lease_id = tid, name, spec.get("l")
         self.running[tid] = threading.get_ident()
+        current = task_context.CURRENT.set(spec)
         try:
             if tid in self.cancelled:
                 raise exc.TaskCancelledError(tid.hex())
@@ -189,6 +191,7 @@ class Executor:
         except BaseException as e:  # noqa: BLE001
             body, out = self._error_reply(spec, e, name)
         finally:
+            task_context.CURRENT.reset(current)
             self.running.pop(tid, None)
             self.cancelled.discard(tid)
             ctx.task_id = ctx.lease_id = None
@@ -307,6 +310,7 @@ class Executor:
         self.core.job_id = spec["j"]
         self.core.namespace = spec.get("ns")
         self.actor_id = spec["aid"]
+        self.actor_spec = spec
         try:
             cls = cloudpickle.loads(bufs[0])
             self.actor_name = cls.__name__
@@ -350,6 +354,7 @@ class Executor:
         name = f"{self.actor_name}.{spec['m']}"
         ctx.task_id, ctx.name = tid, self.actor_name
         self.running[tid] = threading.get_ident()
+        current = task_context.CURRENT.set(spec)
         exiting = False
         try:
             if self.actor is None:
@@ -365,7 +370,9 @@ class Executor:
         except BaseException as e:  # noqa: BLE001
             body, out = self._error_reply(spec, e, name)
         finally:
+            task_context.CURRENT.reset(current)
             self.running.pop(tid, None)
+            self.cancelled.discard(tid)
             ctx.task_id = None
         if exiting:
             body["x"] = 1
@@ -385,6 +392,7 @@ class Executor:
     async def _async_call(self, spec: dict, bufs: list, fut: Replier) -> None:
         name = f"{self.actor_name}.{spec['m']}"
         exiting = False
+        task_context.CURRENT.set(spec)  # this coroutine's own context
         async with self.actor_sem:
             try:
                 args, kwargs = self._decode_args(spec, bufs, 0)
