@@ -11,6 +11,7 @@ from skate._private import cancellation, ids, runtime
 from skate._private import options as opts
 from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns
 from skate._private.signature import CallSignature
+from skate._private.source import dumps_code
 
 
 def method(*args: Any, **kwargs: Any) -> Any:
@@ -112,7 +113,7 @@ class ActorClass:
             except ValueError:
                 pass
         if self._pickled is None:
-            self._pickled = cloudpickle.dumps(self._cls)
+            self._pickled = dumps_code(self._cls)
         actor_id = ids.new_id(16)
         detached = o.get("lifetime") == "detached"
         if detached and not name:

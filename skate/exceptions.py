@@ -21,11 +21,19 @@ class RaySystemError(RayError):
 
 
 class RayTaskError(RayError):
-    """A task or actor method raised.
+    """A task or actor method raised (follows Ray's ``RayTaskError``).
 
     ``get`` raises it as an instance of both ``RayTaskError`` and the class the
-    task raised, so ``except ValueError`` and ``except RayTaskError`` both work.
-    The message holds the remote traceback.
+    task raised (``RayTaskError(ValueError)``), so ``except ValueError`` and
+    ``except RayTaskError`` both work; ``cause`` is the original exception.
+    When the original exception cannot be rebuilt in the caller (its class
+    takes other constructor arguments than its ``args``, or cannot be
+    unpickled there), ``cause`` is None but the error keeps the class (when
+    it can), the message and the remote traceback.
+
+    Its text names where the error happened -- ``skate::f() (pid=..., ip=...)``,
+    with the actor's id and repr for an actor call -- then the remote
+    traceback with skate's own frames left out.
     """
 
     def __init__(
@@ -33,42 +41,59 @@ class RayTaskError(RayError):
         function_name: str = "",
         traceback_str: str = "",
         cause: BaseException | None = None,
-        proctitle: str = "",
+        proctitle: str | None = None,
         pid: int | None = None,
         ip: str | None = None,
         actor_repr: str | None = None,
+        actor_id: str | None = None,
     ) -> None:
         self.function_name = function_name
         self.traceback_str = traceback_str
         self.cause = cause
-        self.proctitle = proctitle
+        self.proctitle = proctitle or f"skate::{function_name}"
         self.pid = pid if pid is not None else os.getpid()
         self.ip = ip or _host_ip()
         self.actor_repr = actor_repr
+        self.actor_id = actor_id
+        self._cause_cls: type | None = type(cause) if cause is not None else None
         Exception.__init__(self, self._message())
 
     def _message(self) -> str:
-        where = f"{self.function_name}() (pid={self.pid}, ip={self.ip}"
-        where += f", actor={self.actor_repr})" if self.actor_repr else ")"
-        return f"{type(self.cause).__name__ if self.cause else 'RayTaskError'}: {where}\n{self.traceback_str}".rstrip()
+        where = f"{self.proctitle}() (pid={self.pid}, ip={self.ip}"
+        if self.actor_repr or self.actor_id:
+            where += f", actor_id={self.actor_id}, repr={self.actor_repr}"
+        return f"{where})\n{self.traceback_str}".rstrip()
 
     def __str__(self) -> str:
         return self._message()
 
     def __reduce__(self) -> tuple:
-        return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause, self.pid, self.ip, self.actor_repr))
+        return (
+            _rebuild_task_error,
+            (self.function_name, self.traceback_str, _pickled_or_none(self.cause), self.proctitle, self.pid,
+             self.ip, self.actor_repr, self.actor_id, _pickled_or_none(self._cause_cls)),
+        )
 
     def as_instanceof_cause(self) -> RayTaskError:
-        """This error as an instance of both RayTaskError and the cause's class."""
-        cause_cls = type(self.cause) if self.cause is not None else None
+        """This error as an instance of both RayTaskError and the cause's class (when
+        that class can be subclassed; else this plain RayTaskError)."""
+        cause_cls = self._cause_cls
         if cause_cls is None or isinstance(self, cause_cls) or not _subclassable(cause_cls):
             return self
         cls = _dual_class(cause_cls)
-        err = cls.__new__(cls)
-        RayTaskError.__init__(
-            err, self.function_name, self.traceback_str, self.cause, pid=self.pid, ip=self.ip, actor_repr=self.actor_repr
-        )
-        err.args = (self._message(),)
+        try:
+            err = cls.__new__(cls)
+            RayTaskError.__init__(
+                err, self.function_name, self.traceback_str, self.cause, self.proctitle, self.pid, self.ip,
+                self.actor_repr, self.actor_id,
+            )
+            err._cause_cls = cause_cls
+        except Exception:  # noqa: BLE001 - a class that cannot be made this way stays plain
+            return self
+        try:
+            err.args = (self._message(),)
+        except (AttributeError, TypeError):  # e.g. ``args`` is a read-only property of the cause's class
+            pass
         return err
 
 
@@ -103,8 +128,38 @@ def _subclassable(cls: type) -> bool:
         return False
 
 
-def _rebuild_task_error(name: str, tb: str, cause: Any, pid: int, ip: str, actor_repr: str | None) -> RayTaskError:
-    return RayTaskError(name, tb, cause, pid=pid, ip=ip, actor_repr=actor_repr).as_instanceof_cause()
+def _pickled_or_none(obj: Any) -> bytes | None:
+    """``obj`` pickled on its own, so that a cause the caller cannot rebuild does not
+    make the whole error unreadable; None when it cannot be pickled at all."""
+    if obj is None:
+        return None
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(obj)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _loaded_or_none(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    import pickle
+
+    try:
+        return pickle.loads(data)
+    except Exception:  # noqa: BLE001 - e.g. __init__ needs other arguments than args
+        return None
+
+
+def _rebuild_task_error(
+    name: str, tb: str, cause: bytes | None, proctitle: str, pid: int, ip: str, actor_repr: str | None,
+    actor_id: str | None = None, cause_cls: bytes | None = None,
+) -> RayTaskError:
+    err = RayTaskError(name, tb, _loaded_or_none(cause), proctitle, pid, ip, actor_repr, actor_id)
+    if err.cause is None:
+        err._cause_cls = _loaded_or_none(cause_cls)
+    return err.as_instanceof_cause()
 
 
 def _host_ip() -> str:

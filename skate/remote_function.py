@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import cloudpickle
-
 from skate._private import cancellation, runtime
 from skate._private import options as opts
 from skate._private.config import CONFIG
@@ -17,6 +15,7 @@ from skate._private.core_worker.submitter import (
     new_task_spec,
 )
 from skate._private.signature import CallSignature
+from skate._private.source import dumps_code
 
 _DEFAULT_RESOURCES = {"CPU": 1.0}
 
@@ -89,7 +88,7 @@ class RemoteFunction:
             from skate._private import serialization
 
             try:
-                data = cloudpickle.dumps(self._function)
+                data = dumps_code(self._function)
             except Exception as e:
                 raise serialization.SerializationError(
                     serialization._explain(self._function, f"the remote function {self._name}", e)

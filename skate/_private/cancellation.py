@@ -50,10 +50,17 @@ def cancel_task(core: Any, rec: Any, force: bool, recursive: bool) -> None:
         st.queue.remove(rec)
         core.submitter.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
     elif st.info.get("address") and rec.spec["t"] in st.inflight:
-        from skate._private.core_worker.submitter import control_notify
-
         body = {"t": rec.spec["t"], "force": False, "r": recursive}
-        asyncio.ensure_future(control_notify(core, st.info["address"], "cancel_task", body))
+        asyncio.ensure_future(_notify(core, st.info["address"], "cancel_task", body))
+
+
+async def _notify(core: Any, address: list, method: str, body: Any) -> None:
+    """A one-way message to a worker's control endpoint (not queued behind its work)."""
+    try:
+        conn = await core.conn_to(address)
+        conn.notify(method, body)
+    except Exception:  # noqa: BLE001 - the worker is gone: nothing left to cancel
+        pass
 
 
 def cancel_children(core: Any, parent: bytes) -> int:

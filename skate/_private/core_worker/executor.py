@@ -21,13 +21,12 @@ import inspect
 import os
 import sys
 import threading
-import traceback
 from typing import Any
 
 import cloudpickle
 
 from skate import exceptions as exc
-from skate._private import cancellation, ids, rpc, serialization, task_context
+from skate._private import cancellation, ids, rpc, serialization, task_context, task_errors
 from skate._private.config import CONFIG
 from skate._private.core_worker.core import error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
@@ -290,15 +289,7 @@ class Executor:
         if isinstance(e, (exc.TaskCancelledError, exc.RayActorError, exc.WorkerCrashedError, exc.ObjectLostError)):
             err: BaseException = e
         else:
-            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-            cause = e.cause if isinstance(e, exc.RayTaskError) else e
-            if isinstance(cause, serialization.SerializationError):
-                cause = TypeError(str(cause))
-            try:
-                cloudpickle.dumps(cause)
-            except Exception:  # noqa: BLE001
-                cause = None
-            err = exc.RayTaskError(name, tb, cause, actor_repr=self.actor_name or None)
+            err = task_errors.task_error(e, name, self.core, self.actor_name, self.actor_id)
         data, bufs = error_payload(err)
         n = max(spec.get("nr", 1), 1)
         return {"r": [[ERROR, len(bufs) + 1]] * n}, [data, *bufs] * n
