@@ -7,11 +7,17 @@ from typing import Any
 
 import cloudpickle
 
+from skate import exceptions as exc
 from skate._private import cancellation, ids, runtime
 from skate._private import options as opts
 from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns
 from skate._private.signature import CallSignature
 from skate._private.source import dumps_code
+
+
+class ActorClassInheritanceException(TypeError):
+    """A class statement tried to inherit from an actor class (follows Ray): inherit
+    from the plain class and decorate the subclass instead."""
 
 
 def method(*args: Any, **kwargs: Any) -> Any:
@@ -60,6 +66,12 @@ class ActorClass:
         self._pickled: bytes | None = None
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
+
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        raise ActorClassInheritanceException(
+            f"Inheriting from actor class {self._name!r} is not allowed; inherit from the plain class "
+            "and apply @remote to the subclass."
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -118,21 +130,10 @@ class ActorClass:
         detached = o.get("lifetime") == "detached"
         if detached and not name:
             raise ValueError("a detached actor must have a name")
-        handle_meta = cloudpickle.dumps((self._name, self._meta))
-        core.gcs_call(
-            "register_actor",
-            {
-                "actor_id": actor_id,
-                "name": name,
-                "namespace": namespace,
-                "class_name": self._name,
-                "detached": detached,
-                "owner": core.address,
-                "job_id": core.job_id,
-                "max_restarts": o.get("max_restarts", 0),
-            },
-            [handle_meta],
-        )
+        try:
+            self._register(core, actor_id, name, namespace, detached, o)
+        except ValueError as e:  # the control store refuses a name in use
+            raise exc.ActorAlreadyExistsError(str(e)) from None
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"the constructor of {self._name}")
         rec = TaskRecord()
         rec.spec = {
@@ -159,6 +160,23 @@ class ActorClass:
         handle = ActorHandle(actor_id, self._name, self._meta)
         core.post(core.actors.create, st, rec, self._pickled, lease_body)
         return handle
+
+    def _register(self, core: Any, actor_id: bytes, name: str | None, namespace: str, detached: bool, o: dict) -> None:
+        handle_meta = cloudpickle.dumps((self._name, self._meta))
+        core.gcs_call(
+            "register_actor",
+            {
+                "actor_id": actor_id,
+                "name": name,
+                "namespace": namespace,
+                "class_name": self._name,
+                "detached": detached,
+                "owner": core.address,
+                "job_id": core.job_id,
+                "max_restarts": o.get("max_restarts", 0),
+            },
+            [handle_meta],
+        )
 
 
 class _ActorOptions:

@@ -170,21 +170,66 @@ def _host_ip() -> str:
 
 
 class RayActorError(RayError):
-    """An actor is dead or unreachable, so the call cannot run."""
+    """An actor is dead or unreachable, so the call cannot run (follows Ray)."""
 
-    def __init__(self, cause: Any = None, actor_id: str | None = None, error_msg: str | None = None) -> None:
+    def __init__(
+        self,
+        actor_id: str | None = None,
+        error_msg: str | None = None,
+        actor_init_failed: bool = False,
+        preempted: bool = False,
+        *,
+        cause: Any = None,
+    ) -> None:
         self.actor_id = actor_id
         self.cause = cause
+        self.actor_init_failed = actor_init_failed
+        self.preempted = preempted
         self.error_msg = error_msg or (str(cause) if cause else "The actor died unexpectedly before finishing this task.")
         super().__init__(self.error_msg)
 
+    def __reduce__(self) -> tuple:
+        return (_rebuild_actor_error, (type(self), dict(self.__dict__)))
+
+
+def _rebuild_actor_error(cls: type, state: dict) -> RayActorError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("error_msg"))
+    err.__dict__.update(state)
+    return err
+
 
 class ActorDiedError(RayActorError):
-    """The actor is dead: killed, crashed, or its constructor raised."""
+    """The actor is dead: killed, crashed, or its constructor raised (follows Ray).
+
+    ``cause`` is the constructor's ``RayTaskError`` when ``__init__`` raised.
+    """
+
+    def __init__(self, cause: Any = None, *, actor_id: str | None = None, error_msg: str | None = None) -> None:
+        super().__init__(actor_id, error_msg, isinstance(cause, RayTaskError), cause=cause)
 
 
 class ActorUnavailableError(RayActorError):
     """The actor cannot be reached right now (it may be restarting)."""
+
+    def __init__(self, error_message: str = "The actor is temporarily unavailable.", actor_id: str | None = None) -> None:
+        super().__init__(actor_id, error_message)
+
+
+class ActorAlreadyExistsError(ValueError, RayError):
+    """An actor with this name already exists in the namespace."""
+
+    def __init__(self, error_message: str) -> None:
+        super().__init__(error_message)
+        self.error_message = error_message
+
+
+class ActorHandleNotFoundError(ValueError, RayError):
+    """An actor handle was used in a process that cannot reach the actor."""
+
+    def __init__(self, error_message: str) -> None:
+        super().__init__(error_message)
+        self.error_message = error_message
 
 
 class WorkerCrashedError(RayError):
@@ -237,7 +282,7 @@ class OwnerDiedError(ObjectLostError):
         )
 
 
-class ReferenceCountingAssertionError(ObjectLostError):
+class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
     """An object was freed while still referenced (a skate bug)."""
 
 
@@ -307,6 +352,72 @@ class RayCgraphCapacityExceeded(RaySystemError):
 
 class AsyncioActorExit(RayError):
     """Raised inside an async actor to exit it."""
+
+
+class AuthenticationError(RayError):
+    """A peer failed the cluster-token check."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ObjectFreedError(ObjectLostError):
+    """The object was freed (e.g. by its owner) before it was read."""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectLostError):
+    """A lost object could not be rebuilt within the allowed attempts."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectLostError):
+    """A lost object cannot be rebuilt: its lineage was evicted."""
+
+
+class ObjectRefStreamEndOfStreamError(RayError):
+    """A generator's stream of refs has ended."""
+
+
+class PlasmaObjectNotAvailable(RayError):
+    """An object is not available in the local shared-memory store."""
+
+
+class RpcError(RayError):
+    """A request between skate's processes failed."""
+
+    def __init__(self, message: str, rpc_code: int | None = None) -> None:
+        super().__init__(message)
+        self.rpc_code = rpc_code
+
+
+class UnserializableException(RayError):
+    """An exception that could not be deserialized; carries its original stack trace."""
+
+    def __init__(self, original_stack_trace: str) -> None:
+        super().__init__(original_stack_trace)
+        self._original_stack_trace = original_stack_trace
+
+    def __str__(self) -> str:
+        return (
+            "Failed to deserialize exception. Refer to the original stack trace below:\n"
+            + self._original_stack_trace
+        )
+
+
+class UserCodeException(RayError):
+    """Marks an exception raised by user code (as opposed to skate's own)."""
+
+
+class OufOfBandObjectRefSerializationException(RayError):
+    """An ObjectRef was serialized outside skate's own serialization (spelled like Ray's)."""
+
+
+class RayDirectTransportError(RaySystemError):
+    """A tensor transport between actors failed."""
+
+
+class StreamingGeneratorReplayInconsistentError(RaySystemError):
+    """A retried generator task yielded different values than its first run."""
 
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, BaseException)]

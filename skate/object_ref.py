@@ -187,6 +187,10 @@ class ObjectRef:
             fn(self)
 
 
+ObjectID = ObjectRef
+"""Old name of ObjectRef (follows Ray)."""
+
+
 def _rebuild(object_id: bytes, owner: list | None) -> ObjectRef:
     # Creating the ref registers it; a new borrow is announced to the owner.
     return ObjectRef(object_id, owner)

@@ -239,3 +239,11 @@ class RuntimeContext:
 
     def __getitem__(self, key: str) -> Any:
         return self.get()[key]
+
+
+def get_runtime_context() -> RuntimeContext:
+    """The runtime context of this driver or worker (connects a local cluster first if
+    none, like the rest of the API)."""
+    from skate._private import runtime
+
+    return RuntimeContext(runtime.current())

@@ -9,7 +9,7 @@ import shutil
 import uuid
 from typing import Any
 
-from skate._private import cancellation, init_options, node, rpc, runtime
+from skate._private import cancellation, error_log, init_options, node, rpc, runtime
 from skate._private.config import CONFIG
 from skate._private.fetch_local import make_local
 
@@ -222,6 +222,7 @@ def shutdown(*, wait_for_processes: bool = False, _exiting_interpreter: bool = F
         runtime.set_current(None)
         core.shutdown()
     _stop_head()
+    error_log.clear()
 
 
 def _stop_head() -> None:
@@ -412,5 +413,17 @@ def get_gpu_ids() -> list:
 
 
 def timeline(filename: str | None = None) -> list:
-    """Task events in Chrome trace format (not recorded yet: empty)."""
-    return []
+    """Task events in Chrome trace format: not recorded by skate yet.
+
+    Raises:
+        NotImplementedError: always (rather than returning an empty trace).
+    """
+    raise NotImplementedError("skate does not record task events yet, so timeline() has nothing to return or write.")
+
+
+def error_info() -> list[dict]:
+    """The errors of failed tasks whose results nobody read (printed in the
+    background when their last ref went away), oldest first, as dicts with
+    ``type``, ``message``, ``error`` and ``timestamp``.  A name from early Ray
+    releases, kept for old programs."""
+    return error_log.entries()

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from skate import exceptions as exc
-from skate._private import daemon, ids, rpc, serialization
+from skate._private import daemon, error_log, ids, rpc, serialization
 from skate._private.config import CONFIG
 from skate._private.core_worker.memory_store import ERROR, INLINE, PENDING, SHM, MemoryStore
 from skate._private.object_store import shm
@@ -775,6 +775,7 @@ class CoreWorker:
                     text = f"Unhandled error (suppress with SKATE_IGNORE_UNHANDLED_ERRORS=1): {err}"
                     print(text, file=sys.stderr, flush=True)
                     self.printed.append(text)
+                    error_log.record(err)
         by_node: dict[bytes, list] = {}
         for oid, e in frees:
             if e.state == SHM:
