@@ -242,9 +242,9 @@ class WorkerCrashedError(RayError):
 class TaskCancelledError(RayError):
     """The task was cancelled with ``cancel``."""
 
-    def __init__(self, task_id: Any = None, message: str | None = None) -> None:
+    def __init__(self, task_id: Any = None, error_message: str | None = None) -> None:
         self.task_id = task_id
-        super().__init__(message or f"Task {task_id} was cancelled.")
+        super().__init__(error_message or f"Task {task_id} was cancelled.")
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.task_id, str(self)))
@@ -257,12 +257,16 @@ class GetTimeoutError(RayError, TimeoutError):
 class ObjectLostError(RayError):
     """An object's value is lost and cannot be rebuilt."""
 
-    def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", message: str | None = None) -> None:
+    def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", *, message: str | None = None) -> None:
         self.object_ref_hex = object_ref_hex
         super().__init__(message or f"Object {object_ref_hex} is lost and cannot be recovered.")
 
     def __reduce__(self) -> tuple:
-        return (type(self), (self.object_ref_hex, None, "", str(self)))
+        return (_rebuild_lost, (type(self), self.object_ref_hex, str(self)))
+
+
+def _rebuild_lost(cls: type, object_ref_hex: str, message: str) -> ObjectLostError:
+    return cls(object_ref_hex, message=message)
 
 
 class ObjectFetchTimedOutError(ObjectLostError):
@@ -272,13 +276,12 @@ class ObjectFetchTimedOutError(ObjectLostError):
 class OwnerDiedError(ObjectLostError):
     """The process that owned an object died, so its value is lost."""
 
-    def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", message: str | None = None) -> None:
+    def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", *, message: str | None = None) -> None:
         super().__init__(
             object_ref_hex,
             owner_address,
             call_site,
-            message
-            or f"Object {object_ref_hex} is lost because its owner (the process that created it) died.",
+            message=message or f"Object {object_ref_hex} is lost because its owner (the process that created it) died.",
         )
 
 

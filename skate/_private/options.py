@@ -219,7 +219,7 @@ def validate_method(options: dict) -> dict:
             f"the option retry_exceptions={out['retry_exceptions']!r} on actor methods",
             "actor restarts are not implemented, so actor calls cannot be retried",
         )
-    if "enable_task_events" in out:
+    if out.get("enable_task_events") is not None:
         _check_type("enable_task_events", out["enable_task_events"])
     check_supported(out)
     return out
