@@ -18,7 +18,6 @@ import pytest
 from test_api_surface import ACTOR_OPTIONS, METHOD_OPTIONS, TASK_OPTIONS
 
 import skate
-from skate._private import options as opts
 
 H = "honoured"
 
