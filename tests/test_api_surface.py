@@ -449,3 +449,49 @@ def test_table_covers_public_names_of_skate():
 def test_skate_only_exports_are_the_documented_classes(name):
     # Ray exposes these under ray.actor / ray.remote_function; skate also at top level.
     assert getattr(skate, name) is _resolve(f"{'skate.actor' if name.startswith('Actor') else 'skate.remote_function'}:{name}")
+
+
+# --- behaviour of names added for the table ---------------------------------------------------------
+
+
+def test_object_ref_nil_and_ids():
+    nil = skate.ObjectRef.nil()
+    assert nil.is_nil() and nil.binary() == b"\0" * 20
+    r = skate.ObjectRef.from_random()
+    assert not r.is_nil()
+    assert skate.ObjectRef.from_hex(r.hex()) == r == skate.ObjectRef.from_binary(r.binary())
+    assert skate.ObjectID is skate.ObjectRef
+
+
+def test_task_id_of_a_ref_is_a_task_id(ray_start):
+    @skate.remote
+    def tid():
+        return skate.get_runtime_context().get_task_id()
+
+    ref = tid.remote()
+    assert isinstance(ref.task_id(), skate.TaskID)
+    assert ref.task_id().hex() == skate.get(ref)
+
+
+def test_named_actor_name_in_use_raises_actor_already_exists(ray_start):
+    @skate.remote
+    class A:
+        pass
+
+    A.options(name="taken").remote()
+    with pytest.raises(skate.exceptions.ActorAlreadyExistsError) as info:
+        A.options(name="taken").remote()
+    assert isinstance(info.value, ValueError)
+
+
+def test_inheriting_from_an_actor_class_raises():
+    from skate.actor import ActorClassInheritanceException
+
+    @skate.remote
+    class Base:
+        pass
+
+    with pytest.raises(ActorClassInheritanceException):
+
+        class Child(Base):  # noqa: F811
+            pass

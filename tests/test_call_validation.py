@@ -174,3 +174,26 @@ def test_user_decorated_function_with_num_returns(ray_start):
     x, y = h.two.remote()
     z, w = h.two_outer.remote()
     assert skate.get([x, y, z, w]) == [1, 2, 3, 4]
+
+
+def test_underscore_remote_on_actor_classes_and_methods(ray_start):
+    """``Actor._remote()`` (what Ray's own microbenchmark script and libraries call),
+    with and without arguments and options."""
+
+    @skate.remote
+    class Counter:
+        def __init__(self, start=0):
+            self.n = start
+
+        def add(self, k=1):
+            self.n += k
+            return self.n
+
+    c = Counter._remote()
+    assert skate.get(c.add.remote()) == 1
+    d = Counter._remote(args=[10], kwargs={}, num_cpus=0, name="counter-d")
+    assert skate.get(d.add._remote(args=[5])) == 15
+    assert skate.get(d.add._remote(kwargs={"k": 2}, name="named-call")) == 17
+    assert skate.get_actor("counter-d") == d
+    with pytest.raises(TypeError):
+        Counter._remote(args=[1, 2])
