@@ -27,7 +27,7 @@ class CallSignature:
         drop_first: Drop the first parameter (``self`` of an actor method).
     """
 
-    __slots__ = ("sig", "name", "min_pos", "max_pos")
+    __slots__ = ("sig", "name", "min_pos", "max_pos", "names", "required", "npos")
 
     def __init__(self, fn: Any, name: str, drop_first: bool = False) -> None:
         self.name = name
@@ -37,6 +37,7 @@ class CallSignature:
             self.sig = None
             self.min_pos = 0
             self.max_pos = -1
+            self.names, self.required, self.npos = None, frozenset(), 0
             return
         params = list(sig.parameters.values())
         if drop_first and params and params[0].kind in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD):
@@ -53,8 +54,15 @@ class CallSignature:
             self.max_pos = 1 << 30
         else:
             self.max_pos = len(positional)
+        # Keyword fast path: plain parameters only (no *args, **kwargs or positional-only).
+        self.names: tuple | None = None
+        self.required: frozenset = frozenset()
+        self.npos = len(positional)
+        if all(p.kind in (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY) for p in params):
+            self.names = tuple(p.name for p in params)
+            self.required = frozenset(p.name for p in params if p.default is _P.empty)
         if required_kwonly:
-            self.max_pos = -1  # never the fast path
+            self.max_pos = -1  # never the positional fast path
 
     def check(self, args: tuple, kwargs: dict) -> None:
         """Raises TypeError (like calling the function would) if the arguments do not fit."""
@@ -62,13 +70,25 @@ class CallSignature:
             return
         if self.sig is None:
             return
+        names = self.names
+        if names is not None and len(args) <= len(names):
+            given = names[: len(args)]
+            # Every keyword is a parameter not already given by position, and every
+            # required parameter is given: what bind() would accept (positional
+            # parameters come first in ``names``).
+            if (
+                len(args) <= self.npos
+                and kwargs.keys() <= set(names[len(args):])
+                and self.required <= set(given).union(kwargs)
+            ):
+                return
         try:
             self.sig.bind(*args, **kwargs)
         except TypeError as e:
             raise TypeError(f"{self.name}(): {e}") from None
 
     def __getstate__(self) -> tuple:
-        return (self.sig, self.name, self.min_pos, self.max_pos)
+        return (self.sig, self.name, self.min_pos, self.max_pos, self.names, self.required, self.npos)
 
     def __setstate__(self, state: tuple) -> None:
-        self.sig, self.name, self.min_pos, self.max_pos = state
+        self.sig, self.name, self.min_pos, self.max_pos, self.names, self.required, self.npos = state
