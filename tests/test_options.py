@@ -497,3 +497,11 @@ def test_cancel_recursive_reaches_children(ray_start_4cpu, tmp_path):
             assert skate.available_resources().get("CPU", 0) <= 3
             marker.unlink()
             wait_for(lambda: skate.available_resources().get("CPU") == 4, 30, what="the child to finish")
+
+
+def test_node_options_are_rejected_when_connecting(cluster):
+    """Options describing the local node cannot apply to a cluster that already runs."""
+    for kw in ({"object_store_memory": 1 << 26}, {"_memory": 1 << 20}, {"num_gpus": 1}):
+        with pytest.raises(ValueError, match="skate start"):
+            skate.init(address=cluster.address, **kw)
+        assert not skate.is_initialized()

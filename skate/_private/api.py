@@ -133,10 +133,10 @@ def init(
         session_dir = _head["session_dir"]
         raylet_addr = _head["raylet"]["uds"]
     else:
-        if num_cpus is not None or num_gpus is not None or resources is not None:
+        if num_cpus is not None or num_gpus is not None or resources is not None or object_store_memory is not None or memory is not None:
             raise ValueError(
-                "num_cpus, num_gpus and resources describe a node; when connecting to an "
-                "existing cluster, give them to `skate start` instead"
+                "num_cpus, num_gpus, resources, object_store_memory and _memory describe a node; when "
+                "connecting to an existing cluster, give them to `skate start` instead"
             )
         token, session_dir, raylet_addr = _find_cluster(address, token_hex)
     from skate._private.core_worker.core import DRIVER, CoreWorker
