@@ -466,37 +466,42 @@ def test_cancel_recursive_reaches_children(ray_start_4cpu, tmp_path):
     from conftest import wait_for
 
     @skate.remote
-    def child(path):
+    def child(marker, out):
         import os
         import time
 
-        open(path, "w").close()
-        while os.path.exists(path):
-            time.sleep(0.01)
-        return "child finished"
+        open(marker, "w").close()
+        try:
+            while os.path.exists(marker):
+                time.sleep(0.01)
+            with open(out + ".tmp", "w") as f:
+                f.write("finished")
+        except KeyboardInterrupt:
+            with open(out + ".tmp", "w") as f:
+                f.write("interrupted")
+            raise
+        finally:
+            os.replace(out + ".tmp", out)
 
     @skate.remote
-    def parent(path):
-        ref = child.remote(path)
-        return skate.get(ref)
+    def parent(marker, out):
+        return skate.get(child.remote(marker, out))
 
     for recursive in (True, False):
-        marker = tmp_path / f"child-{recursive}"
-        p = parent.remote(str(marker))
+        marker, out = tmp_path / f"running-{recursive}", tmp_path / f"out-{recursive}"
+        p = parent.remote(str(marker), str(out))
         wait_for(marker.exists, 30, what="the child to start")
         skate.cancel(p, recursive=recursive)
         with pytest.raises(skate.exceptions.TaskCancelledError):
             skate.get(p, timeout=30)
         if recursive:
-            # The child was interrupted: it never deletes its marker, and the
-            # CPUs come back (parent and child both gone).
-            wait_for(lambda: skate.available_resources().get("CPU") == 4, 30, what="CPUs to be free")
-            assert marker.exists()
+            wait_for(out.exists, 30, what="the child to be interrupted")
+            assert out.read_text() == "interrupted"
         else:
-            # The child keeps running until released.
-            assert skate.available_resources().get("CPU", 0) <= 3
+            assert not out.exists()  # still looping
             marker.unlink()
-            wait_for(lambda: skate.available_resources().get("CPU") == 4, 30, what="the child to finish")
+            wait_for(out.exists, 30, what="the child to finish")
+            assert out.read_text() == "finished"
 
 
 def test_node_options_are_rejected_when_connecting(cluster):
