@@ -64,6 +64,7 @@ FUNCTIONS = {
     "skate.util:map_unordered": "(fn, items, *, backpressure_size=100, chunk_size=10, yield_obj_refs=False, **kwargs)",
     "skate.util:list_named_actors": "(all_namespaces=False)",
     "skate.util:get_node_ip_address": "(address=None)",
+    "skate.util:ActorPool": "(actors)",
     "skate.util.scheduling_strategies:NodeAffinitySchedulingStrategy": (
         "(node_id, soft, _spill_on_unavailable=False, _fail_on_unavailable=False)"
     ),
@@ -87,6 +88,15 @@ METHODS = {
         "concurrency_group=None, _generator_backpressure_num_objects=None, _num_objects_per_yield=None, "
         "enable_task_events=None, tensor_transport=None, _labels=None)"
     ),
+    "skate.util.actor_pool:ActorPool.submit": "(fn, value)",
+    "skate.util.actor_pool:ActorPool.map": "(fn, values)",
+    "skate.util.actor_pool:ActorPool.map_unordered": "(fn, values)",
+    "skate.util.actor_pool:ActorPool.get_next": "(timeout=None, ignore_if_timedout=False)",
+    "skate.util.actor_pool:ActorPool.get_next_unordered": "(timeout=None, ignore_if_timedout=False)",
+    "skate.util.actor_pool:ActorPool.has_next": "()",
+    "skate.util.actor_pool:ActorPool.has_free": "()",
+    "skate.util.actor_pool:ActorPool.pop_idle": "()",
+    "skate.util.actor_pool:ActorPool.push": "(actor)",
     "skate.object_ref:ObjectRef.binary": "()",
     "skate.object_ref:ObjectRef.hex": "()",
     "skate.object_ref:ObjectRef.task_id": "()",
@@ -239,7 +249,6 @@ KNOWN_GAPS = {
     "skate:cpp_function": "cross-language calls",
     "skate:job_config": "JobConfig",
     "skate:dag": "DAGs and compiled graphs (bind() exists, skate.dag does not)",
-    "skate.util:ActorPool": "ActorPool",
     "skate.util:queue": "ray.util.queue.Queue",
     "skate.util:placement_group": "placement groups",
     "skate.util:get_placement_group": "placement groups",
