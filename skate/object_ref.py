@@ -56,13 +56,18 @@ class ObjectRef:
 
     @classmethod
     def from_binary(cls, id_bytes: bytes) -> ObjectRef:
-        """A ref to the object with this id (no owner known: use it only to compare ids)."""
-        return cls(bytes(id_bytes), None, _register=False)
+        """A ref to the object with this id: a working ref when this process owns or
+        holds that object, else one only good for comparing ids (its owner is unknown)."""
+        oid = bytes(id_bytes)
+        core = runtime.current_or_none()
+        if core is not None and core.store.get(oid) is not None:
+            return cls(oid, core.address)
+        return cls(oid, None, _register=False)
 
     @classmethod
     def from_hex(cls, hex_id: str) -> ObjectRef:
-        """A ref to the object with this hex id (no owner known: use it only to compare ids)."""
-        return cls(bytes.fromhex(hex_id), None, _register=False)
+        """``from_binary`` of the id given in hex."""
+        return cls.from_binary(bytes.fromhex(hex_id))
 
     @classmethod
     def from_random(cls) -> ObjectRef:

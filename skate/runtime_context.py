@@ -103,6 +103,8 @@ class RuntimeContext:
             return None
         if "m" in spec:
             return spec.get("cn") or f"{self._core.executor.actor_name}.{spec['m']}"
+        if "aid" in spec:  # the actor's constructor
+            return f"{spec['n']}.__init__"
         return spec["n"]
 
     def get_task_function_name(self) -> str | None:
@@ -112,9 +114,11 @@ class RuntimeContext:
         if spec is None:
             return None
         ex = self._core.executor
-        if "m" in spec:
+        if "m" in spec or "aid" in spec:
+            if "m" not in spec and ex.actor is None:  # the actor's constructor is running
+                return f"{spec['n']}.__init__"
             cls = type(ex.actor)
-            return f"{cls.__module__}.{cls.__qualname__}.{spec['m']}"
+            return f"{cls.__module__}.{cls.__qualname__}.{spec.get('m', '__init__')}"
         fn = ex.functions.get(spec["f"])
         if fn is None:
             return spec["n"]

@@ -517,3 +517,10 @@ def test_inheriting_from_an_actor_class_raises():
 
         class Child(Base):  # noqa: F811
             pass
+
+
+def test_object_ref_from_binary_of_an_owned_object_works(ray_start):
+    ref = skate.put("value")
+    again = skate.ObjectRef.from_hex(ref.hex())
+    assert again == ref
+    assert skate.get(again) == "value"

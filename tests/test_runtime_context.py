@@ -183,3 +183,21 @@ def test_is_canceled_in_a_running_task(ray_start, tmp_path):
         return skate.get_runtime_context().is_canceled()
 
     assert skate.get(not_cancelled.remote()) is False
+
+
+def test_context_in_an_actor_constructor(ray_start):
+    @skate.remote
+    class C:
+        def __init__(self):
+            c = skate.get_runtime_context()
+            self.seen = (c.get_task_id(), c.get_task_name(), c.get_actor_name(), c.get_assigned_resources())
+
+        def seen_then(self):
+            return self.seen, skate.get_runtime_context().get_task_id()
+
+    c = C.options(name="ctor", num_cpus=1).remote()
+    (tid, name, actor_name, res), call_tid = skate.get(c.seen_then.remote())
+    assert tid is not None and tid != call_tid
+    assert name == "C.__init__"
+    assert actor_name == "ctor"
+    assert res == {"CPU": 1.0}

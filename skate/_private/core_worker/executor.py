@@ -302,6 +302,7 @@ class Executor:
         self.core.namespace = spec.get("ns")
         self.actor_id = spec["aid"]
         self.actor_spec = spec
+        current = task_context.CURRENT.set(spec)
         try:
             cls = cloudpickle.loads(bufs[0])
             self.actor_name = cls.__name__
@@ -327,6 +328,8 @@ class Executor:
             body["ok"] = 0
             self._reply(fut, body, out)
             self.exiting = True
+        finally:
+            task_context.CURRENT.reset(current)
 
     def _method(self, spec: dict) -> Any:
         m = spec["m"]
