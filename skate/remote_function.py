@@ -26,7 +26,8 @@ class RemoteFunction:
     def __init__(self, function: Any, options: dict) -> None:
         self._function = function
         self._options = opts.validate(options, actor=False)
-        self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
+        # The task's default name is the function's own name, like Ray (not its qualname).
+        self._name = getattr(function, "__name__", None) or "task"
         self._signature = CallSignature(function, self._name)
         self._pickled: tuple[bytes, bytes] | None = None
         self.__doc__ = getattr(function, "__doc__", None)

@@ -19,6 +19,18 @@ from skate._private.config import CONFIG
 _DEFAULT_TASK_RESOURCES = {"CPU": 1.0}
 
 
+def _module_of(obj: Any) -> str:
+    """``obj``'s module; for code of a script run as ``__main__``, the script's file
+    name without ``.py`` (as Ray names it)."""
+    module = getattr(obj, "__module__", None) or ""
+    if module == "__main__":
+        code = getattr(obj, "__code__", None)
+        filename = code.co_filename if code is not None else ""
+        if filename and not filename.startswith("<"):
+            return os.path.splitext(os.path.basename(filename))[0]
+    return module
+
+
 class RuntimeContext:
     """A view of where the calling code runs (follows Ray's ``ray.runtime_context.RuntimeContext``)."""
 
@@ -103,26 +115,28 @@ class RuntimeContext:
             return None
         if "m" in spec:
             return spec.get("cn") or f"{self._core.executor.actor_name}.{spec['m']}"
-        if "aid" in spec:  # the actor's constructor
-            return f"{spec['n']}.__init__"
+        if "aid" in spec:  # the actor's constructor: "name:Class.__init__" when named, like Ray
+            return f"{spec['an']}:{spec['n']}.__init__" if spec.get("an") else f"{spec['n']}.__init__"
         return spec["n"]
 
     def get_task_function_name(self) -> str | None:
-        """The running function's full name (``module.qualname``, ``module.Class.method``
-        for an actor call); None in the driver."""
+        """The running function's full name, ``module.function`` (``module.Class.method``
+        for an actor call), with a script's module named after its file like Ray;
+        None in the driver."""
         spec = self._spec()
         if spec is None:
             return None
         ex = self._core.executor
         if "m" in spec or "aid" in spec:
-            if "m" not in spec and ex.actor is None:  # the actor's constructor is running
-                return f"{spec['n']}.__init__"
+            method = spec.get("m", "__init__")
+            if ex.actor is None:  # the actor's constructor is running
+                return f"{spec['n']}.{method}"
             cls = type(ex.actor)
-            return f"{cls.__module__}.{cls.__qualname__}.{spec.get('m', '__init__')}"
+            return f"{_module_of(getattr(cls, method, cls))}.{cls.__name__}.{method}"
         fn = ex.functions.get(spec["f"])
         if fn is None:
             return spec["n"]
-        return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', spec['n'])}"
+        return f"{_module_of(fn)}.{getattr(fn, '__name__', spec['n'])}"
 
     def is_canceled(self) -> bool:
         """Whether ``cancel`` was called on the running task (follows Ray).

@@ -198,6 +198,38 @@ def test_context_in_an_actor_constructor(ray_start):
     c = C.options(name="ctor", num_cpus=1).remote()
     (tid, name, actor_name, res), call_tid = skate.get(c.seen_then.remote())
     assert tid is not None and tid != call_tid
-    assert name == "C.__init__"
+    assert name == "ctor:C.__init__"  # Ray's name for a named actor's constructor
     assert actor_name == "ctor"
     assert res == {"CPU": 1.0}
+
+
+def test_names_of_a_nested_function_and_of_a_script(ray_start, tmp_path):
+    """Like Ray: the task name is the function's own name, and a script's functions
+    are named after the script's file."""
+    import os
+    import subprocess
+    import sys
+
+    def make():
+        @skate.remote
+        def inner():
+            c = skate.get_runtime_context()
+            return c.get_task_name(), c.get_task_function_name()
+
+        return inner
+
+    assert skate.get(make().remote()) == ("inner", f"{__name__}.inner")
+    script = tmp_path / "my_job.py"
+    script.write_text(
+        "import skate\n"
+        "@skate.remote\n"
+        "def task():\n"
+        "    return skate.get_runtime_context().get_task_function_name()\n"
+        "skate.init(num_cpus=1)\n"
+        "print(skate.get(task.remote()))\n"
+        "skate.shutdown()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(skate.__file__)))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "my_job.task"
