@@ -395,9 +395,9 @@ def test_init_namespace():
         class A:
             pass
 
-        A.options(name="in-x").remote()
-        assert skate.util.list_named_actors() == ["in-x"]
-        assert {"name": "in-x", "namespace": "ns-x"} in skate.util.list_named_actors(all_namespaces=True)
+        a = A.options(name="in-x").remote()
+        assert skate.get_actor("in-x") == a  # looked up in the job's namespace
+        assert skate.get_actor("in-x", namespace="ns-x") == a
     finally:
         skate.shutdown()
 

@@ -1,4 +1,4 @@
-"""Helpers on top of the core API (follow Ray's ``ray.util`` helpers of the same names)."""
+"""``as_completed`` and ``map_unordered``: results as they finish (follow Ray's ``ray.util`` helpers)."""
 
 from __future__ import annotations
 
@@ -56,31 +56,3 @@ def map_unordered(
             yield from (ready if yield_obj_refs else get(ready))
         pending.append(fn.remote(item))
     yield from as_completed(pending, chunk_size=chunk_size, yield_obj_refs=yield_obj_refs, **kwargs)
-
-
-def list_named_actors(all_namespaces: bool = False) -> list:
-    """The named actors alive in this job's namespace: their names; with
-    ``all_namespaces``, ``{"name": ..., "namespace": ...}`` for every namespace
-    (follows Ray)."""
-    from skate._private import runtime
-
-    core = runtime.current()
-    found = core.gcs_call("list_named_actors", {"namespace": core.namespace, "all_namespaces": all_namespaces})
-    if all_namespaces:
-        return [{"name": a["name"], "namespace": a["namespace"]} for a in found]
-    return [a["name"] for a in found]
-
-
-def get_node_ip_address(address: str | None = None) -> str:
-    """The IP address of this node (as the cluster knows it once connected)."""
-    from skate._private import runtime
-
-    core = runtime.current_or_none()
-    if core is not None and getattr(core, "node_ip", None):
-        return core.node_ip
-    import socket
-
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"

@@ -1,4 +1,4 @@
-"""skate.util helpers: as_completed, map_unordered, list_named_actors, get_node_ip_address."""
+"""skate.util helpers: as_completed and map_unordered."""
 
 from __future__ import annotations
 
@@ -25,21 +25,3 @@ def test_as_completed_yields_every_result(ray_start):
 def test_map_unordered_with_backpressure(ray_start):
     assert sorted(util.map_unordered(square, range(30), backpressure_size=5, chunk_size=2)) == [i * i for i in range(30)]
     assert sorted(util.map_unordered(square, range(5), backpressure_size=None)) == [i * i for i in range(5)]
-
-
-def test_list_named_actors(ray_start):
-    @skate.remote
-    class A:
-        pass
-
-    keep = [A.options(name=n).remote() for n in ("x", "y")]
-    A.options(name="z", namespace="other").remote()
-    assert sorted(util.list_named_actors()) == ["x", "y"]
-    everywhere = util.list_named_actors(all_namespaces=True)
-    assert {"name": "z", "namespace": "other"} in everywhere
-    assert len(keep) == 2
-
-
-def test_get_node_ip_address(ray_start):
-    nodes = skate.nodes()
-    assert util.get_node_ip_address() in {n["NodeManagerAddress"] for n in nodes}
