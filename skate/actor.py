@@ -46,7 +46,9 @@ def method_meta(cls: type) -> dict:
     """For each method: ``(num_returns, CallSignature)`` (sent with every handle)."""
     meta = {}
     for name, fn in inspect.getmembers(cls, lambda m: inspect.isfunction(m) or inspect.ismethod(m)):
-        o = getattr(fn, "__skate_method_options__", {})
+        # Options set by @method under a user decorator are found through ``__wrapped__``.
+        inner = inspect.unwrap(fn, stop=lambda f: hasattr(f, "__skate_method_options__"))
+        o = getattr(inner, "__skate_method_options__", {})
         static = isinstance(inspect.getattr_static(cls, name, None), staticmethod)
         # A classmethod arrives bound (no ``cls``); a plain function still has ``self``.
         drop = not static and inspect.isfunction(fn)

@@ -197,3 +197,22 @@ def test_underscore_remote_on_actor_classes_and_methods(ray_start):
     assert skate.get_actor("counter-d") == d
     with pytest.raises(TypeError):
         Counter._remote(args=[1, 2])
+
+
+def test_method_options_found_under_a_decorator_that_does_not_copy_attributes(ray_start):
+    def bare(fn):
+        @functools.wraps(fn, updated=())  # sets __wrapped__ but copies no attributes
+        def wrapper(*args, **kwargs):
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    @skate.remote
+    class A:
+        @bare
+        @skate.method(num_returns=2)
+        def two(self):
+            return 5, 6
+
+    x, y = A.remote().two.remote()
+    assert skate.get([x, y]) == [5, 6]
