@@ -11,7 +11,11 @@ from typing import Any
 # Public names are imported on first use (PEP 562), so the daemons and
 # workers, which import ``skate._private.*``, do not pay for the whole API.
 _LAZY = {
+    "actor": "skate.actor",
     "exceptions": "skate.exceptions",
+    "runtime_context": "skate.runtime_context",
+    "util": "skate.util",
+    "error_info": "skate._private.api",
     "available_resources": "skate._private.api",
     "cancel": "skate._private.api",
     "cluster_resources": "skate._private.api",
@@ -32,8 +36,14 @@ _LAZY = {
     "exit_actor": "skate.actor",
     "method": "skate.actor",
     "ObjectRef": "skate.object_ref",
+    "ObjectID": "skate.object_ref",
+    "ActorID": "skate._private.ids",
+    "JobID": "skate._private.ids",
+    "NodeID": "skate._private.ids",
+    "TaskID": "skate._private.ids",
+    "WorkerID": "skate._private.ids",
+    "UniqueID": "skate._private.ids",
     "RemoteFunction": "skate.remote_function",
-    "util": "skate.util",
 }
 
 
@@ -82,11 +92,20 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "ActorID",
+    "JobID",
+    "NodeID",
+    "ObjectID",
     "ObjectRef",
     "RemoteFunction",
+    "TaskID",
+    "UniqueID",
+    "WorkerID",
+    "actor",
     "available_resources",
     "cancel",
     "cluster_resources",
+    "error_info",
     "exceptions",
     "exit_actor",
     "get",
@@ -100,7 +119,9 @@ __all__ = [
     "nodes",
     "put",
     "remote",
+    "runtime_context",
     "shutdown",
     "timeline",
+    "util",
     "wait",
 ]

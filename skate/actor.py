@@ -7,31 +7,52 @@ from typing import Any
 
 import cloudpickle
 
-from skate._private import ids, runtime
+from skate import exceptions as exc
+from skate._private import cancellation, ids, runtime
 from skate._private import options as opts
 from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns
+from skate._private.signature import CallSignature
+from skate._private.source import dumps_code
+
+
+class ActorClassInheritanceException(TypeError):
+    """A class statement tried to inherit from an actor class (follows Ray): inherit
+    from the plain class and decorate the subclass instead."""
 
 
 def method(*args: Any, **kwargs: Any) -> Any:
-    """Sets per-method options on an actor method: ``@skate.method(num_returns=2)``."""
+    """Sets per-method options on an actor method: ``@skate.method(num_returns=2)``.
+
+    Follows Ray's ``ray.method``: use bare or with keyword options.
+
+    Raises:
+        ValueError: an unknown option or a bad value.
+        NotImplementedError: an option value skate does not honour yet.
+    """
+    options = opts.validate_method(kwargs)
 
     def decorate(fn: Any) -> Any:
-        for k in kwargs:
-            if k not in ("num_returns", "concurrency_group", "max_task_retries", "retry_exceptions", "enable_task_events", "tensor_transport"):
-                raise ValueError(f"Invalid option {k!r} for @method")
-        fn.__skate_method_options__ = kwargs
+        fn.__skate_method_options__ = options
         return fn
 
-    if args and callable(args[0]) and not kwargs:
+    if len(args) == 1 and callable(args[0]) and not kwargs:
         return decorate(args[0])
+    if args:
+        raise TypeError("@method takes only keyword arguments, e.g. @method(num_returns=2)")
     return decorate
 
 
-def _method_meta(cls: type) -> dict:
+def method_meta(cls: type) -> dict:
+    """For each method: ``(num_returns, CallSignature)`` (sent with every handle)."""
     meta = {}
     for name, fn in inspect.getmembers(cls, lambda m: inspect.isfunction(m) or inspect.ismethod(m)):
-        o = getattr(fn, "__skate_method_options__", {})
-        meta[name] = o.get("num_returns", 1)
+        # Options set by @method under a user decorator are found through ``__wrapped__``.
+        inner = inspect.unwrap(fn, stop=lambda f: hasattr(f, "__skate_method_options__"))
+        o = getattr(inner, "__skate_method_options__", {})
+        static = isinstance(inspect.getattr_static(cls, name, None), staticmethod)
+        # A classmethod arrives bound (no ``cls``); a plain function still has ``self``.
+        drop = not static and inspect.isfunction(fn)
+        meta[name] = (o.get("num_returns", 1), CallSignature(fn, f"{cls.__name__}.{name}", drop_first=drop))
     return meta
 
 
@@ -42,10 +63,17 @@ class ActorClass:
         self._cls = cls
         self._options = opts.validate(options, actor=True)
         self._name = cls.__name__
-        self._meta = _method_meta(cls)
+        self._meta = method_meta(cls)
+        self._signature = CallSignature(cls, cls.__name__)
         self._pickled: bytes | None = None
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
+
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        raise ActorClassInheritanceException(
+            f"Inheriting from actor class {self._name!r} is not allowed; inherit from the plain class "
+            "and apply @remote to the subclass."
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -53,22 +81,39 @@ class ActorClass:
         )
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
-        """Creates the actor; returns its handle at once."""
-        return self._remote(args, kwargs, self._options)
+        """Creates the actor; returns its handle at once.
+
+        Raises:
+            TypeError: the arguments do not fit the constructor's signature.
+        """
+        return self._create(args, kwargs, self._options)
+
+    def _remote(self, args: Any = None, kwargs: Any = None, **actor_options: Any) -> ActorHandle:
+        """Creates the actor with options given as keywords (follows Ray's ``_remote``).
+
+        ``A._remote(args=[1], num_cpus=2)`` is ``A.options(num_cpus=2).remote(1)``.
+        """
+        o = self._options
+        if actor_options:
+            o = dict(o)
+            o.update(opts.validate(actor_options, actor=True))
+        return self._create(tuple(args or ()), dict(kwargs or {}), o)
 
     def options(self, **actor_options: Any) -> _ActorOptions:
         """The same class with some options overridden for the next creations."""
         merged = dict(self._options)
-        merged.update(opts.validate(actor_options, actor=True))
+        merged.update(opts.validate(actor_options, actor=True, in_options=True))
         return _ActorOptions(self, merged)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node creating this actor."""
+        self._signature.check(args, kwargs)
         from skate.dag import ClassNode
 
         return ClassNode(self, args, kwargs, self._options)
 
-    def _remote(self, args: tuple, kwargs: dict, o: dict) -> ActorHandle:
+    def _create(self, args: tuple, kwargs: dict, o: dict) -> ActorHandle:
+        self._signature.check(args, kwargs)
         core = runtime.current()
         name = o.get("name")
         namespace = o.get("namespace") or core.namespace
@@ -80,11 +125,43 @@ class ActorClass:
             except ValueError:
                 pass
         if self._pickled is None:
-            self._pickled = cloudpickle.dumps(self._cls)
+            self._pickled = dumps_code(self._cls)
         actor_id = ids.new_id(16)
         detached = o.get("lifetime") == "detached"
         if detached and not name:
             raise ValueError("a detached actor must have a name")
+        try:
+            self._register(core, actor_id, name, namespace, detached, o)
+        except ValueError as e:  # the control store refuses a name in use
+            raise exc.ActorAlreadyExistsError(str(e)) from None
+        blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"the constructor of {self._name}")
+        rec = TaskRecord()
+        rec.spec = {
+            "t": core.new_task_id(), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id, "ns": core.namespace,
+            "mcc": o.get("max_concurrency"), "detached": detached, "nr": 1,
+        }
+        held = opts.resource_request(o, 0)
+        if held:
+            rec.spec["res"] = held
+        if name:
+            rec.spec["an"] = name
+        rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, self._name
+        rec.return_ids = []
+        placement = dict(held) if o.get("num_cpus") is not None else dict(held, CPU=1.0)
+        lease_body = {
+            "resources": held,
+            "placement": placement,
+            "strategy": opts.strategy_of(o),
+            "actor_id": actor_id,
+            "detached": detached,
+        }
+        st = core.actors.state(actor_id, self._name, owned=True)
+        st.detached, st.named = detached, bool(name)
+        handle = ActorHandle(actor_id, self._name, self._meta)
+        core.post(core.actors.create, st, rec, self._pickled, lease_body)
+        return handle
+
+    def _register(self, core: Any, actor_id: bytes, name: str | None, namespace: str, detached: bool, o: dict) -> None:
         handle_meta = cloudpickle.dumps((self._name, self._meta))
         core.gcs_call(
             "register_actor",
@@ -100,39 +177,28 @@ class ActorClass:
             },
             [handle_meta],
         )
-        blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"the constructor of {self._name}")
-        rec = TaskRecord()
-        rec.spec = {
-            "t": core.new_task_id(), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id, "ns": core.namespace,
-            "mcc": o.get("max_concurrency"), "detached": detached, "nr": 1,
-        }
-        rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, self._name
-        rec.return_ids = []
-        held = opts.resource_request(o, 0)
-        placement = dict(held) if o.get("num_cpus") is not None else dict(held, CPU=1.0)
-        lease_body = {
-            "resources": held,
-            "placement": placement,
-            "strategy": opts.strategy_of(o),
-            "actor_id": actor_id,
-            "detached": detached,
-        }
-        st = core.actors.state(actor_id, self._name, owned=True)
-        st.detached, st.named = detached, bool(name)
-        handle = ActorHandle(actor_id, self._name, self._meta)
-        core.post(core.actors.create, st, rec, self._pickled, lease_body)
-        return handle
 
 
 class _ActorOptions:
+    """What ``ActorClass.options(...)`` returns: ``.remote()`` with those options."""
+
     def __init__(self, cls: ActorClass, options: dict) -> None:
         self._cls = cls
         self._options = options
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
-        return self._cls._remote(args, kwargs, self._options)
+        """Creates the actor with these options."""
+        return self._cls._create(args, kwargs, self._options)
+
+    def options(self, **actor_options: Any) -> _ActorOptions:
+        """These options with some more overridden."""
+        merged = dict(self._options)
+        merged.update(opts.validate(actor_options, actor=True, in_options=True))
+        return _ActorOptions(self._cls, merged)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A lazy DAG node creating the actor with these options."""
+        self._cls._signature.check(args, kwargs)
         from skate.dag import ClassNode
 
         return ClassNode(self._cls, args, kwargs, self._options)
@@ -153,11 +219,12 @@ class ActorHandle:
     def __getattr__(self, name: str) -> ActorMethod:
         meta = self.__dict__.get("_meta")
         if name in _BUILTIN_METHODS:  # every actor answers these (Ray's names)
-            return ActorMethod(self, name, 1)
+            return ActorMethod(self, name, 1, None)
         if meta is None or name not in meta:
             cls = self.__dict__.get("_class_name", "actor")
             raise AttributeError(f"'{cls}' actor has no method {name!r}")
-        return ActorMethod(self, name, meta[name])
+        num_returns, sig = meta[name]
+        return ActorMethod(self, name, num_returns, sig)
 
     def __reduce__(self) -> tuple:
         self._state.shared = True
@@ -184,16 +251,22 @@ class ActorHandle:
     def _ray_actor_id(self) -> ids.ActorID:
         return ids.ActorID(self._actor_id)
 
-    def _submit(self, method_name: str, args: tuple, kwargs: dict, num_returns: int) -> Any:
+    def _submit(self, method_name: str, args: tuple, kwargs: dict, num_returns: int, call_name: str = "") -> Any:
         core = self._core
-        name = f"{self._class_name}.{method_name}"
+        name = call_name or f"{self._class_name}.{method_name}"
+        if not isinstance(num_returns, int):
+            raise NotImplementedError(f"generator actor methods (num_returns={num_returns!r}) are not supported yet")
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"actor method {name}")
         task_id = core.new_task_id()
         rec = TaskRecord()
         rec.spec = {"t": task_id, "m": method_name, "nr": num_returns, "j": core.job_id, "a": blob, "r": []}
+        if call_name:
+            rec.spec["cn"] = call_name
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, name
         rec.actor = self._state
         refs = make_returns(core, task_id, num_returns, rec)
+        if refs and getattr(core.ctx, "task_id", None) is not None:
+            cancellation.note_child(core, refs[0]._id)
         core.actors.submit_threadsafe(self._state, rec)
         if num_returns == 1:
             return refs[0]
@@ -212,10 +285,12 @@ def _rebuild_handle(actor_id: bytes, class_name: str, meta: dict) -> ActorHandle
 class ActorMethod:
     """A method of an actor handle: ``.remote()``, ``.options()``, ``.bind()``."""
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+    def __init__(self, handle: ActorHandle, name: str, num_returns: Any, signature: CallSignature | None, call_name: str = "") -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        self._signature = signature
+        self._call_name = call_name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -224,16 +299,63 @@ class ActorMethod:
         )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Calls the method on the actor; returns ObjectRef(s) for the result."""
-        return self._handle._submit(self._name, args, kwargs, self._num_returns)
+        """Calls the method on the actor; returns ObjectRef(s) for the result.
 
-    def options(self, **o: Any) -> ActorMethod:
-        """The same method with ``num_returns`` overridden."""
-        m = ActorMethod(self._handle, self._name, o.get("num_returns", self._num_returns))
-        return m
+        Raises:
+            TypeError: the arguments do not fit the method's signature.
+        """
+        if self._signature is not None:
+            self._signature.check(args, kwargs)
+        return self._handle._submit(self._name, args, kwargs, self._num_returns, self._call_name)
+
+    def _remote(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        name: str = "",
+        num_returns: Any = None,
+        max_task_retries: int | None = None,
+        retry_exceptions: Any = None,
+        concurrency_group: str | None = None,
+        _generator_backpressure_num_objects: int | None = None,
+        _num_objects_per_yield: int | None = None,
+        enable_task_events: bool | None = None,
+        tensor_transport: str | None = None,
+        _labels: dict | None = None,
+    ) -> Any:
+        """Calls the method with options given as keywords (follows Ray's ``ActorMethod._remote``)."""
+        given = {
+            "num_returns": num_returns,
+            "max_task_retries": max_task_retries,
+            "retry_exceptions": retry_exceptions,
+            "concurrency_group": concurrency_group,
+            "_generator_backpressure_num_objects": _generator_backpressure_num_objects,
+            "_num_objects_per_yield": _num_objects_per_yield,
+            "enable_task_events": enable_task_events,
+            "tensor_transport": tensor_transport,
+        }
+        if _labels:
+            raise opts.not_supported(f"the option _labels={_labels!r}", "task labels are not implemented")
+        o = {k: v for k, v in given.items() if v is not None}
+        if name:
+            o["name"] = name
+        return self.options(**o).remote(*(args or ()), **(kwargs or {}))
+
+    def options(self, **options: Any) -> ActorMethod:
+        """The same method with some call options overridden (follows Ray).
+
+        Raises:
+            ValueError: an unknown option.
+            NotImplementedError: an option value skate does not honour yet.
+        """
+        call_name = options.pop("name", self._call_name)
+        o = opts.validate_method(options)
+        return ActorMethod(self._handle, self._name, o.get("num_returns", self._num_returns), self._signature, call_name)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node calling this method."""
+        if self._signature is not None:
+            self._signature.check(args, kwargs)
         from skate.dag import ClassMethodNode
 
         return ClassMethodNode(self._handle, self._name, args, kwargs, {"num_returns": self._num_returns})

@@ -21,11 +21,19 @@ class RaySystemError(RayError):
 
 
 class RayTaskError(RayError):
-    """A task or actor method raised.
+    """A task or actor method raised (follows Ray's ``RayTaskError``).
 
     ``get`` raises it as an instance of both ``RayTaskError`` and the class the
-    task raised, so ``except ValueError`` and ``except RayTaskError`` both work.
-    The message holds the remote traceback.
+    task raised (``RayTaskError(ValueError)``), so ``except ValueError`` and
+    ``except RayTaskError`` both work; ``cause`` is the original exception.
+    When the original exception cannot be rebuilt in the caller (its class
+    takes other constructor arguments than its ``args``, or cannot be
+    unpickled there), ``cause`` is None but the error keeps the class (when
+    it can), the message and the remote traceback.
+
+    Its text names where the error happened -- ``skate::f() (pid=..., ip=...)``,
+    with the actor's id and repr for an actor call -- then the remote
+    traceback with skate's own frames left out.
     """
 
     def __init__(
@@ -33,42 +41,59 @@ class RayTaskError(RayError):
         function_name: str = "",
         traceback_str: str = "",
         cause: BaseException | None = None,
-        proctitle: str = "",
+        proctitle: str | None = None,
         pid: int | None = None,
         ip: str | None = None,
         actor_repr: str | None = None,
+        actor_id: str | None = None,
     ) -> None:
         self.function_name = function_name
         self.traceback_str = traceback_str
         self.cause = cause
-        self.proctitle = proctitle
+        self.proctitle = proctitle or f"skate::{function_name}"
         self.pid = pid if pid is not None else os.getpid()
         self.ip = ip or _host_ip()
         self.actor_repr = actor_repr
+        self.actor_id = actor_id
+        self._cause_cls: type | None = type(cause) if cause is not None else None
         Exception.__init__(self, self._message())
 
     def _message(self) -> str:
-        where = f"{self.function_name}() (pid={self.pid}, ip={self.ip}"
-        where += f", actor={self.actor_repr})" if self.actor_repr else ")"
-        return f"{type(self.cause).__name__ if self.cause else 'RayTaskError'}: {where}\n{self.traceback_str}".rstrip()
+        where = f"{self.proctitle}() (pid={self.pid}, ip={self.ip}"
+        if self.actor_repr or self.actor_id:
+            where += f", actor_id={self.actor_id}, repr={self.actor_repr}"
+        return f"{where})\n{self.traceback_str}".rstrip()
 
     def __str__(self) -> str:
         return self._message()
 
     def __reduce__(self) -> tuple:
-        return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause, self.pid, self.ip, self.actor_repr))
+        return (
+            _rebuild_task_error,
+            (self.function_name, self.traceback_str, _pickled_or_none(self.cause), self.proctitle, self.pid,
+             self.ip, self.actor_repr, self.actor_id, _pickled_or_none(self._cause_cls)),
+        )
 
     def as_instanceof_cause(self) -> RayTaskError:
-        """This error as an instance of both RayTaskError and the cause's class."""
-        cause_cls = type(self.cause) if self.cause is not None else None
+        """This error as an instance of both RayTaskError and the cause's class (when
+        that class can be subclassed; else this plain RayTaskError)."""
+        cause_cls = self._cause_cls
         if cause_cls is None or isinstance(self, cause_cls) or not _subclassable(cause_cls):
             return self
         cls = _dual_class(cause_cls)
-        err = cls.__new__(cls)
-        RayTaskError.__init__(
-            err, self.function_name, self.traceback_str, self.cause, pid=self.pid, ip=self.ip, actor_repr=self.actor_repr
-        )
-        err.args = (self._message(),)
+        try:
+            err = cls.__new__(cls)
+            RayTaskError.__init__(
+                err, self.function_name, self.traceback_str, self.cause, self.proctitle, self.pid, self.ip,
+                self.actor_repr, self.actor_id,
+            )
+            err._cause_cls = cause_cls
+        except Exception:  # noqa: BLE001 - a class that cannot be made this way stays plain
+            return self
+        try:
+            err.args = (self._message(),)
+        except (AttributeError, TypeError):  # e.g. ``args`` is a read-only property of the cause's class
+            pass
         return err
 
 
@@ -103,8 +128,38 @@ def _subclassable(cls: type) -> bool:
         return False
 
 
-def _rebuild_task_error(name: str, tb: str, cause: Any, pid: int, ip: str, actor_repr: str | None) -> RayTaskError:
-    return RayTaskError(name, tb, cause, pid=pid, ip=ip, actor_repr=actor_repr).as_instanceof_cause()
+def _pickled_or_none(obj: Any) -> bytes | None:
+    """``obj`` pickled on its own, so that a cause the caller cannot rebuild does not
+    make the whole error unreadable; None when it cannot be pickled at all."""
+    if obj is None:
+        return None
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(obj)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _loaded_or_none(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    import pickle
+
+    try:
+        return pickle.loads(data)
+    except Exception:  # noqa: BLE001 - e.g. __init__ needs other arguments than args
+        return None
+
+
+def _rebuild_task_error(
+    name: str, tb: str, cause: bytes | None, proctitle: str, pid: int, ip: str, actor_repr: str | None,
+    actor_id: str | None = None, cause_cls: bytes | None = None,
+) -> RayTaskError:
+    err = RayTaskError(name, tb, _loaded_or_none(cause), proctitle, pid, ip, actor_repr, actor_id)
+    if err.cause is None:
+        err._cause_cls = _loaded_or_none(cause_cls)
+    return err.as_instanceof_cause()
 
 
 def _host_ip() -> str:
@@ -115,21 +170,66 @@ def _host_ip() -> str:
 
 
 class RayActorError(RayError):
-    """An actor is dead or unreachable, so the call cannot run."""
+    """An actor is dead or unreachable, so the call cannot run (follows Ray)."""
 
-    def __init__(self, cause: Any = None, actor_id: str | None = None, error_msg: str | None = None) -> None:
+    def __init__(
+        self,
+        actor_id: str | None = None,
+        error_msg: str | None = None,
+        actor_init_failed: bool = False,
+        preempted: bool = False,
+        *,
+        cause: Any = None,
+    ) -> None:
         self.actor_id = actor_id
         self.cause = cause
+        self.actor_init_failed = actor_init_failed
+        self.preempted = preempted
         self.error_msg = error_msg or (str(cause) if cause else "The actor died unexpectedly before finishing this task.")
         super().__init__(self.error_msg)
 
+    def __reduce__(self) -> tuple:
+        return (_rebuild_actor_error, (type(self), dict(self.__dict__)))
+
+
+def _rebuild_actor_error(cls: type, state: dict) -> RayActorError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("error_msg"))
+    err.__dict__.update(state)
+    return err
+
 
 class ActorDiedError(RayActorError):
-    """The actor is dead: killed, crashed, or its constructor raised."""
+    """The actor is dead: killed, crashed, or its constructor raised (follows Ray).
+
+    ``cause`` is the constructor's ``RayTaskError`` when ``__init__`` raised.
+    """
+
+    def __init__(self, cause: Any = None, *, actor_id: str | None = None, error_msg: str | None = None) -> None:
+        super().__init__(actor_id, error_msg, isinstance(cause, RayTaskError), cause=cause)
 
 
 class ActorUnavailableError(RayActorError):
     """The actor cannot be reached right now (it may be restarting)."""
+
+    def __init__(self, error_message: str = "The actor is temporarily unavailable.", actor_id: str | None = None) -> None:
+        super().__init__(actor_id, error_message)
+
+
+class ActorAlreadyExistsError(ValueError, RayError):
+    """An actor with this name already exists in the namespace."""
+
+    def __init__(self, error_message: str) -> None:
+        super().__init__(error_message)
+        self.error_message = error_message
+
+
+class ActorHandleNotFoundError(ValueError, RayError):
+    """An actor handle was used in a process that cannot reach the actor."""
+
+    def __init__(self, error_message: str) -> None:
+        super().__init__(error_message)
+        self.error_message = error_message
 
 
 class WorkerCrashedError(RayError):
@@ -142,9 +242,9 @@ class WorkerCrashedError(RayError):
 class TaskCancelledError(RayError):
     """The task was cancelled with ``cancel``."""
 
-    def __init__(self, task_id: Any = None, message: str | None = None) -> None:
+    def __init__(self, task_id: Any = None, error_message: str | None = None) -> None:
         self.task_id = task_id
-        super().__init__(message or f"Task {task_id} was cancelled.")
+        super().__init__(error_message or f"Task {task_id} was cancelled.")
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.task_id, str(self)))
@@ -157,12 +257,16 @@ class GetTimeoutError(RayError, TimeoutError):
 class ObjectLostError(RayError):
     """An object's value is lost and cannot be rebuilt."""
 
-    def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", message: str | None = None) -> None:
+    def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", *, message: str | None = None) -> None:
         self.object_ref_hex = object_ref_hex
         super().__init__(message or f"Object {object_ref_hex} is lost and cannot be recovered.")
 
     def __reduce__(self) -> tuple:
-        return (type(self), (self.object_ref_hex, None, "", str(self)))
+        return (_rebuild_lost, (type(self), self.object_ref_hex, str(self)))
+
+
+def _rebuild_lost(cls: type, object_ref_hex: str, message: str) -> ObjectLostError:
+    return cls(object_ref_hex, message=message)
 
 
 class ObjectFetchTimedOutError(ObjectLostError):
@@ -172,17 +276,16 @@ class ObjectFetchTimedOutError(ObjectLostError):
 class OwnerDiedError(ObjectLostError):
     """The process that owned an object died, so its value is lost."""
 
-    def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", message: str | None = None) -> None:
+    def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", *, message: str | None = None) -> None:
         super().__init__(
             object_ref_hex,
             owner_address,
             call_site,
-            message
-            or f"Object {object_ref_hex} is lost because its owner (the process that created it) died.",
+            message=message or f"Object {object_ref_hex} is lost because its owner (the process that created it) died.",
         )
 
 
-class ReferenceCountingAssertionError(ObjectLostError):
+class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
     """An object was freed while still referenced (a skate bug)."""
 
 
@@ -252,6 +355,72 @@ class RayCgraphCapacityExceeded(RaySystemError):
 
 class AsyncioActorExit(RayError):
     """Raised inside an async actor to exit it."""
+
+
+class AuthenticationError(RayError):
+    """A peer failed the cluster-token check."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ObjectFreedError(ObjectLostError):
+    """The object was freed (e.g. by its owner) before it was read."""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectLostError):
+    """A lost object could not be rebuilt within the allowed attempts."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectLostError):
+    """A lost object cannot be rebuilt: its lineage was evicted."""
+
+
+class ObjectRefStreamEndOfStreamError(RayError):
+    """A generator's stream of refs has ended."""
+
+
+class PlasmaObjectNotAvailable(RayError):
+    """An object is not available in the local shared-memory store."""
+
+
+class RpcError(RayError):
+    """A request between skate's processes failed."""
+
+    def __init__(self, message: str, rpc_code: int | None = None) -> None:
+        super().__init__(message)
+        self.rpc_code = rpc_code
+
+
+class UnserializableException(RayError):
+    """An exception that could not be deserialized; carries its original stack trace."""
+
+    def __init__(self, original_stack_trace: str) -> None:
+        super().__init__(original_stack_trace)
+        self._original_stack_trace = original_stack_trace
+
+    def __str__(self) -> str:
+        return (
+            "Failed to deserialize exception. Refer to the original stack trace below:\n"
+            + self._original_stack_trace
+        )
+
+
+class UserCodeException(RayError):
+    """Marks an exception raised by user code (as opposed to skate's own)."""
+
+
+class OufOfBandObjectRefSerializationException(RayError):
+    """An ObjectRef was serialized outside skate's own serialization (spelled like Ray's)."""
+
+
+class RayDirectTransportError(RaySystemError):
+    """A tensor transport between actors failed."""
+
+
+class StreamingGeneratorReplayInconsistentError(RaySystemError):
+    """A retried generator task yielded different values than its first run."""
 
 
 __all__ = [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, BaseException)]

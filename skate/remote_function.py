@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import cloudpickle
-
+from skate._private import cancellation, runtime
 from skate._private import options as opts
-from skate._private import runtime
 from skate._private.config import CONFIG
 from skate._private.core_worker.submitter import (
     TaskRecord,
@@ -16,6 +14,10 @@ from skate._private.core_worker.submitter import (
     make_returns,
     new_task_spec,
 )
+from skate._private.signature import CallSignature
+from skate._private.source import dumps_code
+
+_DEFAULT_RESOURCES = {"CPU": 1.0}
 
 
 class RemoteFunction:
@@ -24,7 +26,9 @@ class RemoteFunction:
     def __init__(self, function: Any, options: dict) -> None:
         self._function = function
         self._options = opts.validate(options, actor=False)
-        self._name = getattr(function, "__qualname__", getattr(function, "__name__", "task"))
+        # The task's default name is the function's own name, like Ray (not its qualname).
+        self._name = getattr(function, "__name__", None) or "task"
+        self._signature = CallSignature(function, self._name)
         self._pickled: tuple[bytes, bytes] | None = None
         self.__doc__ = getattr(function, "__doc__", None)
         self.__name__ = getattr(function, "__name__", "task")
@@ -37,17 +41,45 @@ class RemoteFunction:
         )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Submits the task; returns an ObjectRef (or a list, for num_returns != 1)."""
-        return self._remote(args, kwargs, self._options)
+        """Submits the task; returns an ObjectRef (or a list, for num_returns != 1).
+
+        Raises:
+            TypeError: the arguments do not fit the function's signature (like Ray,
+                checked here rather than in the worker).
+        """
+        return self._submit(args, kwargs, self._options)
+
+    def _remote(self, args: Any = None, kwargs: Any = None, serialized_runtime_env_info: Any = None, **task_options: Any) -> Any:
+        """Submits the task with options given as keywords (follows Ray's ``_remote``).
+
+        ``f._remote(args=[1], kwargs={"y": 2}, num_cpus=2)`` is
+        ``f.options(num_cpus=2).remote(1, y=2)``; libraries call this form.
+
+        Raises:
+            NotImplementedError: for ``serialized_runtime_env_info`` (runtime_env is not supported yet).
+        """
+        if serialized_runtime_env_info:
+            raise opts.not_supported("_remote(serialized_runtime_env_info=...)", "runtime_env is not supported yet")
+        o = self._options
+        if task_options:
+            o = dict(o)
+            o.update(opts.validate(task_options, actor=False))
+        return self._submit(tuple(args or ()), dict(kwargs or {}), o)
 
     def options(self, **task_options: Any) -> _OptionsWrapper:
-        """The same function with some options overridden for the next calls."""
+        """The same function with some options overridden for the next calls.
+
+        Raises:
+            ValueError, TypeError, NotImplementedError: as ``@remote`` does for a bad
+                or unsupported option; ``max_calls`` cannot be set here (like Ray).
+        """
         merged = dict(self._options)
-        merged.update(opts.validate(task_options, actor=False))
+        merged.update(opts.validate(task_options, actor=False, in_options=True))
         return _OptionsWrapper(self, merged)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node calling this function."""
+        self._signature.check(args, kwargs)
         from skate.dag import FunctionNode
 
         return FunctionNode(self, args, kwargs, self._options)
@@ -57,7 +89,7 @@ class RemoteFunction:
             from skate._private import serialization
 
             try:
-                data = cloudpickle.dumps(self._function)
+                data = dumps_code(self._function)
             except Exception as e:
                 raise serialization.SerializationError(
                     serialization.explain(self._function, f"the remote function {self._name}", e)
@@ -65,7 +97,8 @@ class RemoteFunction:
             self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
         return self._pickled
 
-    def _remote(self, args: tuple, kwargs: dict, o: dict) -> Any:
+    def _submit(self, args: tuple, kwargs: dict, o: dict) -> Any:
+        self._signature.check(args, kwargs)
         core = runtime.current()
         fn_id, fn_bytes = self._fn_bytes()
         nr = o.get("num_returns", 1)
@@ -90,9 +123,13 @@ class RemoteFunction:
         re = o.get("retry_exceptions", False)
         rec.retry_exceptions = list(re) if isinstance(re, (list, tuple)) else bool(re)
         rec.resources = opts.resource_request(o, 1)
+        if rec.resources != _DEFAULT_RESOURCES:
+            rec.spec["res"] = rec.resources
         rec.strategy = opts.strategy_of(o)
         rec.key = (tuple(sorted(rec.resources.items())), repr(rec.strategy))
         refs = make_returns(core, task_id, nr, rec)
+        if refs and getattr(core.ctx, "task_id", None) is not None:
+            cancellation.note_child(core, refs[0]._id)
         if deps or not core.submitter.try_now(rec):
             core.submitter.submit_threadsafe(rec)
         if nr == 1:
@@ -110,14 +147,18 @@ class _OptionsWrapper:
         self._options = options
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._fn._remote(args, kwargs, self._options)
+        """Submits the task with these options."""
+        return self._fn._submit(args, kwargs, self._options)
 
     def options(self, **task_options: Any) -> _OptionsWrapper:
+        """These options with some more overridden."""
         merged = dict(self._options)
-        merged.update(opts.validate(task_options, actor=False))
+        merged.update(opts.validate(task_options, actor=False, in_options=True))
         return _OptionsWrapper(self._fn, merged)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """A lazy DAG node calling the function with these options."""
+        self._fn._signature.check(args, kwargs)
         from skate.dag import FunctionNode
 
         return FunctionNode(self._fn, args, kwargs, self._options)

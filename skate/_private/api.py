@@ -9,9 +9,18 @@ import shutil
 import uuid
 from typing import Any
 
-from skate import exceptions as exc
-from skate._private import discovery, node, private_paths, runtime, wire
+from skate._private import (
+    cancellation,
+    discovery,
+    error_log,
+    init_options,
+    node,
+    private_paths,
+    runtime,
+    wire,
+)
 from skate._private.config import CONFIG
+from skate._private.fetch_local import make_local
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +38,29 @@ def init(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     resources: dict | None = None,
+    labels: dict | None = None,
     object_store_memory: int | None = None,
-    namespace: str | None = None,
+    local_mode: bool = False,
     ignore_reinit_error: bool = False,
-    log_to_driver: bool = True,
-    runtime_env: dict | None = None,
     include_dashboard: bool | None = None,
     dashboard_host: str = "127.0.0.1",
     dashboard_port: int | None = None,
-    logging_level: int = logging.INFO,
+    job_config: Any = None,
     configure_logging: bool = True,
-    redis_address: str | None = None,
-    _token: str | None = None,
-    _memory: float | None = None,
+    logging_level: int | str = "info",
+    logging_format: str | None = None,
+    logging_config: Any = None,
+    log_to_driver: bool | None = None,
+    namespace: str | None = None,
+    runtime_env: dict | None = None,
+    enable_resource_isolation: bool = False,
+    cgroup_path: str | None = None,
+    system_reserved_cpu: float | None = None,
+    system_reserved_memory: int | None = None,
+    proxy_server_url: str | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Starts a local cluster, or connects to one at ``address``.
+    """Starts a local cluster, or connects to one at ``address`` (follows Ray's ``ray.init``).
 
     Args:
         address: Like Ray's: ``None`` joins the cluster named by
@@ -58,10 +74,23 @@ def init(
         num_gpus: GPUs of the local node.
         resources: Custom resources of the local node, e.g. ``{"disk": 2}``.
         object_store_memory: Bytes of shared memory for large objects.
-        namespace: Namespace for named actors (default: a fresh one per job).
         ignore_reinit_error: Return quietly when already initialized.
-        log_to_driver: Print worker output on this process's stdout/stderr.
-        redis_address: Old name of ``address``.
+        configure_logging: Set up the ``skate`` logger (level ``logging_level``,
+            format ``logging_format``) on stderr.
+        logging_level: A ``logging`` level, as a number or a name (``"info"``).
+        logging_format: A ``logging.Formatter`` format string.
+        log_to_driver: Print worker output on this process's stdout/stderr
+            (default True).
+        namespace: Namespace for named actors (default: a fresh one per job).
+        kwargs: ``redis_address`` (old name of ``address``); skate's own
+            ``_memory`` (memory resource of the local node, bytes) and
+            ``_token`` (the cluster token, hex); and, only at values that
+            change nothing, the old keywords of early Ray releases.
+
+    The other keywords exist for Ray programs: given a value that asks for
+    something skate does not do (a dashboard, node labels, ``local_mode``, a
+    ``runtime_env``, resource isolation, ...), ``init`` raises
+    ``NotImplementedError`` naming it rather than ignoring it.
 
     Returns:
         The runtime context of the driver.
@@ -74,16 +103,26 @@ def init(
             joining an existing cluster.
         UnsafePathError: (a RuntimeError) when skate's temp folder, a cluster
             record or a token file could be changed by another local user.
+        NotImplementedError: for a keyword value skate does not honour.
+        TypeError: for an unknown keyword.
     """
+    address, memory, token_hex = init_options.check(
+        address,
+        {
+            "labels": labels, "local_mode": local_mode, "include_dashboard": include_dashboard,
+            "dashboard_host": dashboard_host, "dashboard_port": dashboard_port, "job_config": job_config,
+            "logging_config": logging_config, "runtime_env": runtime_env,
+            "enable_resource_isolation": enable_resource_isolation, "cgroup_path": cgroup_path,
+            "system_reserved_cpu": system_reserved_cpu, "system_reserved_memory": system_reserved_memory,
+            "proxy_server_url": proxy_server_url,
+        },
+        kwargs,
+    )
+    if configure_logging:
+        init_options.configure_logging(logging_level, logging_format)
+    if log_to_driver is None:
+        log_to_driver = True
     global _head
-    unknown = set(kwargs) - {"_system_config", "_temp_dir", "num_redis_shards", "redis_max_clients",
-                             "plasma_directory", "huge_pages", "include_webui", "object_id_seed",
-                             "node_ip_address", "local_mode", "_node_ip_address", "_plasma_directory",
-                             "storage", "job_config", "log_to_file", "_enable_object_reconstruction"}
-    if unknown:
-        raise TypeError(f"init() got unexpected keyword arguments: {sorted(unknown)}")
-    if address is None and redis_address is not None:
-        address = redis_address
     if is_initialized():
         if ignore_reinit_error:
             return get_runtime_context()
@@ -101,19 +140,19 @@ def init(
             num_gpus=num_gpus,
             resources=resources,
             object_store_memory=object_store_memory,
-            memory=_memory,
+            memory=memory,
             while_starting=load_runtime,
         )
         token = _head["token"]
         session_dir = _head["session_dir"]
         raylet_addr = _head["raylet"]["uds"]
     else:
-        if num_cpus is not None or num_gpus is not None or resources is not None:
+        if num_cpus is not None or num_gpus is not None or resources is not None or object_store_memory is not None or memory is not None:
             raise ValueError(
-                "num_cpus, num_gpus and resources describe a node; when connecting to an "
-                "existing cluster, give them to `skate start` instead"
+                "num_cpus, num_gpus, resources, object_store_memory and _memory describe a node; when "
+                "connecting to an existing cluster, give them to `skate start` instead"
             )
-        token, session_dir, raylet_addr = _find_cluster(address, _token)
+        token, session_dir, raylet_addr = _find_cluster(address, token_hex)
     from skate._private.core_worker import start_driver
 
     try:
@@ -156,13 +195,18 @@ def _own_session_dir() -> str:
     return private_paths.private_dir(os.path.join(CONFIG.temp_dir, f"driver_{os.getpid()}"))
 
 
-def shutdown(_exiting_interpreter: bool = False) -> None:
-    """Disconnects this process; stops the cluster if ``init`` started it here."""
+def shutdown(*, wait_for_processes: bool = False, _exiting_interpreter: bool = False) -> None:
+    """Disconnects this process; stops the cluster if ``init`` started it here.
+
+    The processes ``init`` started are always waited for (SIGTERM, then
+    SIGKILL after a grace period), so ``wait_for_processes`` changes nothing.
+    """
     core = runtime.current_or_none()
     if core is not None:
         runtime.set_current(None)
         core.shutdown()
     _stop_head()
+    error_log.clear()
 
 
 def _stop_head() -> None:
@@ -179,65 +223,94 @@ def _core() -> Any:
     return runtime.current()
 
 
-def put(value: Any, *, _owner: Any = None) -> Any:
-    """Stores ``value`` in the object store; returns an ObjectRef to it."""
+def put(value: Any, *, _owner: Any = None, _tensor_transport: str | None = None) -> Any:
+    """Stores ``value`` in the object store; returns an ObjectRef to it.
+
+    Raises:
+        TypeError: ``value`` is an ObjectRef (like Ray), or cannot be serialized.
+        NotImplementedError: for ``_owner`` (another owner) or a tensor transport.
+    """
+    from skate.object_ref import ObjectRef
+
+    if isinstance(value, ObjectRef):
+        raise TypeError("Calling 'put' on an ray.ObjectRef is not allowed. If you really want to do this, you can wrap the ray.ObjectRef in a list and call 'put' on it.")
+    if _owner is not None:
+        raise NotImplementedError("skate does not support put(_owner=...) yet: the calling process always owns what it puts.")
+    if _tensor_transport is not None and str(_tensor_transport).lower() != "object_store":
+        raise NotImplementedError(f"skate does not support put(_tensor_transport={_tensor_transport!r}) yet: tensor transports are not implemented.")
     return _core().put(value)
 
 
-def get(object_refs: Any, *, timeout: float | None = None) -> Any:
+def get(object_refs: Any, *, timeout: float | None = None, _use_object_store: bool = False) -> Any:
     """Waits for and returns the value(s) of one ObjectRef or a list of them.
+
+    ``_use_object_store`` only matters for compiled graphs in Ray; here every
+    value comes through the object store already.
 
     Raises:
         GetTimeoutError: if ``timeout`` seconds pass first.
         RayTaskError: (as the task's own exception class too) if the task raised.
+        ValueError: ``object_refs`` is not an ObjectRef or a list of them, or a
+            negative ``timeout``.
     """
     if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be None or non-negative")
+        raise ValueError("'timeout' must be a non-negative number or None")
     return _core().get(object_refs, timeout)
 
 
-def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True) -> tuple[list, list]:
+def wait(ray_waitables: list, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True) -> tuple[list, list]:
     """Returns ``(ready, not_ready)`` once ``num_returns`` refs are ready or ``timeout`` passes.
 
-    Ready refs keep the order they had in ``object_refs``.
+    Follows Ray: ready refs keep the order they had in ``ray_waitables``;
+    ``wait([])`` returns ``([], [])``.  With ``fetch_local`` (the default) a
+    ready value held in shared memory on another node is copied to this node
+    before ``wait`` returns; with ``fetch_local=False`` it is ready as soon as
+    it exists anywhere.
+
+    Raises:
+        TypeError: not a list of ObjectRefs.
+        ValueError: repeated refs, ``num_returns`` out of range, negative timeout.
     """
-    return _core().wait(object_refs, num_returns, timeout, fetch_local)
+    if isinstance(ray_waitables, (list, tuple)) and not ray_waitables:
+        return [], []
+    if not isinstance(num_returns, int) or isinstance(num_returns, bool):
+        raise TypeError(f"num_returns must be an int, not {type(num_returns).__name__}")
+    core = _core()
+    ready, not_ready = core.wait(ray_waitables, num_returns, timeout, fetch_local)
+    if fetch_local and ready:
+        make_local(core, ready)
+    return ready, not_ready
 
 
-def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancels the task that makes ``object_ref``; ``get`` then raises TaskCancelledError."""
+def cancel(ray_waitable: Any, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancels the task that makes ``ray_waitable``; ``get`` then raises TaskCancelledError.
+
+    Follows Ray: a queued task never runs; a running one gets
+    ``KeyboardInterrupt`` (``force=True``: its worker exits, and ``get`` raises
+    ``WorkerCrashedError``).  With ``recursive`` (the default) the tasks it
+    submitted that are still pending or running are cancelled too.
+
+    Raises:
+        TypeError: not an ObjectRef.
+        ValueError: ``force=True`` for an actor task, or a ref this process
+            did not submit.
+    """
     from skate.object_ref import ObjectRef
 
-    if not isinstance(object_ref, ObjectRef):
-        raise TypeError(f"cancel() takes an ObjectRef, not {type(object_ref).__name__}")
+    if not isinstance(ray_waitable, ObjectRef):
+        raise TypeError(f"ray.cancel() only supported for object refs. For actors, try ray.kill(). Got: {type(ray_waitable)}.")
     core = _core()
-    e = core.store.get(object_ref._id)
+    e = core.store.get(ray_waitable._id)
     if e is None:
-        if core.store.borrowed.get(object_ref._id) is not None:
+        if core.store.borrowed.get(ray_waitable._id) is not None:
             raise ValueError("only the process that submitted a task can cancel it")
         return
     rec = e.task
     if rec is None:
         return
-    if rec.actor is not None:
-        if force:
-            raise ValueError("force=True is not supported for actor tasks")
-        core.post(_cancel_actor_task, core, rec)
-        return
-    core.post(core.submitter.cancel, rec, force)
-
-
-def _cancel_actor_task(core: Any, rec: Any) -> None:
-    st = rec.actor
-    if rec in st.queue:
-        st.queue.remove(rec)
-        core.submitter.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
-    elif st.info.get("address") and rec.spec["t"] in st.inflight:
-        import asyncio
-
-        from skate._private.core_worker.submitter import control_notify
-
-        asyncio.ensure_future(control_notify(core, st.info["address"], "cancel_task", {"t": rec.spec["t"], "force": False}))
+    if rec.actor is not None and force:
+        raise ValueError("force=True is not supported for actor tasks")
+    core.post(cancellation.cancel_task, core, rec, force, recursive)
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:
@@ -306,5 +379,17 @@ def get_gpu_ids() -> list:
 
 
 def timeline(filename: str | None = None) -> list:
-    """Task events in Chrome trace format (not recorded yet: empty)."""
-    return []
+    """Task events in Chrome trace format: not recorded by skate yet.
+
+    Raises:
+        NotImplementedError: always (rather than returning an empty trace).
+    """
+    raise NotImplementedError("skate does not record task events yet, so timeline() has nothing to return or write.")
+
+
+def error_info() -> list[dict]:
+    """The errors of failed tasks whose results nobody read (printed in the
+    background when their last ref went away), oldest first, as dicts with
+    ``type``, ``message``, ``error`` and ``timestamp``.  A name from early Ray
+    releases, kept for old programs."""
+    return error_log.entries()

@@ -57,6 +57,10 @@ class BaseID:
         return self.hex()
 
 
+class UniqueID(BaseID):
+    """A generic unique id."""
+
+
 class JobID(BaseID):
     """Identifies a driver's job."""
 

@@ -291,6 +291,9 @@ class TaskSpec(_TaskSpecRequired, total=False):
     aid: bytes  # actor id (creation)
     mcc: Union[int, None]  # max_concurrency (creation)
     detached: bool  # (creation)
+    res: Resources  # resources assigned to it (omitted: {"CPU": 1.0})
+    an: str  # the actor's name (creation)
+    cn: str  # the call's name, from .options(name=...)
 
 
 class TaskReply(TypedDict, total=False):
@@ -316,6 +319,7 @@ class _CancelTaskRequired(TypedDict):
 
 class CancelTask(_CancelTaskRequired, total=False):
     force: bool
+    r: bool  # recursive: also cancel the tasks it submitted (default True)
 
 
 class ExitNow(TypedDict, total=False):

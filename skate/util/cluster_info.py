@@ -29,7 +29,7 @@ def list_named_actors(all_namespaces: bool = False) -> list:
     return [r["name"] for r in rows]
 
 
-def get_node_ip_address(address: str = "8.8.8.8:53") -> str:
+def get_node_ip_address(address: str | None = None) -> str:
     """The IP address of the node this process runs on (follows Ray).
 
     Connected to a cluster, this is the address the node's daemon and
@@ -39,7 +39,8 @@ def get_node_ip_address(address: str = "8.8.8.8:53") -> str:
 
     Args:
         address: ``"host:port"`` whose route picks the interface when this
-            process is not connected to a cluster.
+            process is not connected to a cluster (default ``"8.8.8.8:53"``,
+            as in Ray; nothing is sent).
 
     Returns:
         An IPv4 or IPv6 address, as a string.
@@ -47,7 +48,7 @@ def get_node_ip_address(address: str = "8.8.8.8:53") -> str:
     core = runtime.current_or_none()
     if core is not None:
         return core.node_ip
-    host, _, port = address.rpartition(":")
+    host, _, port = (address or "8.8.8.8:53").rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -18,6 +18,11 @@ class NodeAffinitySchedulingStrategy:
     """
 
     def __init__(self, node_id: str, soft: bool, _spill_on_unavailable: bool = False, _fail_on_unavailable: bool = False) -> None:
+        if _spill_on_unavailable or _fail_on_unavailable:
+            raise NotImplementedError(
+                "skate does not support _spill_on_unavailable/_fail_on_unavailable yet: a soft affinity "
+                "runs elsewhere when the node is gone or cannot fit the request, a hard one waits or fails."
+            )
         self.node_id = node_id
         self.soft = soft
 

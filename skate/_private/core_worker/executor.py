@@ -21,13 +21,20 @@ import inspect
 import os
 import sys
 import threading
-import traceback
 from typing import Any
 
 import cloudpickle
 
 from skate import exceptions as exc
-from skate._private import ids, proctitle, serialization, wire
+from skate._private import (
+    cancellation,
+    ids,
+    proctitle,
+    serialization,
+    task_context,
+    task_errors,
+    wire,
+)
 from skate._private.config import CONFIG
 from skate._private.core_worker.errors import EXITED, error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
@@ -52,6 +59,7 @@ class Executor:
         self.actor: Any = None
         self.actor_id: bytes | None = None
         self.actor_name = ""
+        self.actor_spec: dict | None = None
         self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.actor_loop: asyncio.AbstractEventLoop | None = None
         self.actor_sem: asyncio.Semaphore | None = None
@@ -121,11 +129,15 @@ class Executor:
 
     def on_cancel_task(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         tid = body["t"]
+        sent = cancellation.cancel_children(self.core, tid) if body.get("r", True) else 0
         running = self.running.get(tid)
+        self.cancelled.add(tid)
         if running is None:
-            self.cancelled.add(tid)
             return
         if body.get("force"):
+            if sent:  # let the children's cancels go out first
+                self.core.loop.call_later(0.1, os._exit, 1)
+                return
             os._exit(1)
         if isinstance(running, asyncio.Task):  # an async actor call: cancel the coroutine
             self.actor_loop.call_soon_threadsafe(running.cancel)
@@ -170,6 +182,7 @@ class Executor:
             return
         ctx.task_id, ctx.name, ctx.lease_id = tid, name, spec.get("l")
         self.running[tid] = threading.get_ident()
+        current = task_context.CURRENT.set(spec)
         try:
             if tid in self.cancelled:
                 raise exc.TaskCancelledError(tid.hex())
@@ -183,6 +196,7 @@ class Executor:
         except BaseException as e:  # noqa: BLE001
             body, out = self._error_reply(spec, e, name)
         finally:
+            task_context.CURRENT.reset(current)
             self.running.pop(tid, None)
             self.cancelled.discard(tid)
             ctx.task_id = ctx.lease_id = None
@@ -281,15 +295,7 @@ class Executor:
         if isinstance(e, (exc.TaskCancelledError, exc.RayActorError, exc.WorkerCrashedError, exc.ObjectLostError)):
             err: BaseException = e
         else:
-            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-            cause = e.cause if isinstance(e, exc.RayTaskError) else e
-            if isinstance(cause, serialization.SerializationError):
-                cause = TypeError(str(cause))
-            try:
-                cloudpickle.dumps(cause)
-            except Exception:  # noqa: BLE001
-                cause = None
-            err = exc.RayTaskError(name, tb, cause, actor_repr=self.actor_name or None)
+            err = task_errors.task_error(e, name, self.core, self.actor_name, self.actor_id)
         data, bufs = error_payload(err)
         n = max(spec.get("nr", 1), 1)
         return {"r": [[ERROR, len(bufs) + 1]] * n}, [data, *bufs] * n
@@ -301,6 +307,8 @@ class Executor:
         self.core.job_id = spec["j"]
         self.core.namespace = spec.get("ns")
         self.actor_id = spec["aid"]
+        self.actor_spec = spec
+        current = task_context.CURRENT.set(spec)
         try:
             cls = cloudpickle.loads(bufs[0])
             self.actor_name = cls.__name__
@@ -326,6 +334,8 @@ class Executor:
             body["ok"] = 0
             self._reply(fut, body, out)
             self.exiting = True
+        finally:
+            task_context.CURRENT.reset(current)
 
     def _method(self, spec: dict) -> Any:
         m = spec["m"]
@@ -344,6 +354,7 @@ class Executor:
         name = f"{self.actor_name}.{spec['m']}"
         ctx.task_id, ctx.name = tid, self.actor_name
         self.running[tid] = threading.get_ident()
+        current = task_context.CURRENT.set(spec)
         exiting = False
         try:
             if self.actor is None:
@@ -359,7 +370,9 @@ class Executor:
         except BaseException as e:  # noqa: BLE001
             body, out = self._error_reply(spec, e, name)
         finally:
+            task_context.CURRENT.reset(current)
             self.running.pop(tid, None)
+            self.cancelled.discard(tid)
             ctx.task_id = None
         if exiting:
             body["x"] = 1
@@ -379,6 +392,7 @@ class Executor:
     async def _async_call(self, spec: dict, bufs: list, fut: Replier) -> None:
         name = f"{self.actor_name}.{spec['m']}"
         exiting = False
+        task_context.CURRENT.set(spec)  # this coroutine's own context
         async with self.actor_sem:
             try:
                 args, kwargs = self._decode_args(spec, bufs, 0)

@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from skate import exceptions as exc
-from skate._private import serialization, wire
+from skate._private import error_log, serialization, wire
 from skate._private.core_worker.errors import as_error
 from skate._private.core_worker.memory_store import ERROR, SHM
 
@@ -151,6 +151,7 @@ class RefCounting:
                     text = f"Unhandled error (suppress with SKATE_IGNORE_UNHANDLED_ERRORS=1): {err}"
                     print(text, file=sys.stderr, flush=True)
                     self.printed.append(text)
+                    error_log.record(err)
         by_node: dict[bytes, list] = {}
         for oid, e in frees:
             if e.state == SHM:

@@ -462,8 +462,8 @@ class TaskSubmitter:
         if not lease.raylet.closed:
             lease.raylet.notify("return_lease", {"lease_id": lease.lease_id, "kill": kill})
 
-    def cancel(self, rec: TaskRecord, force: bool) -> None:
-        """Cancels a queued or running task (I/O thread)."""
+    def cancel(self, rec: TaskRecord, force: bool, recursive: bool = True) -> None:
+        """Cancels a queued or running task (I/O thread); ``recursive``: its children too."""
         if rec.cancelled or all(self.core.store.get(o) is None or self.core.store.get(o).state != PENDING for o in rec.return_ids):
             return
         rec.cancelled = True
@@ -476,7 +476,7 @@ class TaskSubmitter:
             self.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
             return
         if rec.lease is not None and rec.lease.busy:
-            asyncio.ensure_future(control_notify(self.core, rec.lease.address, "cancel_task", {"t": rec.spec["t"], "force": force}))
+            asyncio.ensure_future(control_notify(self.core, rec.lease.address, "cancel_task", {"t": rec.spec["t"], "force": force, "r": recursive}))
             return
         # Still resolving its arguments.
         self.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
