@@ -391,6 +391,17 @@ _REQUEST_DECODERS = {m: msgspec.msgpack.Decoder(req) for m, (req, _) in REQUESTS
 _REPLY_DECODERS = {m: msgspec.msgpack.Decoder(rep) for m, (_, rep) in REQUESTS.items() if rep is not None}
 
 
+class UndeclaredFields(ValueError):
+    """A message carries fields its declared type lacks (strict mode)."""
+
+
+def check_declared(typed: Any, raw: Any, what: str) -> None:
+    """Raises ``UndeclaredFields`` when ``raw`` has fields ``typed`` (its typed decoding) dropped."""
+    extra = undeclared(typed, UNTYPED.decode(raw))
+    if extra:
+        raise UndeclaredFields(f"{what} carries fields its declared type lacks: {', '.join(extra)}")
+
+
 def undeclared(typed: Any, untyped: Any) -> list[str]:
     """Paths of fields in ``untyped`` (a message decoded without its type)
     that decoding with its type dropped: fields nobody declared."""

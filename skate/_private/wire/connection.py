@@ -43,6 +43,7 @@ import msgspec
 from skate._private import messages
 from skate._private.config import CONFIG
 from skate._private.wire import dispatch
+from skate._private.wire.admission import Gate
 from skate._private.wire.dispatch import ConnectionLost, Handler, Pending, RemoteError
 from skate._private.wire.framing import (
     ERROR,
@@ -65,23 +66,6 @@ _IOV_CHUNK = 512
 
 
 _STRICT = bool(CONFIG.strict_messages)
-
-
-def _refuse_undeclared(body: Any, raw: Any, what: str) -> None:
-    extra = messages.undeclared(body, messages.UNTYPED.decode(raw))
-    if extra:
-        raise ProtocolError(f"{what} carries fields its declared type lacks: {', '.join(extra)}")
-
-
-class Gate:
-    """Per listener: how many accepted connections have not authenticated yet."""
-
-    __slots__ = ("cap", "pending", "refused")
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.pending = 0
-        self.refused = 0
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -448,8 +432,8 @@ class Connection(asyncio.BufferedProtocol):
             try:
                 body = entry.decoder.decode(raw)
                 if _STRICT:
-                    _refuse_undeclared(body, raw, f"reply #{rid}")
-            except (msgspec.DecodeError, ProtocolError) as e:
+                    messages.check_declared(body, raw, f"reply #{rid}")
+            except (msgspec.DecodeError, messages.UndeclaredFields) as e:
                 self._reply_unreadable(rid, entry, e)
                 return
         elif kind == ERROR:
@@ -458,11 +442,11 @@ class Connection(asyncio.BufferedProtocol):
             try:
                 body = messages.request_decoder(method).decode(raw)
                 if _STRICT:
-                    _refuse_undeclared(body, raw, repr(method))
+                    messages.check_declared(body, raw, repr(method))
             except msgspec.DecodeError as e:
                 body = ProtocolError(f"bad {method!r} message: {e}")
-            except ProtocolError as e:
-                body = e
+            except messages.UndeclaredFields as e:
+                body = ProtocolError(str(e))
         if self.leader is not None and self.leader == threading.get_ident():
             # Read by a user thread: only thread-safe reply callbacks run here.
             if kind == REPLY or kind == ERROR:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from skate._private.config import CONFIG
-from skate._private.wire.connection import Connection, Gate
+from skate._private.wire.admission import Gate
+from skate._private.wire.connection import Connection
 from skate._private.wire.dispatch import ConnectionLost, Handler
 from skate._private.wire.handshake import AuthError
 
