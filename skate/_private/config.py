@@ -49,6 +49,9 @@ class Config:
     #: Connections a listener holds at once that have not authenticated
     #: yet; more are closed as soon as they are accepted.
     max_pending_handshakes: int = 64
+    #: The largest payload of one frame a process accepts (bytes): a peer
+    #: announcing more is dropped before anything is allocated for it.
+    max_frame_bytes: int = 16 << 30
     #: Refuse messages carrying fields their declared type does not have
     #: (the test suite turns it on; it decodes every message twice).
     strict_messages: int = 0

@@ -94,7 +94,7 @@ class Connection(asyncio.BufferedProtocol):
         #: Requests sent and not answered yet.
         self.pending: dict[int, Pending] = {}
         self._rids = itertools.count(1)
-        self._reader = FrameReader()
+        self._reader = FrameReader(max_payload=CONFIG.max_frame_bytes)
         self._hs = ServerHandshake(token, identity) if server else ClientHandshake(token, expect)
         self._secure = False  # TCP: every frame goes in an encrypted, authenticated record
         self._cipher: RecordCipher | None = None
@@ -220,7 +220,7 @@ class Connection(asyncio.BufferedProtocol):
                 return
             if self._secure:
                 self._cipher = RecordCipher(*self._hs.keys())
-                self._plain = FrameReader()
+                self._plain = FrameReader(max_payload=CONFIG.max_frame_bytes)
             self.authed = True
             self._handshake_over()
             self.ready.set_result(True)

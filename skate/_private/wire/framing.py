@@ -35,6 +35,8 @@ ERROR = 2
 NOTIFY = 3
 
 PREFIX = struct.Struct("<IQ")
+#: The largest frame header accepted (a header lists one length per buffer).
+MAX_HEADER_BYTES = 64 << 20
 
 
 
@@ -86,7 +88,9 @@ def decode_header(data: bytes | memoryview) -> tuple:
 class FrameReader:
     """The receive buffer of one connection, and the frames in it."""
 
-    def __init__(self, size: int = 1 << 16) -> None:
+    def __init__(self, size: int = 1 << 16, max_payload: int = 1 << 62) -> None:
+        """``max_payload``: the largest payload of one frame accepted, in bytes."""
+        self.max_payload = max_payload
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
         self.n = 0  # bytes held
@@ -137,6 +141,11 @@ class FrameReader:
             while self.n - pos >= psize:
                 view = self._view
                 hlen, plen = prefix.unpack_from(view, pos)
+                if hlen > MAX_HEADER_BYTES or plen > self.max_payload:
+                    raise ProtocolError(
+                        f"a frame of {hlen} header and {plen} payload bytes is over the limit "
+                        f"({MAX_HEADER_BYTES} and {self.max_payload}; SKATE_MAX_FRAME_BYTES)"
+                    )
                 end = pos + psize + hlen + plen
                 if end > self.n:
                     need = end - pos
