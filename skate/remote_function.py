@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 from typing import Any
 
 from skate._private import cancellation, runtime
 from skate._private import options as opts
 from skate._private.config import CONFIG
+from skate._private.core_worker import streams
 from skate._private.core_worker.submitter import (
     TaskRecord,
     encode_args,
@@ -33,6 +35,7 @@ class RemoteFunction:
         self.__doc__ = getattr(function, "__doc__", None)
         self.__name__ = getattr(function, "__name__", "task")
         self.__wrapped__ = function
+        self._is_generator = inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -41,7 +44,8 @@ class RemoteFunction:
         )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Submits the task; returns an ObjectRef (or a list, for num_returns != 1).
+        """Submits the task; returns an ObjectRef (a list for ``num_returns`` > 1; an
+        ``ObjectRefGenerator`` for a generator function, whose items stream in).
 
         Raises:
             TypeError: the arguments do not fit the function's signature (like Ray,
@@ -101,9 +105,10 @@ class RemoteFunction:
         self._signature.check(args, kwargs)
         core = runtime.current()
         fn_id, fn_bytes = self._fn_bytes()
-        nr = o.get("num_returns", 1)
-        if nr in ("streaming", "dynamic"):
-            raise NotImplementedError("generator tasks (num_returns='streaming') are not supported yet")
+        nr = o.get("num_returns")
+        if nr is None:  # like Ray: generator functions stream their items by default
+            nr = "streaming" if self._is_generator else 1
+        nr = streams.num_returns_code(nr)
         name = o.get("name") or self._name
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"task {name}")
         task_id = core.new_task_id()
@@ -113,6 +118,9 @@ class RemoteFunction:
         if max_calls is None:
             max_calls = 1 if o.get("num_gpus") else 0
         rec.spec = new_task_spec(core, task_id, name, fn_id, nr, max_calls, max_retries)
+        backpressure = o.get("_generator_backpressure_num_objects")
+        if backpressure and nr < 0:
+            rec.spec["bp"] = backpressure
         rec.spec["a"] = blob
         rec.arg_bufs = arg_bufs
         rec.fn_id, rec.fn_bytes = fn_id, fn_bytes
@@ -127,7 +135,16 @@ class RemoteFunction:
             rec.spec["res"] = rec.resources
         rec.strategy = opts.strategy_of(o)
         rec.key = (tuple(sorted(rec.resources.items())), repr(rec.strategy))
-        refs = make_returns(core, task_id, nr, rec)
+        if nr == streams.STREAMING:
+            rec.return_ids = []
+            gen = streams.ObjectRefGenerator(streams.register(core, rec, False, backpressure))
+            if deps or not core.submitter.try_now(rec):
+                core.submitter.submit_threadsafe(rec)
+            return gen
+        refs = make_returns(core, task_id, 1 if nr == streams.DYNAMIC else nr, rec)
+        if nr == streams.DYNAMIC:
+            streams.register(core, rec, True, backpressure)
+            nr = 1
         if refs and getattr(core.ctx, "task_id", None) is not None:
             cancellation.note_child(core, refs[0]._id)
         if deps or not core.submitter.try_now(rec):

@@ -147,7 +147,7 @@ RUNTIME_CONTEXT_PROPERTIES = [
 
 # Names that must exist (classes, modules, aliases).
 NAMES = [
-    "skate:ObjectRef", "skate:ObjectID", "skate:ActorID", "skate:JobID", "skate:NodeID", "skate:TaskID",
+    "skate:ObjectRef", "skate:ObjectRefGenerator", "skate:DynamicObjectRefGenerator", "skate:ObjectID", "skate:ActorID", "skate:JobID", "skate:NodeID", "skate:TaskID",
     "skate:WorkerID", "skate:UniqueID", "skate:exceptions", "skate:actor", "skate:util", "skate:runtime_context",
     "skate:error_info",
     "skate.actor:ActorClass", "skate.actor:ActorHandle", "skate.actor:ActorMethod",
@@ -258,8 +258,6 @@ KNOWN_GAPS = {
     "skate:LoggingConfig": "structured logging configuration (init takes logging_level/logging_format)",
     "skate:ClientBuilder": "Ray Client",
     "skate:client": "Ray Client",
-    "skate:ObjectRefGenerator": "generator tasks",
-    "skate:DynamicObjectRefGenerator": "generator tasks (num_returns='dynamic')",
     "skate:FunctionID": "function ids are not exposed",
     "skate:ActorClassID": "actor class ids are not exposed",
     "skate:PlacementGroupID": "placement groups",

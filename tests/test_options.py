@@ -45,7 +45,7 @@ OPTIONS: dict[str, dict[str, tuple]] = {
         "label_selector": ("rejected", {"zone": "a"}),
         "fallback_strategy": ("rejected", [{"label_selector": {"zone": "b"}}]),
         "_labels": ("rejected", {"a": "b"}),
-        "_generator_backpressure_num_objects": ("rejected", 2),
+        "_generator_backpressure_num_objects": (H, "core_worker.test_generators::test_backpressure_keeps_the_producer_close_to_the_consumer"),
         "_num_objects_per_yield": ("rejected", 2),
     },
     "actor": {

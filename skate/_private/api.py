@@ -295,8 +295,13 @@ def cancel(ray_waitable: Any, *, force: bool = False, recursive: bool = True) ->
         ValueError: ``force=True`` for an actor task, or a ref this process
             did not submit.
     """
+    from skate._private.core_worker.streams import ObjectRefGenerator
     from skate.object_ref import ObjectRef
 
+    if isinstance(ray_waitable, ObjectRefGenerator):  # stops the generator task
+        core = _core()
+        core.post(cancellation.cancel_task, core, ray_waitable._st.rec, force, recursive)
+        return
     if not isinstance(ray_waitable, ObjectRef):
         raise TypeError(f"ray.cancel() only supported for object refs. For actors, try ray.kill(). Got: {type(ray_waitable)}.")
     core = _core()

@@ -22,6 +22,7 @@ Who serves what::
                    obj_seal obj_get obj_unmapped obj_fetch obj_free flush_logs
                    pub shutdown (from the control store)
     core worker    push_task create_actor actor_call cancel_task release_held exit_now hello
+                   gen_item gen_ack
                    borrow_add borrow_remove get_object pub warning ping
 """
 
@@ -292,6 +293,7 @@ class TaskSpec(_TaskSpecRequired, total=False):
     mcc: Union[int, None]  # max_concurrency (creation)
     detached: bool  # (creation)
     res: Resources  # resources assigned to it (omitted: {"CPU": 1.0})
+    bp: int  # a generator task's backpressure: items sent ahead of the consumer
     an: str  # the actor's name (creation)
     cn: str  # the call's name, from .options(name=...)
 
@@ -311,10 +313,27 @@ class TaskReply(TypedDict, total=False):
     x: int
     ok: int
     pid: int
+    g: int  # a generator task ended: the number of items it sent
+    dyn: int  # ... and it was num_returns="dynamic"
 
 
 class _CancelTaskRequired(TypedDict):
     t: bytes
+
+
+class GenItem(TypedDict):
+    """One item a generator task yielded, sent to its caller as it comes."""
+
+    t: bytes  # task id
+    i: int  # the item's index
+    r: list[Any]  # its return meta, as in TaskReply.r
+
+
+class GenAck(TypedDict):
+    """The caller took ``n`` items of generator task ``t`` (backpressure)."""
+
+    t: bytes
+    n: int
 
 
 class CancelTask(_CancelTaskRequired, total=False):
@@ -378,6 +397,8 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "create_actor": (TaskSpec, TaskReply),
     "actor_call": (TaskSpec, TaskReply),
     "cancel_task": (CancelTask, None),
+    "gen_item": (GenItem, None),
+    "gen_ack": (GenAck, None),
     "release_held": (bytes, None),
     "exit_now": (Union[ExitNow, None], None),
     "hello": (Address, None),

@@ -88,7 +88,6 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "label_selector": (_empty, "node labels are not implemented"),
     "fallback_strategy": (_empty, "node labels are not implemented"),
     "_labels": (_empty, "task labels are not implemented"),
-    "_generator_backpressure_num_objects": (lambda v: v is None, "generator tasks are not supported yet"),
     "_num_objects_per_yield": (lambda v: v is None or v == 1, "generator tasks are not supported yet"),
     "_actor_generator_backpressure_num_objects": (lambda v: v is None, "generator tasks are not supported yet"),
     "max_restarts": (lambda v: not v, "actor restarts are not implemented (an actor that dies stays dead)"),
@@ -214,6 +213,11 @@ def validate_method(options: dict) -> dict:
     nr = out.get("num_returns")
     if nr is not None and nr not in ("streaming", "dynamic") and (not isinstance(nr, int) or nr < 0):
         raise ValueError(f"num_returns must be a non-negative integer, 'streaming' or 'dynamic', not {nr!r}")
+    if nr in ("streaming", "dynamic") or out.get("_generator_backpressure_num_objects") is not None:
+        raise not_supported(
+            f"the option num_returns={nr!r} / _generator_backpressure_num_objects on actor methods",
+            "generator actor methods are not supported yet (generator tasks are)",
+        )
     if out.get("retry_exceptions"):
         raise not_supported(
             f"the option retry_exceptions={out['retry_exceptions']!r} on actor methods",

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from skate._private import daemon, ids, wire
+from skate._private.core_worker import streams
 from skate._private.core_worker.errors import remote_to_local
 from skate._private.core_worker.memory_store import MemoryStore
 from skate._private.core_worker.objects import ObjectAccess
@@ -97,6 +98,8 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.submitter: Any = None
         self.actors: Any = None
         self.executor: Any = None
+        #: Generator tasks this process submitted, by task id (see ``streams``).
+        self.streams: dict[bytes, Any] = {}
 
     def connect(self, raylet_socket: str) -> None:
         """Connects to this node's daemon and starts serving peers (blocking)."""
@@ -251,6 +254,9 @@ class CoreWorker(ObjectAccess, RefCounting):
                 sys.stderr.flush()
             self.printed.extend(out)
             self.printed.extend(err)
+
+    def on_gen_item(self, conn: wire.Connection, body: dict, bufs: list) -> None:
+        streams.on_item(self, body, bufs)
 
     def on_ping(self, conn: wire.Connection, body: Any, bufs: list) -> str:
         return "pong"

@@ -36,6 +36,7 @@ from skate._private import (
     wire,
 )
 from skate._private.config import CONFIG
+from skate._private.core_worker import streams
 from skate._private.core_worker.errors import EXITED, error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
 from skate._private.core_worker.submitter import Arg
@@ -56,6 +57,8 @@ class Executor:
         self.running: dict[bytes, int] = {}  # task id -> thread ident
         self.cancelled: set[bytes] = set()
         self.held: dict[bytes, list] = {}
+        self.acks = streams.Acks()  # generator tasks' consumed counts (backpressure)
+        self.streamed: dict[bytes, int] = {}  # generator tasks running: items sent so far
         self.actor: Any = None
         self.actor_id: bytes | None = None
         self.actor_name = ""
@@ -70,6 +73,7 @@ class Executor:
         """Handlers of the control endpoint (core worker's I/O loop)."""
         return {
             "cancel_task": self.on_cancel_task,
+            "gen_ack": lambda conn, body, bufs: self.acks.on_ack(body),
             "release_held": self.on_release_held,
             "exit_now": self.on_exit_now,
         }
@@ -188,7 +192,10 @@ class Executor:
                 raise exc.TaskCancelledError(tid.hex())
             args, kwargs = self._decode_args(spec, bufs, pos)
             result = fn(*args, **kwargs)
-            body, out = self._encode_returns(spec, result, name)
+            if spec["nr"] < 0:  # a generator task: items go out as they are yielded
+                body, out = streams.stream(self, fut, spec, result, name), []
+            else:
+                body, out = self._encode_returns(spec, result, name)
         except KeyboardInterrupt:
             body, out = self._error_reply(spec, exc.TaskCancelledError(tid.hex()), name)
         except ActorExit:
@@ -264,6 +271,8 @@ class Executor:
             values = [result]
         elif nr == 0:
             values = []
+        elif inspect.isgenerator(result) or inspect.isasyncgen(result):
+            values = streams.take(result, nr, name)
         else:
             if not isinstance(result, (tuple, list)) or len(result) != nr:
                 got = len(result) if isinstance(result, (tuple, list)) else "a non-sequence"
@@ -274,16 +283,9 @@ class Executor:
         held: list = []
         tid = spec["t"]
         for i, v in enumerate(values):
-            data, vbufs, refs = serialization.dumps(v, f"the return value of {name}")
-            size = len(data) + sum(b.nbytes for b in vbufs)
-            if size <= CONFIG.max_inline_bytes:
-                metas.append([INLINE, len(vbufs) + 1])
-                out.append(data)
-                out.extend(vbufs)
-            else:
-                oid = ids.object_id_for(tid, i + 1)
-                self.core.write_shm(oid, data, vbufs)
-                metas.append([SHM, 0, self.core.node_id, size])
+            meta, vout, refs = self.encode_value(tid, i, v, name)
+            metas.append(meta)
+            out.extend(vout)
             held.extend(refs)
         body: dict = {"r": metas}
         if held:
@@ -291,13 +293,37 @@ class Executor:
             body["h"] = [tid, [[r._id, r._owner] for r in held]]
         return body, out
 
+    def encode_value(self, tid: bytes, index: int, value: Any, name: str) -> tuple[list, list, list]:
+        """Return value ``index`` of task ``tid``: ``(meta, buffers, refs it contains)``.
+
+        Small values travel inline; large ones go to this node's shared memory
+        as object ``object_id_for(tid, index + 1)``.
+        """
+        data, vbufs, refs = serialization.dumps(value, f"the return value of {name}")
+        size = len(data) + sum(b.nbytes for b in vbufs)
+        if size <= CONFIG.max_inline_bytes:
+            return [INLINE, len(vbufs) + 1], [data, *vbufs], refs
+        self.core.write_shm(ids.object_id_for(tid, index + 1), data, vbufs)
+        return [SHM, 0, self.core.node_id, size], [], refs
+
+    def flush_borrows(self) -> None:
+        """Waits until the owners heard of every borrow this worker announced."""
+        if self.core.borrows_inflight:
+            self.core.call(self.core.flush_borrows())
+
     def _error_reply(self, spec: dict, e: BaseException, name: str, during: str = "") -> tuple[dict, list]:
         if isinstance(e, (exc.TaskCancelledError, exc.RayActorError, exc.WorkerCrashedError, exc.ObjectLostError)):
             err: BaseException = e
         else:
             err = task_errors.task_error(e, name, self.core, self.actor_name, self.actor_id)
         data, bufs = error_payload(err)
-        n = max(spec.get("nr", 1), 1)
+        nr = spec.get("nr", 1)
+        if nr < 0:  # a generator task: the error is the item after the last one sent
+            body = {"r": [[ERROR, len(bufs) + 1]], "g": self.streamed.pop(spec["t"], 0)}
+            if nr == streams.DYNAMIC:
+                body["dyn"] = 1
+            return body, [data, *bufs]
+        n = max(nr, 1)
         return {"r": [[ERROR, len(bufs) + 1]] * n}, [data, *bufs] * n
 
     # --- actors -----------------------------------------------------------------------

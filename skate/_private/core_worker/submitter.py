@@ -24,6 +24,7 @@ from typing import Any
 from skate import exceptions as exc
 from skate._private import ids, serialization, wire
 from skate._private.config import CONFIG
+from skate._private.core_worker import streams
 from skate._private.core_worker.errors import as_error, error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, PENDING, SHM
 
@@ -356,7 +357,7 @@ class TaskSubmitter:
                 lease.dead = True
                 if ks is not None and lease in ks.leases:
                     ks.leases.remove(lease)
-                self._return(lease)
+                self._return(lease, kill=True)  # never lent to anyone again
         if not self._maybe_retry_exception(rec, body, bufs):
             complete_returns(self.core, rec, body, bufs)
         if ks is None:
@@ -418,10 +419,12 @@ class TaskSubmitter:
         self.fail(rec, exc.WorkerCrashedError(msg))
 
     def fail(self, rec: TaskRecord, err: BaseException) -> None:
-        """Completes every return of ``rec`` with ``err``."""
+        """Completes every return of ``rec`` with ``err`` (a generator task's stream ends with it)."""
         data, bufs = error_payload(err)
         for oid in rec.return_ids:
             self.core.store.complete(oid, ERROR, data, bufs)
+        if rec.spec.get("nr", 1) < 0:
+            streams.fail(self.core, rec, err)
         rec.keep = None
 
     # --- lease life ---------------------------------------------------------------
@@ -462,9 +465,16 @@ class TaskSubmitter:
         if not lease.raylet.closed:
             lease.raylet.notify("return_lease", {"lease_id": lease.lease_id, "kill": kill})
 
+    def _finished(self, rec: TaskRecord) -> bool:
+        if rec.spec.get("nr", 1) < 0:  # a generator task: done once its stream ended
+            st = self.core.streams.get(rec.spec["t"])
+            return st is None or st.total is not None
+        store = self.core.store
+        return all(store.get(o) is None or store.get(o).state != PENDING for o in rec.return_ids)
+
     def cancel(self, rec: TaskRecord, force: bool, recursive: bool = True) -> None:
         """Cancels a queued or running task (I/O thread); ``recursive``: its children too."""
-        if rec.cancelled or all(self.core.store.get(o) is None or self.core.store.get(o).state != PENDING for o in rec.return_ids):
+        if rec.cancelled or self._finished(rec):
             return
         rec.cancelled = True
         with self.lock:
@@ -547,6 +557,8 @@ def complete_returns(core: Any, rec: TaskRecord, body: dict, bufs: list) -> None
             n = meta[1]
             store.complete(oid, state, bufs[k], bufs[k + 1 : k + n])
             k += n
+    if "g" in body:  # a generator task ended
+        streams.finish(core, rec, body, bufs[k:])
     rec.keep = None
     held = body.get("h")
     if held:  # (this may run in a user thread reading the reply: see wire.Connection.lead)

@@ -1,0 +1,339 @@
+"""Generator tasks: items streamed from the worker as they are yielded (follows Ray).
+
+::
+
+    worker: for each item the generator yields -> serialize (inline, or a segment)
+            -> notify("gen_item", {t, i, r}) to the caller on the task's connection
+            [backpressure: wait for gen_ack while too many items are unconsumed]
+            -> reply {"r": [] or [error], "g": items sent}
+    owner:  gen_item -> a ready object ``object_id_for(task, i + 1)`` in the
+            memory store; the ObjectRefGenerator hands out refs in order;
+            the reply says how many there were (and an error as the last one)
+
+``num_returns="streaming"`` (the default for generator functions) returns an
+``ObjectRefGenerator``; ``num_returns="dynamic"`` returns one ObjectRef whose
+value is a ``DynamicObjectRefGenerator`` of every item's ref; a fixed
+``num_returns`` takes that many items from the generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from typing import Any
+
+from skate import exceptions as exc
+from skate._private import ids, serialization
+from skate._private.core_worker.errors import error_payload
+from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
+
+STREAMING, DYNAMIC = -1, -2
+
+
+def num_returns_code(nr: Any) -> int:
+    """``num_returns`` as the integer the task spec carries."""
+    return STREAMING if nr == "streaming" else DYNAMIC if nr == "dynamic" else nr
+
+
+# --- owner side ------------------------------------------------------------------------
+
+
+class StreamState:
+    """What the owner knows of one generator task's items."""
+
+    def __init__(self, core: Any, rec: Any, first: int, backpressure: int | None) -> None:
+        self.core = core
+        self.rec = rec
+        self.task_id = rec.spec["t"]
+        self.first = first  # object index of item 0 (2 for dynamic: 1 is the generator itself)
+        self.backpressure = backpressure
+        self.cond = threading.Condition()
+        self.received = 0  # items stored so far (they arrive in order)
+        self.total: int | None = None  # known once the task ended
+        self.handed = 0  # items handed out as refs
+        self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+
+    def oid(self, i: int) -> bytes:
+        return ids.object_id_for(self.task_id, i + self.first)
+
+    def _changed(self) -> None:
+        # (under self.cond)
+        self.cond.notify_all()
+        waiters, self.async_waiters = self.async_waiters, []
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(_resolve, fut)
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def register(core: Any, rec: Any, dynamic: bool, backpressure: int | None) -> StreamState:
+    st = StreamState(core, rec, 2 if dynamic else 1, backpressure)
+    core.streams[st.task_id] = st
+    return st
+
+
+def _store_item(core: Any, oid: bytes, meta: list, bufs: list, keep: bool) -> None:
+    store = core.store
+    if meta[0] == SHM:
+        store.put_ready(oid, SHM, None, [], meta[2], meta[3])
+    else:
+        store.put_ready(oid, meta[0], bufs[0], bufs[1 : meta[1]])
+    if not keep:  # nobody will ever ask for it: let it go (frees a segment)
+        from skate.object_ref import ObjectRef
+
+        ObjectRef(oid, core.address)
+
+
+def on_item(core: Any, body: dict, bufs: list) -> None:
+    """A worker sent the next item of a generator task (I/O thread)."""
+    st = core.streams.get(body["t"])
+    i = body["i"]
+    if st is None:  # the generator was dropped: free what still arrives
+        _store_item(core, ids.object_id_for(body["t"], i + 1), body["r"], bufs, keep=False)
+        return
+    with st.cond:
+        if i < st.received or st.total is not None:
+            return  # sent again by a retry of the task
+        _store_item(core, st.oid(i), body["r"], bufs, keep=True)
+        st.received = i + 1
+        st._changed()
+
+
+def finish(core: Any, rec: Any, body: dict, bufs: list) -> None:
+    """The generator task ended (its reply): the item count, or an error as the last item."""
+    st = core.streams.get(rec.spec["t"])
+    count = body.get("g", 0)
+    if st is not None:
+        with st.cond:
+            if body.get("r") and not body.get("dyn"):  # an error: the item after the last one sent
+                if st.received == count:
+                    _store_item(core, st.oid(count), body["r"][0], bufs, keep=True)
+                    st.received = count + 1
+                count += 1
+            st.total = count
+            st._changed()
+    if body.get("dyn") and rec.return_ids and not body.get("r"):
+        first = 2
+        refs = [_ref(core, ids.object_id_for(rec.spec["t"], i + first)) for i in range(count)]
+        value = DynamicObjectRefGenerator(refs)
+        data, vbufs, contained = serialization.dumps(value, "a dynamic generator's refs")
+        core.store.complete(rec.return_ids[0], INLINE, data, [bytes(b) for b in vbufs], contained=refs)
+        core.streams.pop(rec.spec["t"], None)
+
+
+def fail(core: Any, rec: Any, err: BaseException) -> None:
+    """The generator task failed for good (its worker died): the error ends the stream."""
+    st = core.streams.get(rec.spec["t"])
+    if st is None:
+        return
+    data, bufs = error_payload(err)
+    with st.cond:
+        if st.total is None:
+            _store_item(core, st.oid(st.received), [ERROR, len(bufs) + 1], [data, *bufs], keep=True)
+            st.received += 1
+            st.total = st.received
+            st._changed()
+
+
+def _ref(core: Any, oid: bytes) -> Any:
+    from skate.object_ref import ObjectRef
+
+    return ObjectRef(oid, core.address)
+
+
+class ObjectRefGenerator:
+    """The refs of a streaming generator task's items, in the order they were yielded.
+
+    Iterate it (``for ref in gen``, ``next(gen)``, ``async for``); each item's
+    ref is available as soon as the worker yielded it.  An exception in the
+    generator becomes the last item (``get`` of it raises).  Follows Ray's
+    ``ObjectRefGenerator``.
+    """
+
+    def __init__(self, state: StreamState) -> None:
+        self._st = state
+
+    def __iter__(self) -> ObjectRefGenerator:
+        return self
+
+    def __next__(self) -> Any:
+        return self._next_sync(None)
+
+    def _next_sync(self, timeout_s: float | None) -> Any:
+        st = self._st
+        with st.cond:
+            while st.handed >= st.received:
+                if st.total is not None and st.handed >= st.total:
+                    raise StopIteration
+                conn = getattr(st.rec.lease, "conn", None)
+                if conn is not None:
+                    conn.watch_threadsafe()  # items come over it: the loop must read it
+                if not st.cond.wait(timeout_s if timeout_s is not None else 0.5) and timeout_s is not None:
+                    raise exc.GetTimeoutError(f"no item within {timeout_s} seconds")
+            return self._hand_out()
+
+    def _hand_out(self) -> Any:
+        # (under st.cond)
+        st = self._st
+        ref = _ref(st.core, st.oid(st.handed))
+        st.handed += 1
+        if st.backpressure is not None and st.rec.lease is not None:
+            st.core.post(_ack, st.core, st.rec, st.handed)
+        return ref
+
+    def __aiter__(self) -> ObjectRefGenerator:
+        return self
+
+    async def __anext__(self) -> Any:
+        st = self._st
+        loop = asyncio.get_running_loop()
+        while True:
+            with st.cond:
+                if st.handed < st.received:
+                    return self._hand_out()
+                if st.total is not None and st.handed >= st.total:
+                    raise StopAsyncIteration
+                fut = loop.create_future()
+                st.async_waiters.append((loop, fut))
+                conn = getattr(st.rec.lease, "conn", None)
+                if conn is not None:
+                    conn.watch_threadsafe()
+            await fut
+
+    def is_finished(self) -> bool:
+        """True once the task ended and every item was handed out."""
+        st = self._st
+        return st.total is not None and st.handed >= st.total
+
+    def __del__(self) -> None:
+        st = self.__dict__.get("_st")
+        if st is None or st.core.closed:
+            return
+        st.core.streams.pop(st.task_id, None)
+        with st.cond:
+            rest = range(st.handed, st.received)
+            st.handed = st.received
+        for i in rest:  # items never handed out: free them
+            try:
+                _ref(st.core, st.oid(i))
+            except Exception:  # noqa: BLE001 - shutting down
+                pass
+
+    def __repr__(self) -> str:
+        return f"ObjectRefGenerator({self._st.task_id.hex()})"
+
+
+class DynamicObjectRefGenerator:
+    """The value of a ``num_returns="dynamic"`` task: every item's ref, in order (follows Ray)."""
+
+    def __init__(self, refs: list) -> None:
+        self._refs = list(refs)
+
+    def __iter__(self) -> Any:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __reduce__(self) -> tuple:
+        return (DynamicObjectRefGenerator, (self._refs,))
+
+
+def _ack(core: Any, rec: Any, consumed: int) -> None:
+    lease = rec.lease
+    if lease is None or not lease.address:
+        return
+
+    async def send() -> None:
+        try:
+            conn = await core.conn_to(lease.address)
+            conn.notify("gen_ack", {"t": rec.spec["t"], "n": consumed})
+        except (ConnectionError, OSError):
+            pass
+
+    asyncio.ensure_future(send())
+
+
+# --- worker side -----------------------------------------------------------------------
+
+
+class Acks:
+    """Per generator task running here: items the caller has taken (backpressure)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.consumed: dict[bytes, int] = {}
+
+    def on_ack(self, body: dict) -> None:
+        with self.cond:
+            tid = body["t"]
+            if tid in self.consumed:
+                self.consumed[tid] = max(self.consumed[tid], body["n"])
+                self.cond.notify_all()
+
+    def wait(self, tid: bytes, at_least: int) -> None:
+        with self.cond:
+            while self.consumed.get(tid, 0) < at_least:
+                self.cond.wait(0.1)  # (short: a cancel interrupts between waits)
+
+
+def stream(executor: Any, rep: Any, spec: dict, result: Any, name: str) -> dict:
+    """Runs a generator task's generator, sending each item; returns the final reply body."""
+    tid = spec["t"]
+    if not (inspect.isgenerator(result) or inspect.isasyncgen(result)):
+        raise TypeError(
+            f"{name} was called with num_returns='streaming' or 'dynamic', but it is not a "
+            f"generator function (it returned {type(result).__name__})"
+        )
+    first = 2 if spec["nr"] == DYNAMIC else 1
+    bp = spec.get("bp")
+    acks = executor.acks
+    if bp:
+        with acks.cond:
+            acks.consumed[tid] = 0
+    sent = 0
+    executor.streamed[tid] = 0
+    try:
+        for value in _items(result):
+            meta, out, _refs = executor.encode_value(tid, sent + first - 1, value, name)
+            executor.flush_borrows()
+            rep.conn.notify("gen_item", {"t": tid, "i": sent, "r": meta}, out)
+            sent += 1
+            executor.streamed[tid] = sent
+            if bp and sent - bp >= 0:
+                acks.wait(tid, sent - bp + 1)
+    finally:
+        with acks.cond:
+            acks.consumed.pop(tid, None)
+    body: dict = {"r": [], "g": sent}
+    if spec["nr"] == DYNAMIC:
+        body["dyn"] = 1
+    executor.streamed.pop(tid, None)
+    return body
+
+
+def _items(result: Any) -> Any:
+    if inspect.isgenerator(result):
+        yield from result
+        return
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(result.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.close()
+
+
+def take(result: Any, n: int, name: str) -> list:
+    """A fixed ``num_returns`` over a generator: its first ``n`` items (exactly ``n``)."""
+    values = list(_items(result))
+    if len(values) != n:
+        raise ValueError(f"{name} yielded {len(values)} values, but num_returns={n}")
+    return values
