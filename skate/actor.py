@@ -204,7 +204,7 @@ class ActorHandle:
         return refs
 
 
-_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
+_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
 
 
 def _rebuild_handle(actor_id: bytes, class_name: str, meta: dict) -> ActorHandle:
