@@ -12,6 +12,7 @@ from typing import Any
 # workers, which import ``skate._private.*``, do not pay for the whole API.
 _LAZY = {
     "exceptions": "skate.exceptions",
+    "dag": "skate.dag",
     "available_resources": "skate._private.api",
     "cancel": "skate._private.api",
     "cluster_resources": "skate._private.api",

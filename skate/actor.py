@@ -238,7 +238,10 @@ class ActorMethod:
         """A lazy DAG node calling this method."""
         from skate.dag import ClassMethodNode
 
-        return ClassMethodNode(self._handle, self._name, args, kwargs, {"num_returns": self._num_returns})
+        return ClassMethodNode(
+            self._name, args, kwargs, {"num_returns": self._num_returns},
+            {"parent_class_node": self._handle, "prev_class_method_call": None},
+        )
 
 
 def exit_actor() -> None:

@@ -215,6 +215,13 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
         GetTimeoutError: if ``timeout`` seconds pass first.
         RayTaskError: (as the task's own exception class too) if the task raised.
     """
+    cls = type(object_refs)
+    if getattr(cls, "_skate_cgraph_ref", False) or (
+        cls is list and object_refs and getattr(type(object_refs[0]), "_skate_cgraph_ref", False)
+    ):  # compiled-graph results (skate.dag)
+        from skate.dag.compiled_dag_ref import get_compiled
+
+        return get_compiled(object_refs, timeout)
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be None or non-negative")
     return _core().get(object_refs, timeout)

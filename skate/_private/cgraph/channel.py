@@ -1,0 +1,420 @@
+"""Channels of a compiled graph: one socket connection per (edge, reader).
+
+An *edge* carries one node's value, once per execution, from the process
+that makes it (the driver for the graph's input, else an actor) to every
+other process that reads it.  Each reader has its own stream socket (a Unix
+socket on one node, TCP between nodes) carrying frames::
+
+    <u8 kind><u64 body length> body
+    VAL  <u32 n><u64 data length><u64 buffer length>*n  pickle data, buffers
+    SHM  <u32 slot><u64 bytes>      the value is laid out in a shared slot
+    ERR  pickled exception          the node failed (or an upstream one did)
+
+Values of ``SHM_MIN_BYTES`` or more, read on the writer's node, are written
+once into a slot of the edge's shared-memory segment (pickle protocol 5,
+buffers 64-byte aligned, see ``serialization.write_layout``) and read in
+place; only a 21-byte frame goes through each socket.  Slots are used
+round-robin, one per in-flight execution: the driver never has more than
+``max_inflight`` executions in flight, and reading an execution's results
+means every node finished with that execution's inputs, so a slot is never
+rewritten while read.  Readers in actors get zero-copy views, valid until
+the slot comes round again (like Ray's channels); the driver copies.
+
+The socket also wakes the reader (no polling of shared memory) and tells it
+at once when the writer's process dies (end of stream).  A reader polls
+for ``Config.spin_us`` before it sleeps in ``poll``, as skate's execution
+loops do: the next value usually comes within microseconds.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import select
+import socket
+import struct
+import time
+from typing import Any
+
+from skate._private import serialization
+from skate._private.config import CONFIG
+
+VAL, SHM, ERR = 1, 2, 3
+HDR = struct.Struct("<BQ")
+_NBUF = struct.Struct("<I")
+_LEN = struct.Struct("<Q")
+_SLOT = struct.Struct("<IQ")
+SHM_MIN_BYTES = 16 * 1024
+_RECV = 65536
+_SCALARS = (int, float, str, bytes, bool, type(None))
+_NOTHING = object()
+
+
+class ChannelClosed(Exception):
+    """The other end of a channel went away (its process died or the graph was torn down)."""
+
+
+class ChannelTimeout(Exception):
+    """A read or write did not finish in time; ``partial`` says a frame was cut in the middle."""
+
+    def __init__(self, partial: bool = False) -> None:
+        super().__init__("timed out")
+        self.partial = partial
+
+
+class ErrorValue:
+    """A node's failure travelling in place of its value."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def spin_seconds() -> float:
+    """How long a reader polls before it sleeps."""
+    return CONFIG.spin_us / 1e6
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left before ``deadline`` (a ``time.monotonic`` value; None: no limit)."""
+    if deadline is None:
+        return None
+    return deadline - time.monotonic()
+
+
+# --- shared memory -------------------------------------------------------------------
+def shm_create(name: str, size: int) -> None:
+    """Creates the segment file ``/dev/shm/<name>`` of ``size`` bytes (sparse until written)."""
+    fd = os.open(os.path.join("/dev/shm", name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+def shm_map(name: str) -> mmap.mmap:
+    """Maps an existing segment read-write."""
+    fd = os.open(os.path.join("/dev/shm", name), os.O_RDWR)
+    try:
+        return mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+def shm_unlink(name: str) -> None:
+    """Removes a segment's name (mappings stay valid); a missing one is not an error."""
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except FileNotFoundError:
+        pass
+
+
+# --- sending -------------------------------------------------------------------------
+def send_all(sock: socket.socket, chunks: list, deadline: float | None) -> None:
+    """Sends ``chunks`` on a non-blocking socket, waiting for room until ``deadline``.
+
+    Raises:
+        ChannelClosed: when the reader is gone.
+        ChannelTimeout: when the deadline passed (``partial`` if some bytes went).
+    """
+    total = sum(len(c) if isinstance(c, (bytes, bytearray)) else memoryview(c).nbytes for c in chunks)
+    sent = 0
+    while True:
+        try:
+            n = sock.sendmsg(chunks)
+        except BlockingIOError:
+            n = 0
+        except (BrokenPipeError, ConnectionResetError, OSError) as e:
+            raise ChannelClosed(str(e)) from None
+        sent += n
+        if sent >= total:
+            return
+        if n:
+            chunks = _advance(chunks, n)
+        left = remaining(deadline)
+        if left is not None and left <= 0:
+            raise ChannelTimeout(partial=sent > 0)
+        p = select.poll()
+        p.register(sock.fileno(), select.POLLOUT)
+        p.poll(None if left is None else max(int(left * 1000), 1))
+
+
+def _advance(chunks: list, n: int) -> list:
+    out = []
+    for c in chunks:
+        mv = memoryview(c).cast("B")
+        if n >= mv.nbytes:
+            n -= mv.nbytes
+            continue
+        out.append(mv[n:] if n else mv)
+        n = 0
+    return out
+
+
+class Writer:
+    """Writes one value per execution to every reader of an edge.
+
+    Args:
+        socks: One connected non-blocking socket per reader.
+        local: Per reader, whether it can map the edge's segment (same node).
+        shm: The edge's segment, mapped, or None.
+        slot_size: Bytes per slot.
+        nslots: Slots in the segment.
+    """
+
+    def __init__(self, socks: list, local: list, shm: mmap.mmap | None, slot_size: int, nslots: int) -> None:
+        self.socks = socks
+        self.local = local
+        self.shm = shm
+        self.mem = memoryview(shm) if shm is not None else None
+        self.slot_size = slot_size
+        self.nslots = nslots
+        self.seq = 0
+
+    def write(self, value: Any, deadline: float | None = None) -> None:
+        """Sends ``value`` (an ``ErrorValue`` travels as an error).
+
+        Raises:
+            ChannelClosed, ChannelTimeout: see ``send_all``.
+            SerializationError: when ``value`` cannot be pickled.
+        """
+        seq = self.seq
+        self.seq = seq + 1
+        if type(value) is ErrorValue:
+            body = pickle.dumps(value.error, 5)
+            frame = [HDR.pack(ERR, len(body)), body]
+            self._send([frame] * len(self.socks), deadline)
+            return
+        if type(value) in _SCALARS:
+            data, bufs = pickle.dumps(value, 5), []
+        else:
+            data, bufs, _ = serialization.dumps(value, "a compiled graph value")
+        size = len(data) + sum(b.nbytes for b in bufs)
+        shm_frame = None
+        if self.mem is not None and size >= SHM_MIN_BYTES and serialization.layout_size(data, bufs) <= self.slot_size:
+            slot = seq % self.nslots
+            off = slot * self.slot_size
+            need = serialization.layout_size(data, bufs)
+            serialization.write_layout(self.mem[off : off + need], data, bufs)
+            body = _SLOT.pack(slot, need)
+            shm_frame = [HDR.pack(SHM, len(body)), body]
+        inline = None
+        frames = []
+        for local in self.local:
+            if shm_frame is not None and local:
+                frames.append(shm_frame)
+                continue
+            if inline is None:
+                if bufs:
+                    head = _NBUF.pack(len(bufs)) + _LEN.pack(len(data)) + b"".join(_LEN.pack(b.nbytes) for b in bufs)
+                    n = len(head) + size
+                    inline = [HDR.pack(VAL, n), head, data, *bufs]
+                else:
+                    head = _NBUF.pack(0) + _LEN.pack(len(data))
+                    inline = [HDR.pack(VAL, len(head) + len(data)) + head + data]
+            frames.append(inline)
+        self._send(frames, deadline)
+
+    def _send(self, frames: list, deadline: float | None) -> None:
+        """Sends each reader its frame; one gone reader does not keep the others from theirs.
+
+        Raises:
+            ChannelClosed: after the others were served, when a reader is gone.
+            ChannelTimeout: ``partial`` when any reader got any byte of this value.
+        """
+        closed = None
+        for i, (s, frame) in enumerate(zip(self.socks, frames, strict=True)):
+            try:
+                send_all(s, frame, deadline)
+            except ChannelClosed as e:
+                closed = e
+            except ChannelTimeout as e:
+                raise ChannelTimeout(partial=e.partial or i > 0) from None
+        if closed is not None:
+            raise closed
+
+    def close(self) -> None:
+        for s in self.socks:
+            _close(s)
+        self.socks = []
+        _unmap(self)
+
+
+class Reader:
+    """Reads the values one writer sends to this process on one edge.
+
+    Args:
+        sock: The connected non-blocking socket.
+        shm: The edge's segment, mapped, when the writer is on this node.
+        copy: Copy values out of shared memory (the driver, whose results
+            may be kept for as long as the user likes).
+    """
+
+    def __init__(self, sock: socket.socket, shm: mmap.mmap | None, slot_size: int, copy: bool) -> None:
+        self.sock = sock
+        self.shm = shm
+        self.mem = memoryview(shm) if shm is not None else None
+        self.slot_size = slot_size
+        self.copy = copy
+        self.buf: bytes | bytearray = b""
+        self.pos = 0
+        self.big = False  # filling one large frame in place
+        self.fill = 0
+        self.spin = spin_seconds()
+        self.poller = select.poll()
+        self.poller.register(sock.fileno(), select.POLLIN)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self, deadline: float | None = None) -> Any:
+        """The next value (an ``ErrorValue`` for a failed node), waiting until ``deadline``.
+
+        Raises:
+            ChannelClosed: when the writer went away.
+            ChannelTimeout: when nothing came in time (nothing is lost: read again).
+        """
+        while True:
+            frame = self._frame()
+            if frame is not None:
+                return self._decode(*frame)
+            self._fill(deadline)
+
+    def try_read(self) -> Any:
+        """The next value if a whole frame is already here, else ``_NOTHING`` (never blocks)."""
+        while True:
+            frame = self._frame()
+            if frame is not None:
+                return self._decode(*frame)
+            if not self._recv_once():
+                return _NOTHING
+
+    def _frame(self) -> tuple | None:
+        buf, pos = self.buf, self.pos
+        avail = len(buf) - pos
+        if avail < 9:
+            return None
+        kind, n = HDR.unpack_from(buf, pos)
+        if avail < 9 + n:
+            if n > 4 * _RECV and not self.big:
+                self._grow(n)
+            return None
+        body = memoryview(buf)[pos + 9 : pos + 9 + n]
+        self.pos = pos + 9 + n
+        if self.pos == len(buf):
+            self.buf, self.pos = b"", 0
+        return kind, body
+
+    def _grow(self, n: int) -> None:
+        """Makes room for a large frame at once (instead of joining many pieces)."""
+        old = memoryview(self.buf)[self.pos :]
+        big = bytearray(9 + n)
+        big[: old.nbytes] = old
+        self.buf, self.pos, self.fill, self.big = big, 0, old.nbytes, True
+
+    def _recv_once(self) -> bool:
+        """Reads what is there without blocking; False if nothing was."""
+        buf = self.buf
+        try:
+            if self.big:
+                got = self.sock.recv_into(memoryview(buf)[self.fill :])
+                if got == 0:
+                    raise ChannelClosed("end of stream")
+                self.fill += got
+                self.big = self.fill < len(buf)
+                return True
+            data = self.sock.recv(_RECV)
+        except BlockingIOError:
+            return False
+        except (ConnectionResetError, OSError) as e:
+            raise ChannelClosed(str(e)) from None
+        if not data:
+            raise ChannelClosed("end of stream")
+        if self.pos == len(buf):
+            self.buf, self.pos = data, 0
+        else:
+            self.buf, self.pos = bytes(memoryview(buf)[self.pos :]) + data, 0
+        return True
+
+    def _fill(self, deadline: float | None) -> None:
+        if self.big:
+            return self._fill_big(deadline)
+        if self._recv_once():
+            return None
+        if self.spin:
+            end = time.perf_counter() + self.spin
+            yield_ = os.sched_yield
+            while time.perf_counter() < end:
+                yield_()
+                if self._recv_once():
+                    return None
+        while True:
+            left = remaining(deadline)
+            if left is not None and left <= 0:
+                raise ChannelTimeout()
+            self.poller.poll(None if left is None else max(int(left * 1000), 1))
+            if self._recv_once():
+                return None
+
+    def _fill_big(self, deadline: float | None) -> None:
+        while self.big:
+            if self._recv_once():
+                continue
+            left = remaining(deadline)
+            if left is not None and left <= 0:
+                raise ChannelTimeout()
+            self.poller.poll(None if left is None else max(int(left * 1000), 1))
+
+    def _decode(self, kind: int, body: memoryview) -> Any:
+        if kind == VAL:
+            (n,) = _NBUF.unpack_from(body, 0)
+            lens = [_LEN.unpack_from(body, 4 + 8 * i)[0] for i in range(n + 1)]
+            pos = 4 + 8 * (n + 1)
+            data = body[pos : pos + lens[0]]
+            pos += lens[0]
+            bufs = []
+            for ln in lens[1:]:
+                bufs.append(body[pos : pos + ln])
+                pos += ln
+            return pickle.loads(data, buffers=bufs)
+        if kind == SHM:
+            slot, nbytes = _SLOT.unpack_from(body, 0)
+            off = slot * self.slot_size
+            mem = self.mem[off : off + nbytes]
+            if self.copy:
+                mem = memoryview(bytes(mem))
+            data, bufs = serialization.read_layout(mem)
+            return pickle.loads(data, buffers=bufs)
+        if kind == ERR:
+            return ErrorValue(pickle.loads(body))
+        raise ChannelClosed(f"unknown frame kind {kind}")
+
+    def close(self) -> None:
+        _close(self.sock)
+        _unmap(self)
+
+
+def _unmap(end: Any) -> None:
+    mem, shm = end.mem, end.shm
+    end.mem = end.shm = None
+    try:
+        if mem is not None:
+            mem.release()
+        if shm is not None:
+            shm.close()
+    except BufferError:  # a zero-copy value still points into it: unmapped when that goes
+        pass
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def nothing() -> Any:
+    """The marker ``Reader.try_read`` returns when no whole frame is there yet."""
+    return _NOTHING
