@@ -264,7 +264,7 @@ class CompiledDAG:
         self._shm_names = []
         if self._enable_asyncio:
             self._loop = asyncio.get_event_loop()
-            for eid, r in self._readers.items():
+            for r in self._readers.values():
                 self._loop.add_reader(r.fileno(), self._on_readable)
 
     def _dial(self, address: dict, same_node: bool, reader: int, edge_id: int, deadline: float) -> Any:
