@@ -64,7 +64,7 @@ class ActorClass:
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node creating this actor."""
-        from skate.dag import ClassNode
+        from skate.dag.class_node import ClassNode
 
         return ClassNode(self, args, kwargs, self._options)
 
@@ -135,7 +135,7 @@ class _ActorOptions:
         return self._cls._remote(args, kwargs, self._options)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
-        from skate.dag import ClassNode
+        from skate.dag.class_node import ClassNode
 
         return ClassNode(self._cls, args, kwargs, self._options)
 
@@ -236,7 +236,7 @@ class ActorMethod:
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node calling this method."""
-        from skate.dag import ClassMethodNode
+        from skate.dag.class_node import ClassMethodNode
 
         return ClassMethodNode(
             self._name, args, kwargs, {"num_returns": self._num_returns},

@@ -48,7 +48,7 @@ class RemoteFunction:
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node calling this function."""
-        from skate.dag import FunctionNode
+        from skate.dag.function_node import FunctionNode
 
         return FunctionNode(self, args, kwargs, self._options)
 
@@ -118,6 +118,6 @@ class _OptionsWrapper:
         return _OptionsWrapper(self._fn, merged)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
-        from skate.dag import FunctionNode
+        from skate.dag.function_node import FunctionNode
 
         return FunctionNode(self._fn, args, kwargs, self._options)

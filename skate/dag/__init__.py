@@ -12,9 +12,10 @@ from skate.dag.class_node import ClassMethodNode, ClassNode
 from skate.dag.compiled_dag_node import CompiledDAG
 from skate.dag.compiled_dag_ref import CompiledDAGFuture, CompiledDAGRef
 from skate.dag.context import DAGContext
+from skate.dag.dag_input import DAGInputData
 from skate.dag.dag_node import DAGNode
 from skate.dag.function_node import FunctionNode
-from skate.dag.input_node import DAGInputData, InputAttributeNode, InputNode
+from skate.dag.input_node import InputAttributeNode, InputNode
 from skate.dag.output_node import MultiOutputNode
 
 __all__ = [

@@ -18,6 +18,8 @@ class ClassNode(DAGNode):
     handle; ``class_node.method.bind(...)`` calls a method of that actor.
     """
 
+    _cg_kind = "class"
+
     def __init__(self, cls: Any, cls_args: tuple, cls_kwargs: dict, cls_options: dict,
                  other_args_to_resolve: dict | None = None) -> None:
         self._body = cls
@@ -64,6 +66,8 @@ class ClassMethodNode(DAGNode):
     handle, or a ``ClassNode`` whose actor ``execute()`` creates first.
     """
 
+    _cg_kind = "method"
+
     def __init__(self, method_name: str, method_args: tuple, method_kwargs: dict, method_options: dict,
                  other_args_to_resolve: dict) -> None:
         self._method_name = method_name
@@ -82,10 +86,8 @@ class ClassMethodNode(DAGNode):
 
     def _get_actor_handle(self) -> Any:
         """The actor handle this node calls, or None while it is a ClassNode's actor to be created."""
-        from skate.actor import ActorHandle
-
         parent = self._parent_class_node
-        return parent if isinstance(parent, ActorHandle) else None
+        return None if isinstance(parent, DAGNode) else parent
 
     def get_method_name(self) -> str:
         """The name of the method this node calls."""

@@ -32,27 +32,24 @@ from skate._private.cgraph import worker
 from skate._private.cgraph.plan import DRIVER, HELLO, ActorPlan, Dep, EdgePlan, OpPlan
 from skate._private.config import CONFIG
 from skate._private.core_worker.actors import DEAD
-from skate.dag.class_node import ClassMethodNode, ClassNode
 from skate.dag.compiled_dag_ref import CompiledDAGFuture, CompiledDAGRef
 from skate.dag.context import DAGContext
-from skate.dag.dag_node import DAGNode, replace_nodes
-from skate.dag.function_node import FunctionNode
-from skate.dag.input_node import InputAttributeNode, InputNode, input_value
-from skate.dag.output_node import MultiOutputNode
+from skate.dag.dag_input import input_value
+from skate.dag.scan import replace_nodes
 
 SETUP_TIMEOUT_S = 30.0
 _TAKEN = object()
 
 
-def build_compiled_dag(root: DAGNode, **options: Any) -> CompiledDAG:
+def build_compiled_dag(root: Any, **options: Any) -> CompiledDAG:
     """Compiles the graph ending at ``root`` (``DAGNode.experimental_compile``)."""
     return CompiledDAG(root, **options)
 
 
-def _topo_order(root: DAGNode) -> list[DAGNode]:
-    order: list[DAGNode] = []
+def _topo_order(root: Any) -> list:
+    order: list = []
     seen: set[int] = set()
-    stack: list[tuple[DAGNode, bool]] = [(root, False)]
+    stack: list[tuple[Any, bool]] = [(root, False)]
     while stack:
         node, done = stack.pop()
         if done:
@@ -73,7 +70,7 @@ class CompiledDAG:
 
     def __init__(
         self,
-        root: DAGNode,
+        root: Any,
         submit_timeout: float | None = None,
         buffer_size_bytes: int | None = None,
         enable_asyncio: bool = False,
@@ -103,7 +100,7 @@ class CompiledDAG:
         self._readers: dict[int, ch.Reader] = {}
         self._queues: dict[int, collections.deque] = {}
         self._outputs: list[int] = []
-        self._multi = isinstance(root, MultiOutputNode)
+        self._multi = root._cg_kind == "multi"
         self._actors: list[Any] = []
         self._names: dict[int, str] = {}
         self._next_exec = 0
@@ -129,32 +126,32 @@ class CompiledDAG:
         return f"CompiledDAG({self._id})"
 
     # --- compiling ----------------------------------------------------------------------
-    def _compile(self, root: DAGNode) -> None:
+    def _compile(self, root: Any) -> None:
         order = _topo_order(root)
-        inputs = [n for n in order if isinstance(n, InputNode)]
+        inputs = [n for n in order if n._cg_kind == "input"]
         if len(inputs) != 1:
             raise ValueError("Compiled DAGs currently require exactly one InputNode")
         outputs = list(root.get_args()) if self._multi else [root]
         for n in order:
-            if isinstance(n, FunctionNode):
+            if n._cg_kind == "function":
                 raise NotImplementedError("Compiled DAGs currently only support actor method nodes")
-            if isinstance(n, ClassNode):
+            if n._cg_kind == "class":
                 raise NotImplementedError(
                     "Compiled DAGs take methods of existing actors: create the actor with .remote() and bind "
                     "its methods (handle.method.bind(...)) instead of binding the class"
                 )
-            if isinstance(n, MultiOutputNode) and n is not root:
+            if n._cg_kind == "multi" and n is not root:
                 raise ValueError("A MultiOutputNode can only be the output (root) of a compiled DAG")
-            if isinstance(n, ClassMethodNode):
+            if n._cg_kind == "method":
                 extra = {k: v for k, v in n.get_options().items() if not (k == "num_returns" and v == 1)}
                 if extra:
                     raise NotImplementedError(f"Compiled DAGs do not support the method options {sorted(extra)} yet")
         for o in outputs:
-            if not isinstance(o, ClassMethodNode):
+            if o._cg_kind != "method":
                 raise ValueError(
                     f"The output of a compiled DAG must be actor method nodes (or a MultiOutputNode of them), not {type(o).__name__}"
                 )
-        methods = [n for n in order if isinstance(n, ClassMethodNode)]
+        methods = [n for n in order if n._cg_kind == "method"]
         node_ix = {id(n): i for i, n in enumerate(methods)}
         actor_ix: dict[bytes, int] = {}
         for m in methods:
@@ -178,16 +175,16 @@ class CompiledDAG:
         consumers: dict[Any, list[int]] = collections.defaultdict(list)  # producer key -> reader processes
         ops_of: dict[int, list[OpPlan]] = collections.defaultdict(list)
         keep_local: set[int] = set()
-        op_deps: list[tuple[ClassMethodNode, list]] = []
+        op_deps: list[tuple[Any, list]] = []
         for m, a in zip(methods, owner, strict=True):
             deps = []
             for c in m._get_all_child_nodes():
-                if isinstance(c, (InputNode, InputAttributeNode)):
-                    acc = None if isinstance(c, InputNode) else (c._key, c._accessor_method)
+                if c._cg_kind in ("input", "input_attr"):
+                    acc = None if c._cg_kind == "input" else (c._key, c._accessor_method)
                     deps.append((c, "input", acc))
                     if a not in consumers["input"]:
                         consumers["input"].append(a)
-                elif isinstance(c, ClassMethodNode):
+                elif c._cg_kind == "method":
                     p = node_ix[id(c)]
                     if owner[p] == a:
                         keep_local.add(p)
@@ -196,7 +193,7 @@ class CompiledDAG:
                         deps.append((c, p, None))
                         if a not in consumers[p]:
                             consumers[p].append(a)
-                elif isinstance(c, DAGNode) and not isinstance(c, ClassNode):
+                elif c._cg_kind != "class":
                     raise ValueError(f"Found unsupported node of type {type(c)}")
             if not deps:
                 raise ValueError(
@@ -246,7 +243,7 @@ class CompiledDAG:
         socks = []
         for r in inp.readers:
             socks.append(self._dial(addresses[r], node_of[r] == core.node_id, r, inp.edge_id, deadline))
-        shm = ch.shm_map(inp.shm) if inp.shm else None
+        shm = ch.shm_map(inp.shm, True) if inp.shm else None
         self._input = ch.Writer(socks, inp.local, shm, inp.slot_size, inp.nslots)
         for o in outputs:
             e = edges[node_ix[id(o)]]
@@ -255,7 +252,7 @@ class CompiledDAG:
                 continue
             local = e.local[e.readers.index(DRIVER)]
             s = self._dial(addresses[e.writer], local, DRIVER, e.edge_id, deadline)
-            self._readers[e.edge_id] = ch.Reader(s, ch.shm_map(e.shm) if e.shm and local else None, e.slot_size, copy=True)
+            self._readers[e.edge_id] = ch.Reader(s, ch.shm_map(e.shm, False) if e.shm and local else None, e.slot_size, copy=True)
             self._queues[e.edge_id] = collections.deque()
         self._writer_of = {eid: by_id[eid].writer for eid in self._readers}
         _get_all(refs)
@@ -538,14 +535,13 @@ def _is_dead(handle: Any) -> bool:
 
 
 def _get_all(refs: list, return_exceptions: bool = False) -> list:
-    from skate._private.api import get
-
+    core = runtime.current()
     if not return_exceptions:
-        return get(refs, timeout=SETUP_TIMEOUT_S)
+        return core.get(refs, SETUP_TIMEOUT_S)
     out = []
     for r in refs:
         try:
-            out.append(get(r, timeout=SETUP_TIMEOUT_S))
+            out.append(core.get(r, SETUP_TIMEOUT_S))
         except Exception as e:  # noqa: BLE001
             out.append(e)
     return out

@@ -15,34 +15,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from skate.dag.scan import find_nodes, replace_nodes
+
 T = TypeVar("T")
-
-
-def find_nodes(value: Any, out: list) -> None:
-    """Appends to ``out`` every DAGNode in ``value`` (nested in lists, tuples, dicts), once."""
-    if isinstance(value, DAGNode):
-        if not any(value is n for n in out):
-            out.append(value)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            find_nodes(v, out)
-    elif isinstance(value, dict):
-        for v in value.values():
-            find_nodes(v, out)
-
-
-def replace_nodes(value: Any, table: dict[int, Any]) -> Any:
-    """A copy of ``value`` with each DAGNode ``n`` replaced by ``table[id(n)]``."""
-    if isinstance(value, DAGNode):
-        return table[id(value)]
-    if isinstance(value, list):
-        return [replace_nodes(v, table) for v in value]
-    if isinstance(value, tuple):
-        items = [replace_nodes(v, table) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
-    if isinstance(value, dict):
-        return {k: replace_nodes(v, table) for k, v in value.items()}
-    return value
 
 
 class DAGNode:
@@ -55,6 +30,10 @@ class DAGNode:
         other_args_to_resolve: Subclass values that may hold nodes too (for
             example the actor a method node calls).
     """
+
+    _skate_dag_node = True
+    #: What a compiled graph makes of the node (set by each subclass).
+    _cg_kind: str | None = None
 
     def __init__(
         self,
@@ -120,8 +99,6 @@ class DAGNode:
         Raises:
             AssertionError: when the graph holds more than one InputNode (as Ray does).
         """
-        from skate.dag.input_node import InputNode
-
         cache: dict[str, Any] = {}
         inputs: list[str] = []
 
@@ -129,7 +106,7 @@ class DAGNode:
             key = node._stable_uuid
             if key in cache:
                 return cache[key]
-            if isinstance(node, InputNode):
+            if node._cg_kind == "input":
                 if inputs and inputs[0] != key:
                     raise AssertionError("Each DAG should only have one unique InputNode.")
                 inputs.append(key)
@@ -146,8 +123,6 @@ class DAGNode:
         Raises:
             ValueError: when the graph holds more than one InputNode (as Ray does).
         """
-        from skate.dag.input_node import InputNode
-
         seen: set[int] = set()
         inputs: list[DAGNode] = []
         stack: list[DAGNode] = [self]
@@ -156,7 +131,7 @@ class DAGNode:
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            if isinstance(node, InputNode):
+            if node._cg_kind == "input":
                 if inputs and inputs[0] is not node:
                     raise ValueError("Each DAG should only have one unique InputNode.")
                 inputs.append(node)

@@ -16,6 +16,8 @@ class FunctionNode(DAGNode):
     as with ``remote``).
     """
 
+    _cg_kind = "function"
+
     def __init__(self, func_body: Any, func_args: tuple, func_kwargs: dict, func_options: dict,
                  other_args_to_resolve: dict | None = None) -> None:
         self._body = func_body

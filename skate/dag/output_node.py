@@ -14,6 +14,8 @@ class MultiOutputNode(DAGNode):
         ValueError: when ``args`` is not a list or tuple of nodes.
     """
 
+    _cg_kind = "multi"
+
     def __init__(self, args: list | tuple, other_args_to_resolve: dict | None = None) -> None:
         if not isinstance(args, (list, tuple)):
             raise ValueError(f"MultiOutputNode takes a list or tuple of DAG nodes, not {type(args).__name__}")

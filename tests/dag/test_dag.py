@@ -175,7 +175,7 @@ def test_misuse_errors(ray_start):
     with pytest.raises(TypeError):
         inp[1.5]
     with pytest.raises(AttributeError, match="has no method"):
-        Counter.bind().nope
+        _ = Counter.bind().nope
 
 
 def test_dag_input_data_picks_args_and_kwargs():

@@ -94,11 +94,12 @@ def shm_create(name: str, size: int) -> None:
         os.close(fd)
 
 
-def shm_map(name: str) -> mmap.mmap:
-    """Maps an existing segment read-write."""
-    fd = os.open(os.path.join("/dev/shm", name), os.O_RDWR)
+def shm_map(name: str, writable: bool) -> mmap.mmap:
+    """Maps an existing segment (readers map it read-only: their values are read-only views)."""
+    fd = os.open(os.path.join("/dev/shm", name), os.O_RDWR if writable else os.O_RDONLY)
     try:
-        return mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        return mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, prot)
     finally:
         os.close(fd)
 

@@ -37,7 +37,7 @@ from skate import exceptions as exc
 from skate._private import runtime, serialization
 from skate._private.cgraph import channel as ch
 from skate._private.cgraph.plan import DRIVER, HELLO, ActorPlan, fill
-from skate.dag.input_node import pick
+from skate.dag.dag_input import pick
 
 #: The graph each actor instance of this process takes part in (one per actor).
 _GRAPHS: dict[int, ActorGraph] = {}
@@ -206,13 +206,13 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
                     socks[i] = conns[(DRIVER, e.edge_id)]
             for s in socks:
                 s.setblocking(False)
-            shm = ch.shm_map(e.shm) if e.shm and any(e.local) else None
+            shm = ch.shm_map(e.shm, True) if e.shm and any(e.local) else None
             ag.writers[e.edge_id] = ch.Writer(socks, e.local, shm, e.slot_size, e.nslots)
         else:
             s = conns[(me, e.edge_id)]
             s.setblocking(False)
             local = e.local[e.readers.index(me)]
-            shm = ch.shm_map(e.shm) if e.shm and local else None
+            shm = ch.shm_map(e.shm, False) if e.shm and local else None
             ag.readers[e.edge_id] = ch.Reader(s, shm, e.slot_size, copy=False)
     ag.thread = threading.Thread(target=_run, args=(ag, actor, plan), name="skate-cgraph-loop", daemon=True)
     ag.thread.start()
