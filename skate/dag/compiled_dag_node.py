@@ -255,6 +255,8 @@ class CompiledDAG:
             self._readers[e.edge_id] = ch.Reader(s, ch.shm_map(e.shm, False) if e.shm and local else None, e.slot_size, copy=True)
             self._queues[e.edge_id] = collections.deque()
         self._writer_of = {eid: by_id[eid].writer for eid in self._readers}
+        # One output channel, read synchronously: get() reads it straight (the common case).
+        self._only = next(iter(self._readers.values())) if len(self._readers) == 1 else None
         _get_all(refs)
         for name in self._shm_names:  # everyone mapped them: nothing can be left behind now
             ch.shm_unlink(name)
@@ -346,6 +348,20 @@ class CompiledDAG:
             self._check_actors()
             t = self._get_timeout if timeout is None else timeout
             deadline = None if t < 0 else time.monotonic() + t
+            only = self._only
+            if index == self._next_read and only is not None and not self._multi and not self._queues_have_data():
+                try:
+                    value = only.read(deadline)
+                except ch.ChannelTimeout:
+                    raise exc.RayChannelTimeoutError(
+                        f"The result of the compiled graph was not ready within {t} s (RAY_CGRAPH_get_timeout, or get(timeout=))"
+                    ) from None
+                except ch.ChannelClosed:
+                    self._fail(self._died(self._writer_of[self._outputs[0]]))
+                self._next_read = index + 1
+                if type(value) is ch.ErrorValue and not isinstance(value.error, exc.RayTaskError):
+                    self._fail(value.error)
+                return self._unwrap(value)
             while index >= self._next_read:
                 self._read_next(deadline, t)
         vals = self._results[index]
@@ -354,6 +370,12 @@ class CompiledDAG:
         if all(v is _TAKEN for v in vals):
             del self._results[index]
         return self._unwrap(value)
+
+    def _queues_have_data(self) -> bool:
+        for q in self._queues.values():
+            if q:
+                return True
+        return False
 
     def _unwrap(self, value: Any) -> Any:
         if type(value) is ch.ErrorValue:

@@ -45,6 +45,7 @@ HDR = struct.Struct("<BQ")
 _NBUF = struct.Struct("<I")
 _LEN = struct.Struct("<Q")
 _SLOT = struct.Struct("<IQ")
+_SMALL = struct.Struct("<BQIQ")  # a VAL frame's header with no out-of-band buffer
 SHM_MIN_BYTES = 16 * 1024
 _RECV = 65536
 _SCALARS = (int, float, str, bytes, bool, type(None))
@@ -173,6 +174,7 @@ class Writer:
         self.slot_size = slot_size
         self.nslots = nslots
         self.seq = 0
+        self.single = socks[0] if len(socks) == 1 else None
 
     def write(self, value: Any, deadline: float | None = None) -> None:
         """Sends ``value`` (an ``ErrorValue`` travels as an error).
@@ -181,6 +183,24 @@ class Writer:
             ChannelClosed, ChannelTimeout: see ``send_all``.
             SerializationError: when ``value`` cannot be pickled.
         """
+        sock = self.single
+        if sock is not None and type(value) in _SCALARS:  # the common case, in one system call
+            data = pickle.dumps(value, 5)
+            if len(data) < SHM_MIN_BYTES:
+                self.seq += 1
+                frame = _SMALL.pack(VAL, 12 + len(data), 0, len(data)) + data
+                try:
+                    n = sock.send(frame)
+                except BlockingIOError:
+                    n = 0
+                except OSError as e:
+                    raise ChannelClosed(str(e)) from None
+                if n != len(frame):
+                    try:
+                        send_all(sock, [memoryview(frame)[n:]], deadline)
+                    except ChannelTimeout as e:
+                        raise ChannelTimeout(partial=e.partial or n > 0) from None
+                return
         seq = self.seq
         self.seq = seq + 1
         if type(value) is ErrorValue:
@@ -277,6 +297,15 @@ class Reader:
             ChannelClosed: when the writer went away.
             ChannelTimeout: when nothing came in time (nothing is lost: read again).
         """
+        if self.pos == len(self.buf) and not self.big:
+            # Nothing buffered: wait for data; most often it is exactly one small frame.
+            self._fill(deadline)
+            data = self.buf
+            if len(data) >= 21 and self.pos == 0:
+                kind, n, nbufs, dlen = _SMALL.unpack_from(data, 0)
+                if kind == VAL and nbufs == 0 and n + 9 == len(data):
+                    self.buf = b""
+                    return pickle.loads(memoryview(data)[21:])
         while True:
             frame = self._frame()
             if frame is not None:
@@ -346,10 +375,10 @@ class Reader:
             return None
         if self.spin:
             end = time.perf_counter() + self.spin
-            yield_ = os.sched_yield
+            yield_, poll = os.sched_yield, self.poller.poll
             while time.perf_counter() < end:
                 yield_()
-                if self._recv_once():
+                if poll(0) and self._recv_once():
                     return None
         while True:
             left = remaining(deadline)

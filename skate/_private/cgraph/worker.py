@@ -266,6 +266,24 @@ def _run(ag: ActorGraph, actor: Any, plan: ActorPlan) -> None:
     edge_writer = {e.edge_id: e.writer for e in plan.edges.values()}
     ErrorValue = ch.ErrorValue
     try:
+        if len(ops) == 1:
+            op, fn, name = ops[0]
+            (kind, ref), acc = op.deps[0] if len(op.deps) == 1 else ((None, None), None)
+            if kind == "edge" and acc is None and op.simple and op.out_edge is not None:
+                # One method reading one channel: the loop of a pipeline stage or an echo.
+                read, write = readers[ref].read, writers[op.out_edge].write
+                is_async = inspect.iscoroutinefunction(fn)
+                while True:
+                    v = read()
+                    if type(v) is not ErrorValue:
+                        try:
+                            v = _await(fn(v), actor_loop) if is_async else fn(v)
+                        except BaseException as e:  # noqa: BLE001
+                            v = task_error(e, name, actor_name)
+                    try:
+                        write(v)
+                    except serialization.SerializationError as e:
+                        write(task_error(e, name, actor_name))
         while True:
             got: dict = {}
             local: dict = {}
