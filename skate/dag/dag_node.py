@@ -46,7 +46,7 @@ class DAGNode:
         self._bound_kwargs: dict[str, Any] = dict(kwargs or {})
         self._bound_options: dict[str, Any] = dict(options or {})
         self._bound_other_args_to_resolve: dict[str, Any] = dict(other_args_to_resolve or {})
-        self._stable_uuid = uuid.uuid4().hex
+        self._uuid: str | None = None  # made on first use: copies made per execute() skip it
         self._type_hint: Any = None
         self._compiled = False
 
@@ -67,6 +67,12 @@ class DAGNode:
         """A copy of the subclass-specific values to resolve."""
         return dict(self._bound_other_args_to_resolve)
 
+    @property
+    def _stable_uuid(self) -> str:
+        if self._uuid is None:
+            self._uuid = uuid.uuid4().hex
+        return self._uuid
+
     def get_stable_uuid(self) -> str:
         """An id made once per node and kept by copies (``_copy``)."""
         return self._stable_uuid
@@ -81,8 +87,14 @@ class DAGNode:
         return out
 
     def _apply_and_replace_all_child_nodes(self, fn: Callable[[DAGNode], Any]) -> DAGNode:
-        """A copy of this node whose direct children ``c`` are replaced by ``fn(c)`` (shallow)."""
-        table = {id(c): fn(c) for c in self._get_all_child_nodes()}
+        """A copy of this node whose direct children ``c`` are replaced by ``fn(c)`` (shallow).
+
+        A node without children is returned as it is.
+        """
+        children = self._get_all_child_nodes()
+        if not children:
+            return self
+        table = {id(c): fn(c) for c in children}
         return self._copy(
             list(replace_nodes(list(self._bound_args), table)),
             replace_nodes(self._bound_kwargs, table),
@@ -99,17 +111,17 @@ class DAGNode:
         Raises:
             AssertionError: when the graph holds more than one InputNode (as Ray does).
         """
-        cache: dict[str, Any] = {}
-        inputs: list[str] = []
+        cache: dict[int, Any] = {}
+        inputs: list[DAGNode] = []
 
         def visit(node: DAGNode) -> Any:
-            key = node._stable_uuid
+            key = id(node)
             if key in cache:
                 return cache[key]
             if node._cg_kind == "input":
-                if inputs and inputs[0] != key:
+                if inputs and inputs[0] is not node:
                     raise AssertionError("Each DAG should only have one unique InputNode.")
-                inputs.append(key)
+                inputs.append(node)
             cache[key] = result = fn(node._apply_and_replace_all_child_nodes(visit))
             return result
 
@@ -239,7 +251,7 @@ class DAGNode:
     def _copy(self, new_args: list, new_kwargs: dict, new_options: dict, new_other_args_to_resolve: dict) -> DAGNode:
         """A copy with new arguments, keeping the stable uuid."""
         node = self._copy_impl(new_args, new_kwargs, new_options, new_other_args_to_resolve)
-        node._stable_uuid = self._stable_uuid
+        node._uuid = self._stable_uuid
         node._type_hint = self._type_hint
         return node
 
