@@ -112,6 +112,7 @@ class CompiledDAG:
         self._token = os.urandom(16)  # proves a connection comes from the graph (secret)
         self._shm_names: list[str] = []
         self._prepared: list[Any] = []
+        self._dead: set[int] = set()  # actors known to have died (no teardown call for them)
         try:
             self._compile(root)
         except BaseException:
@@ -471,6 +472,7 @@ class CompiledDAG:
                 self._fail(self._died(i))
 
     def _died(self, actor: int) -> BaseException:
+        self._dead.add(actor)
         return exc.ActorDiedError(
             error_msg=f"The actor {self._names.get(actor, '?')} died while taking part in a compiled graph; "
             "the graph is torn down (the other actors stay alive)."
@@ -520,8 +522,8 @@ class CompiledDAG:
         if runtime.current_or_none() is None:
             return
         refs = []
-        for h in self._prepared:
-            if not _is_dead(h):
+        for i, h in enumerate(self._prepared):
+            if i not in self._dead and not _is_dead(h):
                 try:
                     refs.append(h.__ray_call__.remote(worker.teardown, self._gid))
                 except Exception:  # noqa: BLE001

@@ -548,3 +548,57 @@ def test_driver_exit_leaves_nothing_behind(tmp_path):
         shutil.rmtree(sessions, ignore_errors=True)
     assert "ran" in out.stdout, out.stderr
     # The fixture then checks that no process and no shared-memory segment is left.
+
+
+def test_async_actor_methods_run_on_the_actors_event_loop(ray_start_4cpu):
+    @skate.remote
+    class AsyncEcho:
+        async def echo(self, x):
+            await asyncio.sleep(0)
+            return x
+
+        async def ping(self):
+            return "pong"
+
+    a = AsyncEcho.remote()
+    with InputNode() as inp:
+        dag = a.echo.bind(inp)
+    cdag = dag.experimental_compile()
+    assert [skate.get(cdag.execute(i)) for i in range(10)] == list(range(10))
+    assert skate.get(a.ping.remote()) == "pong"
+    cdag.teardown()
+
+
+def test_asyncio_driver_sees_actor_death(ray_start_4cpu):
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        a = Echo.remote()
+        with InputNode() as inp:
+            dag = a.die.bind(inp)
+        cdag = dag.experimental_compile(enable_asyncio=True)
+
+        async def run():
+            fut = await cdag.execute_async(1)
+            return await asyncio.wait_for(fut, 30)
+
+        with pytest.raises(ActorDiedError):
+            loop.run_until_complete(run())
+        with pytest.raises(RayChannelError):
+            loop.run_until_complete(run())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_get_of_a_list_shares_one_timeout(ray_start_4cpu):
+    a, b = Echo.remote(), Echo.remote()
+    with InputNode() as inp:
+        dag = MultiOutputNode([a.sleep.bind(inp), b.sleep.bind(inp)])
+    cdag = dag.experimental_compile()
+    refs = cdag.execute(0.5)
+    with pytest.raises(RayChannelTimeoutError):
+        skate.get(refs, timeout=0.1)
+    cdag.teardown()
+    with pytest.raises(ValueError, match="cannot mix"):
+        skate.get([refs[0], a.echo.remote(1)])
