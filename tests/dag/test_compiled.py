@@ -74,6 +74,20 @@ def threads_of(actor) -> list[str]:
     return skate.get(actor.__ray_call__.remote(lambda self: [t.name for t in threading.enumerate()]), timeout=30)
 
 
+def _sockets() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+def sockets_of(actor) -> int:
+    return skate.get(actor.__ray_call__.remote(lambda self: _sockets()), timeout=30)
+
+
 def no_loop_threads(*actors) -> bool:
     return all(LOOP_THREAD not in threads_of(a) for a in actors)
 
@@ -86,8 +100,10 @@ def test_hello_world(ray_start_4cpu):
     with InputNode() as inp:
         dag = a.echo.bind(inp)
     assert skate.get(dag.execute("hello")) == "hello"  # uncompiled: ordinary actor call
+    actor_socks, driver_socks = sockets_of(a), _sockets()
     cdag = dag.experimental_compile()
     assert LOOP_THREAD in threads_of(a)
+    assert sockets_of(a) > actor_socks
     ref = cdag.execute("hello")
     assert isinstance(ref, CompiledDAGRef)
     assert repr(ref) == f"CompiledDAGRef({cdag.get_id()}, execution_index=0)"
@@ -98,6 +114,8 @@ def test_hello_world(ray_start_4cpu):
         assert skate.get(cdag.execute(i)) == i
     cdag.teardown()
     assert no_loop_threads(a)
+    assert sockets_of(a) == actor_socks  # every channel closed on both sides
+    assert _sockets() == driver_socks
     cdag.teardown()  # twice is fine
     assert skate.get(a.echo.remote("still here")) == "still here"
 

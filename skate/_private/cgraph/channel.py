@@ -173,7 +173,7 @@ class Writer:
         self.mem = memoryview(shm) if shm is not None else None
         self.slot_size = slot_size
         self.nslots = nslots
-        self.seq = 0
+        self.next_slot = 0  # slots go round-robin, one per value that uses one
         self.single = socks[0] if len(socks) == 1 else None
 
     def write(self, value: Any, deadline: float | None = None) -> None:
@@ -187,7 +187,6 @@ class Writer:
         if sock is not None and type(value) in _SCALARS:  # the common case, in one system call
             data = pickle.dumps(value, 5)
             if len(data) < SHM_MIN_BYTES:
-                self.seq += 1
                 frame = _SMALL.pack(VAL, 12 + len(data), 0, len(data)) + data
                 try:
                     n = sock.send(frame)
@@ -201,8 +200,6 @@ class Writer:
                     except ChannelTimeout as e:
                         raise ChannelTimeout(partial=e.partial or n > 0) from None
                 return
-        seq = self.seq
-        self.seq = seq + 1
         if type(value) is ErrorValue:
             body = pickle.dumps(value.error, 5)
             frame = [HDR.pack(ERR, len(body)), body]
@@ -215,7 +212,8 @@ class Writer:
         size = len(data) + sum(b.nbytes for b in bufs)
         shm_frame = None
         if self.mem is not None and size >= SHM_MIN_BYTES and serialization.layout_size(data, bufs) <= self.slot_size:
-            slot = seq % self.nslots
+            slot = self.next_slot
+            self.next_slot = (slot + 1) % self.nslots
             off = slot * self.slot_size
             need = serialization.layout_size(data, bufs)
             serialization.write_layout(self.mem[off : off + need], data, bufs)
