@@ -620,3 +620,41 @@ def test_get_of_a_list_shares_one_timeout(ray_start_4cpu):
     cdag.teardown()
     with pytest.raises(ValueError, match="cannot mix"):
         skate.get([refs[0], a.echo.remote(1)])
+
+
+def test_max_buffered_results(ray_start_4cpu):
+    a = Echo.remote()
+    with InputNode() as inp:
+        dag = a.echo.bind(inp)
+    cdag = dag.experimental_compile(_max_buffered_results=1)
+    r0, r1, r2 = cdag.execute(0), cdag.execute(1), cdag.execute(2)
+    with pytest.raises(ValueError, match="Too many buffered results"):
+        skate.get(r2)  # would have to hold the results of r0 and r1
+    assert skate.get(r0) == 0
+    assert skate.get(r1) == 1
+    cdag.teardown()
+
+
+def test_dag_context_defaults_and_precedence(monkeypatch):
+    from skate.dag import DAGContext
+
+    ctx = DAGContext()
+    monkeypatch.delenv("RAY_CGRAPH_get_timeout", raising=False)
+    monkeypatch.delenv("SKATE_CGRAPH_get_timeout", raising=False)
+    assert ctx.resolve("get_timeout") == 10.0
+    assert ctx.resolve("max_inflight_executions") == 10
+    monkeypatch.setenv("SKATE_CGRAPH_get_timeout", "3")
+    assert ctx.resolve("get_timeout") == 3.0
+    monkeypatch.setenv("RAY_CGRAPH_get_timeout", "2")
+    assert ctx.resolve("get_timeout") == 2.0
+    ctx.get_timeout = 1.0
+    assert ctx.resolve("get_timeout") == 1.0
+    assert ctx.resolve("get_timeout", 0.5) == 0.5
+    assert DAGContext.get_current() is DAGContext.get_current()
+
+
+def test_class_nodes_cannot_be_compiled(ray_start_4cpu):
+    with InputNode() as inp:
+        dag = Echo.bind().echo.bind(inp)
+    with pytest.raises(NotImplementedError, match="existing actor"):
+        dag.experimental_compile()
