@@ -205,6 +205,12 @@ class CompiledDAG:
             p = node_ix[id(o)]
             if DRIVER not in consumers[p]:
                 consumers[p].append(DRIVER)
+        hinted = {_device(n) for n in order if n._cg_kind in ("input", "input_attr")} - {None}
+        if len(hinted) > 1:
+            raise ValueError(f"The graph's input was given tensor transports to different devices: {sorted(hinted)}")
+        input_device = hinted.pop() if hinted else None
+        if root._cg_kind == "multi" and root._type_hint is not None:
+            raise ValueError("with_tensor_transport() applies to the nodes of a MultiOutputNode, not to the MultiOutputNode")
         edges: dict[Any, EdgePlan] = {}
         for key, readers in consumers.items():
             writer = DRIVER if key == "input" else owner[key]
@@ -215,7 +221,8 @@ class CompiledDAG:
                 name = f"{CONFIG.shm_prefix}-cg{self._gid.hex()[:16]}-{eid}"
                 ch.shm_create(name, self._buffer_size * self._max_inflight)
                 self._shm_names.append(name)
-            edges[key] = EdgePlan(eid, writer, list(readers), local, name, self._buffer_size, self._max_inflight)
+            device = input_device if key == "input" else _device(methods[key])
+            edges[key] = EdgePlan(eid, writer, list(readers), local, name, self._buffer_size, self._max_inflight, device)
         for (m, deps), a in zip(op_deps, owner, strict=True):
             p = node_ix[id(m)]
             table, plan_deps = {}, []
@@ -245,7 +252,7 @@ class CompiledDAG:
         for r in inp.readers:
             socks.append(self._dial(addresses[r], node_of[r] == core.node_id, r, inp.edge_id, deadline))
         shm = ch.shm_map(inp.shm, True) if inp.shm else None
-        self._input = ch.Writer(socks, inp.local, shm, inp.slot_size, inp.nslots)
+        self._input = ch.Writer(socks, inp.local, shm, inp.slot_size, inp.nslots, inp.tensor_device)
         for o in outputs:
             e = edges[node_ix[id(o)]]
             self._outputs.append(e.edge_id)
@@ -540,6 +547,12 @@ class CompiledDAG:
                 self._teardown(wait=False)
             except Exception:  # noqa: BLE001 - interpreter shutdown
                 pass
+
+
+def _device(node: Any) -> str | None:
+    """Where a node's tensors go (its ``with_tensor_transport`` hint), or None."""
+    hint = node._type_hint
+    return hint.device if hint is not None else None
 
 
 def _closed(r: ch.Reader) -> bool:

@@ -6,6 +6,39 @@ import dataclasses
 import os
 from typing import Any
 
+
+class TensorTransport:
+    """A node's tensor transport hint (``with_tensor_transport``)."""
+
+    __slots__ = ("device", "transport")
+
+    def __init__(self, transport: str, device: str) -> None:
+        self.transport = transport
+        self.device = device
+
+    @classmethod
+    def make(cls, transport: Any, device: str, static_shape: bool, direct_return: bool) -> TensorTransport:
+        """Checks the arguments of ``with_tensor_transport``.
+
+        Raises:
+            ValueError: for an unknown device.
+            NotImplementedError: for what skate does not do yet.
+        """
+        if device not in ("default", "cpu", "cuda", "gpu"):
+            raise ValueError(f"device must be 'default', 'cpu', 'cuda' or 'gpu', not {device!r}")
+        if transport != "auto":
+            raise NotImplementedError(
+                f"tensor transport {transport!r} is not supported by skate yet: tensors travel through the "
+                "graph's shared-memory and socket channels (transport='auto'); there is no NCCL/GPU-to-GPU path"
+            )
+        if static_shape or direct_return:
+            raise NotImplementedError("_static_shape and _direct_return are not supported by skate yet")
+        return cls(transport, "cuda" if device == "gpu" else device)
+
+    def __repr__(self) -> str:
+        return f"TensorTransport(transport={self.transport!r}, device={self.device!r})"
+
+
 _DEFAULTS = {
     "submit_timeout": 10.0,
     "get_timeout": 10.0,

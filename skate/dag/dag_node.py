@@ -223,23 +223,39 @@ class DAGNode:
 
     def with_tensor_transport(self, transport: str = "auto", device: str = "default", _static_shape: bool = False,
                               _direct_return: bool = False) -> DAGNode:
-        """Tensor transport hints are not supported by skate yet.
+        """Says this node's value holds torch tensors, and where readers want them (follows Ray).
+
+        In a compiled graph each tensor of the value then travels as raw
+        bytes: through shared memory on one node, where the reading actor's
+        tensor is a view of it (no copy), and arrives on ``device``:
+        ``"cpu"``, ``"cuda"``/``"gpu"`` (the reader's current GPU), or
+        ``"default"``: the device type it had.  Without compilation the hint
+        changes nothing, as in Ray.
+
+        Args:
+            transport: ``"auto"`` (the graph's channels).
+            device: ``"default"``, ``"cpu"``, ``"cuda"`` or ``"gpu"``.
+
+        Returns:
+            This node.
 
         Raises:
-            NotImplementedError: always (skate does not move torch tensors between devices).
+            ValueError: for an unknown device.
+            NotImplementedError: for other transports (``"nccl"``, communicators:
+                skate has no GPU-to-GPU path yet) and for ``_static_shape``/``_direct_return``.
         """
-        raise NotImplementedError(
-            "with_tensor_transport() is not supported by skate yet: compiled graphs move values "
-            "(including CPU tensors) through shared memory, but not between devices"
-        )
+        from skate.dag.context import TensorTransport
+
+        self._type_hint = TensorTransport.make(transport, device, _static_shape, _direct_return)
+        return self
 
     def with_type_hint(self, typ: Any) -> DAGNode:
-        """Type hints (``TorchTensorType``) are not supported by skate yet.
+        """Type hints (``TorchTensorType``) are not supported by skate; use ``with_tensor_transport``.
 
         Raises:
             NotImplementedError: always.
         """
-        raise NotImplementedError("with_type_hint() is not supported by skate yet")
+        raise NotImplementedError("with_type_hint() is not supported by skate; use with_tensor_transport()")
 
     # --- subclass hooks ---------------------------------------------------------------
     def _execute_impl(self, *args: Any, **kwargs: Any) -> Any:

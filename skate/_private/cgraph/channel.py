@@ -164,10 +164,14 @@ class Writer:
         shm: The edge's segment, mapped, or None.
         slot_size: Bytes per slot.
         nslots: Slots in the segment.
+        tensor_device: With a tensor transport hint, where torch tensors go
+            (``skate._private.cgraph.tensors``); None: plain pickling.
     """
 
-    def __init__(self, socks: list, local: list, shm: mmap.mmap | None, slot_size: int, nslots: int) -> None:
+    def __init__(self, socks: list, local: list, shm: mmap.mmap | None, slot_size: int, nslots: int,
+                 tensor_device: str | None = None) -> None:
         self.socks = socks
+        self.tensor_device = tensor_device
         self.local = local
         self.shm = shm
         self.mem = memoryview(shm) if shm is not None else None
@@ -207,6 +211,13 @@ class Writer:
             return
         if type(value) in _SCALARS:
             data, bufs = pickle.dumps(value, 5), []
+        elif self.tensor_device is not None:
+            from skate._private.cgraph import tensors
+
+            try:
+                data, bufs = tensors.dumps(value, self.tensor_device)
+            except Exception as e:
+                raise serialization.SerializationError(f"Could not serialize a compiled graph value: {e}") from e
         else:
             data, bufs, _ = serialization.dumps(value, "a compiled graph value")
         size = len(data) + sum(b.nbytes for b in bufs)
@@ -396,6 +407,19 @@ class Reader:
             self.poller.poll(None if left is None else max(int(left * 1000), 1))
 
     def _decode(self, kind: int, body: memoryview) -> Any:
+        try:
+            return self._decode_value(kind, body)
+        except ChannelClosed:
+            raise
+        except Exception as e:  # noqa: BLE001 - a value this process cannot rebuild fails its execution only
+            import traceback
+
+            from skate import exceptions as exc
+
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            return ErrorValue(exc.RayTaskError("reading a compiled graph value", tb, e))
+
+    def _decode_value(self, kind: int, body: memoryview) -> Any:
         if kind == VAL:
             (n,) = _NBUF.unpack_from(body, 0)
             lens = [_LEN.unpack_from(body, 4 + 8 * i)[0] for i in range(n + 1)]

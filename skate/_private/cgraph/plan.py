@@ -35,6 +35,8 @@ class EdgePlan:
     shm: str | None
     slot_size: int
     nslots: int
+    #: Where torch tensors go (``with_tensor_transport``), or None.
+    tensor_device: str | None = None
 
 
 @dataclasses.dataclass

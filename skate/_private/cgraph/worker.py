@@ -207,7 +207,7 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
             for s in socks:
                 s.setblocking(False)
             shm = ch.shm_map(e.shm, True) if e.shm and any(e.local) else None
-            ag.writers[e.edge_id] = ch.Writer(socks, e.local, shm, e.slot_size, e.nslots)
+            ag.writers[e.edge_id] = ch.Writer(socks, e.local, shm, e.slot_size, e.nslots, e.tensor_device)
         else:
             s = conns[(me, e.edge_id)]
             s.setblocking(False)
