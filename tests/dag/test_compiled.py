@@ -658,3 +658,22 @@ def test_class_nodes_cannot_be_compiled(ray_start_4cpu):
         dag = Echo.bind().echo.bind(inp)
     with pytest.raises(NotImplementedError, match="existing actor"):
         dag.experimental_compile()
+
+
+def test_async_actor_teardown_while_a_method_runs(ray_start_4cpu):
+    @skate.remote
+    class SlowAsync:
+        async def slow(self, x):
+            await asyncio.sleep(0.3)
+            return x
+
+    a = SlowAsync.remote()
+    with InputNode() as inp:
+        dag = a.slow.bind(inp)
+    cdag = dag.experimental_compile()
+    assert skate.get(cdag.execute(1)) == 1
+    cdag.execute(2)  # in flight while the graph goes down
+    start = time.monotonic()
+    cdag.teardown()
+    assert time.monotonic() - start < 5  # the method finished on the actor's event loop meanwhile
+    assert no_loop_threads(a)

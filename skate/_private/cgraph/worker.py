@@ -234,10 +234,27 @@ def teardown(actor: Any, gid: bytes) -> bool:
             s.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-    if ag.thread is not None:
-        ag.thread.join(JOIN_TIMEOUT_S)
-        if ag.thread.is_alive():
-            return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        if ag.thread is not None:
+            ag.thread.join(JOIN_TIMEOUT_S)
+        return _finish(actor, ag)
+    # An async actor: this is its event loop, which a method the loop thread
+    # runs may still need; wait without blocking it.
+    return _finish_async(actor, ag)  # type: ignore[return-value]
+
+
+async def _finish_async(actor: Any, ag: ActorGraph) -> bool:
+    end = time.monotonic() + JOIN_TIMEOUT_S
+    while ag.thread is not None and ag.thread.is_alive() and time.monotonic() < end:
+        await asyncio.sleep(0.002)
+    return _finish(actor, ag)
+
+
+def _finish(actor: Any, ag: ActorGraph) -> bool:
+    if ag.thread is not None and ag.thread.is_alive():
+        return False
     ag.close()
     _GRAPHS.pop(id(actor), None)
     return True
