@@ -29,13 +29,13 @@ from skate import exceptions as exc
 from skate._private import runtime
 from skate._private.cgraph import channel as ch
 from skate._private.cgraph import worker
-from skate._private.cgraph.plan import DRIVER, HELLO, ActorPlan, Dep, EdgePlan, OpPlan
+from skate._private.cgraph.plan import DRIVER, HELLO, ActorPlan
 from skate._private.config import CONFIG
 from skate._private.core_worker.actors import DEAD
 from skate.dag.compiled_dag_ref import CompiledDAGFuture, CompiledDAGRef
 from skate.dag.context import DAGContext
 from skate.dag.dag_input import input_value
-from skate.dag.scan import replace_nodes
+from skate.dag.graph_plan import INPUT, analyze, plan_edges, plan_ops
 
 SETUP_TIMEOUT_S = 30.0
 _TAKEN = object()
@@ -44,25 +44,6 @@ _TAKEN = object()
 def build_compiled_dag(root: Any, **options: Any) -> CompiledDAG:
     """Compiles the graph ending at ``root`` (``DAGNode.experimental_compile``)."""
     return CompiledDAG(root, **options)
-
-
-def _topo_order(root: Any) -> list:
-    order: list = []
-    seen: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            order.append(node)
-            continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.append((node, True))
-        for c in reversed(node._get_all_child_nodes()):
-            if id(c) not in seen:
-                stack.append((c, False))
-    return order
 
 
 class CompiledDAG:
@@ -128,43 +109,9 @@ class CompiledDAG:
 
     # --- compiling ----------------------------------------------------------------------
     def _compile(self, root: Any) -> None:
-        order = _topo_order(root)
-        inputs = [n for n in order if n._cg_kind == "input"]
-        if len(inputs) != 1:
-            raise ValueError("Compiled DAGs currently require exactly one InputNode")
-        outputs = list(root.get_args()) if self._multi else [root]
-        for n in order:
-            if n._cg_kind == "function":
-                raise NotImplementedError("Compiled DAGs currently only support actor method nodes")
-            if n._cg_kind == "class":
-                raise NotImplementedError(
-                    "Compiled DAGs take methods of existing actors: create the actor with .remote() and bind "
-                    "its methods (handle.method.bind(...)) instead of binding the class"
-                )
-            if n._cg_kind == "multi" and n is not root:
-                raise ValueError("A MultiOutputNode can only be the output (root) of a compiled DAG")
-            if n._cg_kind == "method":
-                extra = {k: v for k, v in n.get_options().items() if not (k == "num_returns" and v == 1)}
-                if extra:
-                    raise NotImplementedError(f"Compiled DAGs do not support the method options {sorted(extra)} yet")
-        for o in outputs:
-            if o._cg_kind != "method":
-                raise ValueError(
-                    f"The output of a compiled DAG must be actor method nodes (or a MultiOutputNode of them), not {type(o).__name__}"
-                )
-        methods = [n for n in order if n._cg_kind == "method"]
-        node_ix = {id(n): i for i, n in enumerate(methods)}
-        actor_ix: dict[bytes, int] = {}
-        for m in methods:
-            h = m._get_actor_handle()
-            if h is None:
-                raise NotImplementedError("Compiled DAGs take methods of existing actor handles, not of a ClassNode")
-            aid = h._ray_actor_id.binary()
-            if aid not in actor_ix:
-                actor_ix[aid] = len(self._actors)
-                self._actors.append(h)
-                self._names[actor_ix[aid]] = repr(h)
-        owner = [actor_ix[m._get_actor_handle()._ray_actor_id.binary()] for m in methods]
+        shape = analyze(root)
+        self._actors = shape.actors
+        self._names = {i: repr(h) for i, h in enumerate(shape.actors)}
         core = runtime.current()
         # 1. every actor listens (and refuses if it is in another graph)
         self._prepared = list(self._actors)
@@ -172,73 +119,14 @@ class CompiledDAG:
         addresses = dict(enumerate(infos))
         node_of = {i: a["node_id"] for i, a in addresses.items()}
         node_of[DRIVER] = core.node_id
-        # 2. edges: the input, and each method whose value another process reads
-        consumers: dict[Any, list[int]] = collections.defaultdict(list)  # producer key -> reader processes
-        ops_of: dict[int, list[OpPlan]] = collections.defaultdict(list)
-        keep_local: set[int] = set()
-        op_deps: list[tuple[Any, list]] = []
-        for m, a in zip(methods, owner, strict=True):
-            deps = []
-            for c in m._get_all_child_nodes():
-                if c._cg_kind in ("input", "input_attr"):
-                    acc = None if c._cg_kind == "input" else (c._key, c._accessor_method)
-                    deps.append((c, "input", acc))
-                    if a not in consumers["input"]:
-                        consumers["input"].append(a)
-                elif c._cg_kind == "method":
-                    p = node_ix[id(c)]
-                    if owner[p] == a:
-                        keep_local.add(p)
-                        deps.append((c, ("local", p), None))
-                    else:
-                        deps.append((c, p, None))
-                        if a not in consumers[p]:
-                            consumers[p].append(a)
-                elif c._cg_kind != "class":
-                    raise ValueError(f"Found unsupported node of type {type(c)}")
-            if not deps:
-                raise ValueError(
-                    "Compiled DAGs require each task to take a ray.dag.InputNode or at least one other DAGNode as an input"
-                )
-            op_deps.append((m, deps))
-        for o in outputs:
-            p = node_ix[id(o)]
-            if DRIVER not in consumers[p]:
-                consumers[p].append(DRIVER)
-        hinted = {_device(n) for n in order if n._cg_kind in ("input", "input_attr")} - {None}
-        if len(hinted) > 1:
-            raise ValueError(f"The graph's input was given tensor transports to different devices: {sorted(hinted)}")
-        input_device = hinted.pop() if hinted else None
-        if root._cg_kind == "multi" and root._type_hint is not None:
-            raise ValueError("with_tensor_transport() applies to the nodes of a MultiOutputNode, not to the MultiOutputNode")
-        edges: dict[Any, EdgePlan] = {}
-        for key, readers in consumers.items():
-            writer = DRIVER if key == "input" else owner[key]
-            local = [node_of[r] == node_of[writer] for r in readers]
-            eid = len(edges)
-            name = None
-            if any(local):
-                name = f"{CONFIG.shm_prefix}-cg{self._gid.hex()[:16]}-{eid}"
-                ch.shm_create(name, self._buffer_size * self._max_inflight)
-                self._shm_names.append(name)
-            device = input_device if key == "input" else _device(methods[key])
-            edges[key] = EdgePlan(eid, writer, list(readers), local, name, self._buffer_size, self._max_inflight, device)
-        for (m, deps), a in zip(op_deps, owner, strict=True):
-            p = node_ix[id(m)]
-            table, plan_deps = {}, []
-            for i, (c, src, acc) in enumerate(deps):
-                table[id(c)] = Dep(i)
-                if src == "input":
-                    plan_deps.append((("edge", edges["input"].edge_id), acc))
-                elif isinstance(src, tuple):
-                    plan_deps.append((src, acc))
-                else:
-                    plan_deps.append((("edge", edges[src].edge_id), acc))
-            args = tuple(replace_nodes(list(m.get_args()), table))
-            kwargs = replace_nodes(m.get_kwargs(), table)
-            simple = not kwargs and args == tuple(Dep(i) for i in range(len(deps)))
-            out = edges[p].edge_id if p in edges else None
-            ops_of[a].append(OpPlan(p, m.get_method_name(), args, kwargs, plan_deps, out, p in keep_local, simple))
+        # 2. channels, with a shared-memory segment where a reader shares the writer's node
+        prefix = f"{CONFIG.shm_prefix}-cg{self._gid.hex()[:16]}-"
+        edges = plan_edges(shape, node_of, lambda eid: prefix + str(eid), self._buffer_size, self._max_inflight)
+        for e in edges.values():
+            if e.shm:
+                ch.shm_create(e.shm, e.slot_size * e.nslots)
+                self._shm_names.append(e.shm)
+        ops_of = plan_ops(shape, edges)
         # 3. every actor wires up and starts its loop; the driver dials its own channels
         by_id = {e.edge_id: e for e in edges.values()}
         plans = []
@@ -247,14 +135,14 @@ class CompiledDAG:
             plans.append(ActorPlan(self._gid, self._token, a, ops_of[a], mine, addresses, self._names, SETUP_TIMEOUT_S))
         refs = [h.__ray_call__.remote(worker.connect, self._gid, plans[a]) for a, h in enumerate(self._actors)]
         deadline = time.monotonic() + SETUP_TIMEOUT_S
-        inp = edges["input"]
+        inp = edges[INPUT]
         socks = []
         for r in inp.readers:
             socks.append(self._dial(addresses[r], node_of[r] == core.node_id, r, inp.edge_id, deadline))
         shm = ch.shm_map(inp.shm, True) if inp.shm else None
         self._input = ch.Writer(socks, inp.local, shm, inp.slot_size, inp.nslots, inp.tensor_device)
-        for o in outputs:
-            e = edges[node_ix[id(o)]]
+        for p in shape.outputs:
+            e = edges[p]
             self._outputs.append(e.edge_id)
             if e.edge_id in self._readers:
                 continue
@@ -547,12 +435,6 @@ class CompiledDAG:
                 self._teardown(wait=False)
             except Exception:  # noqa: BLE001 - interpreter shutdown
                 pass
-
-
-def _device(node: Any) -> str | None:
-    """Where a node's tensors go (its ``with_tensor_transport`` hint), or None."""
-    hint = node._type_hint
-    return hint.device if hint is not None else None
 
 
 def _closed(r: ch.Reader) -> bool:
