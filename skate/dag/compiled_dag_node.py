@@ -94,6 +94,7 @@ class CompiledDAG:
         self._shm_names: list[str] = []
         self._prepared: list[Any] = []
         self._dead: set[int] = set()  # actors known to have died (no teardown call for them)
+        self._store: Any = None  # the process group's rendezvous (transport="nccl")
         try:
             self._compile(root)
         except BaseException:
@@ -127,12 +128,14 @@ class CompiledDAG:
                 ch.shm_create(e.shm, e.slot_size * e.nslots)
                 self._shm_names.append(e.shm)
         ops_of = plan_ops(shape, edges)
+        p2p = self._p2p_group(shape.p2p_actors)
         # 3. every actor wires up and starts its loop; the driver dials its own channels
         by_id = {e.edge_id: e for e in edges.values()}
         plans = []
         for a in range(len(self._actors)):
             mine = {e.edge_id: e for e in edges.values() if e.writer == a or a in e.readers}
-            plans.append(ActorPlan(self._gid, self._token, a, ops_of[a], mine, addresses, self._names, SETUP_TIMEOUT_S))
+            plans.append(ActorPlan(self._gid, self._token, a, ops_of[a], mine, addresses, self._names, SETUP_TIMEOUT_S,
+                                   dict(p2p, rank=p2p["ranks"][a]) if p2p and a in p2p["ranks"] else None))
         refs = [h.__ray_call__.remote(worker.connect, self._gid, plans[a]) for a, h in enumerate(self._actors)]
         deadline = time.monotonic() + SETUP_TIMEOUT_S
         inp = edges[INPUT]
@@ -161,6 +164,24 @@ class CompiledDAG:
             self._loop = asyncio.get_event_loop()
             for r in self._readers.values():
                 self._loop.add_reader(r.fileno(), self._on_readable)
+
+    def _p2p_group(self, actors: list[int]) -> dict | None:
+        """Hosts the rendezvous of the actors' process group (``transport="nccl"``), if any."""
+        if not actors:
+            return None
+        import datetime
+
+        import torch.distributed as dist
+
+        backend = DAGContext.get_current().resolve("p2p_backend")
+        if backend not in ("nccl", "gloo"):
+            raise ValueError(f"RAY_CGRAPH_p2p_backend must be 'nccl' or 'gloo', not {backend!r}")
+        timeout = datetime.timedelta(seconds=SETUP_TIMEOUT_S)
+        self._store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timeout)
+        return {
+            "host": "127.0.0.1", "port": self._store.port, "prefix": f"cg{self._gid.hex()}/", "world": len(actors),
+            "backend": backend, "timeout": SETUP_TIMEOUT_S, "ranks": {a: i for i, a in enumerate(actors)},
+        }  # fmt: skip
 
     def _dial(self, address: dict, same_node: bool, reader: int, edge_id: int, deadline: float) -> Any:
         s = worker.dial(address, same_node, deadline)
@@ -414,6 +435,7 @@ class CompiledDAG:
         for name in self._shm_names:
             ch.shm_unlink(name)
         self._shm_names = []
+        self._store = None
         if runtime.current_or_none() is None:
             return
         refs = []

@@ -26,10 +26,10 @@ class TensorTransport:
         """
         if device not in ("default", "cpu", "cuda", "gpu"):
             raise ValueError(f"device must be 'default', 'cpu', 'cuda' or 'gpu', not {device!r}")
-        if transport != "auto":
+        if transport not in ("auto", "nccl"):
             raise NotImplementedError(
-                f"tensor transport {transport!r} is not supported by skate yet: tensors travel through the "
-                "graph's shared-memory and socket channels (transport='auto'); there is no NCCL/GPU-to-GPU path"
+                f"tensor transport {transport!r} is not supported by skate yet: use 'auto' (the graph's "
+                "shared-memory and socket channels) or 'nccl' (point-to-point between the actors' GPUs)"
             )
         if static_shape or direct_return:
             raise NotImplementedError("_static_shape and _direct_return are not supported by skate yet")
@@ -45,6 +45,7 @@ _DEFAULTS = {
     "buffer_size_bytes": 1024 * 1024,
     "max_inflight_executions": 10,
     "max_buffered_results": 1000,
+    "p2p_backend": "nccl",
 }
 
 
@@ -55,7 +56,8 @@ class DAGContext:
     Each field ``f`` reads ``RAY_CGRAPH_<f>`` or ``SKATE_CGRAPH_<f>`` (for
     example ``RAY_CGRAPH_get_timeout=30``) when a graph is compiled, else
     the built-in default: timeouts 10 s (-1: no limit), 1 MiB shared-memory
-    slots, 10 executions in flight, 1,000 buffered results.
+    slots, 10 executions in flight, 1,000 buffered results, the ``nccl``
+    point-to-point backend.
     """
 
     submit_timeout: float | None = None
@@ -63,6 +65,9 @@ class DAGContext:
     buffer_size_bytes: int | None = None
     max_inflight_executions: int | None = None
     max_buffered_results: int | None = None
+    #: torch.distributed backend of ``transport="nccl"`` edges: ``"nccl"``
+    #: (GPUs), or ``"gloo"`` to move CPU tensors the same way.
+    p2p_backend: str | None = None
 
     _current = None
 
@@ -84,6 +89,8 @@ class DAGContext:
         for prefix in ("RAY_CGRAPH_", "SKATE_CGRAPH_"):
             raw = os.environ.get(prefix + name)
             if raw is not None:
+                if isinstance(default, str):
+                    return raw
                 try:
                     return type(default)(float(raw)) if isinstance(default, int) else type(default)(raw)
                 except ValueError:

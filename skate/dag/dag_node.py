@@ -232,8 +232,13 @@ class DAGNode:
         ``"default"``: the device type it had.  Without compilation the hint
         changes nothing, as in Ray.
 
+        With ``transport="nccl"`` the tensors skip the channel: the actors
+        that send or receive them form a torch.distributed process group at
+        compile time and each tensor goes by send/recv, GPU to GPU (backend
+        ``RAY_CGRAPH_p2p_backend``: ``nccl``, or ``gloo`` for CPU tensors).
+
         Args:
-            transport: ``"auto"`` (the graph's channels).
+            transport: ``"auto"`` (the graph's channels) or ``"nccl"``.
             device: ``"default"``, ``"cpu"``, ``"cuda"`` or ``"gpu"``.
 
         Returns:
@@ -241,8 +246,8 @@ class DAGNode:
 
         Raises:
             ValueError: for an unknown device.
-            NotImplementedError: for other transports (``"nccl"``, communicators:
-                skate has no GPU-to-GPU path yet) and for ``_static_shape``/``_direct_return``.
+            NotImplementedError: for other transports (communicator objects)
+                and for ``_static_shape``/``_direct_return``.
         """
         from skate.dag.context import TensorTransport
 

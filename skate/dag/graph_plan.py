@@ -41,6 +41,8 @@ class GraphShape:
     #: Where the input's tensors go (``with_tensor_transport``), or None.
     input_device: str | None
     multi: bool
+    #: Actors that send or receive tensors point to point (``transport="nccl"``), in order.
+    p2p_actors: list = dataclasses.field(default_factory=list)
 
 
 def topo_order(root: Any) -> list:
@@ -61,6 +63,12 @@ def topo_order(root: Any) -> list:
             if id(c) not in seen:
                 stack.append((c, False))
     return order
+
+
+def transport_of(node: Any) -> str:
+    """The node's tensor transport (``"auto"`` without a hint)."""
+    hint = node._type_hint
+    return hint.transport if hint is not None else "auto"
 
 
 def device_of(node: Any) -> str | None:
@@ -154,8 +162,24 @@ def analyze(root: Any) -> GraphShape:
     for p in out_ix:
         if DRIVER not in consumers[p]:
             consumers[p].append(DRIVER)
+    for n in order:
+        if n._cg_kind in ("input", "input_attr") and transport_of(n) == "nccl":
+            raise ValueError("transport='nccl' moves tensors between actors; the driver's input cannot use it")
+    p2p: set[int] = set()
+    for p, m in enumerate(methods):
+        if transport_of(m) != "nccl":
+            continue
+        readers = consumers.get(p, [])
+        if DRIVER in readers:
+            raise ValueError(
+                f"the output of {m.get_method_name()} goes to the driver, which cannot receive tensors with "
+                "transport='nccl'; only actors can"
+            )
+        if readers:
+            p2p.add(owner[p])
+            p2p.update(readers)
     return GraphShape(methods, owner, actors, out_ix, all_deps, dict(consumers), keep_local,
-                      hinted.pop() if hinted else None, multi)
+                      hinted.pop() if hinted else None, multi, sorted(p2p))
 
 
 def plan_edges(shape: GraphShape, node_of: dict[int, Any], segment: Callable[[int], str],
@@ -174,7 +198,8 @@ def plan_edges(shape: GraphShape, node_of: dict[int, Any], segment: Callable[[in
         eid = len(edges)
         device = shape.input_device if key == INPUT else device_of(shape.methods[key])
         name = segment(eid) if any(local) else None
-        edges[key] = EdgePlan(eid, writer, list(readers), local, name, slot_size, nslots, device)
+        transport = "auto" if key == INPUT else transport_of(shape.methods[key])
+        edges[key] = EdgePlan(eid, writer, list(readers), local, name, slot_size, nslots, device, transport)
     return edges
 
 

@@ -100,8 +100,60 @@ def test_transport_arguments_are_checked():
         pass
     with pytest.raises(ValueError, match="device"):
         inp.with_tensor_transport(device="tpu")
-    with pytest.raises(NotImplementedError, match="nccl"):
-        inp.with_tensor_transport(transport="nccl")
+    with pytest.raises(NotImplementedError, match="not supported"):
+        inp.with_tensor_transport(transport="shm")
     with pytest.raises(NotImplementedError, match="_static_shape"):
         inp.with_tensor_transport(_static_shape=True)
     assert inp.with_tensor_transport(device="gpu")._type_hint.device == "cuda"
+
+
+@skate.remote
+class Sender:
+    def send(self, shape):
+        return {"t": torch.arange(shape[0] * shape[1], dtype=torch.float32).reshape(shape), "tag": "x"}
+
+
+@skate.remote
+class Receiver:
+    def recv(self, value):
+        t = value["t"]
+        return tuple(t.shape), float(t.sum()), t.device.type, _in_shared_memory(t.data_ptr()), value["tag"]
+
+
+def test_point_to_point_transport_over_gloo(ray_start_4cpu, monkeypatch):
+    # The code path of transport="nccl", with gloo moving CPU tensors (no GPU here).
+    monkeypatch.setenv("RAY_CGRAPH_p2p_backend", "gloo")
+    sender, r1, r2 = Sender.remote(), Receiver.remote(), Receiver.remote()
+    with InputNode() as inp:
+        sent = sender.send.bind(inp).with_tensor_transport("nccl")
+        dag = MultiOutputNode([r1.recv.bind(sent), r2.recv.bind(sent)])
+    cdag = dag.experimental_compile()
+    for rows in (10, 300):  # small, and 300 KB: neither goes through the channel
+        expected = (rows, 256), float(sum(range(rows * 256))), "cpu", False, "x"
+        assert skate.get(cdag.execute((rows, 256))) == [expected, expected]
+    cdag.teardown()
+
+
+def test_point_to_point_transport_errors(ray_start_4cpu, monkeypatch):
+    sender, r = Sender.remote(), Receiver.remote()
+    with InputNode() as inp:
+        to_driver = sender.send.bind(inp).with_tensor_transport("nccl")
+    with pytest.raises(ValueError, match="driver"):
+        to_driver.experimental_compile()
+    with InputNode() as inp:
+        dag = r.recv.bind(inp.with_tensor_transport("nccl"))
+    with pytest.raises(ValueError, match="driver's input"):
+        dag.experimental_compile()
+    if not torch.cuda.is_available():
+        monkeypatch.delenv("RAY_CGRAPH_p2p_backend", raising=False)
+        monkeypatch.delenv("SKATE_CGRAPH_p2p_backend", raising=False)
+        with InputNode() as inp:
+            dag = r.recv.bind(sender.send.bind(inp).with_tensor_transport("nccl"))
+        with pytest.raises(RuntimeError, match="needs a GPU"):
+            dag.experimental_compile()
+        # Both actors are free for another graph after the failed compile.
+        with InputNode() as inp:
+            ok = r.recv.bind(sender.send.bind(inp).with_tensor_transport())
+        cdag = ok.experimental_compile()
+        assert skate.get(cdag.execute((2, 2)))[1] == 6.0
+        cdag.teardown()

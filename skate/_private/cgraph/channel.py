@@ -166,12 +166,15 @@ class Writer:
         nslots: Slots in the segment.
         tensor_device: With a tensor transport hint, where torch tensors go
             (``skate._private.cgraph.tensors``); None: plain pickling.
+        p2p: For ``transport="nccl"``: ``(group, reader ranks, tag, backend)``;
+            tensors then go by send/recv, not through the channel.
     """
 
     def __init__(self, socks: list, local: list, shm: mmap.mmap | None, slot_size: int, nslots: int,
-                 tensor_device: str | None = None) -> None:
+                 tensor_device: str | None = None, p2p: tuple | None = None) -> None:
         self.socks = socks
         self.tensor_device = tensor_device
+        self.p2p = p2p
         self.local = local
         self.shm = shm
         self.mem = memoryview(shm) if shm is not None else None
@@ -209,8 +212,17 @@ class Writer:
             frame = [HDR.pack(ERR, len(body)), body]
             self._send([frame] * len(self.socks), deadline)
             return
+        sent_aside: list = []
         if type(value) in _SCALARS:
             data, bufs = pickle.dumps(value, 5), []
+        elif self.p2p is not None:
+            from skate._private.cgraph import tensors
+
+            try:
+                data, sent_aside = tensors.dumps_p2p(value)
+            except Exception as e:
+                raise serialization.SerializationError(f"Could not serialize a compiled graph value: {e}") from e
+            bufs = []
         elif self.tensor_device is not None:
             from skate._private.cgraph import tensors
 
@@ -246,6 +258,10 @@ class Writer:
                     inline = [HDR.pack(VAL, len(head) + len(data)) + head + data]
             frames.append(inline)
         self._send(frames, deadline)
+        if sent_aside:
+            from skate._private.cgraph import tensors
+
+            tensors.send_tensors(self.p2p, sent_aside)
 
     def _send(self, frames: list, deadline: float | None) -> None:
         """Sends each reader its frame; one gone reader does not keep the others from theirs.
@@ -288,6 +304,7 @@ class Reader:
         self.mem = memoryview(shm) if shm is not None else None
         self.slot_size = slot_size
         self.copy = copy
+        self.p2p: tuple | None = None  # (group, writer rank, tag, backend, device) for transport="nccl"
         self.buf: bytes | bytearray = b""
         self.pos = 0
         self.big = False  # filling one large frame in place
@@ -306,7 +323,7 @@ class Reader:
             ChannelClosed: when the writer went away.
             ChannelTimeout: when nothing came in time (nothing is lost: read again).
         """
-        if self.pos == len(self.buf) and not self.big:
+        if self.pos == len(self.buf) and not self.big and self.p2p is None:
             # Nothing buffered: wait for data; most often it is exactly one small frame.
             self._fill(deadline)
             data = self.buf
@@ -430,7 +447,7 @@ class Reader:
             for ln in lens[1:]:
                 bufs.append(body[pos : pos + ln])
                 pos += ln
-            return pickle.loads(data, buffers=bufs)
+            return self._loads(data, bufs)
         if kind == SHM:
             slot, nbytes = _SLOT.unpack_from(body, 0)
             off = slot * self.slot_size
@@ -438,10 +455,17 @@ class Reader:
             if self.copy:
                 mem = memoryview(bytes(mem))
             data, bufs = serialization.read_layout(mem)
-            return pickle.loads(data, buffers=bufs)
+            return self._loads(data, bufs)
         if kind == ERR:
             return ErrorValue(pickle.loads(body))
         raise ChannelClosed(f"unknown frame kind {kind}")
+
+    def _loads(self, data: Any, bufs: list) -> Any:
+        if self.p2p is not None:
+            from skate._private.cgraph import tensors
+
+            return tensors.loads_p2p(data, self.p2p)
+        return pickle.loads(data, buffers=bufs)
 
     def close(self) -> None:
         _close(self.sock)

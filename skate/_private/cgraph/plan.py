@@ -37,6 +37,8 @@ class EdgePlan:
     nslots: int
     #: Where torch tensors go (``with_tensor_transport``), or None.
     tensor_device: str | None = None
+    #: ``"nccl"``: tensors go by send/recv in the graph's process group.
+    transport: str = "auto"
 
 
 @dataclasses.dataclass
@@ -72,6 +74,10 @@ class ActorPlan:
     #: Process index -> a name for error messages.
     names: dict[int, str]
     connect_timeout: float
+    #: This actor's place in the graph's process group (``transport="nccl"``):
+    #: host, port, prefix, rank, world, backend, timeout, and ``ranks``
+    #: (actor index -> rank); None when it has no such edge.
+    p2p: dict | None = None
 
 
 def fill(template: Any, values: list) -> Any:

@@ -54,6 +54,7 @@ class ActorGraph:
         self.writers: dict[int, ch.Writer] = {}
         self.thread: threading.Thread | None = None
         self.stopping = False
+        self.group: Any = None  # the process group of transport="nccl" edges
 
     def sockets(self) -> list:
         out = [r.sock for r in self.readers.values()]
@@ -70,6 +71,7 @@ class ActorGraph:
         for w in self.writers.values():
             w.close()
         self.readers, self.writers = {}, {}
+        self.group = None
 
 
 def listen_address(gid: bytes) -> str:
@@ -198,6 +200,12 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
     for s in ag.listeners:
         s.close()
     ag.listeners = []
+    if plan.p2p is not None:
+        from skate._private.cgraph import tensors
+
+        ag.group = tensors.make_group(plan.p2p)
+    ranks = plan.p2p["ranks"] if plan.p2p else {}
+    backend = plan.p2p["backend"] if plan.p2p else None
     for e in plan.edges.values():
         if e.writer == me:
             socks = out_socks[e.edge_id]
@@ -207,13 +215,16 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
             for s in socks:
                 s.setblocking(False)
             shm = ch.shm_map(e.shm, True) if e.shm and any(e.local) else None
-            ag.writers[e.edge_id] = ch.Writer(socks, e.local, shm, e.slot_size, e.nslots, e.tensor_device)
+            p2p = (ag.group, [ranks[r] for r in e.readers], e.edge_id, backend) if e.transport == "nccl" else None
+            ag.writers[e.edge_id] = ch.Writer(socks, e.local, shm, e.slot_size, e.nslots, e.tensor_device, p2p)
         else:
             s = conns[(me, e.edge_id)]
             s.setblocking(False)
             local = e.local[e.readers.index(me)]
             shm = ch.shm_map(e.shm, False) if e.shm and local else None
-            ag.readers[e.edge_id] = ch.Reader(s, shm, e.slot_size, copy=False)
+            r = ag.readers[e.edge_id] = ch.Reader(s, shm, e.slot_size, copy=False)
+            if e.transport == "nccl":
+                r.p2p = (ag.group, ranks[e.writer], e.edge_id, backend, e.tensor_device)
     ag.thread = threading.Thread(target=_run, args=(ag, actor, plan), name="skate-cgraph-loop", daemon=True)
     ag.thread.start()
 
