@@ -23,6 +23,7 @@ import collections
 import os
 import time
 import uuid
+import warnings
 from typing import Any
 
 from skate import exceptions as exc
@@ -161,7 +162,7 @@ class CompiledDAG:
             ch.shm_unlink(name)
         self._shm_names = []
         if self._enable_asyncio:
-            self._loop = asyncio.get_event_loop()
+            self._loop = _event_loop()
             for r in self._readers.values():
                 self._loop.add_reader(r.fileno(), self._on_readable)
 
@@ -457,6 +458,22 @@ class CompiledDAG:
                 self._teardown(wait=False)
             except Exception:  # noqa: BLE001 - interpreter shutdown
                 pass
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """The running event loop, else this thread's current one (made if none; like Ray's)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return asyncio.get_event_loop()
+        except RuntimeError:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            return loop
 
 
 def _closed(r: ch.Reader) -> bool:

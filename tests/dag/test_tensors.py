@@ -157,3 +157,14 @@ def test_point_to_point_transport_errors(ray_start_4cpu, monkeypatch):
         cdag = ok.experimental_compile()
         assert skate.get(cdag.execute((2, 2)))[1] == 6.0
         cdag.teardown()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cpu_tensor_arrives_on_the_actors_gpu(ray_start_4cpu):
+    a = TensorActor.remote()
+    with InputNode() as inp:
+        dag = a.describe.bind(inp.with_tensor_transport(device="cuda"))
+    cdag = dag.experimental_compile()
+    info = skate.get(cdag.execute(torch.ones(1000)))
+    assert info["device"] == "cuda" and info["sum"] == 1000.0
+    cdag.teardown()
