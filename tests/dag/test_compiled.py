@@ -677,3 +677,18 @@ def test_async_actor_teardown_while_a_method_runs(ray_start_4cpu):
     cdag.teardown()
     assert time.monotonic() - start < 5  # the method finished on the actor's event loop meanwhile
     assert no_loop_threads(a)
+
+
+def test_two_graphs_at_once_on_different_actors(ray_start_4cpu):
+    a, b = Echo.remote(), Echo.remote()
+    with InputNode() as inp:
+        g1 = a.inc.bind(inp)
+    with InputNode() as inp:
+        g2 = b.echo.bind(inp)
+    c1, c2 = g1.experimental_compile(), g2.experimental_compile()
+    for i in range(20):
+        r1, r2 = c1.execute(i), c2.execute(-i)
+        assert (skate.get(r2), skate.get(r1)) == (-i, i + 1)
+    c1.teardown()
+    assert skate.get(c2.execute("still")) == "still"
+    c2.teardown()
