@@ -692,3 +692,64 @@ def test_two_graphs_at_once_on_different_actors(ray_start_4cpu):
     c1.teardown()
     assert skate.get(c2.execute("still")) == "still"
     c2.teardown()
+
+
+@pytest.mark.timeout(180)
+def test_values_of_every_size_arrive_intact(ray_start_4cpu):
+    # Sizes around the socket read size, the shared-memory threshold and the
+    # slot size, several in flight at once through two actors.
+    @skate.remote
+    class Check:
+        def digest(self, b):
+            import hashlib
+
+            return len(b), hashlib.sha256(b).hexdigest()
+
+    import hashlib
+    import random
+
+    a, c = Echo.remote(), Check.remote()
+    with InputNode() as inp:
+        dag = MultiOutputNode([c.digest.bind(a.echo.bind(inp)), a.echo.bind(inp)])
+    cdag = dag.experimental_compile(_buffer_size_bytes=512 * 1024, _max_inflight_executions=6)
+    rng = random.Random(7)
+    sizes = [0, 1, 16 * 1024 - 40, 16 * 1024, 65536 - 21, 65536, 65536 + 9, 300_000, 512 * 1024 - 200, 512 * 1024 + 1, 3_000_000]
+    sizes += [rng.randrange(0, 1_200_000) for _ in range(20)]
+    pending = []
+    for n in sizes:
+        blob = rng.randbytes(n)
+        pending.append((blob, cdag.execute(blob)))
+        if len(pending) == 6:
+            blob0, refs = pending.pop(0)
+            (length, digest), back = skate.get(refs)
+            assert (length, digest) == (len(blob0), hashlib.sha256(blob0).hexdigest())
+            assert back == blob0
+    for blob0, refs in pending:
+        (length, digest), back = skate.get(refs)
+        assert (length, digest) == (len(blob0), hashlib.sha256(blob0).hexdigest()) and back == blob0
+    cdag.teardown()
+
+
+@pytest.mark.timeout(180)
+def test_large_values_between_actors_both_ways_do_not_stall(ray_start_4cpu):
+    # Values larger than a slot go through the sockets; with several
+    # executions in flight, a -> b -> a and the driver all write at once.
+    @skate.remote
+    class Join:
+        def echo(self, x):
+            return x
+
+        def join(self, x, y):
+            return len(x) + len(y)
+
+    a, b = Join.remote(), Join.remote()
+    with InputNode() as inp:
+        x = a.echo.bind(inp)
+        dag = MultiOutputNode([a.join.bind(x, b.echo.bind(x)), b.echo.bind(inp)])
+    cdag = dag.experimental_compile(_buffer_size_bytes=4096, _max_inflight_executions=8)
+    blob = b"z" * 2_000_000
+    refs = [cdag.execute(blob) for _ in range(8)]
+    for r in refs:
+        n, back = skate.get(r, timeout=60)
+        assert n == 4_000_000 and len(back) == 2_000_000
+    cdag.teardown()

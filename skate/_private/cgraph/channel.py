@@ -28,6 +28,7 @@ loops do: the next value usually comes within microseconds.
 
 from __future__ import annotations
 
+import collections
 import mmap
 import os
 import pickle
@@ -114,8 +115,12 @@ def shm_unlink(name: str) -> None:
 
 
 # --- sending -------------------------------------------------------------------------
-def send_all(sock: socket.socket, chunks: list, deadline: float | None) -> None:
+def send_all(sock: socket.socket, chunks: list, deadline: float | None, pump: Any = None) -> None:
     """Sends ``chunks`` on a non-blocking socket, waiting for room until ``deadline``.
+
+    While it waits, ``pump`` (if given: ``(fds, drain)``) keeps this process's
+    inbound channels read, so that two processes writing to each other,
+    each blocked on a full socket, cannot wait forever.
 
     Raises:
         ChannelClosed: when the reader is gone.
@@ -140,7 +145,12 @@ def send_all(sock: socket.socket, chunks: list, deadline: float | None) -> None:
             raise ChannelTimeout(partial=sent > 0)
         p = select.poll()
         p.register(sock.fileno(), select.POLLOUT)
+        if pump is not None:
+            for fd in pump[0]:
+                p.register(fd, select.POLLIN)
         p.poll(None if left is None else max(int(left * 1000), 1))
+        if pump is not None:
+            pump[1]()
 
 
 def _advance(chunks: list, n: int) -> list:
@@ -182,6 +192,8 @@ class Writer:
         self.nslots = nslots
         self.next_slot = 0  # slots go round-robin, one per value that uses one
         self.single = socks[0] if len(socks) == 1 else None
+        #: ``(fds, drain)``: what to keep reading while a send waits (see ``send_all``).
+        self.pump: tuple | None = None
 
     def write(self, value: Any, deadline: float | None = None) -> None:
         """Sends ``value`` (an ``ErrorValue`` travels as an error).
@@ -203,7 +215,7 @@ class Writer:
                     raise ChannelClosed(str(e)) from None
                 if n != len(frame):
                     try:
-                        send_all(sock, [memoryview(frame)[n:]], deadline)
+                        send_all(sock, [memoryview(frame)[n:]], deadline, self.pump)
                     except ChannelTimeout as e:
                         raise ChannelTimeout(partial=e.partial or n > 0) from None
                 return
@@ -273,7 +285,7 @@ class Writer:
         closed = None
         for i, (s, frame) in enumerate(zip(self.socks, frames, strict=True)):
             try:
-                send_all(s, frame, deadline)
+                send_all(s, frame, deadline, self.pump)
             except ChannelClosed as e:
                 closed = e
             except ChannelTimeout as e:
@@ -309,6 +321,8 @@ class Reader:
         self.pos = 0
         self.big = False  # filling one large frame in place
         self.fill = 0
+        self.frames: collections.deque = collections.deque()  # whole frames read ahead by drain()
+        self.eof = False  # drain() met the end of the stream
         self.spin = spin_seconds()
         self.poller = select.poll()
         self.poller.register(sock.fileno(), select.POLLIN)
@@ -323,6 +337,10 @@ class Reader:
             ChannelClosed: when the writer went away.
             ChannelTimeout: when nothing came in time (nothing is lost: read again).
         """
+        if self.frames:
+            return self._decode(*self.frames.popleft())
+        if self.eof:
+            raise ChannelClosed("end of stream")
         if self.pos == len(self.buf) and not self.big and self.p2p is None:
             # Nothing buffered: wait for data; most often it is exactly one small frame.
             self._fill(deadline)
@@ -340,6 +358,10 @@ class Reader:
 
     def try_read(self) -> Any:
         """The next value if a whole frame is already here, else ``_NOTHING`` (never blocks)."""
+        if self.frames:
+            return self._decode(*self.frames.popleft())
+        if self.eof:
+            raise ChannelClosed("end of stream")
         while True:
             frame = self._frame()
             if frame is not None:
@@ -347,7 +369,23 @@ class Reader:
             if not self._recv_once():
                 return _NOTHING
 
+    def drain(self) -> None:
+        """Reads whatever has arrived into whole frames, for ``read`` later (never blocks)."""
+        if self.eof:
+            return
+        try:
+            while True:
+                frame = self._frame()
+                if frame is not None:
+                    self.frames.append(frame)
+                elif not self._recv_once():
+                    return
+        except ChannelClosed:
+            self.eof = True
+
     def _frame(self) -> tuple | None:
+        if self.big:  # a large frame still filling in place
+            return None
         buf, pos = self.buf, self.pos
         avail = len(buf) - pos
         if avail < 9:

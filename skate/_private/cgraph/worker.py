@@ -225,8 +225,23 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
             r = ag.readers[e.edge_id] = ch.Reader(s, shm, e.slot_size, copy=False)
             if e.transport == "nccl":
                 r.p2p = (ag.group, ranks[e.writer], e.edge_id, backend, e.tensor_device)
+    pump = pump_of(list(ag.readers.values()))
+    for w in ag.writers.values():
+        w.pump = pump
     ag.thread = threading.Thread(target=_run, args=(ag, actor, plan), name="skate-cgraph-loop", daemon=True)
     ag.thread.start()
+
+
+def pump_of(readers: list) -> tuple | None:
+    """What a blocked writer of this process keeps reading: every inbound channel."""
+    if not readers:
+        return None
+
+    def drain() -> None:
+        for r in readers:
+            r.drain()
+
+    return [r.fileno() for r in readers], drain
 
 
 def teardown(actor: Any, gid: bytes) -> bool:
