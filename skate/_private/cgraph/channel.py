@@ -20,6 +20,11 @@ means every node finished with that execution's inputs, so a slot is never
 rewritten while read.  Readers in actors get zero-copy views, valid until
 the slot comes round again (like Ray's channels); the driver copies.
 
+Values that do not fit a slot (or whose reader is on another node) go
+through the socket itself.  A writer blocked on a full socket keeps reading
+its own process's inbound channels meanwhile (``send_all``'s pump), so two
+processes writing large values to each other cannot block each other.
+
 The socket also wakes the reader (no polling of shared memory) and tells it
 at once when the writer's process dies (end of stream).  A reader polls
 for ``Config.spin_us`` before it sleeps in ``poll``, as skate's execution
