@@ -276,7 +276,7 @@ class CompiledDAG:
                         f"The result of the compiled graph was not ready within {t} s (RAY_CGRAPH_get_timeout, or get(timeout=))"
                     ) from None
                 except ch.ChannelClosed:
-                    self._fail(self._died(self._writer_of[self._outputs[0]]))
+                    self._fail(self._channel_lost(self._writer_of[self._outputs[0]]))
                 self._next_read = index + 1
                 if type(value) is ch.ErrorValue and not isinstance(value.error, exc.RayTaskError):
                     self._fail(value.error)
@@ -318,7 +318,7 @@ class CompiledDAG:
                     f"The result of the compiled graph was not ready within {t} s (RAY_CGRAPH_get_timeout, or get(timeout=))"
                 ) from None
             except ch.ChannelClosed:
-                self._fail(self._died(self._writer_of[eid]))
+                self._fail(self._channel_lost(self._writer_of[eid]))
         self._deliver()
 
     def _deliver(self) -> None:
@@ -378,7 +378,7 @@ class CompiledDAG:
                 self._deliver()
         except ch.ChannelClosed:
             closed = next((eid for eid, r in self._readers.items() if _closed(r)), None)
-            err = self._died(self._writer_of.get(closed, 0))
+            err = self._channel_lost(self._writer_of.get(closed, 0))
             self._fail(err, wait=False, quiet=True)
         except BaseException as e:  # noqa: BLE001
             self._fail(e, wait=False, quiet=True)
@@ -388,6 +388,23 @@ class CompiledDAG:
         for i, h in enumerate(self._actors):
             if _is_dead(h):
                 self._fail(self._died(i))
+
+    def _channel_lost(self, actor: int) -> BaseException:
+        """A channel from ``actor`` closed: ActorDiedError if it died, else RayChannelError."""
+        h = self._actors[actor]
+        if not _is_dead(h):
+            try:
+                runtime.current().get(h.__ray_ready__.remote(), 2.0)
+            except exc.RayActorError:
+                return self._died(actor)
+            except Exception:  # noqa: BLE001 - alive but busy, or unreachable for another reason
+                pass
+            else:
+                return exc.RayChannelError(
+                    f"The channel from the actor {self._names.get(actor, '?')} closed while the actor is alive; "
+                    "the compiled graph is torn down."
+                )
+        return self._died(actor)
 
     def _died(self, actor: int) -> BaseException:
         self._dead.add(actor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -753,3 +754,26 @@ def test_large_values_between_actors_both_ways_do_not_stall(ray_start_4cpu):
         n, back = skate.get(r, timeout=60)
         assert n == 4_000_000 and len(back) == 2_000_000
     cdag.teardown()
+
+
+def _break_output_channels(actor):
+    from skate._private.cgraph import worker
+
+    for ag in list(worker._GRAPHS.values()):
+        for w in ag.writers.values():
+            for s in w.socks:
+                s.shutdown(socket.SHUT_WR)
+
+
+def test_a_broken_channel_of_a_live_actor_raises_ray_channel_error(ray_start_4cpu):
+    a = Echo.remote()
+    with InputNode() as inp:
+        dag = a.echo.bind(inp)
+    cdag = dag.experimental_compile()
+    assert skate.get(cdag.execute(1)) == 1
+    skate.get(a.__ray_call__.remote(_break_output_channels))
+    with pytest.raises(RayChannelError, match="alive") as info:
+        skate.get(cdag.execute(2))
+    assert not isinstance(info.value, ActorDiedError)
+    assert skate.get(a.echo.remote("alive")) == "alive"
+    assert no_loop_threads(a)

@@ -367,8 +367,14 @@ def _run(ag: ActorGraph, actor: Any, plan: ActorPlan) -> None:
     except ch.ChannelClosed:
         if not ag.stopping:
             _tell_downstream(ag, plan, edge_writer)
-    except Exception:  # noqa: BLE001 - a broken channel: the driver sees the sockets close
-        pass
+    except Exception as e:  # noqa: BLE001 - a fault of the loop itself: a system error downstream
+        if not ag.stopping:
+            err = exc.RayChannelError(f"The compiled graph's loop in the actor {actor_name} failed: {e!r}")
+            for w in ag.writers.values():
+                try:
+                    w.write(ch.ErrorValue(err), time.monotonic() + 1.0)
+                except Exception:  # noqa: BLE001
+                    pass
 
 
 def _tell_downstream(ag: ActorGraph, plan: ActorPlan, edge_writer: dict) -> None:
