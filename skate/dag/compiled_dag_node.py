@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import threading
 import time
 import uuid
 import warnings
@@ -96,6 +97,8 @@ class CompiledDAG:
         self._prepared: list[Any] = []
         self._dead: set[int] = set()  # actors known to have died (no teardown call for them)
         self._store: Any = None  # the process group's rendezvous (transport="nccl")
+        # One thread at a time writes the input or reads the outputs (frames must not interleave).
+        self._lock = threading.RLock()
         try:
             self._compile(root)
         except BaseException:
@@ -199,6 +202,10 @@ class CompiledDAG:
             raise exc.RayChannelError("The compiled graph was torn down; compile the DAG again to run it.")
 
     def _submit(self, args: tuple, kwargs: dict) -> int:
+        with self._lock:
+            return self._submit_locked(args, kwargs)
+
+    def _submit_locked(self, args: tuple, kwargs: dict) -> int:
         self._check_usable()
         if self._next_exec - self._next_read >= self._max_inflight:
             self._drain_discarded()
@@ -260,6 +267,10 @@ class CompiledDAG:
 
     # --- reading results ----------------------------------------------------------------
     def _get(self, index: int, pos: int, timeout: float | None) -> Any:
+        with self._lock:
+            return self._get_locked(index, pos, timeout)
+
+    def _get_locked(self, index: int, pos: int, timeout: float | None) -> Any:
         if self._enable_asyncio:
             raise ValueError("Use await on the future execute_async returned when enable_asyncio=True")
         if index >= self._next_read:
@@ -348,6 +359,10 @@ class CompiledDAG:
         """A ref was dropped without ``get``: its value is thrown away when read."""
         if self._torn_down:
             return
+        with self._lock:
+            self._discard_locked(index, pos)
+
+    def _discard_locked(self, index: int, pos: int) -> None:
         vals = self._results.get(index)
         if vals is not None:
             vals[pos] = _TAKEN

@@ -777,3 +777,20 @@ def test_a_broken_channel_of_a_live_actor_raises_ray_channel_error(ray_start_4cp
     assert not isinstance(info.value, ActorDiedError)
     assert skate.get(a.echo.remote("alive")) == "alive"
     assert no_loop_threads(a)
+
+
+def test_threads_share_one_compiled_graph(ray_start_4cpu):
+    from tests.conftest import run_in_threads
+
+    a = Echo.remote()
+    with InputNode() as inp:
+        dag = a.inc.bind(inp)
+    cdag = dag.experimental_compile()
+
+    def work(k):
+        for i in range(200):
+            x = k * 1000 + i
+            assert skate.get(cdag.execute(x), timeout=30) == x + 1
+
+    run_in_threads(work, 4)
+    cdag.teardown()
