@@ -375,7 +375,8 @@ class CompiledDAG:
         """Reads executions whose refs were all dropped, to free their in-flight places."""
         n = len(self._outputs)
         while self._next_read < self._next_exec and len(self._discarded.get(self._next_read, ())) == n:
-            self._read_next(time.monotonic() + max(self._get_timeout, 0), self._get_timeout)
+            t = self._get_timeout
+            self._read_next(None if t < 0 else time.monotonic() + t, t)
 
     def _on_readable(self) -> None:
         """asyncio: reads whatever arrived and resolves the futures of finished executions."""
