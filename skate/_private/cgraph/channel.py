@@ -329,6 +329,7 @@ class Reader:
         self.frames: collections.deque = collections.deque()  # whole frames read ahead by drain()
         self.eof = False  # drain() met the end of the stream
         self.spin = spin_seconds()
+        self.spinning = bool(self.spin)
         self.poller = select.poll()
         self.poller.register(sock.fileno(), select.POLLIN)
 
@@ -442,8 +443,12 @@ class Reader:
             return self._fill_big(deadline)
         if self._recv_once():
             return None
-        if self.spin:
-            end = time.perf_counter() + self.spin
+        # Poll before sleeping only while that pays: when the last value came
+        # within the polling time.  On a busy machine values come late, and a
+        # process that polls only delays the ones it waits for.
+        start = time.perf_counter()
+        if self.spinning:
+            end = start + self.spin
             yield_, poll = os.sched_yield, self.poller.poll
             while time.perf_counter() < end:
                 yield_()
@@ -455,6 +460,7 @@ class Reader:
                 raise ChannelTimeout()
             self.poller.poll(None if left is None else max(int(left * 1000), 1))
             if self._recv_once():
+                self.spinning = bool(self.spin) and time.perf_counter() - start < self.spin
                 return None
 
     def _fill_big(self, deadline: float | None) -> None:
