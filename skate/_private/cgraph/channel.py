@@ -28,7 +28,8 @@ processes writing large values to each other cannot block each other.
 The socket also wakes the reader (no polling of shared memory) and tells it
 at once when the writer's process dies (end of stream).  A reader polls
 for ``Config.spin_us`` before it sleeps in ``poll``, as skate's execution
-loops do: the next value usually comes within microseconds.
+loops do: the next value usually comes within microseconds (and while it
+does not, on a busy machine, the reader sleeps at once).
 """
 
 from __future__ import annotations
