@@ -794,3 +794,21 @@ def test_threads_share_one_compiled_graph(ray_start_4cpu):
 
     run_in_threads(work, 4)
     cdag.teardown()
+
+
+def test_actor_process_killed_from_outside(ray_start_4cpu):
+    import signal
+
+    a, b = Echo.remote(), Echo.remote()
+    with InputNode() as inp:
+        dag = MultiOutputNode([a.echo.bind(inp), b.echo.bind(inp)])
+    cdag = dag.experimental_compile()
+    assert skate.get(cdag.execute(1)) == [1, 1]
+    pid = skate.get(a.__ray_call__.remote(lambda self: os.getpid()))
+    os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(ActorDiedError):
+        skate.get(cdag.execute(2), timeout=30)
+    assert time.monotonic() - start < 10
+    assert skate.get(b.echo.remote("alive")) == "alive"
+    assert no_loop_threads(b)
