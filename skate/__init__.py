@@ -16,6 +16,7 @@ _LAZY = {
     "runtime_context": "skate.runtime_context",
     "util": "skate.util",
     "error_info": "skate._private.api",
+    "dag": "skate.dag",
     "available_resources": "skate._private.api",
     "cancel": "skate._private.api",
     "cluster_resources": "skate._private.api",

@@ -108,7 +108,7 @@ class ActorClass:
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node creating this actor."""
         self._signature.check(args, kwargs)
-        from skate.dag import ClassNode
+        from skate.dag.class_node import ClassNode
 
         return ClassNode(self, args, kwargs, self._options)
 
@@ -199,7 +199,7 @@ class _ActorOptions:
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node creating the actor with these options."""
         self._cls._signature.check(args, kwargs)
-        from skate.dag import ClassNode
+        from skate.dag.class_node import ClassNode
 
         return ClassNode(self._cls, args, kwargs, self._options)
 
@@ -275,7 +275,7 @@ class ActorHandle:
         return refs
 
 
-_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
+_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
 
 
 def _rebuild_handle(actor_id: bytes, class_name: str, meta: dict) -> ActorHandle:
@@ -356,9 +356,12 @@ class ActorMethod:
         """A lazy DAG node calling this method."""
         if self._signature is not None:
             self._signature.check(args, kwargs)
-        from skate.dag import ClassMethodNode
+        from skate.dag.class_node import ClassMethodNode
 
-        return ClassMethodNode(self._handle, self._name, args, kwargs, {"num_returns": self._num_returns})
+        return ClassMethodNode(
+            self._name, args, kwargs, {"num_returns": self._num_returns},
+            {"parent_class_node": self._handle, "prev_class_method_call": None},
+        )
 
 
 def exit_actor() -> None:

@@ -84,7 +84,7 @@ class RemoteFunction:
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node calling this function."""
         self._signature.check(args, kwargs)
-        from skate.dag import FunctionNode
+        from skate.dag.function_node import FunctionNode
 
         return FunctionNode(self, args, kwargs, self._options)
 
@@ -176,6 +176,6 @@ class _OptionsWrapper:
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node calling the function with these options."""
         self._fn._signature.check(args, kwargs)
-        from skate.dag import FunctionNode
+        from skate.dag.function_node import FunctionNode
 
         return FunctionNode(self._fn, args, kwargs, self._options)

@@ -924,3 +924,23 @@ def test_builtin_ready_and_terminate_methods(ray_start):
     with pytest.raises(ActorDiedError):
         skate.get(c.read.remote(), timeout=30)
     wait_for(lambda: pid_gone(pid), 30, what="the terminated actor's process to exit")
+
+
+def test_ray_call_runs_a_function_against_the_actor_instance(ray_start):
+    c = Counter.remote(5)
+
+    def bump(actor, by, *, times=1):
+        for _ in range(times):
+            actor.value += by
+        return actor.value, os.getpid()
+
+    value, pid = skate.get(c.__ray_call__.remote(bump, 2, times=3), timeout=30)
+    assert value == 11
+    assert pid == skate.get(c.pid.remote())
+    assert skate.get(c.read.remote()) == 11  # the same instance normal methods see
+
+    def fails(actor):
+        raise KeyError("inside")
+
+    with pytest.raises(KeyError):
+        skate.get(c.__ray_call__.remote(fails), timeout=30)

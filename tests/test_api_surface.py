@@ -148,7 +148,7 @@ RUNTIME_CONTEXT_PROPERTIES = [
 # Names that must exist (classes, modules, aliases).
 NAMES = [
     "skate:ObjectRef", "skate:ObjectRefGenerator", "skate:DynamicObjectRefGenerator", "skate:ObjectID", "skate:ActorID", "skate:JobID", "skate:NodeID", "skate:TaskID",
-    "skate:WorkerID", "skate:UniqueID", "skate:exceptions", "skate:actor", "skate:util", "skate:runtime_context",
+    "skate:WorkerID", "skate:UniqueID", "skate:exceptions", "skate:actor", "skate:util", "skate:dag", "skate:runtime_context",
     "skate:error_info",
     "skate.actor:ActorClass", "skate.actor:ActorHandle", "skate.actor:ActorMethod",
     "skate.actor:ActorClassInheritanceException", "skate.remote_function:RemoteFunction",
@@ -268,7 +268,6 @@ KNOWN_GAPS = {
     "skate:java_actor_class": "cross-language calls",
     "skate:cpp_function": "cross-language calls",
     "skate:job_config": "JobConfig",
-    "skate:dag": "DAGs and compiled graphs (bind() exists, skate.dag does not)",
     "skate.util:placement_group": "placement groups",
     "skate.util:get_placement_group": "placement groups",
     "skate.util:get_current_placement_group": "placement groups",

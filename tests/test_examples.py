@@ -14,6 +14,7 @@ CASES = [
     ("01_tasks_objects.py", "01_tasks_objects: ok"),
     ("02_actors.py", "02_actors: ok"),
     ("03_dag_mapreduce.py", "03_dag_mapreduce: ok"),
+    ("04_compiled_graphs.py", "04_compiled_graphs: ok"),
 ]
 
 

@@ -253,6 +253,13 @@ def get(object_refs: Any, *, timeout: float | None = None, _use_object_store: bo
         ValueError: ``object_refs`` is not an ObjectRef or a list of them, or a
             negative ``timeout``.
     """
+    cls = type(object_refs)
+    if getattr(cls, "_skate_cgraph_ref", False) or (
+        cls is list and object_refs and getattr(type(object_refs[0]), "_skate_cgraph_ref", False)
+    ):  # compiled-graph results (skate.dag)
+        from skate.dag.compiled_dag_ref import get_compiled
+
+        return get_compiled(object_refs, timeout)
     if timeout is not None and timeout < 0:
         raise ValueError("'timeout' must be a non-negative number or None")
     return _core().get(object_refs, timeout)

@@ -10,6 +10,7 @@ interpreter.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import time
 import types
@@ -156,6 +157,9 @@ def _define(ray: Any) -> types.SimpleNamespace:
 
         def small_value_arg(self, x):
             return b"ok"
+
+        def echo(self, x):
+            return x
 
         def small_value_batch(self, n):
             ray.get([small_value.remote() for _ in range(n)])
@@ -309,6 +313,32 @@ for _name, _fn, _kw in [
 ]:
     _workload(_name, "calls/s")(functools.partial(_fn, **_kw))
 
+
+
+# ------------------------------------------------------ DAGs and compiled graphs
+
+
+def _echo_graph(ray: Any, b: Bench, stages: int, compiled: bool) -> float:
+    """Microseconds per ``get(dag.execute("hello"))`` through ``stages`` echo actors."""
+    dag_mod = importlib.import_module(ray.__name__ + ".dag")
+    actors = b.actors([b.d.Actor.remote() for _ in range(stages)])
+    with dag_mod.InputNode() as inp:
+        node = inp
+        for a in actors:
+            node = a.echo.bind(node)
+    dag = node.experimental_compile() if compiled else node
+    try:
+        if ray.get(dag.execute("hello")) != "hello":
+            raise AssertionError("the graph did not echo its input")
+        return 1e6 / b.rate(lambda: ray.get(dag.execute("hello")))
+    finally:
+        if compiled:
+            dag.teardown()
+
+
+_workload("compiled_graph_echo_us", "us", True)(functools.partial(_echo_graph, stages=1, compiled=True))
+_workload("compiled_graph_pipeline_2_actors_us", "us", True)(functools.partial(_echo_graph, stages=2, compiled=True))
+_workload("dag_execute_uncompiled_us", "us", True)(functools.partial(_echo_graph, stages=1, compiled=False))
 
 def idle_cluster(ray: Any) -> tuple[float, int]:
     """Sums the RSS (MB) and counts the processes of the idle local cluster.

@@ -372,6 +372,8 @@ class Executor:
                 raise ActorExit(0)
 
             return terminate
+        if m == "__ray_call__":  # fn(actor instance, *args, **kwargs), inside the actor (follows Ray)
+            return lambda fn, *args, **kwargs: fn(self.actor, *args, **kwargs)
         return getattr(self.actor, m)
 
     def _run_call(self, spec: dict, bufs: list, fut: Replier) -> None:

@@ -1,0 +1,1 @@
+"""Compiled graphs: channels between processes and the actors' execution loops."""
