@@ -30,7 +30,7 @@ _LAZY = {
     "nodes": "skate._private.api",
     "put": "skate._private.api",
     "shutdown": "skate._private.api",
-    "timeline": "skate._private.api",
+    "timeline": "skate._private.state_api",
     "wait": "skate._private.api",
     "ActorClass": "skate.actor",
     "ActorHandle": "skate.actor",

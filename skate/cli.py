@@ -157,6 +157,69 @@ def status(address: str | None) -> None:
         click.echo(line)
 
 
+_ADDRESS = click.option("--address", default=None,
+                        help="HOST:PORT of the head [default: $SKATE_ADDRESS/$RAY_ADDRESS, else the latest started here].")
+_FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
+                       show_default=True, help="Output format (yaml needs PyYAML).")
+
+
+def _print_records(records: list, fmt: str) -> None:
+    from skate._private import cli_support as cs
+
+    rows = [r.asdict() if hasattr(r, "asdict") else r for r in records]
+    for line in cs.format_records(rows, fmt):
+        click.echo(line)
+
+
+@main.command("list")
+@click.argument("resource", type=click.Choice(["tasks", "actors", "nodes", "jobs"]))
+@_ADDRESS
+@click.option("--filter", "filters", multiple=True, help='"key=value" or "key!=value" (repeatable).')
+@click.option("--limit", type=int, default=100, show_default=True)
+@_FORMAT
+def list_(resource: str, address: str | None, filters: tuple, limit: int, fmt: str) -> None:
+    """Lists the cluster's tasks, actors, nodes or jobs (like `ray list`)."""
+    from skate._private import cli_support as cs
+    from skate.util import state
+
+    fn = {"tasks": state.list_tasks, "actors": state.list_actors, "nodes": state.list_nodes, "jobs": state.list_jobs}
+    _print_records(fn[resource](address=cs.state_address(address), filters=cs.parse_filters(filters), limit=limit), fmt)
+
+
+@main.command()
+@click.argument("resource", type=click.Choice(["tasks", "actors"]))
+@_ADDRESS
+@_FORMAT
+def summary(resource: str, address: str | None, fmt: str) -> None:
+    """Counts tasks by function, or actors by class, per state (like `ray summary`)."""
+    from skate._private import cli_support as cs
+    from skate.util import state
+
+    fn = state.summarize_tasks if resource == "tasks" else state.summarize_actors
+    rows = [dict(name=k, **{s: n for s, n in v["state_counts"].items()})
+            for k, v in fn(address=cs.state_address(address))["cluster"]["summary"].items()]
+    _print_records(rows, fmt)
+
+
+@main.command()
+@_ADDRESS
+@click.option("--output", default=None, help="Where to write the trace [default: a file in the temp folder].")
+def timeline(address: str | None, output: str | None) -> None:
+    """Writes the tasks that ran as a Chrome trace (chrome://tracing, ui.perfetto.dev)."""
+    import tempfile
+    import time
+
+    from skate._private import cli_support as cs
+
+    output = output or os.path.join(tempfile.gettempdir(), f"skate-timeline-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    skate.init(address=cs.state_address(address) or "auto", log_to_driver=False)
+    try:
+        skate.timeline(output)
+    finally:
+        skate.shutdown()
+    click.echo(f"Trace written to {output}: open it at chrome://tracing or https://ui.perfetto.dev")
+
+
 @main.command(
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False
 )

@@ -273,7 +273,6 @@ KNOWN_GAPS = {
     "skate.util:get_current_placement_group": "placement groups",
     "skate.util:remove_placement_group": "placement groups",
     "skate.util:placement_group_table": "placement groups",
-    "skate.util:state": "the state API",
     "skate.util:metrics": "custom metrics",
     "skate.util:collective": "collective communication",
     "skate.util:register_serializer": "custom serializers",

@@ -386,7 +386,7 @@ def test_wrong_token_is_a_one_line_error(cli):
 
 
 def test_unknown_ray_verbs_are_not_faked(cli):
-    for verb in ("list", "summary", "logs", "job", "timeline", "memory", "stack"):
+    for verb in ("logs", "job", "memory", "stack"):
         out = cli.run(verb, check=False)
         assert out.returncode == 2 and "No such command" in out.stderr
 
@@ -501,3 +501,48 @@ def test_logs_survive_stop(cli):
         assert any(re.fullmatch(rf"{kind}-\d+\.log", n) for n in names), names
     outs = [n for n in names if re.fullmatch(r"worker-\d+\.out", n)]
     assert any("hello-from-a-worker" in open(os.path.join(folder, n)).read() for n in outs)
+
+
+# --- list / summary / timeline ----------------------------------------------------------------
+
+
+def test_list_summary_and_timeline(cli, tmp_path):
+    address = cli.head()
+    cli.driver(
+        f"""
+        import skate
+        skate.init(address="{address}")
+
+        @skate.remote
+        def square(x):
+            return x * x
+
+        @skate.remote
+        class Keeper:
+            def ping(self):
+                return 1
+
+        keeper = Keeper.options(name="keeper", lifetime="detached").remote()
+        assert skate.get([square.remote(i) for i in range(3)] + [keeper.ping.remote()]) == [0, 1, 4, 1]
+        skate.shutdown()
+        """
+    )
+
+    def finished() -> bool:
+        out = cli.run("list", "tasks", "--filter", "name=square", "--format", "json").stdout
+        return len([t for t in json.loads(out) if t["state"] == "FINISHED"]) == 3
+
+    wait_for(finished, 30, what="three finished tasks to be listed")
+    table = cli.run("list", "tasks", "--filter", "name=square").stdout.splitlines()
+    assert table[0].split()[:3] == ["TASK_ID", "NAME", "STATE"] and len(table) == 4
+    actors = json.loads(cli.run("list", "actors", "--format", "json").stdout)
+    assert [(a["class_name"], a["state"], a["name"]) for a in actors] == [("Keeper", "ALIVE", "keeper")]
+    assert json.loads(cli.run("list", "nodes", "--format", "json").stdout)[0]["state"] == "ALIVE"
+    assert len(json.loads(cli.run("list", "jobs", "--format", "json").stdout)) >= 1
+    summary = json.loads(cli.run("summary", "tasks", "--format", "json").stdout)
+    assert any(row["name"].endswith("square") and row["FINISHED"] == 3 for row in summary)
+    trace = tmp_path / "trace.json"
+    assert "Trace written" in cli.run("timeline", "--output", str(trace)).stdout
+    assert len([e for e in json.loads(trace.read_text()) if e["name"] == "square"]) == 3
+    bad = cli.run("list", "tasks", "--filter", "nonsense", check=False)
+    _one_line_error(bad, "key=value")

@@ -221,12 +221,6 @@ def test_runtime_env_is_never_silently_ignored(ray_start):
     assert skate.get(f.options(runtime_env={}).remote()) == 1
 
 
-def test_timeline_is_not_silently_empty(tmp_path):
-    with pytest.raises(NotImplementedError):
-        skate.timeline(str(tmp_path / "t.json"))
-    assert not (tmp_path / "t.json").exists()
-
-
 # --- validation like Ray ---------------------------------------------------------------------------
 
 

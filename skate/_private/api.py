@@ -390,15 +390,6 @@ def get_gpu_ids() -> list:
     return [int(x) if x.isdigit() else x for x in vis.split(",") if x]
 
 
-def timeline(filename: str | None = None) -> list:
-    """Task events in Chrome trace format: not recorded by skate yet.
-
-    Raises:
-        NotImplementedError: always (rather than returning an empty trace).
-    """
-    raise NotImplementedError("skate does not record task events yet, so timeline() has nothing to return or write.")
-
-
 def error_info() -> list[dict]:
     """The errors of failed tasks whose results nobody read (printed in the
     background when their last ref went away), oldest first, as dicts with

@@ -273,3 +273,50 @@ def format_status(st: dict) -> list[str]:
 def echo_err(text: str) -> None:
     """Prints a line on stderr."""
     print(text, file=sys.stderr, flush=True)
+
+
+# --- list / summary ------------------------------------------------------------------------
+
+
+def state_address(address: str | None) -> str:
+    """The control store the state commands ask: ``--address``, else the latest cluster here."""
+    gcs_address = discovery.resolve_address(address or "auto")
+    if gcs_address is None:
+        raise ConnectionError(discovery.NOT_FOUND)
+    return gcs_address
+
+
+def parse_filters(filters: tuple) -> list:
+    """``("state=FAILED", "name!=f")`` as ``[("state", "=", "FAILED"), ("name", "!=", "f")]``."""
+    out = []
+    for f in filters:
+        key, op, value = (f.partition("!=") if "!=" in f else f.partition("="))
+        if not op or not key:
+            raise ValueError(f"a filter is key=value or key!=value, not {f!r}")
+        out.append((key.strip(), op, value.strip()))
+    return out
+
+
+def format_records(rows: list[dict], fmt: str) -> list[str]:
+    """Records as lines: an aligned table, JSON or YAML."""
+    if fmt == "json":
+        return [json.dumps(rows, indent=2, default=str)]
+    if fmt == "yaml":
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError("--format yaml needs PyYAML (pip install pyyaml); use --format json") from None
+        return [yaml.safe_dump(rows, sort_keys=False).rstrip("\n")]
+    if not rows:
+        return ["(none)"]
+    keys = list(rows[0])
+    cells = [[_cell(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.upper().ljust(w) for k, w in zip(keys, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return lines
+
+
+def _cell(v: object) -> str:
+    text = "" if v is None else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    return text if len(text) <= 60 else text[:57] + "..."

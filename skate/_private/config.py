@@ -49,6 +49,9 @@ class Config:
     #: Connections a listener holds at once that have not authenticated
     #: yet; more are closed as soon as they are accepted.
     max_pending_handshakes: int = 64
+    #: Tasks whose events (state, times, worker, error) the control store
+    #: keeps for the state API and ``timeline()``; 0 turns recording off.
+    task_events_max: int = 10000
     #: The largest payload of one frame a process accepts (bytes): a peer
     #: announcing more is dropped before anything is allocated for it.
     max_frame_bytes: int = 16 << 30

@@ -16,7 +16,8 @@ Who serves what::
 
     control store  register_node heartbeat get_nodes drain_node subscribe publish new_job
                    register_actor update_actor get_actor get_named_actor list_actors
-                   list_named_actors kv_put kv_get kv_del kv_keys ping
+                   list_named_actors kv_put kv_get kv_del kv_keys ping task_events
+                   list_task_events list_jobs
     node daemon    request_lease return_lease lease_blocked lease_unblocked worker_exit_info
                    kill_worker register_worker register_client node_stats obj_reserve
                    obj_seal obj_get obj_unmapped obj_fetch obj_free flush_logs
@@ -313,6 +314,8 @@ class TaskReply(TypedDict, total=False):
     x: int
     ok: int
     pid: int
+    ts: list[float]  # [start, end] of the task on the worker (seconds since the epoch)
+    err: list[str]  # [exception type, message] when the task failed
     g: int  # a generator task ended: the number of items it sent
     dyn: int  # ... and it was num_returns="dynamic"
 
@@ -345,6 +348,38 @@ class ExitNow(TypedDict, total=False):
     graceful: bool
 
 
+class TaskEvent(TypedDict, total=False):
+    """What a worker reports about a task it runs (see ``core_worker/task_events``)."""
+
+    task_id: bytes
+    name: str
+    func: str  # the function's qualified name
+    state: str  # RUNNING, FINISHED or FAILED
+    job_id: int
+    node_id: bytes
+    worker_id: bytes
+    pid: int
+    actor_id: bytes
+    start: Union[float, None]  # seconds since the epoch
+    end: Union[float, None]
+    error_type: str
+    error_message: str
+
+
+class ListTaskEvents(TypedDict, total=False):
+    filters: list[Any]  # [[key, "=" or "!=", value], ...]
+    limit: Union[int, None]
+
+
+class JobRecord(TypedDict, total=False):
+    job_id: int
+    driver_pid: int
+    namespace: Union[str, None]
+    start: float
+    end: float
+    alive: bool
+
+
 #: ``[state, node_id, size]`` of an object, or None when the owner freed it.
 #: (A list, not a tuple: a reply with buffers reaches its waiter as a
 #: ``(body, bufs)`` tuple, so a reply body is never a tuple itself.)
@@ -372,6 +407,9 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "kv_del": (tuple[Any, Any], bool),
     "kv_keys": (tuple[Any, Any], list[Any]),
     "ping": (Any, str),
+    "task_events": (list[TaskEvent], None),
+    "list_task_events": (ListTaskEvents, list[TaskEvent]),
+    "list_jobs": (None, list[JobRecord]),
     # node daemon
     "pub": (tuple[str, Any], None),
     "shutdown": (None, None),

@@ -102,3 +102,16 @@ def test_a_dead_node_takes_its_actors_with_it():
     assert not nodes.nodes.get(b"n1")["alive"]
     assert d.actors.get(b"a")["state"] == DEAD
     assert "its node died (removed)" in d.actors.get(b"a")["cause"]
+
+
+def test_task_events_merge_and_a_late_running_report_does_not_undo_the_end():
+    from skate._private.gcs.task_events import TaskEventTable
+
+    t = TaskEventTable(limit=2)
+    t.add([{"task_id": b"a", "name": "f", "state": "FINISHED", "start": 1.0, "end": 2.0}])
+    t.add([{"task_id": b"a", "name": "f", "state": "RUNNING", "start": 1.0, "func": "mod.f"}])
+    rec = t.query()[0]
+    assert (rec["state"], rec["end"], rec["func"]) == ("FINISHED", 2.0, "mod.f")
+    t.add([{"task_id": b"b", "state": "RUNNING"}, {"task_id": b"c", "state": "RUNNING"}])
+    assert [r["task_id"] for r in t.query()] == [b"b", b"c"] and t.evicted == 1  # bounded: oldest out
+    assert [r["task_id"] for r in t.query([["task_id", "=", b"c".hex()]])] == [b"c"]

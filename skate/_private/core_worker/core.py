@@ -33,6 +33,7 @@ from skate._private.core_worker.errors import remote_to_local
 from skate._private.core_worker.memory_store import MemoryStore
 from skate._private.core_worker.objects import ObjectAccess
 from skate._private.core_worker.refcount import RefCounting
+from skate._private.core_worker.task_events import TaskEventBuffer
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.executor: Any = None
         #: Generator tasks this process submitted, by task id (see ``streams``).
         self.streams: dict[bytes, Any] = {}
+        self.task_events = TaskEventBuffer(self)
 
     def connect(self, raylet_socket: str) -> None:
         """Connects to this node's daemon and starts serving peers (blocking)."""
@@ -315,6 +317,11 @@ class CoreWorker(ObjectAccess, RefCounting):
         if self.mode == DRIVER and self.log_to_driver:
             try:
                 await asyncio.wait_for(self._drain_logs(), 2)
+            except Exception:  # noqa: BLE001 - best effort: the cluster may be gone
+                pass
+        if self.task_events.events and self.gcs_fut is not None:
+            try:  # how this process's tasks ended, before it goes
+                await asyncio.wait_for(self.task_events.send(), 2)
             except Exception:  # noqa: BLE001 - best effort: the cluster may be gone
                 pass
         self.submitter.close()

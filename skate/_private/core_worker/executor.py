@@ -36,7 +36,7 @@ from skate._private import (
     wire,
 )
 from skate._private.config import CONFIG
-from skate._private.core_worker import streams
+from skate._private.core_worker import streams, task_events
 from skate._private.core_worker.errors import EXITED, error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
 from skate._private.core_worker.submitter import Arg
@@ -187,6 +187,10 @@ class Executor:
         ctx.task_id, ctx.name, ctx.lease_id = tid, name, spec.get("l")
         self.running[tid] = threading.get_ident()
         current = task_context.CURRENT.set(spec)
+        events = self.core.task_events
+        started = task_events.now()
+        events.record(tid, name, "RUNNING", start=started, func=getattr(fn, "__qualname__", name))
+        error: BaseException | None = None
         try:
             if tid in self.cancelled:
                 raise exc.TaskCancelledError(tid.hex())
@@ -197,12 +201,19 @@ class Executor:
             else:
                 body, out = self._encode_returns(spec, result, name)
         except KeyboardInterrupt:
-            body, out = self._error_reply(spec, exc.TaskCancelledError(tid.hex()), name)
+            error = exc.TaskCancelledError(tid.hex())
+            body, out = self._error_reply(spec, error, name)
         except ActorExit:
-            body, out = self._error_reply(spec, exc.RayError("exit_actor() called in a task"), name)
+            error = exc.RayError("exit_actor() called in a task")
+            body, out = self._error_reply(spec, error, name)
         except BaseException as e:  # noqa: BLE001
+            error = e
             body, out = self._error_reply(spec, e, name)
         finally:
+            body["ts"] = [started, task_events.now()]  # the owner reports how it ended
+            if error is not None:
+                cause = getattr(error, "cause", None) or error
+                body["err"] = [type(cause).__name__, str(error)[:2000]]
             task_context.CURRENT.reset(current)
             self.running.pop(tid, None)
             self.cancelled.discard(tid)

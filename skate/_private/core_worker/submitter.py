@@ -557,6 +557,13 @@ def complete_returns(core: Any, rec: TaskRecord, body: dict, bufs: list) -> None
             n = meta[1]
             store.complete(oid, state, bufs[k], bufs[k + 1 : k + n])
             k += n
+    ts = body.get("ts")
+    if ts is not None and rec.lease is not None:
+        lease = rec.lease
+        core.task_events.record(
+            rec.spec["t"], rec.name, "FAILED" if "err" in body else "FINISHED", start=ts[0], end=ts[1],
+            error=body.get("err"), func=rec.spec.get("n", ""), where=(lease.node_id, lease.worker_id, lease.pid or 0),
+        )
     if "g" in body:  # a generator task ended
         streams.finish(core, rec, body, bufs[k:])
     rec.keep = None

@@ -28,6 +28,7 @@ from skate._private.gcs.actors import ActorDirectory, public
 from skate._private.gcs.nodes import NodeTable
 from skate._private.gcs.pubsub import PubSub
 from skate._private.gcs.storage import Storage, Table, open_storage
+from skate._private.gcs.task_events import TaskEventTable
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class GcsServer:
         self.nodes = NodeTable(storage, self.pubsub.publish, self.actors.node_died)
         self.jobs = Table(storage, "jobs")
         self.kv = Table(storage, "kv")
+        self.task_events = TaskEventTable()
         self.handlers = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
         }
@@ -123,6 +125,16 @@ class GcsServer:
     def on_kv_keys(self, conn: wire.Connection, body: list, bufs: list) -> list:
         ns, prefix = body
         return [k for (n, k), _ in self.kv.items() if n == ns and k.startswith(prefix)]
+
+    # --- task events ------------------------------------------------------------
+    def on_task_events(self, conn: wire.Connection, events: list, bufs: list) -> None:
+        self.task_events.add(events)
+
+    def on_list_task_events(self, conn: wire.Connection, body: dict, bufs: list) -> list:
+        return self.task_events.query(body.get("filters"), body.get("limit"))
+
+    def on_list_jobs(self, conn: wire.Connection, body: Any, bufs: list) -> list:
+        return [dict(job, job_id=k) for k, job in self.jobs.items()]
 
     def on_ping(self, conn: wire.Connection, body: Any, bufs: list) -> str:
         return "pong"
