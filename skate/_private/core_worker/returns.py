@@ -1,0 +1,51 @@
+"""A task's results arriving at its owner: values stored, contained refs adopted, events noted."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from skate._private.core_worker import streams
+from skate._private.core_worker.memory_store import SHM
+
+
+def complete_returns(core: Any, rec: Any, body: dict, bufs: list) -> None:
+    """Stores a task's return values from a worker's reply."""
+    k = 0
+    store = core.store
+    metas = body["r"]
+    for oid, meta in zip(rec.return_ids, metas, strict=False):
+        state = meta[0]
+        if state == SHM:
+            store.complete(oid, SHM, None, [], meta[2], meta[3])
+        else:
+            n = meta[1]
+            store.complete(oid, state, bufs[k], bufs[k + 1 : k + n])
+            k += n
+    ts = body.get("ts")
+    if ts is not None and rec.lease is not None:
+        lease = rec.lease
+        core.task_events.record(
+            rec.spec["t"], rec.name, "FAILED" if "err" in body else "FINISHED", start=ts[0], end=ts[1],
+            error=body.get("err"), func=rec.spec.get("n", ""), where=(lease.node_id, lease.worker_id, lease.pid or 0),
+        )
+    if "g" in body:  # a generator task ended
+        streams.finish(core, rec, body, bufs[k:])
+    rec.keep = None
+    held = body.get("h")
+    if held:  # (this may run in a user thread reading the reply: see wire.Connection.lead)
+        core.post(lambda: asyncio.ensure_future(_adopt_contained(core, rec, held)))
+
+
+async def _adopt_contained(core: Any, rec: Any, held: list) -> None:
+    """Takes over refs that returned values contain, then lets the worker drop its hold."""
+    from skate.object_ref import ObjectRef
+
+    refs = [ObjectRef(oid, owner) for oid, owner in held[1]]
+    for oid in rec.return_ids:
+        e = core.store.get(oid)
+        if e is not None:
+            e.contained = refs
+    await core.flush_borrows()
+    if rec.lease is not None and not rec.lease.conn.closed:
+        rec.lease.conn.notify("release_held", held[0])
