@@ -7,6 +7,7 @@ from typing import Any
 
 import cloudpickle
 
+from skate import exceptions as exc
 from skate._private import ids, runtime
 from skate._private import options as opts
 from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns
@@ -15,10 +16,9 @@ from skate._private.core_worker.submitter import TaskRecord, encode_args, make_r
 def method(*args: Any, **kwargs: Any) -> Any:
     """Sets per-method options on an actor method: ``@skate.method(num_returns=2)``."""
 
+    _check_method_options(kwargs, "@method")
+
     def decorate(fn: Any) -> Any:
-        for k in kwargs:
-            if k not in ("num_returns", "concurrency_group", "max_task_retries", "retry_exceptions", "enable_task_events", "tensor_transport"):
-                raise ValueError(f"Invalid option {k!r} for @method")
         fn.__skate_method_options__ = kwargs
         return fn
 
@@ -28,11 +28,33 @@ def method(*args: Any, **kwargs: Any) -> Any:
 
 
 def _method_meta(cls: type) -> dict:
+    """``{method name: num_returns}`` for every method of ``cls`` (its bases' too)."""
     meta = {}
     for name, fn in inspect.getmembers(cls, lambda m: inspect.isfunction(m) or inspect.ismethod(m)):
-        o = getattr(fn, "__skate_method_options__", {})
-        meta[name] = o.get("num_returns", 1)
+        meta[name] = _method_options(fn).get("num_returns", 1)
     return meta
+
+
+def _method_options(fn: Any) -> dict:
+    """Options set with ``@method``, found through decorators that kept ``__wrapped__``."""
+    seen = 0
+    while fn is not None and seen < 20:
+        o = getattr(fn, "__skate_method_options__", None)
+        if o is not None:
+            return o
+        fn = getattr(fn, "__wrapped__", None)
+        seen += 1
+    return {}
+
+
+def _method_extras(cls: type) -> dict:
+    """Per-method options other than ``num_returns`` (retries, concurrency group)."""
+    out = {}
+    for name, fn in inspect.getmembers(cls, lambda m: inspect.isfunction(m) or inspect.ismethod(m)):
+        o = {k: v for k, v in _method_options(fn).items() if k != "num_returns"}
+        if o:
+            out[name] = o
+    return out
 
 
 class ActorClass:
@@ -43,9 +65,19 @@ class ActorClass:
         self._options = opts.validate(options, actor=True)
         self._name = cls.__name__
         self._meta = _method_meta(cls)
+        self._extras = _method_extras(cls)
         self._pickled: bytes | None = None
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
+
+    def __getattr__(self, name: str) -> Any:
+        # Class attributes and static methods of the user's class read through
+        # the actor class, as methods running in the actor refer to them by the
+        # class's (now the actor class's) name.  Follows Ray.
+        cls = self.__dict__.get("_cls")
+        if cls is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(cls, name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -79,13 +111,24 @@ class ActorClass:
                 return get_actor(name, namespace)
             except ValueError:
                 pass
+            try:
+                return self._create(args, kwargs, o, core, name, namespace)
+            except ValueError as e:
+                if "already taken" not in str(e):
+                    raise
+                # Another process created it between our lookup and our registration.
+                return get_actor(name, namespace)
+        return self._create(args, kwargs, o, core, name, namespace)
+
+    def _create(self, args: tuple, kwargs: dict, o: dict, core: Any, name: str | None, namespace: str | None) -> ActorHandle:
         if self._pickled is None:
             self._pickled = cloudpickle.dumps(self._cls)
         actor_id = ids.new_id(16)
         detached = o.get("lifetime") == "detached"
         if detached and not name:
             raise ValueError("a detached actor must have a name")
-        handle_meta = cloudpickle.dumps((self._name, self._meta))
+        copts = _call_options(o)
+        handle_meta = cloudpickle.dumps((self._name, self._meta, self._extras, copts))
         core.gcs_call(
             "register_actor",
             {
@@ -119,7 +162,8 @@ class ActorClass:
         }
         st = core.actors.state(actor_id, self._name, owned=True)
         st.detached, st.named = detached, bool(name)
-        handle = ActorHandle(actor_id, self._name, self._meta)
+        st.max_restarts = o.get("max_restarts") or 0
+        handle = ActorHandle(actor_id, self._name, self._meta, self._extras, copts)
         core.post(core.actors.create, st, rec, self._pickled, lease_body)
         return handle
 
@@ -141,13 +185,14 @@ class _ActorOptions:
 class ActorHandle:
     """A reference to an actor; call methods with ``handle.method.remote(...)``."""
 
-    def __init__(self, actor_id: bytes, class_name: str, meta: dict) -> None:
+    def __init__(self, actor_id: bytes, class_name: str, meta: dict, extras: dict | None = None, copts: dict | None = None) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._meta = meta
         core = runtime.current()
         self._core = core
         self._state = core.actors.state(actor_id, class_name)
+        self._state.configure(extras or {}, copts or {})
         self._state.handles += 1
 
     def __getattr__(self, name: str) -> ActorMethod:
@@ -159,9 +204,13 @@ class ActorHandle:
             raise AttributeError(f"'{cls}' actor has no method {name!r}")
         return ActorMethod(self, name, meta[name])
 
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._meta))
+
     def __reduce__(self) -> tuple:
         self._state.shared = True
-        return (_rebuild_handle, (self._actor_id, self._class_name, self._meta))
+        st = self._state
+        return (_rebuild_handle, (self._actor_id, self._class_name, self._meta, st.extras, st.copts))
 
     def __del__(self) -> None:
         core = self.__dict__.get("_core")
@@ -184,17 +233,31 @@ class ActorHandle:
     def _ray_actor_id(self) -> ids.ActorID:
         return ids.ActorID(self._actor_id)
 
-    def _submit(self, method_name: str, args: tuple, kwargs: dict, num_returns: int) -> Any:
+    def _submit(self, method_name: str, args: tuple, kwargs: dict, num_returns: int, over: dict | None = None) -> Any:
         core = self._core
+        st = self._state
         name = f"{self._class_name}.{method_name}"
+        if st.max_pending > 0 and len(st.queue) + len(st.inflight) >= st.max_pending:
+            raise exc.PendingCallsLimitExceeded(
+                f"The call {name} was not submitted: {st.max_pending} calls to this actor "
+                "are already pending (the actor's max_pending_calls option)"
+            )
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"actor method {name}")
         task_id = core.new_task_id()
         rec = TaskRecord()
-        rec.spec = {"t": task_id, "m": method_name, "nr": num_returns, "j": core.job_id, "a": blob, "r": []}
+        rec.spec = spec = {"t": task_id, "m": method_name, "nr": num_returns, "j": core.job_id, "a": blob, "r": []}
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, name
-        rec.actor = self._state
+        rec.actor = st
+        retries, retry_exc, group = st.method_options(method_name)
+        if over:
+            retries = over.get("max_task_retries", retries)
+            retry_exc = over.get("retry_exceptions", retry_exc)
+            group = over.get("concurrency_group", group)
+        rec.retries_left, rec.retry_exceptions = retries, retry_exc
+        if group is not None:
+            spec["cg"] = group
         refs = make_returns(core, task_id, num_returns, rec)
-        core.actors.submit_threadsafe(self._state, rec)
+        core.actors.submit_threadsafe(st, rec)
         if num_returns == 1:
             return refs[0]
         if num_returns == 0:
@@ -203,19 +266,40 @@ class ActorHandle:
 
 
 _BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
+#: Options a call to an actor method may set (``@method`` or ``.options()``).
+_METHOD_OPTIONS = ("num_returns", "concurrency_group", "max_task_retries", "retry_exceptions")
 
 
-def _rebuild_handle(actor_id: bytes, class_name: str, meta: dict) -> ActorHandle:
-    return ActorHandle(actor_id, class_name, meta)
+def _call_options(o: dict) -> dict:
+    """The class-level options every caller applies to its calls (travel with handles)."""
+    out = {k: o[k] for k in ("max_task_retries", "retry_exceptions", "max_pending_calls") if o.get(k) is not None}
+    return out
+
+
+def _check_method_options(o: dict, where: str) -> None:
+    for k, v in o.items():
+        if k not in _METHOD_OPTIONS and k not in ("enable_task_events", "tensor_transport"):
+            raise ValueError(f"Invalid option {k!r} for {where}; valid ones are {list(_METHOD_OPTIONS)}")
+        if k == "max_task_retries" and (not isinstance(v, int) or isinstance(v, bool) or v < -1):
+            raise ValueError("max_task_retries must be an integer >= -1 (-1: retry forever)")
+        if k == "retry_exceptions":
+            opts.check_retry_exceptions(v)
+        if k == "concurrency_group" and not isinstance(v, str):
+            raise TypeError(f"concurrency_group must be a group name (str), not {v!r}")
+
+
+def _rebuild_handle(actor_id: bytes, class_name: str, meta: dict, extras: dict | None = None, copts: dict | None = None) -> ActorHandle:
+    return ActorHandle(actor_id, class_name, meta, extras, copts)
 
 
 class ActorMethod:
     """A method of an actor handle: ``.remote()``, ``.options()``, ``.bind()``."""
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int, over: dict | None = None) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        self._over = over
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -225,12 +309,18 @@ class ActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Calls the method on the actor; returns ObjectRef(s) for the result."""
-        return self._handle._submit(self._name, args, kwargs, self._num_returns)
+        return self._handle._submit(self._name, args, kwargs, self._num_returns, self._over)
 
     def options(self, **o: Any) -> ActorMethod:
-        """The same method with ``num_returns`` overridden."""
-        m = ActorMethod(self._handle, self._name, o.get("num_returns", self._num_returns))
-        return m
+        """The same method with some call options overridden (follows Ray).
+
+        ``num_returns``, ``concurrency_group``, ``max_task_retries`` and
+        ``retry_exceptions``; raises ``ValueError`` for any other option.
+        """
+        _check_method_options(o, f"actor method {self._name}.options()")
+        over = dict(self._over or {})
+        over.update({k: v for k, v in o.items() if k != "num_returns"})
+        return ActorMethod(self._handle, self._name, o.get("num_returns", self._num_returns), over or None)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node calling this method."""
@@ -240,17 +330,31 @@ class ActorMethod:
 
 
 def exit_actor() -> None:
-    """Ends the current actor after this call returns; callers then get ActorDiedError."""
-    from skate._private.core_worker.executor import ActorExit
+    """Ends the current actor at once (follows Ray).
 
+    Inside an actor method the call ends there: the method's caller gets a
+    ``RayActorError``, calls queued behind it fail with ``RayActorError``
+    (even if user code catches the exception this raises), and the
+    actor's ``__ray_shutdown__`` method and ``atexit`` handlers run.  In the
+    constructor, the actor exits once created.  Raises ``TypeError``
+    outside an actor.
+    """
     core = runtime.current_or_none()
-    if core is None or core.executor is None or core.executor.actor is None:
-        raise TypeError("exit_actor() called outside an actor")
-    raise ActorExit(0)
+    ex = core.executor if core is not None else None
+    if ex is None or ex.actor_id is None:
+        mode = "a driver" if core is None or core.executor is None else "a task worker"
+        raise TypeError(
+            f"exit_actor API is called on a non-actor worker ({mode}). Call it inside an "
+            "actor's method or constructor to exit the actor; use skate.kill(handle) to end an actor from outside."
+        )
+    ex.request_exit()
 
 
 def get_actor(name: str, namespace: str | None = None) -> Any:
-    """The handle of the named actor ``name`` in ``namespace`` (default: this job's)."""
+    """The handle of the named actor ``name`` in ``namespace`` (default: this job's).
+
+    Raises ``ValueError`` when no live actor has that name there (follows Ray).
+    """
     if not name:
         raise ValueError("get_actor() needs a non-empty name")
     core = runtime.current()
@@ -258,6 +362,10 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
     reply = core.gcs_call("get_named_actor", {"name": name, "namespace": ns})
     info, bufs = reply if isinstance(reply, tuple) else (reply, [])
     if info is None or info.get("state") == "DEAD":
-        raise ValueError(f"Failed to look up actor {name!r} in namespace {ns!r}: no live actor has that name")
-    class_name, meta = cloudpickle.loads(bufs[0])
-    return ActorHandle(info["actor_id"], class_name, meta)
+        raise ValueError(
+            f"Failed to look up actor with name {name!r}. No live actor has that name in namespace {ns!r}: "
+            "it was never created there, it died, or it lives in another namespace "
+            "(pass namespace=... to get_actor, or init(namespace=...))."
+        )
+    class_name, meta, extras, copts = cloudpickle.loads(bufs[0])
+    return ActorHandle(info["actor_id"], class_name, meta, extras, copts)

@@ -16,7 +16,7 @@ ACTOR_OPTIONS = {
     "name", "namespace", "lifetime", "scheduling_strategy", "runtime_env", "get_if_exists",
     "max_pending_calls", "accelerator_type", "object_store_memory", "placement_group",
     "placement_group_bundle_index", "placement_group_capture_child_tasks", "concurrency_groups",
-    "label_selector", "enable_task_events", "_metadata", "allow_out_of_order_execution",
+    "label_selector", "enable_task_events", "_metadata", "allow_out_of_order_execution", "retry_exceptions",
 }
 
 
@@ -52,10 +52,35 @@ def validate(options: dict, actor: bool) -> dict:
     mc = out.get("max_concurrency")
     if mc is not None and (not isinstance(mc, int) or mc < 1):
         raise ValueError("max_concurrency must be a positive integer")
+    for k in ("max_restarts", "max_task_retries"):
+        v = out.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < -1):
+            raise ValueError(f"{k} must be an integer >= -1 (-1: without limit), not {v!r}")
+    if out.get("retry_exceptions") is not None:
+        check_retry_exceptions(out["retry_exceptions"])
+    mp = out.get("max_pending_calls")
+    if mp is not None and (not isinstance(mp, int) or isinstance(mp, bool) or mp == 0 or mp < -1):
+        raise ValueError(f"max_pending_calls must be -1 (no limit) or a positive integer, not {mp!r}")
+    groups = out.get("concurrency_groups")
+    if groups is not None:
+        if not isinstance(groups, dict):
+            raise TypeError("concurrency_groups must be a dict of group name to max concurrency")
+        for g, n in groups.items():
+            if not isinstance(g, str) or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"concurrency_groups: group {g!r} needs a positive integer max concurrency, not {n!r}")
     lifetime = out.get("lifetime")
     if lifetime not in (None, "detached", "non_detached"):
         raise ValueError("lifetime must be None, 'detached' or 'non_detached'")
     return out
+
+
+def check_retry_exceptions(value: Any) -> None:
+    """``retry_exceptions`` is a bool or a list/tuple of exception classes (follows Ray)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (list, tuple)) and all(isinstance(t, type) and issubclass(t, BaseException) for t in value):
+        return
+    raise TypeError(f"retry_exceptions must be a bool or a list of exception types, not {value!r}")
 
 
 def _check_amount(name: str, value: Any) -> None:

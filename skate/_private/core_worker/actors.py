@@ -58,9 +58,49 @@ class ActorState:
         self.detached = False
         self.named = False
         self.exit_when_idle = False
+        # Options every caller applies (from the handle): retries, backpressure.
+        self.configured = False
+        self.extras: dict = {}
+        self.copts: dict = {}
+        self.max_task_retries = 0
+        self.retry_exceptions: Any = False
+        self.max_pending = -1
+        self._mopts: dict[str, tuple] = {}
+        # Restarts: the owner re-creates the actor; everyone follows its incarnation.
+        self.max_restarts = 0
+        self.num_restarts = 0
+        self.no_restart = False
+        self.creation: tuple | None = None  # (constructor record, class bytes, lease body), owner only
         #: Guards queue/inflight/sending: user threads send directly when
         #: nothing is queued ahead (see ActorManager.try_now).
         self.lock = threading.RLock()
+
+
+    def configure(self, extras: dict, copts: dict) -> None:
+        """Takes the class's call options from the first handle seen here."""
+        if self.configured:
+            return
+        self.configured = True
+        self.extras, self.copts = extras, copts
+        self.max_task_retries = copts.get("max_task_retries", 0)
+        self.retry_exceptions = _norm_retry(copts.get("retry_exceptions", False))
+        self.max_pending = copts.get("max_pending_calls", -1)
+
+    def method_options(self, name: str) -> tuple:
+        """``(max_task_retries, retry_exceptions, concurrency_group)`` of calls to ``name``."""
+        c = self._mopts.get(name)
+        if c is None:
+            e = self.extras.get(name, {})
+            c = self._mopts[name] = (
+                e.get("max_task_retries", self.max_task_retries),
+                _norm_retry(e.get("retry_exceptions", self.retry_exceptions)),
+                e.get("concurrency_group"),
+            )
+        return c
+
+
+def _norm_retry(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else bool(value)
 
 
 class ActorManager:

@@ -58,6 +58,10 @@ class Executor:
         self.detached = False
         self.exiting = False
 
+    def request_exit(self) -> None:
+        """``exit_actor()`` in this actor."""
+        raise ActorExit(0)
+
     def handlers(self) -> dict:
         """Handlers of the control endpoint (core worker's I/O loop)."""
         return {
