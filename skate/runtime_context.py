@@ -70,8 +70,9 @@ class RuntimeContext:
 
     @property
     def was_current_actor_reconstructed(self) -> bool:
-        """Whether this actor was restarted (restarts are not supported yet: False)."""
-        return False
+        """Whether this actor is a restarted incarnation (its constructor ran again after a failure)."""
+        ex = self._core.executor
+        return bool(ex is not None and getattr(ex, "reconstructed", False))
 
     def get_assigned_resources(self) -> dict:
         """Resources of the current task or actor (not tracked per worker yet)."""

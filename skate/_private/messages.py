@@ -96,18 +96,20 @@ class _ActorUpdateRequired(TypedDict):
 class ActorUpdate(_ActorUpdateRequired, total=False):
     """A change of an actor's record; only ``actor_id`` is required."""
 
-    state: str  # PENDING_CREATION, ALIVE or DEAD
+    state: str  # PENDING_CREATION, ALIVE, RESTARTING or DEAD
     cause: Union[str, None]  # why it died
-    cause_if_unset: str  # the cause, unless one is known already
+    cause_if_unset: str  # the cause, unless one is known already (a worker's exit seen by its node)
     address: Address
     node_id: bytes
-    worker_id: bytes
+    worker_id: bytes  # with cause_if_unset: the worker that exited (ignored if the actor moved on)
     pid: Union[int, None]
+    num_restarts: int  # the incarnation: 0 first, +1 per restart
 
 
 class ActorRecord(RegisterActor, total=False):
     """An actor as the control store reports it."""
 
+    num_restarts: int
     state: str
     cause: Union[str, None]
     address: Address
@@ -121,7 +123,9 @@ class _GetActorRequired(TypedDict):
 
 
 class GetActor(_GetActorRequired, total=False):
-    wait: bool  # answer once it is ALIVE or DEAD
+    wait: bool  # answer once it is ALIVE (with num_restarts >= min_restarts) or DEAD
+    min_restarts: int  # with wait: the incarnation to wait for (default 0)
+    timeout: float  # with wait: answer with the current record after this many seconds (default 30)
     until_dead: bool  # answer once it is DEAD (at most 5 s)
 
 
@@ -289,6 +293,9 @@ class TaskSpec(_TaskSpecRequired, total=False):
     aid: bytes  # actor id (creation)
     mcc: Union[int, None]  # max_concurrency (creation)
     detached: bool  # (creation)
+    rs: int  # the restart this creation is (0: first creation)
+    cgs: dict[str, int]  # concurrency groups: name -> max concurrency (creation)
+    cg: str  # the concurrency group of an actor call (absent: the default group)
 
 
 class TaskReply(TypedDict, total=False):

@@ -306,6 +306,8 @@ class CoreWorker(ObjectAccess, RefCounting):
             self.loop.stop()
 
     async def _close(self) -> None:
+        if self.mode == DRIVER:
+            await self.actors.close()  # graceful ends: the actors' shutdown hooks run
         if self.mode == DRIVER and self.log_to_driver:
             try:
                 await asyncio.wait_for(self._drain_logs(), 2)
