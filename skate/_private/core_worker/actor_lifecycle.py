@@ -46,6 +46,11 @@ LOOKUP_WAIT_S = 30.0
 SHUTDOWN_GRACE_S = 2.0
 
 
+def _worker_exit_cause(info: dict) -> bool:
+    """Whether a DEAD record's cause is a worker's unexpected exit seen by its node (not an intended end)."""
+    return (info.get("cause") or "").startswith("the actor's worker process")
+
+
 class ActorLifecycle:
     """Creation, restarts and death of actors (a part of ``ActorManager``)."""
 
@@ -175,8 +180,11 @@ class ActorLifecycle:
             info = await asyncio.wait_for(gcs.request("get_actor", {"actor_id": st.actor_id}), 5)
         except Exception:  # noqa: BLE001
             pass
-        wanted = info is not None and info.get("state") == DEAD
-        if wanted or not self._can_restart(st):
+        wanted = info is not None and info.get("state") == DEAD and bool(info.get("cause")) and st.no_restart is False
+        if not self._can_restart(st):
+            await self._learn_death(st, info, spent=bool(st.max_restarts) and not st.no_restart)
+            return
+        if wanted and not _worker_exit_cause(info):
             await self._learn_death(st, info)
             return
         await self._restart(st)
@@ -212,7 +220,7 @@ class ActorLifecycle:
         for r in lost:
             self.core.submitter.fail(r, exc.ActorUnavailableError(actor_id=st.actor_id.hex(), error_msg=msg))
 
-    async def _learn_death(self, st: Any, info: dict | None = None) -> None:
+    async def _learn_death(self, st: Any, info: dict | None = None, spent: bool = False) -> None:
         cause = (info or {}).get("cause") if info and info.get("state") == DEAD else None
         if not cause:
             cause = "its worker process died unexpectedly"
@@ -223,8 +231,8 @@ class ActorLifecycle:
                     cause = info["cause"]
             except Exception:  # noqa: BLE001
                 pass
-            if st.max_restarts and not st.no_restart:
-                cause += f" (and it was restarted {st.num_restarts} times, its max_restarts)"
+        if spent:
+            cause += f" (it had been restarted {st.num_restarts} time(s): its max_restarts is spent)"
         self._dead(st, cause)
 
     def _dead(self, st: Any, cause: str, error: BaseException | None = None) -> None:

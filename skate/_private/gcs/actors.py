@@ -83,8 +83,8 @@ class ActorDirectory:
             wid = update.get("worker_id")
             if wid is not None and actor.get("worker_id") not in (None, wid):
                 return  # an earlier incarnation's worker
-            if actor["state"] == DEAD:
-                return
+            if actor["state"] == RESTARTING:
+                return  # its owner already restarts it
             if self._restartable(actor):
                 update, fallback = {"state": RESTARTING}, None
         if update.get("state") == DEAD and actor["state"] == RESTARTING and not update.get("cause") and not fallback:
