@@ -77,6 +77,7 @@ class WorkerPool:
         self.early_zygote: socket.socket | None = None
         self._zygote_starting: asyncio.Future | None = None
         self._forks: collections.deque[asyncio.Future] = collections.deque()
+        self._fork_lock: asyncio.Lock | None = None
         self._by_pid: dict[int, Worker] = {}
         self._early_exits: dict[int, int] = {}
 
@@ -154,14 +155,13 @@ class WorkerPool:
         try:
             sock = await self._zygote()
             fut = loop.create_future()
-            self._forks.append(fut)
             env = {k: v for k, v in self.env.items() if k.startswith("SKATE_")}
             env["SKATE_WORKER_ID"] = worker_id.hex()
             # Known before the fork: the worker may register before the fork's answer is read.
             w = Worker(worker_id, 0, registered=loop.create_future(), exited=loop.create_future())
             self.workers[worker_id] = w
             try:
-                sock.send(json.dumps({"env": env}).encode())
+                await self._ask_fork(sock, fut, json.dumps({"env": env}).encode())
                 pid, fds = await fut
             except BaseException:
                 self.workers.pop(worker_id, None)
@@ -185,6 +185,23 @@ class WorkerPool:
                 + b"".join(w.tail).decode(errors="replace")
             )
         return w
+
+    async def _ask_fork(self, sock: socket.socket, fut: asyncio.Future, request: bytes) -> None:
+        """Sends a fork request; answers come back in request order, matched to ``_forks``.
+
+        Many starts at once fill the zygote's socket: a send then waits for
+        room, and the lock keeps requests and their futures in one order.
+        """
+        if self._fork_lock is None:
+            self._fork_lock = asyncio.Lock()
+        async with self._fork_lock:
+            self._forks.append(fut)
+            try:
+                await asyncio.get_running_loop().sock_sendall(sock, request)
+            except BaseException:
+                if fut in self._forks:
+                    self._forks.remove(fut)
+                raise
 
     def registered(self, worker_id: bytes, address: dict, conn: object) -> Worker | None:
         """Marks a worker as reported in."""
