@@ -49,7 +49,7 @@ def run_chaos(n_actors: int, seconds: float, callers: int, kill_every_s: float, 
             refs = [actors[i].echo.remote(v) for i, v in batch]
             made = len(refs)
             lost = wrong = 0
-            for ref, (_, v) in zip(refs, batch):
+            for ref, (_, v) in zip(refs, batch, strict=True):
                 try:
                     if skate.get(ref, timeout=120) != v:
                         wrong += 1
