@@ -120,6 +120,12 @@ class ActorClass:
                 return get_actor(name, namespace)
         return self._create(args, kwargs, o, core, name, namespace)
 
+    def _is_async(self) -> bool:
+        return any(
+            inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+            for _, m in inspect.getmembers(self._cls, inspect.isfunction)
+        )
+
     def _create(self, args: tuple, kwargs: dict, o: dict, core: Any, name: str | None, namespace: str | None) -> ActorHandle:
         if self._pickled is None:
             self._pickled = cloudpickle.dumps(self._cls)
@@ -127,7 +133,7 @@ class ActorClass:
         detached = o.get("lifetime") == "detached"
         if detached and not name:
             raise ValueError("a detached actor must have a name")
-        copts = _call_options(o)
+        copts = _call_options(o, self._is_async())
         handle_meta = cloudpickle.dumps((self._name, self._meta, self._extras, copts))
         core.gcs_call(
             "register_actor",
@@ -149,6 +155,8 @@ class ActorClass:
             "t": core.new_task_id(), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id, "ns": core.namespace,
             "mcc": o.get("max_concurrency"), "detached": detached, "nr": 1,
         }
+        if o.get("concurrency_groups"):
+            rec.spec["cgs"] = dict(o["concurrency_groups"])
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, self._name
         rec.return_ids = []
         held = opts.resource_request(o, 0)
@@ -255,6 +263,11 @@ class ActorHandle:
             group = over.get("concurrency_group", group)
         rec.retries_left, rec.retry_exceptions = retries, retry_exc
         if group is not None:
+            if group not in st.groups and group != "_ray_default":
+                raise ValueError(
+                    f"{name} asks for concurrency group {group!r}, but the actor defines "
+                    f"{st.groups or 'none'} (its concurrency_groups option)"
+                )
             spec["cg"] = group
         refs = make_returns(core, task_id, num_returns, rec)
         core.actors.submit_threadsafe(st, rec)
@@ -270,9 +283,25 @@ _BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
 _METHOD_OPTIONS = ("num_returns", "concurrency_group", "max_task_retries", "retry_exceptions")
 
 
-def _call_options(o: dict) -> dict:
-    """The class-level options every caller applies to its calls (travel with handles)."""
+def _call_options(o: dict, is_async: bool) -> dict:
+    """The class-level options every caller applies to its calls (travel with handles).
+
+    Raises ``ValueError`` for ``allow_out_of_order_execution=False`` on an
+    async or threaded actor, whose calls never run in submission order
+    (follows Ray).
+    """
     out = {k: o[k] for k in ("max_task_retries", "retry_exceptions", "max_pending_calls") if o.get(k) is not None}
+    concurrent = is_async or (o.get("max_concurrency") or 1) > 1
+    ooo = o.get("allow_out_of_order_execution")
+    if ooo is False and concurrent:
+        raise ValueError(
+            "allow_out_of_order_execution=False is not supported for async actors or actors with "
+            "max_concurrency > 1: their calls run concurrently, so they cannot keep submission order"
+        )
+    if ooo if ooo is not None else concurrent:
+        out["ooo"] = True
+    if o.get("concurrency_groups"):
+        out["groups"] = sorted(o["concurrency_groups"])
     return out
 
 

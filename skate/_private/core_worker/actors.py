@@ -71,6 +71,8 @@ class ActorState:
         self.max_task_retries = 0
         self.retry_exceptions: Any = False
         self.max_pending = -1
+        self.out_of_order = False
+        self.groups: list[str] = []
         self._mopts: dict[str, tuple] = {}
         # Restarts: the owner re-creates the actor; everyone follows its incarnation.
         self.max_restarts = 0
@@ -91,6 +93,8 @@ class ActorState:
         self.max_task_retries = copts.get("max_task_retries", 0)
         self.retry_exceptions = _norm_retry(copts.get("retry_exceptions", False))
         self.max_pending = copts.get("max_pending_calls", -1)
+        self.out_of_order = bool(copts.get("ooo"))
+        self.groups = list(copts.get("groups", ()))
 
     def method_options(self, name: str) -> tuple:
         """``(max_task_retries, retry_exceptions, concurrency_group)`` of calls to ``name``."""
@@ -173,12 +177,15 @@ class ActorManager(ActorLifecycle):
                 return
             q = st.queue
             while q:
-                rec = q[0]
+                rec = q.popleft()
                 if rec.deps:
+                    if st.out_of_order:  # later calls need not wait for this one's arguments
+                        asyncio.ensure_future(self._resolve_out_of_order(st, rec))
+                        continue
+                    q.appendleft(rec)
                     st.resolving = True
                     asyncio.ensure_future(self._resolve(st, rec))
                     return
-                q.popleft()
                 self._send(st, rec)
             if st.exit_when_idle and not st.inflight:
                 st.conn.notify("exit_now", {"graceful": True})
@@ -192,6 +199,14 @@ class ActorManager(ActorLifecycle):
         else:
             rec.deps = None
         self._pump(st)
+
+    async def _resolve_out_of_order(self, st: ActorState, rec: TaskRecord) -> None:
+        err = await resolve_deps(self.core, rec)
+        if err is not None:
+            self.core.submitter.fail(rec, err)
+            return
+        rec.deps = None
+        self.submit_threadsafe(st, rec)
 
     def _on_reply(self, st: ActorState, rec: TaskRecord, result: Any, e: BaseException | None) -> None:
         # On the I/O thread, or on a user thread that read the reply itself.
