@@ -245,7 +245,7 @@ class ActorHandle:
         core = self._core
         st = self._state
         name = f"{self._class_name}.{method_name}"
-        if st.max_pending > 0 and len(st.queue) + len(st.inflight) >= st.max_pending:
+        if st.max_pending > 0 and len(st.queue) + len(st.inflight) + st.waiting_args >= st.max_pending:
             raise exc.PendingCallsLimitExceeded(
                 f"The call {name} was not submitted: {st.max_pending} calls to this actor "
                 "are already pending (the actor's max_pending_calls option)"

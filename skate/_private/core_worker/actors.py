@@ -72,6 +72,7 @@ class ActorState:
         self.retry_exceptions: Any = False
         self.max_pending = -1
         self.out_of_order = False
+        self.waiting_args = 0  # out-of-order calls whose arguments are being resolved
         self.groups: list[str] = []
         self._mopts: dict[str, tuple] = {}
         # Restarts: the owner re-creates the actor; everyone follows its incarnation.
@@ -180,6 +181,7 @@ class ActorManager(ActorLifecycle):
                 rec = q.popleft()
                 if rec.deps:
                     if st.out_of_order:  # later calls need not wait for this one's arguments
+                        st.waiting_args += 1
                         asyncio.ensure_future(self._resolve_out_of_order(st, rec))
                         continue
                     q.appendleft(rec)
@@ -187,7 +189,7 @@ class ActorManager(ActorLifecycle):
                     asyncio.ensure_future(self._resolve(st, rec))
                     return
                 self._send(st, rec)
-            if st.exit_when_idle and not st.inflight:
+            if st.exit_when_idle and not st.inflight and not st.waiting_args:
                 st.conn.notify("exit_now", {"graceful": True})
 
     async def _resolve(self, st: ActorState, rec: TaskRecord) -> None:
@@ -202,6 +204,8 @@ class ActorManager(ActorLifecycle):
 
     async def _resolve_out_of_order(self, st: ActorState, rec: TaskRecord) -> None:
         err = await resolve_deps(self.core, rec)
+        with st.lock:
+            st.waiting_args -= 1
         if err is not None:
             self.core.submitter.fail(rec, err)
             return
@@ -229,7 +233,7 @@ class ActorManager(ActorLifecycle):
             self.submit_threadsafe(st, rec)
             return
         complete_returns(self.core, rec, body, bufs)
-        if st.exit_when_idle and not st.inflight and not st.queue and st.conn is not None:
+        if st.exit_when_idle and not st.inflight and not st.queue and not st.waiting_args and st.conn is not None:
             st.conn.notify("exit_now", {"graceful": True})
 
     # --- kill and scope -----------------------------------------------------------
@@ -291,5 +295,5 @@ class ActorManager(ActorLifecycle):
         st.exit_when_idle = True
         st.no_restart = True
         asyncio.ensure_future(self._publish_dead(st, "all references to the actor were removed"))
-        if st.state == ALIVE and not st.inflight and not st.queue:
+        if st.state == ALIVE and not st.inflight and not st.queue and not st.waiting_args:
             st.conn.notify("exit_now", {"graceful": True})
