@@ -164,14 +164,20 @@ class ActorClass:
         lease_body = {
             "resources": held,
             "placement": placement,
-            "strategy": opts.strategy_of(o),
+            "strategy": opts.strategy_of(o) or "BALANCE",
             "actor_id": actor_id,
             "detached": detached,
         }
         st = core.actors.state(actor_id, self._name, owned=True)
         st.detached, st.named = detached, bool(name)
         st.max_restarts = o.get("max_restarts") or 0
-        handle = ActorHandle(actor_id, self._name, self._meta, self._extras, copts)
+        anchor = None
+        if not name and not detached:
+            # Every handle, here or in other processes, holds a ref to this
+            # object: when it is freed, the last handle anywhere is gone.
+            anchor = core.put(None)
+            core.free_hooks[anchor._id] = lambda aid=actor_id: core.actors.handle_dropped(aid)
+        handle = ActorHandle(actor_id, self._name, self._meta, self._extras, copts, anchor)
         core.post(core.actors.create, st, rec, self._pickled, lease_body)
         return handle
 
@@ -193,15 +199,17 @@ class _ActorOptions:
 class ActorHandle:
     """A reference to an actor; call methods with ``handle.method.remote(...)``."""
 
-    def __init__(self, actor_id: bytes, class_name: str, meta: dict, extras: dict | None = None, copts: dict | None = None) -> None:
+    def __init__(
+        self, actor_id: bytes, class_name: str, meta: dict, extras: dict | None = None, copts: dict | None = None, anchor: Any = None
+    ) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._meta = meta
+        self._anchor = anchor  # see ActorClass._create
         core = runtime.current()
         self._core = core
         self._state = core.actors.state(actor_id, class_name)
         self._state.configure(extras or {}, copts or {})
-        self._state.handles += 1
 
     def __getattr__(self, name: str) -> ActorMethod:
         meta = self.__dict__.get("_meta")
@@ -216,17 +224,8 @@ class ActorHandle:
         return sorted(set(super().__dir__()) | set(self._meta))
 
     def __reduce__(self) -> tuple:
-        self._state.shared = True
         st = self._state
-        return (_rebuild_handle, (self._actor_id, self._class_name, self._meta, st.extras, st.copts))
-
-    def __del__(self) -> None:
-        core = self.__dict__.get("_core")
-        if core is not None and not core.closed and self._state.owned:
-            try:
-                core.post(core.actors.handle_dropped, self._actor_id)
-            except RuntimeError:
-                pass
+        return (_rebuild_handle, (self._actor_id, self._class_name, self._meta, st.extras, st.copts, self._anchor))
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id.hex()})"
@@ -317,8 +316,10 @@ def _check_method_options(o: dict, where: str) -> None:
             raise TypeError(f"concurrency_group must be a group name (str), not {v!r}")
 
 
-def _rebuild_handle(actor_id: bytes, class_name: str, meta: dict, extras: dict | None = None, copts: dict | None = None) -> ActorHandle:
-    return ActorHandle(actor_id, class_name, meta, extras, copts)
+def _rebuild_handle(
+    actor_id: bytes, class_name: str, meta: dict, extras: dict | None = None, copts: dict | None = None, anchor: Any = None
+) -> ActorHandle:
+    return ActorHandle(actor_id, class_name, meta, extras, copts, anchor)
 
 
 class ActorMethod:

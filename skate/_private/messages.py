@@ -153,7 +153,7 @@ class LeaseRequest(_LeaseRequestRequired, total=False):
     """A request for a worker that fits ``resources``."""
 
     placement: Resources  # what the node must have free to take it (default: resources)
-    strategy: Any  # None, "SPREAD", or ["node", node_id hex, soft]
+    strategy: Any  # None, "SPREAD", "BALANCE" (actors: nodes with room take turns), or ["node", node_id hex, soft]
     actor_id: Union[bytes, None]  # set when the worker is for an actor
     detached: bool
     no_spill: bool  # grant here or wait: do not point elsewhere

@@ -58,8 +58,6 @@ class ActorState:
         self.error: BaseException | None = None
         self.resolving = False
         self.lookup_started = False
-        self.handles = 0
-        self.shared = False
         self.lease: Any = None
         self.detached = False
         self.named = False
@@ -285,12 +283,14 @@ class ActorManager(ActorLifecycle):
             await control_notify(self.core, address, "exit_now", None)
 
     def handle_dropped(self, actor_id: bytes) -> None:
-        """The owner's last handle to an anonymous actor went away (I/O thread)."""
+        """The last handle to an anonymous actor, in any process, went away (I/O thread).
+
+        Handles carry a reference to a small *anchor* object the owner put at
+        creation; the ordinary borrowing protocol counts it across processes,
+        and the owner calls this when the anchor is freed.
+        """
         st = self.actors.get(actor_id)
-        if st is None or not st.owned or st.shared or st.detached or st.named:
-            return
-        st.handles -= 1
-        if st.handles > 0 or st.state == DEAD:
+        if st is None or not st.owned or st.detached or st.named or st.state == DEAD:
             return
         st.exit_when_idle = True
         st.no_restart = True

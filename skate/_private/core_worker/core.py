@@ -84,6 +84,8 @@ class CoreWorker(ObjectAccess, RefCounting):
         self._wmaps: collections.OrderedDict = collections.OrderedDict()
         self._nodes: dict[bytes, dict] = {}
         self.extra_sockets: list[str] = []
+        #: object id -> callback (I/O thread) run once the object is freed everywhere.
+        self.free_hooks: dict[bytes, Callable] = {}
         #: The last lines this process printed for the cluster (worker output,
         #: warnings, unhandled errors), after they were flushed; for tests.
         self.printed: collections.deque[str] = collections.deque(maxlen=2000)
