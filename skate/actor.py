@@ -47,13 +47,28 @@ def method_meta(cls: type) -> dict:
     meta = {}
     for name, fn in inspect.getmembers(cls, lambda m: inspect.isfunction(m) or inspect.ismethod(m)):
         # Options set by @method under a user decorator are found through ``__wrapped__``.
-        inner = inspect.unwrap(fn, stop=lambda f: hasattr(f, "__skate_method_options__"))
-        o = getattr(inner, "__skate_method_options__", {})
+        o = _method_options(fn)
         static = isinstance(inspect.getattr_static(cls, name, None), staticmethod)
         # A classmethod arrives bound (no ``cls``); a plain function still has ``self``.
         drop = not static and inspect.isfunction(fn)
         meta[name] = (o.get("num_returns", 1), CallSignature(fn, f"{cls.__name__}.{name}", drop_first=drop))
     return meta
+
+
+def _method_options(fn: Any) -> dict:
+    """Options set with ``@method``, found through decorators that kept ``__wrapped__``."""
+    inner = inspect.unwrap(fn, stop=lambda f: hasattr(f, "__skate_method_options__"))
+    return getattr(inner, "__skate_method_options__", {})
+
+
+def _method_extras(cls: type) -> dict:
+    """Per-method options other than ``num_returns`` (retries, concurrency group)."""
+    out = {}
+    for name, fn in inspect.getmembers(cls, lambda m: inspect.isfunction(m) or inspect.ismethod(m)):
+        o = {k: v for k, v in _method_options(fn).items() if k in _CALL_OPTIONS}
+        if o:
+            out[name] = o
+    return out
 
 
 class ActorClass:
@@ -64,6 +79,7 @@ class ActorClass:
         self._options = opts.validate(options, actor=True)
         self._name = cls.__name__
         self._meta = method_meta(cls)
+        self._extras = _method_extras(cls)
         self._signature = CallSignature(cls, cls.__name__)
         self._pickled: bytes | None = None
         self.__name__ = cls.__name__
@@ -74,6 +90,15 @@ class ActorClass:
             f"Inheriting from actor class {self._name!r} is not allowed; inherit from the plain class "
             "and apply @remote to the subclass."
         )
+
+    def __getattr__(self, name: str) -> Any:
+        # Class attributes and static methods of the user's class read through
+        # the actor class, as methods running in the actor refer to them by the
+        # class's (now the actor class's) name.  Follows Ray.
+        cls = self.__dict__.get("_cls")
+        if cls is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(cls, name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -124,14 +149,29 @@ class ActorClass:
                 return get_actor(name, namespace)
             except ValueError:
                 pass
+            try:
+                return self._create_new(args, kwargs, o, core, name, namespace)
+            except exc.ActorAlreadyExistsError:
+                # Another process created it between our lookup and our registration.
+                return get_actor(name, namespace)
+        return self._create_new(args, kwargs, o, core, name, namespace)
+
+    def _is_async(self) -> bool:
+        return any(
+            inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+            for _, m in inspect.getmembers(self._cls, inspect.isfunction)
+        )
+
+    def _create_new(self, args: tuple, kwargs: dict, o: dict, core: Any, name: str | None, namespace: str) -> ActorHandle:
         if self._pickled is None:
             self._pickled = dumps_code(self._cls)
         actor_id = ids.new_id(16)
         detached = o.get("lifetime") == "detached"
         if detached and not name:
             raise ValueError("a detached actor must have a name")
+        copts = _call_options(o, self._is_async())
         try:
-            self._register(core, actor_id, name, namespace, detached, o)
+            self._register(core, actor_id, name, namespace, detached, o, copts)
         except ValueError as e:  # the control store refuses a name in use
             raise exc.ActorAlreadyExistsError(str(e)) from None
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"the constructor of {self._name}")
@@ -145,24 +185,35 @@ class ActorClass:
             rec.spec["res"] = held
         if name:
             rec.spec["an"] = name
+        if o.get("concurrency_groups"):
+            rec.spec["cgs"] = dict(o["concurrency_groups"])
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, self._name
         rec.return_ids = []
         placement = dict(held) if o.get("num_cpus") is not None else dict(held, CPU=1.0)
         lease_body = {
             "resources": held,
             "placement": placement,
-            "strategy": opts.strategy_of(o),
+            "strategy": opts.strategy_of(o) or "BALANCE",
             "actor_id": actor_id,
             "detached": detached,
         }
         st = core.actors.state(actor_id, self._name, owned=True)
         st.detached, st.named = detached, bool(name)
-        handle = ActorHandle(actor_id, self._name, self._meta)
+        st.max_restarts = o.get("max_restarts") or 0
+        anchor = None
+        if not name and not detached:
+            # Every handle, here or in other processes, holds a ref to this
+            # object: when it is freed, the last handle anywhere is gone.
+            anchor = core.put(None)
+            core.free_hooks[anchor._id] = lambda aid=actor_id: core.actors.handle_dropped(aid)
+        handle = ActorHandle(actor_id, self._name, self._meta, self._extras, copts, anchor)
         core.post(core.actors.create, st, rec, self._pickled, lease_body)
         return handle
 
-    def _register(self, core: Any, actor_id: bytes, name: str | None, namespace: str, detached: bool, o: dict) -> None:
-        handle_meta = cloudpickle.dumps((self._name, self._meta))
+    def _register(
+        self, core: Any, actor_id: bytes, name: str | None, namespace: str, detached: bool, o: dict, copts: dict
+    ) -> None:
+        handle_meta = cloudpickle.dumps((self._name, self._meta, self._extras, copts))
         core.gcs_call(
             "register_actor",
             {
@@ -207,14 +258,17 @@ class _ActorOptions:
 class ActorHandle:
     """A reference to an actor; call methods with ``handle.method.remote(...)``."""
 
-    def __init__(self, actor_id: bytes, class_name: str, meta: dict) -> None:
+    def __init__(
+        self, actor_id: bytes, class_name: str, meta: dict, extras: dict | None = None, copts: dict | None = None, anchor: Any = None
+    ) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._meta = meta
+        self._anchor = anchor  # see ActorClass._create_new
         core = runtime.current()
         self._core = core
         self._state = core.actors.state(actor_id, class_name)
-        self._state.handles += 1
+        self._state.configure(extras or {}, copts or {})
 
     def __getattr__(self, name: str) -> ActorMethod:
         meta = self.__dict__.get("_meta")
@@ -226,17 +280,12 @@ class ActorHandle:
         num_returns, sig = meta[name]
         return ActorMethod(self, name, num_returns, sig)
 
-    def __reduce__(self) -> tuple:
-        self._state.shared = True
-        return (_rebuild_handle, (self._actor_id, self._class_name, self._meta))
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._meta))
 
-    def __del__(self) -> None:
-        core = self.__dict__.get("_core")
-        if core is not None and not core.closed and self._state.owned:
-            try:
-                core.post(core.actors.handle_dropped, self._actor_id)
-            except RuntimeError:
-                pass
+    def __reduce__(self) -> tuple:
+        st = self._state
+        return (_rebuild_handle, (self._actor_id, self._class_name, self._meta, st.extras, st.copts, self._anchor))
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id.hex()})"
@@ -251,23 +300,44 @@ class ActorHandle:
     def _ray_actor_id(self) -> ids.ActorID:
         return ids.ActorID(self._actor_id)
 
-    def _submit(self, method_name: str, args: tuple, kwargs: dict, num_returns: int, call_name: str = "") -> Any:
+    def _submit(
+        self, method_name: str, args: tuple, kwargs: dict, num_returns: int, over: dict | None = None, call_name: str = ""
+    ) -> Any:
         core = self._core
+        st = self._state
         name = call_name or f"{self._class_name}.{method_name}"
         if not isinstance(num_returns, int):
             raise NotImplementedError(f"generator actor methods (num_returns={num_returns!r}) are not supported yet")
+        if st.max_pending > 0 and len(st.queue) + len(st.inflight) + st.waiting_args >= st.max_pending:
+            raise exc.PendingCallsLimitExceeded(
+                f"The call {name} was not submitted: {st.max_pending} calls to this actor "
+                "are already pending (the actor's max_pending_calls option)"
+            )
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"actor method {name}")
         task_id = core.new_task_id()
         rec = TaskRecord()
-        rec.spec = {"t": task_id, "m": method_name, "nr": num_returns, "j": core.job_id, "a": blob, "r": []}
+        rec.spec = spec = {"t": task_id, "m": method_name, "nr": num_returns, "j": core.job_id, "a": blob, "r": []}
         if call_name:
-            rec.spec["cn"] = call_name
+            spec["cn"] = call_name
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, name
-        rec.actor = self._state
+        rec.actor = st
+        retries, retry_exc, group = st.method_options(method_name)
+        if over:
+            retries = over.get("max_task_retries", retries)
+            retry_exc = over.get("retry_exceptions", retry_exc)
+            group = over.get("concurrency_group", group)
+        rec.retries_left, rec.retry_exceptions = retries, retry_exc
+        if group is not None:
+            if group not in st.groups and group != "_ray_default":
+                raise ValueError(
+                    f"{name} asks for concurrency group {group!r}, but the actor defines "
+                    f"{st.groups or 'none'} (its concurrency_groups option)"
+                )
+            spec["cg"] = group
         refs = make_returns(core, task_id, num_returns, rec)
         if refs and getattr(core.ctx, "task_id", None) is not None:
             cancellation.note_child(core, refs[0]._id)
-        core.actors.submit_threadsafe(self._state, rec)
+        core.actors.submit_threadsafe(st, rec)
         if num_returns == 1:
             return refs[0]
         if num_returns == 0:
@@ -276,21 +346,51 @@ class ActorHandle:
 
 
 _BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
+#: Options a call to an actor method may set (``@method`` or ``.options()``), besides num_returns.
+_CALL_OPTIONS = ("concurrency_group", "max_task_retries", "retry_exceptions")
 
 
-def _rebuild_handle(actor_id: bytes, class_name: str, meta: dict) -> ActorHandle:
-    return ActorHandle(actor_id, class_name, meta)
+def _call_options(o: dict, is_async: bool) -> dict:
+    """The class-level options every caller applies to its calls (travel with handles).
+
+    Raises ``ValueError`` for ``allow_out_of_order_execution=False`` on an
+    async or threaded actor, whose calls never run in submission order
+    (follows Ray).
+    """
+    out = {k: o[k] for k in ("max_task_retries", "retry_exceptions", "max_pending_calls") if o.get(k) is not None}
+    concurrent = is_async or (o.get("max_concurrency") or 1) > 1
+    ooo = o.get("allow_out_of_order_execution")
+    if ooo is False and concurrent:
+        raise ValueError(
+            "allow_out_of_order_execution=False is not supported for async actors or actors with "
+            "max_concurrency > 1: their calls run concurrently, so they cannot keep submission order"
+        )
+    if ooo if ooo is not None else concurrent:
+        out["ooo"] = True
+    if o.get("concurrency_groups"):
+        out["groups"] = sorted(o["concurrency_groups"])
+    return out
+
+
+def _rebuild_handle(
+    actor_id: bytes, class_name: str, meta: dict, extras: dict | None = None, copts: dict | None = None, anchor: Any = None
+) -> ActorHandle:
+    return ActorHandle(actor_id, class_name, meta, extras, copts, anchor)
 
 
 class ActorMethod:
     """A method of an actor handle: ``.remote()``, ``.options()``, ``.bind()``."""
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: Any, signature: CallSignature | None, call_name: str = "") -> None:
+    def __init__(
+        self, handle: ActorHandle, name: str, num_returns: Any, signature: CallSignature | None, call_name: str = "",
+        over: dict | None = None,
+    ) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
         self._signature = signature
         self._call_name = call_name
+        self._over = over  # call options set with .options()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -306,7 +406,7 @@ class ActorMethod:
         """
         if self._signature is not None:
             self._signature.check(args, kwargs)
-        return self._handle._submit(self._name, args, kwargs, self._num_returns, self._call_name)
+        return self._handle._submit(self._name, args, kwargs, self._num_returns, self._over, self._call_name)
 
     def _remote(
         self,
@@ -350,7 +450,11 @@ class ActorMethod:
         """
         call_name = options.pop("name", self._call_name)
         o = opts.validate_method(options)
-        return ActorMethod(self._handle, self._name, o.get("num_returns", self._num_returns), self._signature, call_name)
+        over = dict(self._over or {})
+        over.update({k: v for k, v in o.items() if k in _CALL_OPTIONS})
+        return ActorMethod(
+            self._handle, self._name, o.get("num_returns", self._num_returns), self._signature, call_name, over or None
+        )
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         """A lazy DAG node calling this method."""
@@ -365,17 +469,31 @@ class ActorMethod:
 
 
 def exit_actor() -> None:
-    """Ends the current actor after this call returns; callers then get ActorDiedError."""
-    from skate._private.core_worker.executor import ActorExit
+    """Ends the current actor at once (follows Ray).
 
+    Inside an actor method the call ends there: the method's caller gets a
+    ``RayActorError``, calls queued behind it fail with ``RayActorError``
+    (even if user code catches the exception this raises), and the
+    actor's ``__ray_shutdown__`` method and ``atexit`` handlers run.  In the
+    constructor, the actor exits once created.  Raises ``TypeError``
+    outside an actor.
+    """
     core = runtime.current_or_none()
-    if core is None or core.executor is None or core.executor.actor is None:
-        raise TypeError("exit_actor() called outside an actor")
-    raise ActorExit(0)
+    ex = core.executor if core is not None else None
+    if ex is None or ex.actor_id is None:
+        mode = "a driver" if core is None or core.executor is None else "a task worker"
+        raise TypeError(
+            f"exit_actor API is called on a non-actor worker ({mode}). Call it inside an "
+            "actor's method or constructor to exit the actor; use skate.kill(handle) to end an actor from outside."
+        )
+    ex.request_exit()
 
 
 def get_actor(name: str, namespace: str | None = None) -> Any:
-    """The handle of the named actor ``name`` in ``namespace`` (default: this job's)."""
+    """The handle of the named actor ``name`` in ``namespace`` (default: this job's).
+
+    Raises ``ValueError`` when no live actor has that name there (follows Ray).
+    """
     if not name:
         raise ValueError("get_actor() needs a non-empty name")
     core = runtime.current()
@@ -383,6 +501,10 @@ def get_actor(name: str, namespace: str | None = None) -> Any:
     reply = core.gcs_call("get_named_actor", {"name": name, "namespace": ns})
     info, bufs = reply if isinstance(reply, tuple) else (reply, [])
     if info is None or info.get("state") == "DEAD":
-        raise ValueError(f"Failed to look up actor {name!r} in namespace {ns!r}: no live actor has that name")
-    class_name, meta = cloudpickle.loads(bufs[0])
-    return ActorHandle(info["actor_id"], class_name, meta)
+        raise ValueError(
+            f"Failed to look up actor with name {name!r}. No live actor has that name in namespace {ns!r}: "
+            "it was never created there, it died, or it lives in another namespace "
+            "(pass namespace=... to get_actor, or init(namespace=...))."
+        )
+    class_name, meta, extras, copts = cloudpickle.loads(bufs[0])
+    return ActorHandle(info["actor_id"], class_name, meta, extras, copts)

@@ -214,10 +214,9 @@ class RuntimeContext:
 
     @property
     def was_current_actor_reconstructed(self) -> bool:
-        """Whether this actor was restarted: always False (restarts are not implemented,
-        ``max_restarts`` > 0 is rejected)."""
-        assert self.get_actor_id() is not None, "This method should't be called inside Ray tasks."
-        return False
+        """Whether this actor is a restarted incarnation (its constructor ran again after a failure)."""
+        ex = self._core.executor
+        return bool(ex is not None and getattr(ex, "reconstructed", False))
 
     # --- placement groups and runtime environments (not implemented) ---------------------------
     def get_placement_group_id(self) -> str | None:

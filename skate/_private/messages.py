@@ -99,18 +99,20 @@ class _ActorUpdateRequired(TypedDict):
 class ActorUpdate(_ActorUpdateRequired, total=False):
     """A change of an actor's record; only ``actor_id`` is required."""
 
-    state: str  # PENDING_CREATION, ALIVE or DEAD
+    state: str  # PENDING_CREATION, ALIVE, RESTARTING or DEAD
     cause: Union[str, None]  # why it died
-    cause_if_unset: str  # the cause, unless one is known already
+    cause_if_unset: str  # the cause, unless one is known already (a worker's exit seen by its node)
     address: Address
     node_id: bytes
-    worker_id: bytes
+    worker_id: bytes  # with cause_if_unset: the worker that exited (ignored if the actor moved on)
     pid: Union[int, None]
+    num_restarts: int  # the incarnation: 0 first, +1 per restart
 
 
 class ActorRecord(RegisterActor, total=False):
     """An actor as the control store reports it."""
 
+    num_restarts: int
     state: str
     cause: Union[str, None]
     address: Address
@@ -124,7 +126,9 @@ class _GetActorRequired(TypedDict):
 
 
 class GetActor(_GetActorRequired, total=False):
-    wait: bool  # answer once it is ALIVE or DEAD
+    wait: bool  # answer once it is ALIVE (with num_restarts >= min_restarts) or DEAD
+    min_restarts: int  # with wait: the incarnation to wait for (default 0)
+    timeout: float  # with wait: answer with the current record after this many seconds (default 30)
     until_dead: bool  # answer once it is DEAD (at most 5 s)
 
 
@@ -152,7 +156,7 @@ class LeaseRequest(_LeaseRequestRequired, total=False):
     """A request for a worker that fits ``resources``."""
 
     placement: Resources  # what the node must have free to take it (default: resources)
-    strategy: Any  # None, "SPREAD", or ["node", node_id hex, soft]
+    strategy: Any  # None, "SPREAD", "BALANCE" (actors: nodes with room take turns), or ["node", node_id hex, soft]
     actor_id: Union[bytes, None]  # set when the worker is for an actor
     detached: bool
     no_spill: bool  # grant here or wait: do not point elsewhere
@@ -297,6 +301,9 @@ class TaskSpec(_TaskSpecRequired, total=False):
     bp: int  # a generator task's backpressure: items sent ahead of the consumer
     an: str  # the actor's name (creation)
     cn: str  # the call's name, from .options(name=...)
+    rs: int  # the restart this creation is (0: first creation)
+    cgs: dict[str, int]  # concurrency groups: name -> max concurrency (creation)
+    cg: str  # the concurrency group of an actor call (absent: the default group)
 
 
 class TaskReply(TypedDict, total=False):

@@ -25,10 +25,7 @@ _TYPES: dict[str, tuple] = {
     "accelerator_type": (str, _NONE),
     "max_calls": (int, _NONE),
     "max_retries": (int, _NONE),
-    "max_restarts": (int, _NONE),
-    "max_task_retries": (int, _NONE),
     "max_concurrency": (int, _NONE),
-    "max_pending_calls": (int, _NONE),
     "retry_exceptions": (bool, list, tuple),
     "name": (str, _NONE),
     "namespace": (str, _NONE),
@@ -38,7 +35,6 @@ _TYPES: dict[str, tuple] = {
     "_labels": (dict, _NONE),
     "get_if_exists": (bool,),
     "enable_task_events": (bool,),
-    "concurrency_groups": (list, dict, _NONE),
     "lifetime": (str, _NONE),
 }
 
@@ -57,7 +53,7 @@ TASK_OPTIONS = _COMMON | {
 ACTOR_OPTIONS = _COMMON | {
     "max_restarts", "max_task_retries", "max_concurrency", "max_pending_calls", "namespace",
     "lifetime", "get_if_exists", "concurrency_groups", "allow_out_of_order_execution",
-    "enable_tensor_transport", "_actor_generator_backpressure_num_objects",
+    "enable_tensor_transport", "_actor_generator_backpressure_num_objects", "retry_exceptions",
 }
 """Options of ``@remote`` on a class (Ray 2.60's ``actor_options``)."""
 
@@ -90,12 +86,6 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "_labels": (_empty, "task labels are not implemented"),
     "_num_objects_per_yield": (lambda v: v is None or v == 1, "generator tasks are not supported yet"),
     "_actor_generator_backpressure_num_objects": (lambda v: v is None, "generator tasks are not supported yet"),
-    "max_restarts": (lambda v: not v, "actor restarts are not implemented (an actor that dies stays dead)"),
-    "max_task_retries": (lambda v: not v, "actor restarts are not implemented, so actor calls cannot be retried"),
-    "max_pending_calls": (lambda v: v is None or v == -1, "a limit on pending actor calls is not implemented"),
-    "concurrency_groups": (_empty, "actor concurrency groups are not implemented"),
-    "concurrency_group": (lambda v: v is None, "actor concurrency groups are not implemented"),
-    "allow_out_of_order_execution": (lambda v: not v, "actor calls always run in submission order"),
     "enable_tensor_transport": (lambda v: not v, "tensor transports are not implemented"),
     "tensor_transport": (lambda v: v is None or str(v).lower() == "object_store", "tensor transports are not implemented"),
 }
@@ -181,6 +171,18 @@ def validate(options: dict, actor: bool, in_options: bool = False) -> dict:
     mcc = out.get("max_concurrency")
     if mcc is not None and mcc < 1:
         raise ValueError("max_concurrency must be a positive integer")
+    if out.get("retry_exceptions") is not None:
+        check_retry_exceptions(out["retry_exceptions"])
+    mp = out.get("max_pending_calls")
+    if mp is not None and (not isinstance(mp, int) or isinstance(mp, bool) or mp == 0 or mp < -1):
+        raise ValueError(f"max_pending_calls must be -1 (no limit) or a positive integer, not {mp!r}")
+    groups = out.get("concurrency_groups")
+    if groups is not None:
+        if not isinstance(groups, dict):
+            raise TypeError("concurrency_groups must be a dict of group name to max concurrency")
+        for g, n in groups.items():
+            if not isinstance(g, str) or not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"concurrency_groups: group {g!r} needs a positive integer max concurrency, not {n!r}")
     if out.get("lifetime") not in (None, "detached", "non_detached"):
         raise ValueError("actor `lifetime` argument must be one of 'detached', 'non_detached' and 'None'.")
     if out.get("get_if_exists") and not out.get("name"):
@@ -218,11 +220,13 @@ def validate_method(options: dict) -> dict:
             f"the option num_returns={nr!r} / _generator_backpressure_num_objects on actor methods",
             "generator actor methods are not supported yet (generator tasks are)",
         )
-    if out.get("retry_exceptions"):
-        raise not_supported(
-            f"the option retry_exceptions={out['retry_exceptions']!r} on actor methods",
-            "actor restarts are not implemented, so actor calls cannot be retried",
-        )
+    if out.get("retry_exceptions") is not None:
+        check_retry_exceptions(out["retry_exceptions"])
+    mtr = out.get("max_task_retries")
+    if mtr is not None and (not isinstance(mtr, int) or isinstance(mtr, bool) or mtr < -1):
+        raise ValueError("max_task_retries must be an integer >= -1 (-1: retry forever)")
+    if out.get("concurrency_group") is not None and not isinstance(out["concurrency_group"], str):
+        raise TypeError(f"concurrency_group must be a group name (str), not {out['concurrency_group']!r}")
     if out.get("enable_task_events") is not None:
         _check_type("enable_task_events", out["enable_task_events"])
     check_supported(out)
@@ -261,3 +265,12 @@ def strategy_of(options: dict) -> Any:
     if node_id is not None:
         return ["node", node_id if isinstance(node_id, str) else node_id.hex(), bool(getattr(s, "soft", False))]
     raise ValueError(f"unsupported scheduling_strategy {s!r}: use 'DEFAULT', 'SPREAD' or a NodeAffinitySchedulingStrategy")
+
+
+def check_retry_exceptions(value: Any) -> None:
+    """``retry_exceptions`` is a bool or a list/tuple of exception classes (follows Ray)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (list, tuple)) and all(isinstance(t, type) and issubclass(t, BaseException) for t in value):
+        return
+    raise TypeError(f"retry_exceptions must be a bool or a list of exception types, not {value!r}")

@@ -317,3 +317,24 @@ def test_spread_with_no_spill_stays_here():
     s.update_node(OTHER, {"CPU": 8.0}, {"CPU": 8.0}, True)
     for _ in range(4):
         assert decide(s, req(strategy="SPREAD", no_spill=True)) == ("grant", None)
+
+
+# --- BALANCE (actors' default) -------------------------------------------------------------------
+
+
+def test_balance_takes_turns_over_nodes_with_room():
+    s = LocalScheduler(HERE, {"CPU": 8.0})
+    s.update_node(OTHER, {"CPU": 8.0}, {"CPU": 8.0}, True)
+    s.update_node(THIRD, {"CPU": 8.0}, {"CPU": 0.0}, True)  # busy now: skipped
+    where = Counter()
+    for _ in range(6):
+        d, arg = decide(s, LeaseRequest(resources={}, placement={"CPU": 1.0}, strategy="BALANCE"))
+        where[HERE if d == "grant" else arg] += 1
+    assert where == {HERE: 3, OTHER: 3}
+
+
+def test_balance_falls_back_to_the_default_when_no_node_has_room():
+    s = LocalScheduler(HERE, {"CPU": 1.0})
+    s.update_node(OTHER, {"CPU": 1.0}, {"CPU": 0.0}, True)
+    s.available["CPU"] = 0.0
+    assert decide(s, req(strategy="BALANCE")) == ("queued", None)

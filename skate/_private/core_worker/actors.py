@@ -23,7 +23,14 @@ from typing import Any
 
 from skate import exceptions as exc
 from skate._private import wire
+from skate._private.core_worker.actor_lifecycle import (
+    ALIVE,
+    DEAD,
+    PENDING,
+    ActorLifecycle,
+)
 from skate._private.core_worker.errors import EXITED, as_error
+from skate._private.core_worker.memory_store import ERROR
 from skate._private.core_worker.submitter import (
     TaskRecord,
     complete_returns,
@@ -33,7 +40,6 @@ from skate._private.core_worker.submitter import (
 
 log = logging.getLogger(__name__)
 
-PENDING, ALIVE, DEAD = "PENDING", "ALIVE", "DEAD"
 
 
 class ActorState:
@@ -52,18 +58,73 @@ class ActorState:
         self.error: BaseException | None = None
         self.resolving = False
         self.lookup_started = False
-        self.handles = 0
-        self.shared = False
         self.lease: Any = None
         self.detached = False
         self.named = False
         self.exit_when_idle = False
+        # Options every caller applies (from the handle): retries, backpressure.
+        self.configured = False
+        self.extras: dict = {}
+        self.copts: dict = {}
+        self.max_task_retries = 0
+        self.retry_exceptions: Any = False
+        self.max_pending = -1
+        self.out_of_order = False
+        self.waiting_args = 0  # out-of-order calls whose arguments are being resolved
+        self.groups: list[str] = []
+        self._mopts: dict[str, tuple] = {}
+        # Restarts: the owner re-creates the actor; everyone follows its incarnation.
+        self.max_restarts = 0
+        self.num_restarts = 0
+        self.no_restart = False
+        self.creation: tuple | None = None  # (constructor record, class bytes, lease body), owner only
         #: Guards queue/inflight/sending: user threads send directly when
         #: nothing is queued ahead (see ActorManager.try_now).
         self.lock = threading.RLock()
 
 
-class ActorManager:
+    def configure(self, extras: dict, copts: dict) -> None:
+        """Takes the class's call options from the first handle seen here."""
+        if self.configured:
+            return
+        self.configured = True
+        self.extras, self.copts = extras, copts
+        self.max_task_retries = copts.get("max_task_retries", 0)
+        self.retry_exceptions = _norm_retry(copts.get("retry_exceptions", False))
+        self.max_pending = copts.get("max_pending_calls", -1)
+        self.out_of_order = bool(copts.get("ooo"))
+        self.groups = list(copts.get("groups", ()))
+
+    def method_options(self, name: str) -> tuple:
+        """``(max_task_retries, retry_exceptions, concurrency_group)`` of calls to ``name``."""
+        c = self._mopts.get(name)
+        if c is None:
+            e = self.extras.get(name, {})
+            c = self._mopts[name] = (
+                e.get("max_task_retries", self.max_task_retries),
+                _norm_retry(e.get("retry_exceptions", self.retry_exceptions)),
+                e.get("concurrency_group"),
+            )
+        return c
+
+
+def _retryable(rec: TaskRecord, body: dict, bufs: list) -> bool:
+    """Whether a call's reply is an exception that ``retry_exceptions`` asks to retry."""
+    metas = body.get("r") or []
+    if not metas or metas[0][0] != ERROR:
+        return False
+    if rec.retry_exceptions is True:
+        return True
+    err = as_error(bufs[0], bufs[1 : metas[0][1]])
+    cause = getattr(err, "cause", err)
+    return any(isinstance(cause, t) for t in rec.retry_exceptions)
+
+
+def _norm_retry(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else bool(value)
+
+
+class ActorManager(ActorLifecycle):
     """All actors this process created or called."""
 
     def __init__(self, core: Any) -> None:
@@ -75,71 +136,6 @@ class ActorManager:
         if st is None:
             st = self.actors[actor_id] = ActorState(actor_id, class_name, owned)
         return st
-
-    # --- creation (I/O thread) -------------------------------------------------------
-    def create(self, st: ActorState, rec: TaskRecord, cls_bytes: bytes, lease_body: dict) -> None:
-        asyncio.ensure_future(self._create(st, rec, cls_bytes, lease_body))
-
-    async def _create(self, st: ActorState, rec: TaskRecord, cls_bytes: bytes, lease_body: dict) -> None:
-        core = self.core
-        try:
-            if rec.deps:
-                err = await resolve_deps(core, rec)
-                if err is not None:
-                    raise err
-            grant, raylet = await core.submitter.acquire_lease(lease_body)
-            st.lease = (grant, raylet)
-            if st.state == DEAD:  # killed while being placed
-                raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
-                return
-            conn = await core.conn_to(grant["address"], exec_=True)
-            reply = await conn.request("create_actor", rec.spec, [cls_bytes, *rec.arg_bufs])
-        except BaseException as e:  # noqa: BLE001
-            self._dead(st, f"the actor could not be created: {e}", e if isinstance(e, exc.RayError) else None)
-            return
-        body, bufs = reply if isinstance(reply, tuple) else (reply, [])
-        rec.keep = None
-        if not body.get("ok"):
-            err = as_error(bufs[0], bufs[1:])
-            raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
-            self._dead(st, f"its constructor raised:\n{err}", err)
-            return
-        st.info = {"address": grant["address"], "node_id": grant["node_id"], "worker_id": grant["worker_id"], "pid": body.get("pid")}
-        if st.state == DEAD:
-            conn.notify("exit_now")
-            return
-        gcs = await core.gcs()
-        gcs.notify("update_actor", dict(st.info, actor_id=st.actor_id, state=ALIVE))
-        self._connected(st, conn)
-
-    def _connected(self, st: ActorState, conn: wire.Connection) -> None:
-        st.conn = conn
-        st.state = ALIVE
-        conn.on_close.append(lambda c, st=st: self._conn_lost(st, c))
-        self._pump(st)
-
-    # --- resolving someone else's actor -----------------------------------------------
-    async def _lookup(self, st: ActorState) -> None:
-        core = self.core
-        try:
-            gcs = await core.gcs()
-            info = await gcs.request("get_actor", {"actor_id": st.actor_id, "wait": True})
-        except Exception as e:  # noqa: BLE001
-            self._dead(st, f"its state could not be read from the control store: {e}")
-            return
-        if info is None:
-            self._dead(st, "the control store does not know it")
-            return
-        if info["state"] != "ALIVE":
-            self._dead(st, info.get("cause") or "it is dead")
-            return
-        st.info = info
-        try:
-            conn = await core.conn_to(info["address"], exec_=True)
-        except Exception as e:  # noqa: BLE001
-            self._dead(st, f"its process cannot be reached ({e})")
-            return
-        self._connected(st, conn)
 
     # --- calls ------------------------------------------------------------------------
     def submit_threadsafe(self, st: ActorState, rec: TaskRecord) -> None:
@@ -180,14 +176,18 @@ class ActorManager:
                 return
             q = st.queue
             while q:
-                rec = q[0]
+                rec = q.popleft()
                 if rec.deps:
+                    if st.out_of_order:  # later calls need not wait for this one's arguments
+                        st.waiting_args += 1
+                        asyncio.ensure_future(self._resolve_out_of_order(st, rec))
+                        continue
+                    q.appendleft(rec)
                     st.resolving = True
                     asyncio.ensure_future(self._resolve(st, rec))
                     return
-                q.popleft()
                 self._send(st, rec)
-            if st.exit_when_idle and not st.inflight:
+            if st.exit_when_idle and not st.inflight and not st.waiting_args:
                 st.conn.notify("exit_now", {"graceful": True})
 
     async def _resolve(self, st: ActorState, rec: TaskRecord) -> None:
@@ -200,6 +200,16 @@ class ActorManager:
             rec.deps = None
         self._pump(st)
 
+    async def _resolve_out_of_order(self, st: ActorState, rec: TaskRecord) -> None:
+        err = await resolve_deps(self.core, rec)
+        with st.lock:
+            st.waiting_args -= 1
+        if err is not None:
+            self.core.submitter.fail(rec, err)
+            return
+        rec.deps = None
+        self.submit_threadsafe(st, rec)
+
     def _on_reply(self, st: ActorState, rec: TaskRecord, result: Any, e: BaseException | None) -> None:
         # On the I/O thread, or on a user thread that read the reply itself.
         if e is not None:
@@ -211,68 +221,31 @@ class ActorManager:
         st.inflight.pop(rec.spec["t"], None)
         body, bufs = result if isinstance(result, tuple) else (result, [])
         if body.get("x"):  # the actor exited (exit_actor): later calls fail here at once
-
             with st.lock:
                 st.state = DEAD
                 st.cause = EXITED
+                st.no_restart = True
+        elif rec.retry_exceptions and rec.retries_left != 0 and _retryable(rec, body, bufs):
+            if rec.retries_left > 0:
+                rec.retries_left -= 1
+            self.submit_threadsafe(st, rec)
+            return
         complete_returns(self.core, rec, body, bufs)
-        if st.exit_when_idle and not st.inflight and not st.queue and st.conn is not None:
+        if st.exit_when_idle and not st.inflight and not st.queue and not st.waiting_args and st.conn is not None:
             st.conn.notify("exit_now", {"graceful": True})
-
-    def _conn_lost(self, st: ActorState, conn: wire.Connection) -> None:
-        if self.core.closing:
-            return
-        if st.state == DEAD:
-            self._fail_all(st)
-            return
-        asyncio.ensure_future(self._learn_death(st))
-
-    async def _learn_death(self, st: ActorState) -> None:
-        cause = "its worker process died unexpectedly"
-        try:
-            gcs = await self.core.gcs()
-            info = await asyncio.wait_for(gcs.request("get_actor", {"actor_id": st.actor_id, "until_dead": True}), 5)
-            if info and info.get("cause"):
-                cause = info["cause"]
-        except Exception:  # noqa: BLE001
-            pass
-        self._dead(st, cause)
-
-    def _dead(self, st: ActorState, cause: str, error: BaseException | None = None) -> None:
-        if st.state != DEAD:
-            st.state = DEAD
-            st.cause = cause
-            st.error = error
-            if st.owned:
-                asyncio.ensure_future(self._publish_dead(st, cause))
-        self._fail_all(st)
-
-    async def _publish_dead(self, st: ActorState, cause: str) -> None:
-        try:
-            gcs = await self.core.gcs()
-            gcs.notify("update_actor", {"actor_id": st.actor_id, "state": DEAD, "cause": cause})
-        except Exception:  # noqa: BLE001
-            pass
-
-    def _fail_all(self, st: ActorState) -> None:
-        with st.lock:
-            recs = list(st.inflight.values()) + list(st.queue)
-            st.inflight.clear()
-            st.queue.clear()
-        for rec in recs:
-            self._fail(st, rec)
-
-    def _fail(self, st: ActorState, rec: TaskRecord) -> None:
-        if isinstance(st.error, exc.ActorUnschedulableError):
-            self.core.submitter.fail(rec, st.error)
-            return
-        msg = f"The actor {st.class_name} ({st.actor_id.hex()}) is dead: {st.cause}"
-        self.core.submitter.fail(rec, exc.ActorDiedError(cause=st.error, actor_id=st.actor_id.hex(), error_msg=msg))
 
     # --- kill and scope -----------------------------------------------------------
     def kill(self, st: ActorState, no_restart: bool = True) -> None:
-        """Kills an actor at once (``skate.kill``; any thread): later calls fail right away."""
+        """Kills an actor at once (``skate.kill``; any thread).
+
+        With ``no_restart`` later calls fail right away; without, the actor's
+        process ends and its owner restarts it if it has restarts left.
+        """
+        if not no_restart:
+            self.core.post(lambda: asyncio.ensure_future(self._kill_process(st)))
+            return
         with st.lock:
+            st.no_restart = True
             was = st.state
             st.state = DEAD
             st.cause = "it was killed by skate.kill()"
@@ -297,15 +270,30 @@ class ActorManager:
             conn.notify("exit_now")
         self._fail_all(st)
 
+    async def _kill_process(self, st: ActorState) -> None:
+        address = st.info.get("address")
+        if address is None:
+            try:
+                gcs = await self.core.gcs()
+                info = await gcs.request("get_actor", {"actor_id": st.actor_id})
+                address = info.get("address") if info else None
+            except Exception:  # noqa: BLE001
+                pass
+        if address:
+            await control_notify(self.core, address, "exit_now", None)
+
     def handle_dropped(self, actor_id: bytes) -> None:
-        """The owner's last handle to an anonymous actor went away (I/O thread)."""
+        """The last handle to an anonymous actor, in any process, went away (I/O thread).
+
+        Handles carry a reference to a small *anchor* object the owner put at
+        creation; the ordinary borrowing protocol counts it across processes,
+        and the owner calls this when the anchor is freed.
+        """
         st = self.actors.get(actor_id)
-        if st is None or not st.owned or st.shared or st.detached or st.named:
-            return
-        st.handles -= 1
-        if st.handles > 0 or st.state == DEAD:
+        if st is None or not st.owned or st.detached or st.named or st.state == DEAD:
             return
         st.exit_when_idle = True
+        st.no_restart = True
         asyncio.ensure_future(self._publish_dead(st, "all references to the actor were removed"))
-        if st.state == ALIVE and not st.inflight and not st.queue:
+        if st.state == ALIVE and not st.inflight and not st.queue and not st.waiting_args:
             st.conn.notify("exit_now", {"graceful": True})

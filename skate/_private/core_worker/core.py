@@ -86,6 +86,8 @@ class CoreWorker(ObjectAccess, RefCounting):
         self._wmaps: collections.OrderedDict = collections.OrderedDict()
         self._nodes: dict[bytes, dict] = {}
         self.extra_sockets: list[str] = []
+        #: object id -> callback (I/O thread) run once the object is freed everywhere.
+        self.free_hooks: dict[bytes, Callable] = {}
         #: The last lines this process printed for the cluster (worker output,
         #: warnings, unhandled errors), after they were flushed; for tests.
         self.printed: collections.deque[str] = collections.deque(maxlen=2000)
@@ -314,6 +316,8 @@ class CoreWorker(ObjectAccess, RefCounting):
             self.loop.stop()
 
     async def _close(self) -> None:
+        if self.mode == DRIVER:
+            await self.actors.close()  # graceful ends: the actors' shutdown hooks run
         if self.mode == DRIVER and self.log_to_driver:
             try:
                 await asyncio.wait_for(self._drain_logs(), 2)

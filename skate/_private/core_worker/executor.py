@@ -15,11 +15,9 @@ may block in ``get`` without stalling the I/O it waits for.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ctypes
 import inspect
 import os
-import sys
 import threading
 from typing import Any
 
@@ -37,16 +35,13 @@ from skate._private import (
 )
 from skate._private.config import CONFIG
 from skate._private.core_worker import streams, task_events
-from skate._private.core_worker.errors import EXITED, error_payload
+from skate._private.core_worker.actor_exec import ActorExecution, ActorExit, Replier
+from skate._private.core_worker.errors import error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
 from skate._private.core_worker.submitter import Arg
 
 
-class ActorExit(SystemExit):
-    """Raised by ``exit_actor()`` to end the actor after the current call."""
-
-
-class Executor:
+class Executor(ActorExecution):
     """Executes the work pushed to one worker."""
 
     def __init__(self, core: Any) -> None:
@@ -59,15 +54,7 @@ class Executor:
         self.held: dict[bytes, list] = {}
         self.acks = streams.Acks()  # generator tasks' consumed counts (backpressure)
         self.streamed: dict[bytes, int] = {}  # generator tasks running: items sent so far
-        self.actor: Any = None
-        self.actor_id: bytes | None = None
-        self.actor_name = ""
-        self.actor_spec: dict | None = None
-        self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.actor_loop: asyncio.AbstractEventLoop | None = None
-        self.actor_sem: asyncio.Semaphore | None = None
-        self.detached = False
-        self.exiting = False
+        self._init_actor()
 
     def handlers(self) -> dict:
         """Handlers of the control endpoint (core worker's I/O loop)."""
@@ -106,31 +93,6 @@ class Executor:
         self._inline(self._run_task, spec, bufs, Replier(conn))
         return wire.DEFER
 
-    def on_create_actor(self, conn: wire.Connection, spec: dict, bufs: list) -> Any:
-        fut = Replier(conn)
-        self.detached = bool(spec.get("detached"))
-        if not self.detached:
-            conn.on_close.append(self._owner_gone)
-        self._inline(self._create_actor, spec, bufs, fut)
-        return wire.DEFER
-
-    def on_actor_call(self, conn: wire.Connection, spec: dict, bufs: list) -> Any:
-        fut = Replier(conn)
-        if self.exiting:
-            body, out = self._error_reply(spec, exc.ActorDiedError(error_msg=EXITED), spec.get("m", "?"))
-            body["x"] = 1
-            fut.send(body, out)
-            return wire.DEFER
-        if self.actor_loop is not None:
-            task = asyncio.ensure_future(self._async_call(spec, bufs, fut))
-            self.running[spec["t"]] = task
-            task.add_done_callback(lambda t, tid=spec["t"]: self.running.pop(tid, None))
-        elif self.actor_pool is not None:
-            self.actor_pool.submit(self._run_call, spec, bufs, fut)
-        else:
-            self._inline(self._run_call, spec, bufs, fut)
-        return wire.DEFER
-
     def on_cancel_task(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         tid = body["t"]
         sent = cancellation.cancel_children(self.core, tid) if body.get("r", True) else 0
@@ -150,17 +112,6 @@ class Executor:
 
     def on_release_held(self, conn: wire.Connection, tid: bytes, bufs: list) -> None:
         self.held.pop(tid, None)
-
-    def on_exit_now(self, conn: wire.Connection, body: Any, bufs: list) -> None:
-        # A graceful exit (all handles gone) comes on the exec endpoint once the
-        # caller has no call in flight; a kill comes on the control endpoint.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-    def _owner_gone(self, conn: wire.Connection) -> None:
-        if not self.detached:
-            os._exit(0)
 
     def _reply(self, fut: Replier, body: dict, bufs: list) -> None:
         if self.core.borrows_inflight:
@@ -337,43 +288,6 @@ class Executor:
         n = max(nr, 1)
         return {"r": [[ERROR, len(bufs) + 1]] * n}, [data, *bufs] * n
 
-    # --- actors -----------------------------------------------------------------------
-    def _create_actor(self, spec: dict, bufs: list, fut: Replier) -> None:
-        name = spec["n"]
-        ctx = self.core.ctx
-        self.core.job_id = spec["j"]
-        self.core.namespace = spec.get("ns")
-        self.actor_id = spec["aid"]
-        self.actor_spec = spec
-        current = task_context.CURRENT.set(spec)
-        try:
-            cls = cloudpickle.loads(bufs[0])
-            self.actor_name = cls.__name__
-            ctx.name = self.actor_name
-            args, kwargs = self._decode_args(spec, bufs, 1)
-            is_async = any(
-                inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
-                for _, m in inspect.getmembers(cls, inspect.isfunction)
-            )
-            mc = spec.get("mcc")
-            if is_async:
-                # The exec loop (this thread's) is the actor's event loop.
-                self.actor_loop = self.exec_loop
-                self.actor_sem = asyncio.Semaphore(mc or 1000)
-                self.actor = cls(*args, **kwargs)
-            else:
-                self.actor = cls(*args, **kwargs)
-                if mc and mc > 1:
-                    self.actor_pool = concurrent.futures.ThreadPoolExecutor(mc, thread_name_prefix="actor")
-            self._reply(fut, {"ok": 1, "pid": os.getpid()}, [])
-        except BaseException as e:  # noqa: BLE001
-            body, out = self._error_reply(dict(spec, nr=1), e, f"{name}.__init__")
-            body["ok"] = 0
-            self._reply(fut, body, out)
-            self.exiting = True
-        finally:
-            task_context.CURRENT.reset(current)
-
     def _method(self, spec: dict) -> Any:
         m = spec["m"]
         if m == "__ray_ready__":
@@ -386,89 +300,6 @@ class Executor:
         if m == "__ray_call__":  # fn(actor instance, *args, **kwargs), inside the actor (follows Ray)
             return lambda fn, *args, **kwargs: fn(self.actor, *args, **kwargs)
         return getattr(self.actor, m)
-
-    def _run_call(self, spec: dict, bufs: list, fut: Replier) -> None:
-        ctx = self.core.ctx
-        tid = spec["t"]
-        name = f"{self.actor_name}.{spec['m']}"
-        ctx.task_id, ctx.name = tid, self.actor_name
-        self.running[tid] = threading.get_ident()
-        current = task_context.CURRENT.set(spec)
-        exiting = False
-        try:
-            if self.actor is None:
-                raise exc.ActorDiedError(error_msg="the actor's constructor failed")
-            args, kwargs = self._decode_args(spec, bufs, 0)
-            result = self._method(spec)(*args, **kwargs)
-            body, out = self._encode_returns(spec, result, name)
-        except ActorExit:
-            exiting = self.exiting = True
-            body, out = self._error_reply(spec, exc.ActorDiedError(error_msg=EXITED), name)
-        except KeyboardInterrupt:
-            body, out = self._error_reply(spec, exc.TaskCancelledError(tid.hex()), name)
-        except BaseException as e:  # noqa: BLE001
-            body, out = self._error_reply(spec, e, name)
-        finally:
-            task_context.CURRENT.reset(current)
-            self.running.pop(tid, None)
-            self.cancelled.discard(tid)
-            ctx.task_id = None
-        if exiting:
-            body["x"] = 1
-            self.core.call(self._notify_exit())
-        self._reply(fut, body, out)
-        if exiting:
-            self._exit_after_reply()
-
-    async def _notify_exit(self) -> None:
-        """Marks the actor dead in the control store before anyone hears of the exit."""
-        try:
-            gcs = await self.core.gcs()
-            await asyncio.wait_for(gcs.request("update_actor", {"actor_id": self.actor_id, "state": "DEAD", "cause": EXITED}), 5)
-        except Exception:  # noqa: BLE001
-            pass
-
-    async def _async_call(self, spec: dict, bufs: list, fut: Replier) -> None:
-        name = f"{self.actor_name}.{spec['m']}"
-        exiting = False
-        task_context.CURRENT.set(spec)  # this coroutine's own context
-        async with self.actor_sem:
-            try:
-                args, kwargs = self._decode_args(spec, bufs, 0)
-                method = self._method(spec)
-                result = method(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                body, out = self._encode_returns(spec, result, name)
-            except ActorExit:
-                exiting = self.exiting = True
-                body, out = self._error_reply(spec, exc.ActorDiedError(error_msg=EXITED), name)
-            except asyncio.CancelledError:
-                body, out = self._error_reply(spec, exc.TaskCancelledError(spec["t"].hex()), name)
-            except BaseException as e:  # noqa: BLE001
-                body, out = self._error_reply(spec, e, name)
-        if self.core.borrows_inflight:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.core.flush_borrows(), self.core.loop))
-        if exiting:
-            body["x"] = 1
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._notify_exit(), self.core.loop))
-        fut.send(body, out)
-        if exiting:
-            self.core.post(lambda: self.core.loop.call_later(0.05, os._exit, 0))
-
-
-class Replier:
-    """Answers one request straight from the thread that did the work."""
-
-    __slots__ = ("conn", "rid")
-
-    def __init__(self, conn: wire.Connection) -> None:
-        self.conn = conn
-        self.rid = conn.current_rid
-
-    def send(self, body: dict, bufs: list) -> None:
-        self.conn.reply(self.rid, body, bufs)
-
 
 class OutputPrefixer:
     """Stands in for a worker's stdout/stderr and prefixes each line with ``(name pid=N)``."""

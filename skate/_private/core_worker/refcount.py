@@ -116,6 +116,10 @@ class RefCounting:
             self.store.adjust(oid, borrowers=-n)
 
     def _on_free(self, oid: bytes, e: Any) -> None:
+        if self.free_hooks:
+            hook = self.free_hooks.pop(oid, None)
+            if hook is not None and not self.closed:
+                self.post(hook)
         if e.state == SHM or (e.state == ERROR and not e.retrieved):
             with self._frees_lock:
                 self._frees.append((oid, e))

@@ -278,7 +278,9 @@ class TaskSubmitter:
                     hops += 1
                     target = reply["spill"]
                     raylet = await self.raylet_conn(target)
-                    reply = await raylet.request("request_lease", dict(body, no_spill=hops >= 2))
+                    # (a node picked by taking turns takes it: no second turn elsewhere)
+                    turn = body.get("strategy") in ("SPREAD", "BALANCE")
+                    reply = await raylet.request("request_lease", dict(body, no_spill=hops >= 2 or turn))
                 break
             except (OSError, wire.ConnectionLost):
                 # The node we were sent to just died; once the cluster view

@@ -87,13 +87,20 @@ class GcsServer:
     # --- actors ---------------------------------------------------------------
     def on_register_actor(self, conn: wire.Connection, info: dict, bufs: list) -> bool:
         self.actors.register(info, bufs[0] if bufs else b"")
+        owned = getattr(conn, "owned_actors", None)
+        if owned is None:
+            owned = conn.owned_actors = []
+            conn.on_close.append(lambda c: self.actors.owner_gone(c.owned_actors))
+        owned.append(info["actor_id"])
         return True
 
     def on_update_actor(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         self.actors.update(body["actor_id"], body)
 
     async def on_get_actor(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:
-        return await self.actors.get(body["actor_id"], body.get("wait", False), body.get("until_dead", False))
+        return await self.actors.get(
+            body["actor_id"], body.get("wait", False), body.get("until_dead", False), body.get("min_restarts", 0), body.get("timeout", 30.0)
+        )
 
     def on_get_named_actor(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
         actor = self.actors.by_name(body["namespace"], body["name"])

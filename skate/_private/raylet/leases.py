@@ -201,7 +201,12 @@ class LeaseManager:
         if w.actor_id is not None and self.gcs is not None and not self.stopping.is_set():
             self.gcs.notify(
                 "update_actor",
-                {"actor_id": w.actor_id, "state": "DEAD", "cause_if_unset": f"the actor's worker process (pid={w.pid}) {w.exit_info['how']}"},
+                {
+                    "actor_id": w.actor_id,
+                    "worker_id": w.worker_id,
+                    "state": "DEAD",
+                    "cause_if_unset": f"the actor's worker process (pid={w.pid}) {w.exit_info['how']}",
+                },
             )
 
     async def on_worker_exit_info(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:

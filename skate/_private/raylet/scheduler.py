@@ -5,6 +5,8 @@ queue of lease requests.  Given the cluster view (what every other node has
 in total and free) it decides, for each request, one of:
 
 * ``grant``    -- it fits here now: the resources are taken;
+  (``BALANCE``, the default for actors: the nodes with room take new
+  actors in turn, so actors spread over the cluster when resources allow)
 * ``spill``    -- another node should take it (returns that node's id);
 * ``wait``     -- it fits this node's total, just not now: stay queued;
 * ``infeasible`` -- no node in the cluster has that much: stay queued, warn;
@@ -53,7 +55,7 @@ class LeaseRequest:
     resources: Resources
     #: Resources that must be free to place it (actors: 1 CPU by default).
     placement: Resources
-    strategy: Any = None  # None | "SPREAD" | ["node", node_id hex, soft]
+    strategy: Any = None  # None | "SPREAD" | "BALANCE" | ["node", node_id hex, soft]
     no_spill: bool = False
     payload: Any = None
     id: int = field(default_factory=itertools.count(1).__next__)
@@ -153,6 +155,14 @@ class LocalScheduler:
             pick = candidates[next(self._spread) % len(candidates)]
             if pick != self.node_id:
                 return "spill", pick
+        if strategy == "BALANCE" and not req.no_spill:
+            # Actors by default: taken in turn by the nodes that have room now.
+            candidates = [self.node_id] if fits(need, self.available) else []
+            candidates += [n for n, v in self.cluster.items() if v.alive and fits(need, v.available)]
+            if candidates:
+                candidates.sort()
+                pick = candidates[next(self._spread) % len(candidates)]
+                return ("grant", None) if pick == self.node_id else ("spill", pick)
         if fits(need, self.available):
             return "grant", None
         if not req.no_spill:

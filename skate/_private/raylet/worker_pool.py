@@ -76,8 +76,8 @@ class WorkerPool:
         #: A zygote forked by the daemon at start-up (see zygote.fork_early).
         self.early_zygote: socket.socket | None = None
         self._zygote_starting: asyncio.Future | None = None
-        self._fork_lock = asyncio.Lock()
         self._forks: collections.deque[asyncio.Future] = collections.deque()
+        self._fork_lock: asyncio.Lock | None = None
         self._by_pid: dict[int, Worker] = {}
         self._early_exits: dict[int, int] = {}
 
@@ -161,12 +161,7 @@ class WorkerPool:
             w = Worker(worker_id, 0, registered=loop.create_future(), exited=loop.create_future())
             self.workers[worker_id] = w
             try:
-                # Requests wait while the zygote's socket is full (a burst of
-                # actor creations), one at a time, so that its answers, which
-                # come in request order, meet their futures in that order.
-                async with self._fork_lock:
-                    await loop.sock_sendall(sock, json.dumps({"env": env}).encode())
-                    self._forks.append(fut)
+                await self._ask_fork(sock, fut, json.dumps({"env": env}).encode())
                 pid, fds = await fut
             except BaseException:
                 self.workers.pop(worker_id, None)
@@ -190,6 +185,23 @@ class WorkerPool:
                 + b"".join(w.tail).decode(errors="replace")
             )
         return w
+
+    async def _ask_fork(self, sock: socket.socket, fut: asyncio.Future, request: bytes) -> None:
+        """Sends a fork request; answers come back in request order, matched to ``_forks``.
+
+        Many starts at once fill the zygote's socket: a send then waits for
+        room, and the lock keeps requests and their futures in one order.
+        """
+        if self._fork_lock is None:
+            self._fork_lock = asyncio.Lock()
+        async with self._fork_lock:
+            self._forks.append(fut)
+            try:
+                await asyncio.get_running_loop().sock_sendall(sock, request)
+            except BaseException:
+                if fut in self._forks:
+                    self._forks.remove(fut)
+                raise
 
     def registered(self, worker_id: bytes, address: dict, conn: object) -> Worker | None:
         """Marks a worker as reported in."""

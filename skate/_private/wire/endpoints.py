@@ -74,7 +74,15 @@ async def connect(
     deadline = loop.time() + timeout
     delay = 0.01
     while True:
-        conn = await _connect_once(address, token, handlers, max(deadline - loop.time(), 0.001), expect)
+        try:
+            conn = await _connect_once(address, token, handlers, max(deadline - loop.time(), 0.001), expect)
+        except BlockingIOError:
+            # A Unix listener whose backlog is full (many processes connecting at once).
+            if loop.time() + delay >= deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            continue
         try:
             await asyncio.wait_for(asyncio.shield(conn.ready), max(deadline - loop.time(), 0.001))
         except (asyncio.TimeoutError, ConnectionError) as e:

@@ -1,0 +1,338 @@
+"""Running an actor inside its worker: construction, calls, concurrency groups, exit.
+
+``ActorExecution`` is one part of the worker's ``Executor`` (see
+``executor``).  Where a call runs::
+
+    actor_call --> async actor:   a coroutine on the exec loop, under its group's semaphore
+               --> threaded actor (max_concurrency > 1 or concurrency groups):
+                                  its group's thread pool (one pool per group)
+               --> otherwise:     inline on the exec loop's thread
+
+``__ray_ready__`` of an async or threaded actor is answered at once, outside
+every group (the *system group*), so a busy actor still says it is ready.
+
+How an actor ends, and what runs::
+
+    exit_actor() / __ray_terminate__  -> the call's caller gets RayActorError,
+        queued calls fail with RayActorError; the control store hears "DEAD"
+        first; then __ray_shutdown__ and atexit handlers run once; exit
+    exit_now {"graceful": true}       -> (every handle gone; driver shutdown)
+                                         __ray_shutdown__ and atexit, then exit
+    exit_now (kill) / owner gone      -> exit at once, no hooks
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import inspect
+import os
+import sys
+import threading
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from skate import exceptions as exc
+from skate._private import task_context, wire
+from skate._private.core_worker.errors import EXITED
+
+DEFAULT_GROUP = "_ray_default"
+
+
+class ActorExit(SystemExit):
+    """Raised by ``exit_actor()`` in a sync method: ends the actor after the current call."""
+
+
+class ActorExecution:
+    """Actor handlers and state of an ``Executor`` (a mixin: see ``executor``)."""
+
+    core: Any
+    exec_loop: asyncio.AbstractEventLoop | None
+
+    def _init_actor(self) -> None:
+        self.actor_spec: dict | None = None
+        self.actor: Any = None
+        self.actor_id: bytes | None = None
+        self.actor_name = ""
+        self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.actor_loop: asyncio.AbstractEventLoop | None = None
+        self.actor_sem: asyncio.Semaphore | None = None
+        #: Concurrency groups: name -> thread pool (threaded) or semaphore (async).
+        self.group_pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+        self.group_sems: dict[str, asyncio.Semaphore] = {}
+        self.detached = False
+        self.exiting = False  # no new call starts
+        self.exit_requested = False  # exit_actor() was called
+        self.exit_started = False
+        self.hooks_done = False
+        self.reconstructed = False
+        self.sync_busy = False
+
+    # --- exit_actor() ------------------------------------------------------------
+    def request_exit(self) -> None:
+        """``exit_actor()`` in this actor: ends it once the current call (or constructor) returns."""
+        self.exit_requested = True
+        if self.exec_loop is not None:
+            # (exit_actor() in a background coroutine or thread: no call returns to end the actor)
+            self.exec_loop.call_soon_threadsafe(self._exit_if_idle)
+        try:
+            asyncio.get_running_loop()
+            in_loop = True
+        except RuntimeError:
+            in_loop = False
+        if in_loop and self.actor_loop is not None:
+            raise exc.AsyncioActorExit("exit_actor() was called")
+        raise ActorExit(0)
+
+    def _exit_if_idle(self) -> None:
+        if self.exit_started or self.actor is None or self.sync_busy or self.running:
+            return  # a running call (or the constructor) ends the actor when it returns
+        self._begin_exit(EXITED)
+
+    def _begin_exit(self, cause: str | None) -> None:
+        """Ends the actor (on the exec loop's thread): tells the control store, runs the hooks, exits."""
+        if self.exit_started:
+            return
+        self.exit_started = self.exiting = True
+        if cause is not None:
+            self.core.call(self._notify_exit(cause))
+        self._run_shutdown_hooks()
+        self._exit_after_reply()
+
+    def _run_shutdown_hooks(self) -> None:
+        """``__ray_shutdown__`` and ``atexit`` handlers, once (graceful ends only; follows Ray)."""
+        if self.hooks_done:
+            return
+        self.hooks_done = True
+        if self.actor is not None and hasattr(type(self.actor), "__ray_shutdown__"):
+            try:
+                self.actor.__ray_shutdown__()
+            except BaseException:  # noqa: BLE001 - reported, the actor still ends
+                traceback.print_exc()
+        try:
+            atexit._run_exitfuncs()
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+    async def _notify_exit(self, cause: str) -> None:
+        """Marks the actor dead in the control store before anyone hears of the exit."""
+        try:
+            gcs = await self.core.gcs()
+            await asyncio.wait_for(gcs.request("update_actor", {"actor_id": self.actor_id, "state": "DEAD", "cause": cause}), 5)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _exited_reply(self, spec: dict) -> tuple[dict, list]:
+        if spec.get("m") == "__ray_terminate__":  # asked for: its caller gets None
+            body, out = self._encode_returns(spec, None, "__ray_terminate__")
+            body["x"] = 1
+            return body, out
+        body, out = self._error_reply(spec, exc.ActorDiedError(error_msg=EXITED), spec.get("m", "?"))
+        body["x"] = 1
+        return body, out
+
+    # --- handlers (exec loop) ------------------------------------------------------------
+    def on_create_actor(self, conn: wire.Connection, spec: dict, bufs: list) -> Any:
+        fut = Replier(conn)
+        self.detached = bool(spec.get("detached"))
+        if not self.detached:
+            conn.on_close.append(self._owner_gone)
+        self._inline(self._create_actor, spec, bufs, fut)
+        return wire.DEFER
+
+    def on_actor_call(self, conn: wire.Connection, spec: dict, bufs: list) -> Any:
+        fut = Replier(conn)
+        if self.exiting:
+            fut.send(*self._exited_reply(spec))
+            return wire.DEFER
+        if self.actor_loop is not None:
+            task = asyncio.ensure_future(self._async_call(spec, bufs, fut))
+            self.running[spec["t"]] = task
+            task.add_done_callback(lambda t, tid=spec["t"]: self.running.pop(tid, None))
+        elif self.actor_pool is not None or self.group_pools:
+            if spec["m"] == "__ray_ready__":
+                self._inline(self._run_call, spec, bufs, fut)
+                return wire.DEFER
+            pool = self._pool_for(spec.get("cg"))
+            if pool is None:
+                fut.send(*self._error_reply(spec, ValueError(f"the actor has no concurrency group {spec.get('cg')!r}"), spec["m"]))
+            else:
+                pool.submit(self._run_call, spec, bufs, fut)
+        else:
+            self._inline(self._run_call, spec, bufs, fut)
+        return wire.DEFER
+
+    def on_exit_now(self, conn: wire.Connection, body: Any, bufs: list) -> None:
+        # A graceful exit (all handles gone, driver shutdown) comes on the exec
+        # endpoint once the caller has no call in flight: hooks run.  A kill
+        # comes on the control endpoint: the process ends at once.
+        if body and body.get("graceful") and threading.current_thread() is threading.main_thread():
+            self.exiting = True
+            self._run_shutdown_hooks()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    def _owner_gone(self, conn: wire.Connection) -> None:
+        if not self.detached and not self.exit_started:
+            os._exit(0)
+
+    # --- construction ---------------------------------------------------------------------
+    def _create_actor(self, spec: dict, bufs: list, fut: Replier) -> None:
+        name = spec["n"]
+        ctx = self.core.ctx
+        self.core.job_id = spec["j"]
+        self.core.namespace = spec.get("ns")
+        self.actor_id = spec["aid"]
+        self.actor_spec = spec
+        self.reconstructed = bool(spec.get("rs"))
+        current = task_context.CURRENT.set(spec)
+        try:
+            cls = cloudpickle.loads(bufs[0])
+            self.actor_name = cls.__name__
+            ctx.name = self.actor_name
+            args, kwargs = self._decode_args(spec, bufs, 1)
+            is_async = any(
+                inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+                for _, m in inspect.getmembers(cls, inspect.isfunction)
+            )
+            mc = spec.get("mcc")
+            groups = spec.get("cgs") or {}
+            if is_async:
+                # The exec loop (this thread's) is the actor's event loop.
+                self.actor_loop = self.exec_loop
+                self.actor_sem = asyncio.Semaphore(mc or 1000)
+                self.group_sems = {g: asyncio.Semaphore(n) for g, n in groups.items()}
+            elif groups:
+                self.group_pools = {
+                    g: concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix=f"actor-{g}") for g, n in groups.items()
+                }
+                self.actor_pool = concurrent.futures.ThreadPoolExecutor(mc or 1, thread_name_prefix="actor")
+            elif mc and mc > 1:
+                self.actor_pool = concurrent.futures.ThreadPoolExecutor(mc, thread_name_prefix="actor")
+            try:
+                self.actor = cls(*args, **kwargs)
+            except (ActorExit, exc.AsyncioActorExit):
+                self.exit_requested = True
+            if self.exit_requested:
+                # exit_actor() in the constructor: created, then ended (follows Ray).
+                self.actor = self.actor or _Ended()
+                self.core.call(self._notify_exit(EXITED))
+                self._reply(fut, {"ok": 1, "pid": os.getpid()}, [])
+                self._begin_exit(None)
+                return
+            self._reply(fut, {"ok": 1, "pid": os.getpid()}, [])
+        except BaseException as e:  # noqa: BLE001
+            body, out = self._error_reply(dict(spec, nr=1), e, f"{name}.__init__")
+            body["ok"] = 0
+            self._reply(fut, body, out)
+            self.exiting = True
+        finally:
+            task_context.CURRENT.reset(current)
+
+    def _pool_for(self, group: str | None) -> concurrent.futures.ThreadPoolExecutor | None:
+        if group is None or group == DEFAULT_GROUP:
+            return self.actor_pool
+        return self.group_pools.get(group)
+
+    # --- calls -----------------------------------------------------------------------
+    def _run_call(self, spec: dict, bufs: list, fut: Replier) -> None:
+        ctx = self.core.ctx
+        tid = spec["t"]
+        name = f"{self.actor_name}.{spec['m']}"
+        ctx.task_id, ctx.name = tid, self.actor_name
+        inline = threading.current_thread() is threading.main_thread()
+        if inline:
+            self.sync_busy = True
+        self.running[tid] = threading.get_ident()
+        current = task_context.CURRENT.set(spec)
+        try:
+            if self.actor is None:
+                raise exc.ActorDiedError(error_msg="the actor's constructor failed")
+            args, kwargs = self._decode_args(spec, bufs, 0)
+            result = self._method(spec)(*args, **kwargs)
+            body, out = self._encode_returns(spec, result, name)
+        except ActorExit:
+            self.exit_requested = True
+        except KeyboardInterrupt:
+            body, out = self._error_reply(spec, exc.TaskCancelledError(tid.hex()), name)
+        except BaseException as e:  # noqa: BLE001
+            body, out = self._error_reply(spec, e, name)
+        finally:
+            task_context.CURRENT.reset(current)
+            self.running.pop(tid, None)
+            self.cancelled.discard(tid)
+            ctx.task_id = None
+            if inline:
+                self.sync_busy = False
+        if not self.exit_requested:
+            self._reply(fut, body, out)
+            return
+        # exit_actor() (even if the method caught what it raised): the caller gets RayActorError.
+        self.exiting = True
+        self.core.call(self._notify_exit(EXITED))
+        self._reply(fut, *self._exited_reply(spec))
+        if inline:
+            self._begin_exit(None)
+        else:
+            self.exec_loop.call_soon_threadsafe(self._begin_exit, None)
+
+    async def _async_call(self, spec: dict, bufs: list, fut: Replier) -> None:
+        name = f"{self.actor_name}.{spec['m']}"
+        if spec["m"] == "__ray_ready__":
+            fut.send(*self._encode_returns(spec, True, name))
+            return
+        group = spec.get("cg")
+        sem = self.actor_sem if group is None or group == DEFAULT_GROUP else self.group_sems.get(group)
+        if sem is None:
+            fut.send(*self._error_reply(spec, ValueError(f"the actor has no concurrency group {group!r}"), name))
+            return
+        task_context.CURRENT.set(spec)  # this coroutine's own context
+        async with sem:
+            if self.exiting:
+                fut.send(*self._exited_reply(spec))
+                return
+            try:
+                args, kwargs = self._decode_args(spec, bufs, 0)
+                method = self._method(spec)
+                result = method(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                body, out = self._encode_returns(spec, result, name)
+            except (ActorExit, exc.AsyncioActorExit):
+                self.exit_requested = True
+            except asyncio.CancelledError:
+                body, out = self._error_reply(spec, exc.TaskCancelledError(spec["t"].hex()), name)
+            except BaseException as e:  # noqa: BLE001
+                body, out = self._error_reply(spec, e, name)
+        if self.core.borrows_inflight:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.core.flush_borrows(), self.core.loop))
+        if not self.exit_requested:
+            fut.send(body, out)
+            return
+        self.exiting = True
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._notify_exit(EXITED), self.core.loop))
+        fut.send(*self._exited_reply(spec))
+        self.exec_loop.call_soon(self._begin_exit, None)
+
+
+class _Ended:
+    """Stands in for an actor whose constructor called exit_actor()."""
+
+
+class Replier:
+    """Answers one request straight from the thread that did the work."""
+
+    __slots__ = ("conn", "rid")
+
+    def __init__(self, conn: wire.Connection) -> None:
+        self.conn = conn
+        self.rid = conn.current_rid
+
+    def send(self, body: dict, bufs: list) -> None:
+        self.conn.reply(self.rid, body, bufs)
