@@ -47,8 +47,11 @@ def _remember(pids: list[int], session_dir: str) -> None:
 @click.option("--resources", default="{}", help='Custom resources as JSON, e.g. \'{"disk": 2}\'.')
 @click.option("--object-store-memory", type=int, default=None, help="Shared-memory bytes for objects.")
 @click.option("--node-ip-address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--storage", default=None,
+              help="Where a head's control store keeps its tables: 'memory' (default; SKATE_GCS_STORAGE) "
+                   "or redis://HOST:PORT (the control store then survives restarts).")
 def start(head: bool, address: str | None, port: int, num_cpus: float | None, num_gpus: float,
-          resources: str, object_store_memory: int | None, node_ip_address: str) -> None:
+          resources: str, object_store_memory: int | None, node_ip_address: str, storage: str | None) -> None:
     """Starts node daemons that outlive this command (stop them with `skate stop`)."""
     from skate._private import node
 
@@ -56,8 +59,14 @@ def start(head: bool, address: str | None, port: int, num_cpus: float | None, nu
     cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
     if head == bool(address):
         raise click.UsageError("give exactly one of --head or --address")
+    if storage is not None and not head:
+        raise click.UsageError("--storage applies to a head (--head) only")
     if head:
-        info = node.start_head(cpus, num_gpus, res, object_store_memory, host=node_ip_address, port=port, tie_to_parent=False)
+        try:
+            info = node.start_head(cpus, num_gpus, res, object_store_memory, host=node_ip_address, port=port,
+                                   tie_to_parent=False, storage=storage)
+        except (ValueError, ImportError, ConnectionError) as e:
+            raise click.ClickException(str(e)) from None
         _remember([d.proc.pid for d in info["processes"]], info["session_dir"])
         click.echo(f"skate head started at {info['gcs_address']}")
         click.echo(f"  connect a driver:   skate.init(address=\"{info['gcs_address']}\")")
@@ -98,7 +107,7 @@ def stop(force: bool) -> None:
         except psutil.Error:
             pass
     # Node daemons first, so they leave the control store in order.
-    procs.sort(key=lambda p: "gcs.server" in " ".join(p.cmdline()))
+    procs.sort(key=lambda p: "._private.gcs." in " ".join(p.cmdline()))
     for p in procs:
         try:
             p.send_signal(signal.SIGKILL if force else signal.SIGTERM)
@@ -107,6 +116,7 @@ def stop(force: bool) -> None:
     gone, alive = psutil.wait_procs(procs, timeout=10)
     for p in alive:
         p.kill()
+    node.sweep_dead_stores()  # what daemons killed with --force left in /dev/shm
     for entry in known:
         shutil.rmtree(entry["session_dir"], ignore_errors=True)
     for name in os.listdir(node.clusters_dir()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -85,3 +86,60 @@ def test_join_without_token_is_refused():
     bad = _run("start", "--address", f"127.0.0.1:{node.free_port()}", check=False)
     assert bad.returncode != 0
     assert "SKATE_CLUSTER_TOKEN" in bad.stderr
+
+
+def _control_store_pid() -> int:
+    for pid in _daemon_pids():
+        try:
+            if "skate._private.gcs.server" in " ".join(psutil.Process(pid).cmdline()):
+                return pid
+        except psutil.Error:
+            pass
+    return 0
+
+
+def test_start_head_with_redis_storage_survives_a_control_store_kill(redis_url):
+    port = node.free_port()
+    try:
+        _run("start", "--head", "--port", str(port), "--num-cpus", "1", "--storage", redis_url)
+        driver = textwrap.dedent(
+            f"""
+            import skate
+            skate.init(address="127.0.0.1:{port}", namespace="cli")
+
+            @skate.remote
+            class Keeper:
+                def get(self):
+                    return "kept"
+
+            k = Keeper.options(name="keeper", lifetime="detached").remote()
+            assert skate.get(k.get.remote()) == "kept"
+            skate.shutdown()
+            """
+        )
+        subprocess.run([sys.executable, "-c", driver], check=True, timeout=120)
+        raylets = [p for p in _daemon_pids() if "raylet" in " ".join(psutil.Process(p).cmdline())]
+        old = wait_for(_control_store_pid, 10, what="the control store")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: _control_store_pid() not in (0, old), 15, what="a new control store")
+        check = textwrap.dedent(
+            f"""
+            import skate
+            skate.init(address="127.0.0.1:{port}", namespace="cli")
+            print(skate.get(skate.get_actor("keeper").get.remote()))
+            skate.shutdown()
+            """
+        )
+        out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+        assert "kept" in out.stdout, out.stderr
+        assert all(psutil.pid_exists(p) for p in raylets), "node daemons rode out the outage"
+        assert "1 node(s) alive" in _run("status", "--address", f"127.0.0.1:{port}").stdout
+    finally:
+        stopped = _run("stop", check=False)
+    assert "stopped" in stopped.stdout
+    wait_for(lambda: not _daemon_pids(), 30, what="the daemons to exit")
+
+
+def test_storage_is_for_a_head_only():
+    bad = _run("start", "--address", "127.0.0.1:1", "--storage", "redis://127.0.0.1:1", check=False)
+    assert bad.returncode != 0 and "--head" in bad.stderr

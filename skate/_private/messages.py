@@ -14,7 +14,7 @@ millions of times; each is documented where it is declared.
 
 Who serves what::
 
-    control store  register_node heartbeat get_nodes drain_node subscribe publish new_job
+    control store  register_node heartbeat get_nodes drain_node subscribe publish new_job gcs_info
                    register_actor update_actor get_actor get_named_actor list_actors
                    list_named_actors kv_put kv_get kv_del kv_keys ping
     node daemon    request_lease return_lease lease_blocked lease_unblocked worker_exit_info
@@ -71,9 +71,17 @@ class Heartbeat(TypedDict):
 
 
 # --- jobs and actors (control store) -------------------------------------------------
-class NewJob(TypedDict):
+class _NewJobRequired(TypedDict):
     driver_pid: int
     namespace: Union[str, None]
+
+
+class NewJob(_NewJobRequired, total=False):
+    job_id: int  # a driver reattaching to its job after a control-store restart
+
+
+class GcsInfo(TypedDict):
+    durable: bool  # the tables outlive the control store (clients wait for its restart)
 
 
 class RegisterActor(TypedDict):
@@ -234,6 +242,7 @@ class NodeStats(TypedDict):
     leases: int
     available: Resources
     pids: list[int]
+    owners: int  # processes whose objects this node stores
 
 
 # --- objects (node daemon) ---------------------------------------------------------------
@@ -244,6 +253,7 @@ class _ObjReserveRequired(TypedDict):
 
 class ObjReserve(_ObjReserveRequired, total=False):
     primary: bool  # False for a copy pulled from another node
+    owner: Address  # the owning core worker: its objects are freed when it dies
 
 
 class ObjRef(TypedDict):
@@ -336,6 +346,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "subscribe": (list[str], bool),
     "publish": (tuple[str, Any], Any),
     "new_job": (NewJob, int),
+    "gcs_info": (None, GcsInfo),
     "register_actor": (RegisterActor, bool),
     "update_actor": (ActorUpdate, None),
     "get_actor": (GetActor, Union[ActorRecord, None]),

@@ -215,7 +215,7 @@ class ActorManager:
             with st.lock:
                 st.state = DEAD
                 st.cause = EXITED
-        complete_returns(self.core, rec, body, bufs)
+        complete_returns(self.core, rec, body, bufs, st.conn)
         if st.exit_when_idle and not st.inflight and not st.queue and st.conn is not None:
             st.conn.notify("exit_now", {"graceful": True})
 

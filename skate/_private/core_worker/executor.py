@@ -74,7 +74,7 @@ class Executor:
             "actor_call": self.on_actor_call,
             "release_held": self.on_release_held,
             "exit_now": self.on_exit_now,
-            "hello": lambda conn, body, bufs: None,
+            "hello": _hello,
         }
 
     def _inline(self, fn: Any, spec: dict, bufs: list, rep: Replier) -> None:
@@ -175,7 +175,7 @@ class Executor:
                 raise exc.TaskCancelledError(tid.hex())
             args, kwargs = self._decode_args(spec, bufs, pos)
             result = fn(*args, **kwargs)
-            body, out = self._encode_returns(spec, result, name)
+            body, out = self._encode_returns(spec, result, name, fut.conn.peer)
         except KeyboardInterrupt:
             body, out = self._error_reply(spec, exc.TaskCancelledError(tid.hex()), name)
         except ActorExit:
@@ -244,7 +244,7 @@ class Executor:
             kw = {k: values[v.i] if type(v) is Arg else v for k, v in kw.items()}
         return pa, kw
 
-    def _encode_returns(self, spec: dict, result: Any, name: str) -> tuple[dict, list]:
+    def _encode_returns(self, spec: dict, result: Any, name: str, owner: Any = None) -> tuple[dict, list]:
         nr = spec["nr"]
         if nr == 1:
             values = [result]
@@ -268,7 +268,7 @@ class Executor:
                 out.extend(vbufs)
             else:
                 oid = ids.object_id_for(tid, i + 1)
-                self.core.write_shm(oid, data, vbufs)
+                self.core.write_shm(oid, data, vbufs, owner)  # the caller owns it
                 metas.append([SHM, 0, self.core.node_id, size])
             held.extend(refs)
         body: dict = {"r": metas}
@@ -350,7 +350,7 @@ class Executor:
                 raise exc.ActorDiedError(error_msg="the actor's constructor failed")
             args, kwargs = self._decode_args(spec, bufs, 0)
             result = self._method(spec)(*args, **kwargs)
-            body, out = self._encode_returns(spec, result, name)
+            body, out = self._encode_returns(spec, result, name, fut.conn.peer)
         except ActorExit:
             exiting = self.exiting = True
             body, out = self._error_reply(spec, exc.ActorDiedError(error_msg=EXITED), name)
@@ -386,7 +386,7 @@ class Executor:
                 result = method(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
-                body, out = self._encode_returns(spec, result, name)
+                body, out = self._encode_returns(spec, result, name, fut.conn.peer)
             except ActorExit:
                 exiting = self.exiting = True
                 body, out = self._error_reply(spec, exc.ActorDiedError(error_msg=EXITED), name)
@@ -402,6 +402,10 @@ class Executor:
         fut.send(body, out)
         if exiting:
             self.core.post(lambda: self.core.loop.call_later(0.05, os._exit, 0))
+
+
+def _hello(conn: wire.Connection, addr: list, bufs: list) -> None:
+    conn.peer = addr  # the caller's address: it owns the results we write
 
 
 class Replier:

@@ -115,22 +115,33 @@ class ObjectAccess:
                 if refs:
                     self.store.get(oid).contained = refs
             return INLINE, data, bufs
-        self.write_shm(oid, data, bufs)
+        self.write_shm(oid, data, bufs, self.address if ready else None)
         if ready:
             self.store.put_ready(oid, SHM, None, [], self.node_id, size)
             if refs:
                 self.store.get(oid).contained = refs
         return SHM, None, []
 
-    def write_shm(self, oid: bytes, data: bytes, bufs: list) -> None:
-        """Writes a value into this node's shared-memory store."""
+    def write_shm(self, oid: bytes, data: bytes, bufs: list, owner: list | None = None) -> None:
+        """Writes a value into this node's shared-memory store.
+
+        ``owner`` (the owner's address) lets the node daemon free the segment
+        should its owner die without freeing it.
+        """
         size = serialization.layout_size(data, bufs)
         self._send_local_frees()
+        body: dict = {"oid": oid, "size": size}
+        if owner:
+            body["owner"] = owner
         try:
-            path = self.request(self.raylet, "obj_reserve", {"oid": oid, "size": size})
+            path = self.request(self.raylet, "obj_reserve", body)
         except wire.RemoteError as e:
             raise exc.ObjectStoreFullError(str(e).split(": ", 1)[-1]) from None
-        m = self._writable_map(path, size)
+        try:
+            m = self._writable_map(path, size)
+        except BaseException:
+            self.raylet.notify("obj_free", [oid])  # the reservation must not outlive the failure
+            raise
         mv = memoryview(m)
         try:
             serialization.write_layout(mv, data, bufs)

@@ -488,7 +488,9 @@ class TaskSubmitter:
             for ks in self.keys.values():
                 for lease in ks.leases:
                     lease.dead = True
-                    self._return(lease)
+                    # A worker still running our task would go on running it
+                    # for nobody: it is killed, not put back in the pool.
+                    self._return(lease, kill=lease.busy)
                 ks.leases.clear()
         for fut in self.raylets.values():
             if fut.done() and not fut.exception():
@@ -534,8 +536,9 @@ async def resolve_deps(core: Any, rec: TaskRecord) -> BaseException | None:
     return None
 
 
-def complete_returns(core: Any, rec: TaskRecord, body: dict, bufs: list) -> None:
-    """Stores a task's return values from a worker's reply."""
+def complete_returns(core: Any, rec: TaskRecord, body: dict, bufs: list, conn: Any = None) -> None:
+    """Stores a task's return values from a worker's reply (``conn``: the
+    connection it came on, for an actor call; a task's is its lease's)."""
     k = 0
     store = core.store
     metas = body["r"]
@@ -550,10 +553,12 @@ def complete_returns(core: Any, rec: TaskRecord, body: dict, bufs: list) -> None
     rec.keep = None
     held = body.get("h")
     if held:  # (this may run in a user thread reading the reply: see wire.Connection.lead)
-        core.post(lambda: asyncio.ensure_future(_adopt_contained(core, rec, held)))
+        if conn is None and rec.lease is not None:
+            conn = rec.lease.conn
+        core.post(lambda: asyncio.ensure_future(_adopt_contained(core, rec, held, conn)))
 
 
-async def _adopt_contained(core: Any, rec: TaskRecord, held: list) -> None:
+async def _adopt_contained(core: Any, rec: TaskRecord, held: list, conn: Any) -> None:
     """Takes over refs that returned values contain, then lets the worker drop its hold."""
     from skate.object_ref import ObjectRef
 
@@ -563,8 +568,9 @@ async def _adopt_contained(core: Any, rec: TaskRecord, held: list) -> None:
         if e is not None:
             e.contained = refs
     await core.flush_borrows()
-    if rec.lease is not None and not rec.lease.conn.closed:
-        rec.lease.conn.notify("release_held", held[0])
+    # The worker (or actor) held them for us until we borrowed them: it may let go.
+    if conn is not None and not conn.closed:
+        conn.notify("release_held", held[0])
 
 
 def new_task_spec(core: Any, task_id: bytes, name: str, fn_id: bytes, num_returns: int, max_calls: int, max_retries: int) -> dict:

@@ -242,6 +242,7 @@ class ObjectStore:
             "capacity": self.capacity,
             "used": self.used,
             "objects": len(self.objects),
+            "pinned": len(self.mapped),  # objects some reader maps now
             "spilled": sum(1 for o in self.objects.values() if o.spilled_path),
             "pooled_bytes": self.pool_bytes,
             "spilled_bytes_total": self.spilled_bytes_total,

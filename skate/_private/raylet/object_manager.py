@@ -8,6 +8,9 @@
                    that has it (obj_fetch, daemon to daemon); the reader is
                    counted until obj_unmapped (or its connection closes)
     obj_free    -> gone here, and on every node that pulled a copy
+    owner dies  -> every primary segment it owned here is freed as by obj_free
+                   (the daemon holds a connection to each owner it stores for,
+                   and its closing is the owner's death)
 
 ``ObjectManager`` is one part of ``Raylet`` (see ``server``).
 """
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from skate._private import wire
 from skate._private.object_store import shm
@@ -30,9 +34,45 @@ class ObjectManager:
 
     def on_obj_reserve(self, conn: wire.Connection, body: dict, bufs: list) -> str:
         try:
-            return self.store.reserve(body["oid"], body["size"], body.get("primary", True))
+            path = self.store.reserve(body["oid"], body["size"], body.get("primary", True))
         except StoreFull as e:
             raise ObjectStoreFull(str(e)) from None
+        owner = body.get("owner")
+        if owner and body.get("primary", True):
+            self._owned_by(body["oid"], owner)
+        return path
+
+    # --- owners -----------------------------------------------------------------------
+    def _owned_by(self, oid: bytes, owner: list) -> None:
+        wid = owner[0]
+        self.owner_of[oid] = wid
+        self.owned.setdefault(wid, set()).add(oid)
+        if wid not in self.owner_watches:
+            self.owner_watches[wid] = asyncio.ensure_future(self._watch_owner(owner))
+
+    async def _watch_owner(self, owner: list) -> None:
+        """Frees the owner's objects when its connection closes (it died or shut down)."""
+        wid = owner[0]
+        target = owner[3] if len(owner) > 3 and owner[3] and os.path.exists(owner[3]) else (owner[1], owner[2])
+        try:
+            conn = await wire.connect(target, self.token, {}, timeout=10.0)
+        except (OSError, asyncio.TimeoutError):
+            self._owner_gone(wid)
+            return
+        if self.stopping.is_set():
+            conn.close()
+            return
+        self.owner_conns[wid] = conn
+        conn.on_close.append(lambda c: self._owner_gone(wid))
+
+    def _owner_gone(self, wid: bytes) -> None:
+        self.owner_watches.pop(wid, None)
+        self.owner_conns.pop(wid, None)
+        if self.stopping.is_set():
+            return
+        oids = self.owned.pop(wid, set())
+        if oids:
+            self._free(list(oids))
 
     def on_obj_seal(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         self.store.seal(body["oid"])
@@ -110,7 +150,15 @@ class ObjectManager:
         return wire.Reply(True, [data])
 
     def on_obj_free(self, conn: wire.Connection, oids: list, bufs: list) -> None:
+        self._free(oids)
+
+    def _free(self, oids: list) -> None:
         for oid in oids:
+            wid = self.owner_of.pop(oid, None)
+            if wid is not None:
+                owned = self.owned.get(wid)
+                if owned is not None:
+                    owned.discard(oid)
             self.store.free(oid)
             for node_id in self.pulled_by.pop(oid, ()):
                 asyncio.ensure_future(self._forward_free(node_id, oid))
