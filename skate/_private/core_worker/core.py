@@ -67,7 +67,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.namespace = namespace
         self.closed = False
         self.closing = False
-        self.store = MemoryStore(self._on_free, self._on_borrow_change)
+        self.store = MemoryStore(self._on_free, self._on_borrow_change, lambda fn: self.post(fn))
         self.ctx = threading.local()
         self.conns: dict[bytes, asyncio.Future] = {}
         self.gcs_fut: asyncio.Future | None = None

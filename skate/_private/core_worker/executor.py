@@ -47,6 +47,9 @@ class Executor:
         self.functions: dict[bytes, Any] = {}
         self.calls: dict[bytes, int] = {}
         self.running: dict[bytes, int] = {}  # task id -> thread ident
+        #: Held while a cancel interrupts a thread and while a task ends, so
+        #: an interrupt never lands in the task that thread runs next.
+        self.run_lock = threading.Lock()
         self.cancelled: set[bytes] = set()
         self.held: dict[bytes, list] = {}
         self.actor: Any = None
@@ -121,16 +124,32 @@ class Executor:
 
     def on_cancel_task(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         tid = body["t"]
-        running = self.running.get(tid)
-        if running is None:
-            self.cancelled.add(tid)
-            return
-        if body.get("force"):
-            os._exit(1)
-        if isinstance(running, asyncio.Task):  # an async actor call: cancel the coroutine
-            self.actor_loop.call_soon_threadsafe(running.cancel)
-            return
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running), ctypes.py_object(KeyboardInterrupt))
+        with self.run_lock:
+            running = self.running.get(tid)
+            if running is None:
+                self.cancelled.add(tid)
+                return
+            if body.get("force"):
+                os._exit(1)
+            if isinstance(running, asyncio.Task):  # an async actor call: cancel the coroutine
+                self.actor_loop.call_soon_threadsafe(running.cancel)
+                return
+            # Still this task's thread, and it cannot finish before the
+            # interrupt is set: _finished takes the same lock and clears it.
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running), ctypes.py_object(KeyboardInterrupt))
+
+    def _finished(self, tid: bytes) -> None:
+        """Marks ``tid`` done on its thread; an interrupt meant for it that was not
+        delivered yet is withdrawn, so it cannot hit the next task."""
+        while True:
+            try:
+                with self.run_lock:
+                    ident = self.running.pop(tid, None)
+                    if ident is not None:
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+                return
+            except KeyboardInterrupt:  # delivered just now: too late for the task, so dropped
+                continue
 
     def on_release_held(self, conn: wire.Connection, tid: bytes, bufs: list) -> None:
         self.held.pop(tid, None)
@@ -183,7 +202,7 @@ class Executor:
         except BaseException as e:  # noqa: BLE001
             body, out = self._error_reply(spec, e, name)
         finally:
-            self.running.pop(tid, None)
+            self._finished(tid)
             self.cancelled.discard(tid)
             ctx.task_id = ctx.lease_id = None
             ctx.name = None
@@ -359,7 +378,7 @@ class Executor:
         except BaseException as e:  # noqa: BLE001
             body, out = self._error_reply(spec, e, name)
         finally:
-            self.running.pop(tid, None)
+            self._finished(tid)
             ctx.task_id = None
         if exiting:
             body["x"] = 1
