@@ -207,3 +207,24 @@ def test_segments_of_a_sigkilled_node_daemon_are_swept(cluster):
     assert node.sweep_dead_stores() >= 1
     assert not _segments(prefix)
     del inner
+
+
+def test_short_drivers_on_a_long_lived_cluster_leave_no_segments(cluster):
+    skate.init(address=cluster.address)
+    before = _stats()["store"]["objects"]
+    for i in range(3):
+        d = _driver(
+            cluster.address,
+            f"""
+            @skate.remote
+            def big(i):
+                return bytes([i]) * {BIG}
+
+            kept = [skate.put(b"p" * {BIG}), big.remote({i})]
+            skate.wait(kept[1:])
+            print("exiting", flush=True)
+            """,  # exits holding its refs: nothing freed them before it went
+        )
+        out, err = d.communicate(timeout=60)
+        assert "exiting" in out, err
+    wait_for(lambda: _stats()["store"]["objects"] == before, 15, what="the drivers' objects to be freed")

@@ -143,3 +143,41 @@ def test_start_head_with_redis_storage_survives_a_control_store_kill(redis_url):
 def test_storage_is_for_a_head_only():
     bad = _run("start", "--address", "127.0.0.1:1", "--storage", "redis://127.0.0.1:1", check=False)
     assert bad.returncode != 0 and "--head" in bad.stderr
+
+
+def test_stop_force_leaves_no_segments_behind():
+    from skate._private.config import CONFIG
+
+    port = node.free_port()
+
+    def segments() -> list[str]:
+        return [n for n in os.listdir("/dev/shm") if n.startswith(CONFIG.shm_prefix + "-")]
+
+    before = set(segments())
+    try:
+        _run("start", "--head", "--port", str(port), "--num-cpus", "1")
+        driver = textwrap.dedent(
+            f"""
+            import skate
+            skate.init(address="127.0.0.1:{port}", namespace="seg")
+
+            @skate.remote
+            class Holder:
+                def __init__(self):
+                    self.ref = skate.put(b"h" * 1_000_000)  # owned by the actor: outlives this driver
+
+                def ready(self):
+                    return True
+
+            h = Holder.options(name="h", lifetime="detached").remote()
+            assert skate.get(h.ready.remote())
+            skate.shutdown()
+            """
+        )
+        subprocess.run([sys.executable, "-c", driver], check=True, timeout=120)
+        assert set(segments()) - before, "the actor's object is in shared memory"
+    finally:
+        stopped = _run("stop", "--force", check=False)
+    assert "stopped" in stopped.stdout
+    wait_for(lambda: not _daemon_pids(), 30, what="the daemons to exit")
+    assert not set(segments()) - before, "segments of SIGKILLed daemons were swept"
