@@ -62,6 +62,9 @@ class Config:
     max_dead_actors: int = 10000
     max_finished_jobs: int = 1000
     max_dead_nodes: int = 1000
+    #: Task records an owner keeps to rebuild lost shared-memory results
+    #: (each pins the task's arguments while a result is referenced).
+    max_lineage_entries: int = 10000
 
     @classmethod
     def from_env(cls) -> Config:

@@ -29,6 +29,7 @@ from typing import Any
 
 from skate._private import daemon, ids, wire
 from skate._private.core_worker.errors import remote_to_local
+from skate._private.core_worker.lineage import Lineage
 from skate._private.core_worker.memory_store import MemoryStore
 from skate._private.core_worker.objects import ObjectAccess
 from skate._private.core_worker.refcount import RefCounting
@@ -68,6 +69,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.closed = False
         self.closing = False
         self.store = MemoryStore(self._on_free, self._on_borrow_change, lambda fn: self.post(fn))
+        self.lineage = Lineage(self)
         self.ctx = threading.local()
         self.conns: dict[bytes, asyncio.Future] = {}
         self.gcs_fut: asyncio.Future | None = None

@@ -311,7 +311,13 @@ class ObjectAccess:
         if state == INLINE:
             return serialization.loads(data, bufs)
         if state == SHM:
-            path = self.call(self.shm_path(ref._id, node_id))
+            try:
+                path = self.call(self.shm_path(ref._id, node_id))
+            except exc.ObjectLostError:
+                if ref._id not in self.lineage.records and ref._id not in self.lineage.evicted:
+                    raise
+                # Its only copy is gone: the task that made it runs again.
+                return self.materialize(ref, self.call(self.lineage.reconstruct(ref._id)))
             return self.read_shm(path, ref._id)
         if state == ERROR:
             e = self.store.get(ref._id)
@@ -351,7 +357,13 @@ class ObjectAccess:
         """Like ``materialize`` but from the I/O thread."""
         state, data, bufs, node_id, size = snap
         if state == SHM:
-            return self.read_shm(await self.shm_path(oid, node_id), oid)
+            try:
+                path = await self.shm_path(oid, node_id)
+            except exc.ObjectLostError:
+                if oid not in self.lineage.records and oid not in self.lineage.evicted:
+                    raise
+                return await self.materialize_async(oid, await self.lineage.reconstruct(oid))
+            return self.read_shm(path, oid)
         if state == ERROR:
             e = self.store.get(oid)
             if e is not None:

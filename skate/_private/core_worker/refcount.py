@@ -116,6 +116,8 @@ class RefCounting:
             self.store.adjust(oid, borrowers=-n)
 
     def _on_free(self, oid: bytes, e: Any) -> None:
+        if e.state == SHM and self.lineage.records:
+            self.lineage.forget(oid)
         if e.state == SHM or (e.state == ERROR and not e.retrieved):
             with self._frees_lock:
                 self._frees.append((oid, e))

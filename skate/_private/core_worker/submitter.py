@@ -52,10 +52,11 @@ class TaskRecord:
     __slots__ = (
         "spec", "arg_bufs", "fn_id", "fn_bytes", "return_ids", "retries_left", "retry_exceptions",
         "keep", "deps", "key", "resources", "strategy", "cancelled", "lease", "name", "actor",
-        "fut", "seq",
+        "fut", "seq", "base_bufs",
     )
 
     def __init__(self) -> None:
+        self.base_bufs: Any = None  # arg_bufs before resolve_deps added to them (for a re-run)
         self.cancelled = False
         self.lease: Any = None
         self.actor: Any = None
@@ -513,6 +514,10 @@ async def resolve_deps(core: Any, rec: TaskRecord) -> BaseException | None:
     """
     entries = []
     extra: list = []
+    if rec.base_bufs is None:
+        rec.base_bufs = rec.arg_bufs
+    else:
+        rec.arg_bufs = rec.base_bufs  # resolved again (a re-run): start from the task's own
     for ref in rec.deps:
         oid = ref._id
         e = core.store.get(oid)
@@ -542,15 +547,20 @@ def complete_returns(core: Any, rec: TaskRecord, body: dict, bufs: list, conn: A
     k = 0
     store = core.store
     metas = body["r"]
+    shm = False
     for oid, meta in zip(rec.return_ids, metas, strict=False):
         state = meta[0]
         if state == SHM:
             store.complete(oid, SHM, None, [], meta[2], meta[3])
+            shm = True
         else:
             n = meta[1]
             store.complete(oid, state, bufs[k], bufs[k + 1 : k + n])
             k += n
-    rec.keep = None
+    if shm and conn is None:
+        core.lineage.remember(rec)  # its arguments stay pinned: the task may run again
+    else:
+        rec.keep = None
     held = body.get("h")
     if held:  # (this may run in a user thread reading the reply: see wire.Connection.lead)
         if conn is None and rec.lease is not None:
