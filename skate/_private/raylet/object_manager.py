@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 from skate._private import wire
 from skate._private.object_store import shm
-from skate._private.object_store.store import StoreFull
+from skate._private.object_store.store import StoreFull, spill_files
 
 
 class ObjectStoreFull(Exception):
@@ -32,7 +33,25 @@ class ObjectStoreFull(Exception):
 class ObjectManager:
     """Object handlers of the node daemon (part of ``Raylet``)."""
 
-    def on_obj_reserve(self, conn: wire.Connection, body: dict, bufs: list) -> str:
+    def on_obj_reserve(self, conn: wire.Connection, body: dict, bufs: list) -> Any:
+        store = self.store
+        oid, size = body["oid"], body["size"]
+        if (
+            oid not in store.objects
+            and store.used + size > store.capacity
+            and not any(size <= psize for psize, _ in store.pool)
+        ):
+            return self._reserve_after_spill(conn, body)  # answered once there is room
+        return self._reserve(body)
+
+    async def _reserve_after_spill(self, conn: wire.Connection, body: dict) -> str:
+        try:
+            await self._spill_for(body["size"], body["oid"])
+        except StoreFull as e:
+            raise ObjectStoreFull(str(e)) from None
+        return self._reserve(body)
+
+    def _reserve(self, body: dict) -> str:
         try:
             path = self.store.reserve(body["oid"], body["size"], body.get("primary", True))
         except StoreFull as e:
@@ -77,9 +96,51 @@ class ObjectManager:
     def on_obj_seal(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         self.store.seal(body["oid"])
 
+    # --- spilling and restoring, off the event loop --------------------------------
+    async def _spill_for(self, size: int, oid: bytes) -> None:
+        """Makes room for ``size`` bytes, copying spilled segments to disk on a
+        worker thread: a multi-GB spill does not stall heartbeats or requests."""
+        victims = self.store.plan_room(size, oid)
+        if not victims:
+            return
+        try:
+            dests = await asyncio.to_thread(spill_files, self.store.spill_dir, victims)
+        except BaseException:
+            for _key, obj in victims:  # still in memory after all
+                obj.spilling = False
+                if not obj.freed:
+                    self.store.used += obj.size
+                else:
+                    shm.unlink(obj.path)
+            raise
+        self.store.finish_spill(victims, dests)
+
+    async def _ensure_local(self, oid: bytes) -> str | None:
+        """Like ``store.ensure_local``, with the disk copies on a worker thread."""
+        obj = self.store.objects.get(oid)
+        if obj is None or not obj.sealed or not obj.spilled_path:
+            return self.store.ensure_local(oid)
+        fut = self.restores.get(oid)
+        if fut is None:
+            fut = self.restores[oid] = asyncio.ensure_future(self._restore(oid, obj))
+            fut.add_done_callback(lambda f: self.restores.pop(oid, None))
+        return await asyncio.shield(fut)
+
+    async def _restore(self, oid: bytes, obj: Any) -> str | None:
+        await self._spill_for(obj.size, oid)
+        self.store.used += obj.size
+        try:
+            await asyncio.to_thread(shm.copy_in, obj.spilled_path, obj.path)
+        except FileNotFoundError:  # freed meanwhile
+            self.store.used -= obj.size
+            shm.unlink(obj.path)
+            return None
+        self.store.finish_restore(oid, obj)
+        return obj.path if self.store.objects.get(oid) is obj else None
+
     async def on_obj_get(self, conn: wire.Connection, body: dict, bufs: list) -> str:
         oid = body["oid"]
-        path = self.store.ensure_local(oid)
+        path = await self._ensure_local(oid)
         if path is None:
             path = await self._fetch(oid, body.get("node_id"))
         self._track_map(conn, oid)

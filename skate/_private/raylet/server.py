@@ -76,6 +76,7 @@ class Raylet(LeaseManager, ObjectManager):
         self.peer_conns: dict[bytes, asyncio.Future] = {}
         self.pulls: dict[bytes, asyncio.Future] = {}
         self.pulled_by: dict[bytes, set[bytes]] = {}
+        self.restores: dict[bytes, asyncio.Future] = {}  # spilled objects being copied back
         self.owner_of: dict[bytes, bytes] = {}  # object id -> its owner's worker id
         self.owned: dict[bytes, set[bytes]] = {}  # owner's worker id -> its objects here
         self.owner_watches: dict[bytes, asyncio.Future] = {}
