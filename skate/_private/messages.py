@@ -265,9 +265,16 @@ class ObjGet(TypedDict):
     node_id: Union[bytes, None]  # where the primary copy is, to pull it from
 
 
-class ObjFetch(TypedDict):
+class _ObjFetchRequired(TypedDict):
     oid: bytes
     node_id: bytes  # the node that asks (told about frees later)
+
+
+class ObjFetch(_ObjFetchRequired, total=False):
+    """A chunk of an object for another node; the reply is its total size (False: not here)."""
+
+    offset: int  # bytes
+    length: int  # bytes (at most the server's chunk size)
 
 
 # --- tasks and actor calls (core worker) --------------------------------------------------
@@ -374,7 +381,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "obj_seal": (ObjRef, None),
     "obj_get": (ObjGet, str),
     "obj_unmapped": (list[bytes], None),
-    "obj_fetch": (ObjFetch, bool),
+    "obj_fetch": (ObjFetch, Union[bool, int]),
     "obj_free": (list[bytes], None),
     "flush_logs": (None, bool),
     "warning": (str, None),

@@ -84,3 +84,17 @@ def test_a_lost_put_object_is_not_rebuilt(cluster):
     _lose_worker_node(cluster, node)
     with pytest.raises(exc.ObjectLostError):  # its owner died with the node (OwnerDiedError)
         skate.get(inner, timeout=60)
+
+
+def test_no_room_to_copy_an_object_here_is_not_a_loss(cluster):
+    cluster.add_node(num_cpus=1, resources={"w": 1}, object_store_memory=600 * (1 << 20))
+    skate.init(address=cluster.address)
+
+    @skate.remote(resources={"w": 1})
+    def huge() -> np.ndarray:
+        return np.ones(300 * (1 << 20) // 8)  # larger than the head's 256 MiB store
+
+    ref = huge.options(max_retries=0).remote()
+    skate.wait([ref])
+    with pytest.raises(exc.ObjectStoreFullError):  # not ObjectReconstructionFailed...: nothing was lost
+        skate.get(ref, timeout=60)

@@ -331,6 +331,8 @@ class ObjectAccess:
         try:
             return await self.raylet.request("obj_get", {"oid": oid, "node_id": node_id})
         except wire.RemoteError as e:
+            if str(e).startswith(("StoreFull", "ObjectStoreFull")):  # no room to copy it here: not lost
+                raise exc.ObjectStoreFullError(f"cannot bring object {oid.hex()} to this node: {e}") from None
             raise exc.ObjectLostError(oid.hex(), message=f"Object {oid.hex()} is lost: {e}") from None
 
     def read_shm(self, path: str, oid: bytes) -> Any:

@@ -198,6 +198,21 @@ class ObjectStore:
         with open(obj.spilled_path or obj.path, "rb") as f:
             return f.read()
 
+    def read_range(self, oid: bytes, offset: int, length: int) -> tuple[int, bytes] | None:
+        """``(size, bytes offset..offset+length)`` of a sealed object (in memory or
+        spilled), for sending it to another node in chunks; None when it is not here."""
+        obj = self.objects.get(oid)
+        if obj is None or not obj.sealed:
+            return None
+        try:
+            fd = os.open(obj.spilled_path or obj.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        try:
+            return obj.size, os.pread(fd, max(min(length, obj.size - offset), 0), offset)
+        finally:
+            os.close(fd)
+
     def free(self, oid: bytes) -> None:
         """Deletes an object; a segment that readers still map goes when they let go."""
         obj = self.objects.pop(oid, None)

@@ -7,6 +7,7 @@
     obj_get     -> here (restored from disk if spilled), or pulled from the node
                    that has it (obj_fetch, daemon to daemon); the reader is
                    counted until obj_unmapped (or its connection closes)
+    obj_fetch   -> a chunk of an object, for a node pulling it (8 MiB at a time, 4 in flight)
     obj_free    -> gone here, and on every node that pulled a copy
     owner dies  -> every primary segment it owned here is freed as by obj_free
                    (the daemon holds a connection to each owner it stores for,
@@ -24,6 +25,10 @@ from typing import Any
 from skate._private import wire
 from skate._private.object_store import shm
 from skate._private.object_store.store import StoreFull, spill_files
+
+#: Bytes per chunk of an object copied between nodes, and chunks in flight.
+PULL_CHUNK = 8 << 20
+PULL_WINDOW = 4
 
 
 class ObjectStoreFull(Exception):
@@ -180,15 +185,38 @@ class ObjectManager:
         return await asyncio.shield(fut)
 
     async def _pull(self, oid: bytes, src: bytes) -> str:
+        """Copies an object from node ``src`` in chunks of ``PULL_CHUNK`` bytes, at most
+        ``PULL_WINDOW`` in flight, each written straight into the new segment:
+        this daemon's memory stays bounded whatever the object's size."""
         peer = await self._peer(src)
-        reply = await peer.request("obj_fetch", {"oid": oid, "node_id": self.node_id})
-        if not isinstance(reply, tuple):
-            raise KeyError(f"object {oid.hex()} is gone from the node that held it")
-        data = reply[1][0]
-        path = self.store.reserve(oid, len(data), primary=False)
-        m = shm.create(path, max(len(data), 1))
-        m[: len(data)] = data
-        m.close()
+
+        async def chunk(offset: int) -> tuple[int, Any]:
+            reply = await peer.request("obj_fetch", {"oid": oid, "node_id": self.node_id, "offset": offset,
+                                                     "length": PULL_CHUNK})
+            if not isinstance(reply, tuple) or reply[0] is False:
+                raise KeyError(f"object {oid.hex()} is gone from the node that held it")
+            return reply[0], reply[1][0]
+
+        size, first = await chunk(0)
+        if oid not in self.store.objects and self.store.used + size > self.store.capacity:
+            await self._spill_for(size, oid)
+        path = self.store.reserve(oid, size, primary=False)
+        try:
+            m = shm.create(path, max(size, 1))
+            try:
+                m[: len(first)] = first
+                del first
+                offsets = list(range(PULL_CHUNK, size, PULL_CHUNK))
+                for i in range(0, len(offsets), PULL_WINDOW):
+                    for off, (_, data) in zip(offsets[i : i + PULL_WINDOW], await asyncio.gather(
+                        *(chunk(off) for off in offsets[i : i + PULL_WINDOW])
+                    ), strict=True):
+                        m[off : off + len(data)] = data
+            finally:
+                m.close()
+        except BaseException:
+            self.store.free(oid)
+            raise
         self.store.seal(oid)
         return path
 
@@ -204,11 +232,16 @@ class ObjectManager:
         return await asyncio.shield(fut)
 
     def on_obj_fetch(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
-        data = self.store.read_bytes(body["oid"])
-        if data is None:
+        """One chunk of an object: replies its total size with ``length`` bytes from ``offset``."""
+        oid = body["oid"]
+        offset, length = body.get("offset", 0), body.get("length", PULL_CHUNK)
+        got = self.store.read_range(oid, offset, min(length, PULL_CHUNK))
+        if got is None:
             return wire.Reply(False)
-        self.pulled_by.setdefault(body["oid"], set()).add(body["node_id"])
-        return wire.Reply(True, [data])
+        size, data = got
+        if offset == 0:
+            self.pulled_by.setdefault(oid, set()).add(body["node_id"])
+        return wire.Reply(size, [data])
 
     def on_obj_free(self, conn: wire.Connection, oids: list, bufs: list) -> None:
         self._free(oids)
