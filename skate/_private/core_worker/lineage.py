@@ -40,6 +40,8 @@ class Lineage:
         self.records: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
         self.evicted: set[bytes] = set()
         self._rebuilding: dict[bytes, asyncio.Future] = {}
+        #: Task re-runs started to rebuild lost objects (for tests and figures).
+        self.rebuilt = 0
 
     def remember(self, rec: Any) -> None:
         """Keeps ``rec`` (and its pinned arguments) for its shared-memory results."""
@@ -110,6 +112,7 @@ class Lineage:
                 waits.append(f)
         rec.cancelled = False
         rec.lease = None
+        self.rebuilt += 1
         self.core.submitter.submit(rec)
         await asyncio.gather(*waits)
         e = store.get(oid)

@@ -236,12 +236,21 @@ class TaskSubmitter:
 
     async def _lease_for(self, key: Any, ks: KeyState, resources: dict, strategy: Any) -> None:
         try:
-            grant, raylet = await self.acquire_lease({"resources": resources, "strategy": strategy})
-            conn = await self.core.conn_to(grant["address"], exec_=True)
+            for attempt in range(5):
+                grant, raylet = await self.acquire_lease({"resources": resources, "strategy": strategy})
+                try:
+                    conn = await self.core.conn_to(grant["address"], exec_=True)
+                    break
+                except (OSError, wire.ConnectionLost):  # the worker died at once: lease another
+                    if attempt == 4 or raylet.closed:
+                        raise
+                    raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
         except Exception as e:  # noqa: BLE001
             with self.lock:
                 ks.requests -= 1
-                failed = list(ks.queue) if not self.closing else []
+                # A worker whose node daemon just died exits (_raylet_lost): its tasks are not failed.
+                lost = self.core.mode == "worker" and self.core.raylet.closed
+                failed = list(ks.queue) if not self.closing and not lost else []
                 ks.queue.clear()
             if failed:
                 # Fail what cannot be placed rather than hang.
@@ -585,14 +594,5 @@ async def _adopt_contained(core: Any, rec: TaskRecord, held: list, conn: Any) ->
 
 def new_task_spec(core: Any, task_id: bytes, name: str, fn_id: bytes, num_returns: int, max_calls: int, max_retries: int) -> dict:
     """The message body that describes a task to a worker."""
-    return {
-        "t": task_id,
-        "f": fn_id,
-        "n": name,
-        "nr": num_returns,
-        "mc": max_calls,
-        "mr": max_retries,
-        "j": core.job_id,
-        "ns": core.namespace,
-        "r": [],
-    }
+    return {"t": task_id, "f": fn_id, "n": name, "nr": num_returns, "mc": max_calls, "mr": max_retries,
+            "j": core.job_id, "ns": core.namespace, "r": []}
