@@ -279,19 +279,20 @@ class TaskSubmitter:
         deadline = time.monotonic() + 60
         while True:
             raylet = self.core.raylet
-            reply = await raylet.request("request_lease", body)
             hops = 0
             try:
+                reply = await raylet.request("request_lease", body)
                 while "spill" in reply:
                     hops += 1
                     target = reply["spill"]
                     raylet = await self.raylet_conn(target)
                     reply = await raylet.request("request_lease", dict(body, no_spill=hops >= 2))
                 break
-            except (OSError, wire.ConnectionLost):
-                # The node we were sent to just died; once the cluster view
-                # has caught up, the local daemon will send us elsewhere.
-                if time.monotonic() > deadline:
+            except (OSError, wire.ConnectionLost, wire.RemoteError) as e:
+                # The node we were sent to just died (or dropped the request as
+                # it went): once the cluster view has caught up, we go elsewhere.
+                if time.monotonic() > deadline or self.core.raylet.closed or (
+                        isinstance(e, wire.RemoteError) and str(e) != "cancelled"):
                     raise
                 await asyncio.sleep(0.1)
         if "unschedulable" in reply:
