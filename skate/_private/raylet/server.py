@@ -134,7 +134,9 @@ class Raylet(LeaseManager, ObjectManager):
         log.warning("node %s registered again with the restarted control store", self.node_id.hex()[:12])
 
     def _gcs_lost(self, why: str) -> None:
-        if not self.stopping.is_set():
+        # Without durable tables the control store going away is how a
+        # cluster ends (it is stopped first): no alarm then.
+        if not self.stopping.is_set() and self.gcs is not None and self.gcs.durable:
             log.error("node daemon exits: %s", why)
         self.stopping.set()
 
