@@ -198,3 +198,27 @@ def test_a_bad_storage_url_fails_the_start_with_its_reason(redis_url):
         node.start_head(1, storage="redis://127.0.0.1:1")
     with pytest.raises(ValueError, match="unsupported"):
         node.start_head(1, storage="mongo://x")
+
+
+def test_a_node_that_dies_during_the_outage_is_declared_dead_after_it(redis_url, monkeypatch):
+    monkeypatch.setenv("SKATE_NODE_TIMEOUT_S", "2")  # read by the control store processes
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "gcs_storage": redis_url})
+    try:
+        other = c.add_node(num_cpus=1)
+        skate.init(address=c.address)
+        sup = psutil.Process(c._gcs_proc.proc.pid)
+        sup.suspend()
+        try:
+            old = gcs_server_pid(c)
+            os.kill(old, signal.SIGKILL)
+            wait_for(lambda: pid_gone(old), 10, what="the control store to die")
+            other.kill()  # dies while nobody watches
+        finally:
+            sup.resume()
+        wait_for(lambda: [n["Alive"] for n in skate.nodes()].count(True) == 1, 30,
+                 what="the node that died during the outage to be declared dead")
+        dead = [n for n in skate.nodes() if not n["Alive"]]
+        assert [n["NodeID"] for n in dead] == [other.node_id]
+    finally:
+        skate.shutdown()
+        c.shutdown()
