@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
+# The control-store tests start their own redis-server (Debian's package).
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null
+  else
+    echo "note: redis-server is not installed; the Redis control-store tests will be skipped" >&2
+  fi
+fi
 python -m pip install -q -e ".[test]"
 python -m ruff check skate tests benchmarks
 python -m pytest -m "not soak" "$@"

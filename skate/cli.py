@@ -57,12 +57,15 @@ def main() -> None:
               help="Only false is accepted: skate has no dashboard yet.")
 @click.option("--dashboard-host", default=None, help="Not available: skate has no dashboard yet.")
 @click.option("--dashboard-port", type=int, default=None, help="Not available: skate has no dashboard yet.")
+@click.option("--storage", default=None,
+              help="Where a head's control store keeps its tables: 'memory' (default; SKATE_GCS_STORAGE) "
+                   "or redis://HOST:PORT (the control store then survives restarts).")
 @click.option("--disable-usage-stats", is_flag=True,
               help="Accepted for Ray compatibility; skate collects no usage statistics at all.")
 def start(head: bool, address: str | None, node_ip_address: str, port: int | None, num_cpus: float | None,
           num_gpus: float, resources: str, memory: int | None, object_store_memory: int | None, labels: str, temp_dir: str | None,
           block: bool, include_dashboard: bool | None, dashboard_host: str | None, dashboard_port: int | None,
-          disable_usage_stats: bool) -> None:
+          storage: str | None, disable_usage_stats: bool) -> None:
     """Starts this machine's daemons for a cluster that outlives drivers (`skate stop` stops them)."""
     from skate._private import cli_support as cs
     from skate._private import discovery, node, wire
@@ -76,6 +79,8 @@ def start(head: bool, address: str | None, node_ip_address: str, port: int | Non
             raise click.UsageError(_NO_DASHBOARD.format(flag=flag))
     if node_ip_address in ("0.0.0.0", "::", ""):
         raise click.UsageError("--node-ip-address must be an address this node is reached at, not a wildcard")
+    if storage is not None and not head:
+        raise click.UsageError("--storage applies to a head (--head) only")
     res = cs.parse_resources(resources)
     node_labels = cs.parse_labels(labels)
     cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
@@ -84,7 +89,7 @@ def start(head: bool, address: str | None, node_ip_address: str, port: int | Non
         info = node.start_head(
             cpus, num_gpus, res, object_store_memory, host=node_ip_address, port=6379 if port is None else port,
             tie_to_parent=block, detach=True, discoverable=True, temp_dir=temp_dir, labels=node_labels,
-            memory=memory,
+            memory=memory, storage=storage,
         )
         procs = info["processes"]
         session_dir, gcs_address = info["session_dir"], info["gcs_address"]

@@ -80,13 +80,22 @@ class Cluster:
         resources: dict | None = None,
         object_store_memory: int | None = None,
         wait: bool = True,
+        gcs_storage: str | None = None,
         **kwargs: Any,
     ) -> NodeHandle:
-        """Starts a node (the head, the first time) and waits until it is registered."""
+        """Starts a node (the head, the first time) and waits until it is registered.
+
+        ``gcs_storage`` (the head only): where the control store keeps its
+        tables, e.g. ``redis://127.0.0.1:6379`` (default ``SKATE_GCS_STORAGE``,
+        else in memory).
+        """
         store = object_store_memory or 256 * 1024 * 1024
+        if gcs_storage is not None and self._info is not None:
+            raise ValueError("gcs_storage applies to the head node (the first add_node) only")
         if self._info is None:
             # Like Ray's Cluster, its head is what init() / init("auto") join by default.
-            self._info = _node.start_head(num_cpus, num_gpus, resources, store, discoverable=True)
+            self._info = _node.start_head(num_cpus, num_gpus, resources, store, discoverable=True, storage=gcs_storage)
+            self._gcs_storage_url = gcs_storage
             gcs, raylet = self._info["processes"]
             raylet.info = self._info["raylet"]
             self._gcs_proc = gcs
@@ -162,6 +171,9 @@ class Cluster:
         _node.stop_processes(procs)
         if self._info is not None:
             _node.stop_processes([self._gcs_proc])
+            from skate._private.object_store import sweep
+
+            sweep.sweep_session(self._info["session_dir"])  # nodes removed with SIGKILL
             _node.forget_cluster(self._info["gcs_address"])
             shutil.rmtree(self._info["session_dir"], ignore_errors=True)
         self.worker_nodes = []

@@ -292,6 +292,34 @@ class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
 class ObjectReconstructionFailedError(ObjectLostError):
     """A lost object could not be rebuilt from its lineage."""
 
+    def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", message: str | None = None) -> None:
+        super().__init__(
+            object_ref_hex, owner_address, call_site,
+            message=message or f"Object {object_ref_hex} is lost and could not be rebuilt from the task that made it.",
+        )
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectLostError):
+    """A lost object's task has no retries (``max_retries``) left to rebuild it."""
+
+    def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", message: str | None = None) -> None:
+        super().__init__(
+            object_ref_hex, owner_address, call_site,
+            message=message or f"Object {object_ref_hex} is lost, and the task that made it has no retries left "
+            "(max_retries) to rebuild it.",
+        )
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectLostError):
+    """A lost object's task record was evicted (too much lineage kept), so it cannot be rebuilt."""
+
+    def __init__(self, object_ref_hex: str = "", owner_address: Any = None, call_site: str = "", message: str | None = None) -> None:
+        super().__init__(
+            object_ref_hex, owner_address, call_site,
+            message=message or f"Object {object_ref_hex} is lost, and the record of the task that made it was "
+            "evicted (SKATE_MAX_LINEAGE_ENTRIES), so it cannot be rebuilt.",
+        )
+
 
 class ObjectStoreFullError(RayError):
     """The shared-memory store has no room for an object, even after spilling."""
@@ -367,14 +395,6 @@ class AuthenticationError(RayError):
 
 class ObjectFreedError(ObjectLostError):
     """The object was freed (e.g. by its owner) before it was read."""
-
-
-class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectLostError):
-    """A lost object could not be rebuilt within the allowed attempts."""
-
-
-class ObjectReconstructionFailedLineageEvictedError(ObjectLostError):
-    """A lost object cannot be rebuilt: its lineage was evicted."""
 
 
 class ObjectRefStreamEndOfStreamError(RayError):

@@ -105,14 +105,17 @@ def _live_children(me: psutil.Process) -> list[psutil.Process]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks():
+def no_leaks(request):
     """Fails the test if it leaks processes, shared memory or session folders."""
     shm_before = _shm()
     sessions_before = _sessions()
     me = psutil.Process()
     yield
     if skate.is_initialized():
-        skate.shutdown()
+        try:
+            _check_stores_drained(request)
+        finally:
+            skate.shutdown()
     try:
         wait_for(lambda: not _live_children(me), 15, what="child processes to exit")
     except AssertionError:
@@ -128,30 +131,94 @@ def no_leaks():
     assert not leaked, f"test leaked session folders: {leaked}"
 
 
+def _stores_in_use() -> dict:
+    """Objects and pinned (mapped) segments on each live node of the current cluster."""
+    import asyncio
+
+    from skate._private import runtime, wire
+
+    core = runtime.current_or_none()
+
+    async def one(uds: str) -> dict:
+        conn = await wire.connect(uds, core.token, {})
+        try:
+            return (await conn.request("node_stats"))["store"]
+        finally:
+            conn.close()
+
+    async def all_nodes() -> dict:
+        nodes = [n for n in await (await core.gcs()).request("get_nodes") if n["alive"]]
+        stats = await asyncio.gather(*(one(n["uds"]) for n in nodes), return_exceptions=True)
+        return {
+            n["node_id"].hex()[:12]: {"objects": st["objects"], "pinned": st["pinned"]}
+            for n, st in zip(nodes, stats, strict=True)
+            if isinstance(st, dict) and (st["objects"] or st["pinned"])
+        }
+
+    return core.call(all_nodes(), timeout=10)
+
+
+def _check_stores_drained(request) -> None:
+    """After a test, once its refs are gone, no node stores or pins an object.
+
+    Runs before the cluster fixtures tear the cluster down.  Actors a test
+    leaves alive may hold objects on purpose: their tests are marked
+    ``keeps_objects``.
+    """
+    import gc
+
+    if not skate.is_initialized() or request.node.get_closest_marker("keeps_objects") is not None:
+        return
+    if getattr(request.node, "rep_call_failed", False):
+        return  # the test's own failure says more
+    gc.collect()
+    try:
+        wait_for(lambda: not _stores_in_use(), 10, interval=0.05, what="stores to drain")
+    except AssertionError:
+        raise AssertionError(f"objects left in the object store after the test: {_stores_in_use()}") from None
+
+
 @pytest.fixture
-def ray_start():
+def ray_start(request):
     """A local 2-CPU cluster for one test; yields the skate module."""
     skate.init(num_cpus=2)
     yield skate
-    skate.shutdown()
+    try:
+        _check_stores_drained(request)
+    finally:
+        skate.shutdown()
 
 
 @pytest.fixture
-def ray_start_4cpu():
+def ray_start_4cpu(request):
     """A local 4-CPU cluster for one test."""
     skate.init(num_cpus=4)
     yield skate
-    skate.shutdown()
+    try:
+        _check_stores_drained(request)
+    finally:
+        skate.shutdown()
 
 
 @pytest.fixture
-def cluster():
+def cluster(request):
     """A Cluster with a 1-CPU head; tests add nodes and connect themselves."""
     from skate.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     yield c
-    c.shutdown()
+    try:
+        _check_stores_drained(request)
+    finally:
+        c.shutdown()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        item.rep_call_failed = True
 
 
 def wait_printed(capfd, needle: str, timeout: float = 30.0) -> tuple[str, str]:
@@ -167,3 +234,58 @@ def wait_printed(capfd, needle: str, timeout: float = 30.0) -> tuple[str, str]:
     assert core is not None, "skate is not initialized"
     wait_for(lambda: any(needle in ln for ln in list(core.printed)), timeout, what=f"{needle!r} to be printed")
     return capfd.readouterr()
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real ``redis-server`` of its own (free port, temp dir) for one test; yields its URL.
+
+    Skips when redis-server is not installed (``scripts/test.sh`` installs it).
+    """
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
+    from skate._private.node import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "", "--appendonly", "no",
+         "--daemonize", "no", "--logfile", str(tmp_path / "redis.log")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            assert proc.poll() is None, "redis-server exited at start"
+            return False
+
+    try:
+        wait_for(up, 10, what="redis-server to answer")
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def gcs_server_pid(cluster) -> int:
+    """The pid of the control store a supervised head is running now."""
+    sup = psutil.Process(cluster._gcs_proc.proc.pid)
+    for p in sup.children():
+        try:
+            if " ".join(p.cmdline()).startswith("skate::gcs") and "supervisor" not in " ".join(p.cmdline()):
+                return p.pid
+        except psutil.Error:  # a dead one not reaped yet
+            pass
+    return 0

@@ -164,6 +164,7 @@ def stop_started(force: bool, grace_s: float) -> int:
             except psutil.Error:
                 pass
         psutil.wait_procs(alive, timeout=5)
+    node.sweep_dead_stores()  # what daemons killed with --force left in /dev/shm
     for e in known:
         shutil.rmtree(e["session_dir"], ignore_errors=True)
         if e.get("gcs_address"):

@@ -58,6 +58,25 @@ class Config:
     #: Refuse messages carrying fields their declared type does not have
     #: (the test suite turns it on; it decodes every message twice).
     strict_messages: int = 0
+    #: Where the control store keeps its tables: "" (in memory, lost when it
+    #: dies) or ``redis://HOST:PORT`` (it survives restarts; the head then
+    #: supervises it and starts a new one when it dies).
+    gcs_storage: str = ""
+    #: Seconds node daemons, workers and drivers keep retrying (with
+    #: backoff) to reach a restarting control store with durable storage
+    #: before they give up on it.
+    gcs_reconnect_timeout_s: float = 60.0
+    #: Restarts of a dying control store the head attempts within a minute
+    #: before it gives up.
+    gcs_max_restarts_per_minute: int = 10
+    #: Dead actors, finished jobs and dead nodes the control store keeps
+    #: records of (the oldest beyond these are purged).
+    max_dead_actors: int = 10000
+    max_finished_jobs: int = 1000
+    max_dead_nodes: int = 1000
+    #: Task records an owner keeps to rebuild lost shared-memory results
+    #: (each pins the task's arguments while a result is referenced).
+    max_lineage_entries: int = 10000
 
     @classmethod
     def from_env(cls) -> Config:

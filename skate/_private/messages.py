@@ -14,7 +14,7 @@ millions of times; each is documented where it is declared.
 
 Who serves what::
 
-    control store  register_node heartbeat get_nodes drain_node subscribe publish new_job
+    control store  register_node heartbeat get_nodes drain_node subscribe publish new_job gcs_info
                    register_actor update_actor get_actor get_named_actor list_actors
                    list_named_actors kv_put kv_get kv_del kv_keys ping task_events
                    list_task_events list_jobs
@@ -74,9 +74,17 @@ class Heartbeat(TypedDict):
 
 
 # --- jobs and actors (control store) -------------------------------------------------
-class NewJob(TypedDict):
+class _NewJobRequired(TypedDict):
     driver_pid: int
     namespace: Union[str, None]
+
+
+class NewJob(_NewJobRequired, total=False):
+    job_id: int  # a driver reattaching to its job after a control-store restart
+
+
+class GcsInfo(TypedDict):
+    durable: bool  # the tables outlive the control store (clients wait for its restart)
 
 
 class RegisterActor(TypedDict):
@@ -242,6 +250,7 @@ class NodeStats(TypedDict):
     available: Resources
     pids: list[int]
     demands: list[Any]  # queued lease requests: [[resources, infeasible], ...]
+    owners: int  # processes whose objects this node stores
 
 
 # --- objects (node daemon) ---------------------------------------------------------------
@@ -252,6 +261,7 @@ class _ObjReserveRequired(TypedDict):
 
 class ObjReserve(_ObjReserveRequired, total=False):
     primary: bool  # False for a copy pulled from another node
+    owner: Address  # the owning core worker: its objects are freed when it dies
 
 
 class ObjRef(TypedDict):
@@ -263,9 +273,16 @@ class ObjGet(TypedDict):
     node_id: Union[bytes, None]  # where the primary copy is, to pull it from
 
 
-class ObjFetch(TypedDict):
+class _ObjFetchRequired(TypedDict):
     oid: bytes
     node_id: bytes  # the node that asks (told about frees later)
+
+
+class ObjFetch(_ObjFetchRequired, total=False):
+    """A chunk of an object for another node; the reply is its total size (False: not here)."""
+
+    offset: int  # bytes
+    length: int  # bytes (at most the server's chunk size)
 
 
 # --- tasks and actor calls (core worker) --------------------------------------------------
@@ -383,7 +400,7 @@ class JobRecord(TypedDict, total=False):
     driver_pid: int
     namespace: Union[str, None]
     start: float
-    end: float
+    end: Union[float, None]
     alive: bool
 
 
@@ -403,6 +420,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "subscribe": (list[str], bool),
     "publish": (tuple[str, Any], Any),
     "new_job": (NewJob, int),
+    "gcs_info": (None, GcsInfo),
     "register_actor": (RegisterActor, bool),
     "update_actor": (ActorUpdate, None),
     "get_actor": (GetActor, Union[ActorRecord, None]),
@@ -433,7 +451,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "obj_seal": (ObjRef, None),
     "obj_get": (ObjGet, str),
     "obj_unmapped": (list[bytes], None),
-    "obj_fetch": (ObjFetch, bool),
+    "obj_fetch": (ObjFetch, Union[bool, int]),
     "obj_free": (list[bytes], None),
     "flush_logs": (None, bool),
     "warning": (str, None),

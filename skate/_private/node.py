@@ -239,19 +239,34 @@ def start_head(
     temp_dir: str | None = None,
     labels: dict | None = None,
     detach: bool | None = None,
+    storage: str | None = None,
 ) -> dict:
     """Starts a control store and a head node daemon in parallel.
 
     ``while_starting`` runs while they boot (the driver imports its runtime
     then).  ``discoverable``: ``init()`` with no address may join it (CLI
     clusters).  ``temp_dir``: where the session and its logs go (default
-    ``CONFIG.temp_dir``).  Returns a description with the processes, the
-    GCS address and the token.
+    ``CONFIG.temp_dir``).  ``storage`` (default ``CONFIG.gcs_storage``, i.e.
+    ``SKATE_GCS_STORAGE``) is where the control store keeps its tables: in
+    memory, or ``redis://HOST:PORT``; with Redis a supervisor process starts a
+    new control store whenever it dies.  Returns a description with the
+    processes, the GCS address and the token.
 
     Raises:
         ConnectionError: when ``host:port`` cannot be listened on.
         RuntimeError: when a daemon exits while starting.
+        ValueError: a storage URL skate cannot use.
     """
+    from skate._private.gcs.storage import is_durable
+
+    sweep_dead_stores()
+    storage = storage if storage is not None else CONFIG.gcs_storage
+    if is_durable(storage):
+        from skate._private.gcs.storage import open_storage
+
+        # A wrong URL or an unreachable Redis fails here, with its reason.
+        probe = open_storage(storage, "probe")
+        probe.close()  # type: ignore[attr-defined]
     # Bind the control store's socket here and hand it over, so its port is
     # known at once (the node daemon starts in parallel) and cannot be taken
     # by someone else in between.
@@ -265,10 +280,17 @@ def start_head(
     gcs_port = listener.getsockname()[1]
     gcs_address = f"{host}:{gcs_port}"
     try:
+        server_args = ["--host", host, "--port", str(gcs_port), "--token-file", token_file,
+                       "--listen-fd", str(listener.fileno())]
+        if is_durable(storage):
+            assert storage is not None
+            # Restarted when it dies, on the same socket; tables read back from storage.
+            args = ["skate._private.gcs.supervisor", "--", *server_args, "--storage", storage]
+        else:
+            args = ["skate._private.gcs.server", *server_args]
         gcs = spawn(
             "control store",
-            ["skate._private.gcs.server", "--host", host, "--port", str(gcs_port), "--token-file", token_file,
-             "--listen-fd", str(listener.fileno())],
+            args,
             tie_to_parent=tie_to_parent,
             pass_fds=(listener.fileno(),),
             logs_dir=logs_dir,
@@ -335,6 +357,7 @@ def start_worker_node(
     detach: bool | None = None,
 ) -> DaemonProcess:
     """Starts one more node daemon joining ``gcs_address``."""
+    sweep_dead_stores()
     d = spawn(
         "node daemon",
         raylet_args(
@@ -353,6 +376,18 @@ def start_worker_node(
         stop_processes([d])
         raise
     return d
+
+
+def sweep_dead_stores() -> int:
+    """Removes the shared-memory segments of node daemons that died without
+    cleaning up (SIGKILL, a crash); returns how many segments."""
+    from skate._private.object_store import sweep
+
+    try:
+        private_paths.check_dir(CONFIG.temp_dir)
+    except (FileNotFoundError, private_paths.UnsafePathError):
+        return 0
+    return sweep.sweep_all(CONFIG.temp_dir)
 
 
 def stop_processes(procs: list[DaemonProcess], grace: float = 5.0) -> None:

@@ -28,6 +28,7 @@ except ImportError:  # a declared dependency; tolerated only so a bare checkout 
 #: The daemon module run as ``__main__`` -> the title it takes.
 _DAEMONS = {
     "skate._private.gcs.server": "gcs",
+    "skate._private.gcs.supervisor": "gcs-supervisor",
     "skate._private.raylet.server": "raylet",
     "skate._private.raylet.zygote": "zygote",
 }

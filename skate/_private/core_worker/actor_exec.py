@@ -256,7 +256,7 @@ class ActorExecution:
                 raise exc.ActorDiedError(error_msg="the actor's constructor failed")
             args, kwargs = self._decode_args(spec, bufs, 0)
             result = self._method(spec)(*args, **kwargs)
-            body, out = self._encode_returns(spec, result, name)
+            body, out = self._encode_returns(spec, result, name, fut.conn.peer)
         except ActorExit:
             self.exit_requested = True
         except KeyboardInterrupt:
@@ -265,7 +265,7 @@ class ActorExecution:
             body, out = self._error_reply(spec, e, name)
         finally:
             task_context.CURRENT.reset(current)
-            self.running.pop(tid, None)
+            self._finished(tid)
             self.cancelled.discard(tid)
             ctx.task_id = None
             if inline:
@@ -303,7 +303,7 @@ class ActorExecution:
                 result = method(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
-                body, out = self._encode_returns(spec, result, name)
+                body, out = self._encode_returns(spec, result, name, fut.conn.peer)
             except (ActorExit, exc.AsyncioActorExit):
                 self.exit_requested = True
             except asyncio.CancelledError:

@@ -230,7 +230,7 @@ class ActorManager(ActorLifecycle):
                 rec.retries_left -= 1
             self.submit_threadsafe(st, rec)
             return
-        complete_returns(self.core, rec, body, bufs)
+        complete_returns(self.core, rec, body, bufs, st.conn)
         if st.exit_when_idle and not st.inflight and not st.queue and not st.waiting_args and st.conn is not None:
             st.conn.notify("exit_now", {"graceful": True})
 

@@ -30,10 +30,12 @@ from typing import Any
 from skate._private import daemon, ids, wire
 from skate._private.core_worker import streams
 from skate._private.core_worker.errors import remote_to_local
+from skate._private.core_worker.lineage import Lineage
 from skate._private.core_worker.memory_store import MemoryStore
 from skate._private.core_worker.objects import ObjectAccess
 from skate._private.core_worker.refcount import RefCounting
 from skate._private.core_worker.task_events import TaskEventBuffer
+from skate._private.gcs.client import GcsClient
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,8 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.namespace = namespace
         self.closed = False
         self.closing = False
-        self.store = MemoryStore(self._on_free, self._on_borrow_change)
+        self.store = MemoryStore(self._on_free, self._on_borrow_change, lambda fn: self.post(fn))
+        self.lineage = Lineage(self)
         self.ctx = threading.local()
         self.conns: dict[bytes, asyncio.Future] = {}
         self.gcs_fut: asyncio.Future | None = None
@@ -220,11 +223,14 @@ class CoreWorker(ObjectAccess, RefCounting):
             self.conns[wid] = fut
             conn.on_close.append(lambda c, wid=wid: self._conn_closed(wid, c))
 
-    async def gcs(self) -> wire.Connection:
-        """The connection to the control store (made on first use)."""
-        if self.gcs_fut is None or (self.gcs_fut.done() and (self.gcs_fut.exception() or self.gcs_fut.result().closed)):
-            self.gcs_fut = asyncio.ensure_future(wire.connect(self.gcs_address, self.token, self.handlers, expect=wire.GCS_IDENTITY))
-        return await asyncio.shield(self.gcs_fut)
+    async def gcs(self) -> GcsClient:
+        """The link to the control store (made on first use; it waits out restarts
+        of a control store with durable tables)."""
+        fut = self.gcs_fut
+        if fut is None or (fut.done() and (fut.exception() or fut.result().given_up)):
+            client = GcsClient(self.gcs_address, self.token, self.handlers)
+            fut = self.gcs_fut = asyncio.ensure_future(client.connect(timeout=10.0))
+        return await asyncio.shield(fut)
 
     def gcs_call(self, method: str, body: Any = None, bufs: Any = (), timeout: float = 60) -> Any:
         """A blocking request to the control store from a user thread."""

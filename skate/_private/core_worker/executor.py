@@ -50,6 +50,9 @@ class Executor(ActorExecution):
         self.functions: dict[bytes, Any] = {}
         self.calls: dict[bytes, int] = {}
         self.running: dict[bytes, int] = {}  # task id -> thread ident
+        #: Held while a cancel interrupts a thread and while a task ends, so
+        #: an interrupt never lands in the task that thread runs next.
+        self.run_lock = threading.Lock()
         self.cancelled: set[bytes] = set()
         self.held: dict[bytes, list] = {}
         self.acks = streams.Acks()  # generator tasks' consumed counts (backpressure)
@@ -73,7 +76,7 @@ class Executor(ActorExecution):
             "actor_call": self.on_actor_call,
             "release_held": self.on_release_held,
             "exit_now": self.on_exit_now,
-            "hello": lambda conn, body, bufs: None,
+            "hello": _hello,
         }
 
     def _inline(self, fn: Any, spec: dict, bufs: list, rep: Replier) -> None:
@@ -96,19 +99,35 @@ class Executor(ActorExecution):
     def on_cancel_task(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         tid = body["t"]
         sent = cancellation.cancel_children(self.core, tid) if body.get("r", True) else 0
-        running = self.running.get(tid)
-        self.cancelled.add(tid)
-        if running is None:
-            return
-        if body.get("force"):
-            if sent:  # let the children's cancels go out first
-                self.core.loop.call_later(0.1, os._exit, 1)
+        with self.run_lock:
+            running = self.running.get(tid)
+            self.cancelled.add(tid)
+            if running is None:
                 return
-            os._exit(1)
-        if isinstance(running, asyncio.Task):  # an async actor call: cancel the coroutine
-            self.actor_loop.call_soon_threadsafe(running.cancel)
-            return
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running), ctypes.py_object(KeyboardInterrupt))
+            if body.get("force"):
+                if sent:  # let the children's cancels go out first
+                    self.core.loop.call_later(0.1, os._exit, 1)
+                    return
+                os._exit(1)
+            if isinstance(running, asyncio.Task):  # an async actor call: cancel the coroutine
+                self.actor_loop.call_soon_threadsafe(running.cancel)
+                return
+            # Still this task's thread, and it cannot finish before the
+            # interrupt is set: _finished takes the same lock and clears it.
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running), ctypes.py_object(KeyboardInterrupt))
+
+    def _finished(self, tid: bytes) -> None:
+        """Marks ``tid`` done on its thread; an interrupt meant for it that was not
+        delivered yet is withdrawn, so it cannot hit the next task."""
+        while True:
+            try:
+                with self.run_lock:
+                    ident = self.running.pop(tid, None)
+                    if ident is not None:
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+                return
+            except KeyboardInterrupt:  # delivered just now: too late for the task, so dropped
+                continue
 
     def on_release_held(self, conn: wire.Connection, tid: bytes, bufs: list) -> None:
         self.held.pop(tid, None)
@@ -150,7 +169,7 @@ class Executor(ActorExecution):
             if spec["nr"] < 0:  # a generator task: items go out as they are yielded
                 body, out = streams.stream(self, fut, spec, result, name), []
             else:
-                body, out = self._encode_returns(spec, result, name)
+                body, out = self._encode_returns(spec, result, name, fut.conn.peer)
         except KeyboardInterrupt:
             error = exc.TaskCancelledError(tid.hex())
             body, out = self._error_reply(spec, error, name)
@@ -166,7 +185,7 @@ class Executor(ActorExecution):
                 cause = getattr(error, "cause", None) or error
                 body["err"] = [type(cause).__name__, str(error)[:2000]]
             task_context.CURRENT.reset(current)
-            self.running.pop(tid, None)
+            self._finished(tid)
             self.cancelled.discard(tid)
             ctx.task_id = ctx.lease_id = None
             ctx.name = None
@@ -227,7 +246,7 @@ class Executor(ActorExecution):
             kw = {k: values[v.i] if type(v) is Arg else v for k, v in kw.items()}
         return pa, kw
 
-    def _encode_returns(self, spec: dict, result: Any, name: str) -> tuple[dict, list]:
+    def _encode_returns(self, spec: dict, result: Any, name: str, owner: Any = None) -> tuple[dict, list]:
         nr = spec["nr"]
         if nr == 1:
             values = [result]
@@ -245,7 +264,7 @@ class Executor(ActorExecution):
         held: list = []
         tid = spec["t"]
         for i, v in enumerate(values):
-            meta, vout, refs = self.encode_value(tid, i, v, name)
+            meta, vout, refs = self.encode_value(tid, i, v, name, owner)
             metas.append(meta)
             out.extend(vout)
             held.extend(refs)
@@ -255,17 +274,17 @@ class Executor(ActorExecution):
             body["h"] = [tid, [[r._id, r._owner] for r in held]]
         return body, out
 
-    def encode_value(self, tid: bytes, index: int, value: Any, name: str) -> tuple[list, list, list]:
+    def encode_value(self, tid: bytes, index: int, value: Any, name: str, owner: Any = None) -> tuple[list, list, list]:
         """Return value ``index`` of task ``tid``: ``(meta, buffers, refs it contains)``.
 
         Small values travel inline; large ones go to this node's shared memory
-        as object ``object_id_for(tid, index + 1)``.
+        as object ``object_id_for(tid, index + 1)``, owned by ``owner`` (the caller).
         """
         data, vbufs, refs = serialization.dumps(value, f"the return value of {name}")
         size = len(data) + sum(b.nbytes for b in vbufs)
         if size <= CONFIG.max_inline_bytes:
             return [INLINE, len(vbufs) + 1], [data, *vbufs], refs
-        self.core.write_shm(ids.object_id_for(tid, index + 1), data, vbufs)
+        self.core.write_shm(ids.object_id_for(tid, index + 1), data, vbufs, owner)  # the caller owns it
         return [SHM, 0, self.core.node_id, size], [], refs
 
     def flush_borrows(self) -> None:
@@ -300,6 +319,10 @@ class Executor(ActorExecution):
         if m == "__ray_call__":  # fn(actor instance, *args, **kwargs), inside the actor (follows Ray)
             return lambda fn, *args, **kwargs: fn(self.actor, *args, **kwargs)
         return getattr(self.actor, m)
+
+def _hello(conn: wire.Connection, addr: list, bufs: list) -> None:
+    conn.peer = addr  # the caller's address: it owns the results we write
+
 
 class OutputPrefixer:
     """Stands in for a worker's stdout/stderr and prefixes each line with ``(name pid=N)``."""

@@ -17,10 +17,17 @@ borrower at the owner and the last one ends that.
 
 The table is shared by the user's threads and the I/O thread, so every
 change happens under one lock; waking waiters happens outside it.
+
+A garbage-collection pass may run ``ObjectRef.__del__`` at any allocation,
+also inside one of this table's locked sections on the thread that holds
+the lock.  So the lock is re-entrant, and a release that finds its own
+thread inside a locked section is queued and applied right after (``defer``)
+instead of changing the table under the section's feet.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Callable
 
@@ -53,8 +60,16 @@ class Entry:
 class MemoryStore:
     """Owned objects and borrowed-ref counts of one process."""
 
-    def __init__(self, on_free: Callable[[bytes, Entry], None], on_borrow_change: Callable[[bytes, list, int], None]) -> None:
-        self.lock = threading.Lock()
+    def __init__(
+        self,
+        on_free: Callable[[bytes, Entry], None],
+        on_borrow_change: Callable[[bytes, list, int], None],
+        defer: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
+        self.lock = threading.RLock()
+        #: Releases queued by a GC pass inside a locked section (see the module doc).
+        self._released: collections.deque[bytes] = collections.deque()
+        self._defer = defer
         self.entries: dict[bytes, Entry] = {}
         self.borrowed: dict[bytes, list] = {}  # oid -> [count, owner]
         self.on_free = on_free
@@ -163,7 +178,14 @@ class MemoryStore:
         self.on_borrow_change(oid, owner, +1)
 
     def remove_local(self, oid: bytes) -> None:
-        """An ObjectRef instance for ``oid`` was collected."""
+        """An ObjectRef instance for ``oid`` was collected (any thread, any time)."""
+        if self.lock._is_owned():  # a GC pass inside our own locked section
+            self._released.append(oid)
+            if self._defer is not None:
+                self._defer(self.apply_released)
+            return
+        if self._released:
+            self.apply_released()
         with self.lock:
             e = self.entries.get(oid)
             if e is not None:
@@ -185,6 +207,15 @@ class MemoryStore:
             self.on_free(oid, e)
         else:
             self.on_borrow_change(oid, owner, -1)
+
+    def apply_released(self) -> None:
+        """Applies the releases a GC pass queued inside a locked section."""
+        while self._released and not self.lock._is_owned():
+            try:
+                oid = self._released.popleft()
+            except IndexError:
+                return
+            self.remove_local(oid)
 
     def adjust(self, oid: bytes, borrowers: int = 0) -> bool:
         """Changes an owned object's pin or borrower count; False if not owned here."""

@@ -115,22 +115,33 @@ class ObjectAccess:
                 if refs:
                     self.store.get(oid).contained = refs
             return INLINE, data, bufs
-        self.write_shm(oid, data, bufs)
+        self.write_shm(oid, data, bufs, self.address if ready else None)
         if ready:
             self.store.put_ready(oid, SHM, None, [], self.node_id, size)
             if refs:
                 self.store.get(oid).contained = refs
         return SHM, None, []
 
-    def write_shm(self, oid: bytes, data: bytes, bufs: list) -> None:
-        """Writes a value into this node's shared-memory store."""
+    def write_shm(self, oid: bytes, data: bytes, bufs: list, owner: list | None = None) -> None:
+        """Writes a value into this node's shared-memory store.
+
+        ``owner`` (the owner's address) lets the node daemon free the segment
+        should its owner die without freeing it.
+        """
         size = serialization.layout_size(data, bufs)
         self._send_local_frees()
+        body: dict = {"oid": oid, "size": size}
+        if owner:
+            body["owner"] = owner
         try:
-            path = self.request(self.raylet, "obj_reserve", {"oid": oid, "size": size})
+            path = self.request(self.raylet, "obj_reserve", body)
         except wire.RemoteError as e:
             raise exc.ObjectStoreFullError(str(e).split(": ", 1)[-1]) from None
-        m = self._writable_map(path, size)
+        try:
+            m = self._writable_map(path, size)
+        except BaseException:
+            self.raylet.notify("obj_free", [oid])  # the reservation must not outlive the failure
+            raise
         mv = memoryview(m)
         try:
             serialization.write_layout(mv, data, bufs)
@@ -300,7 +311,13 @@ class ObjectAccess:
         if state == INLINE:
             return serialization.loads(data, bufs)
         if state == SHM:
-            path = self.call(self.shm_path(ref._id, node_id))
+            try:
+                path = self.call(self.shm_path(ref._id, node_id))
+            except exc.ObjectLostError:
+                if ref._id not in self.lineage.records and ref._id not in self.lineage.evicted:
+                    raise
+                # Its only copy is gone: the task that made it runs again.
+                return self.materialize(ref, self.call(self.lineage.reconstruct(ref._id)))
             return self.read_shm(path, ref._id)
         if state == ERROR:
             e = self.store.get(ref._id)
@@ -314,6 +331,8 @@ class ObjectAccess:
         try:
             return await self.raylet.request("obj_get", {"oid": oid, "node_id": node_id})
         except wire.RemoteError as e:
+            if str(e).startswith(("StoreFull", "ObjectStoreFull")):  # no room to copy it here: not lost
+                raise exc.ObjectStoreFullError(f"cannot bring object {oid.hex()} to this node: {e}") from None
             raise exc.ObjectLostError(oid.hex(), message=f"Object {oid.hex()} is lost: {e}") from None
 
     def read_shm(self, path: str, oid: bytes) -> Any:
@@ -340,7 +359,13 @@ class ObjectAccess:
         """Like ``materialize`` but from the I/O thread."""
         state, data, bufs, node_id, size = snap
         if state == SHM:
-            return self.read_shm(await self.shm_path(oid, node_id), oid)
+            try:
+                path = await self.shm_path(oid, node_id)
+            except exc.ObjectLostError:
+                if oid not in self.lineage.records and oid not in self.lineage.evicted:
+                    raise
+                return await self.materialize_async(oid, await self.lineage.reconstruct(oid))
+            return self.read_shm(path, oid)
         if state == ERROR:
             e = self.store.get(oid)
             if e is not None:

@@ -120,6 +120,8 @@ class RefCounting:
             hook = self.free_hooks.pop(oid, None)
             if hook is not None and not self.closed:
                 self.post(hook)
+        if e.state == SHM and self.lineage.records:
+            self.lineage.forget(oid)
         if e.state == SHM or (e.state == ERROR and not e.retrieved):
             with self._frees_lock:
                 self._frees.append((oid, e))
@@ -166,6 +168,10 @@ class RefCounting:
                     self.raylet.notify("obj_free", oids)
             else:
                 asyncio.ensure_future(self._free_remote(node_id, oids))
+                # A copy this node pulled (get, or wait's fetch_local) goes too: its
+                # primary's node may be gone, and then nobody else would free it.
+                if not self.raylet.closed:
+                    self.raylet.notify("obj_free", oids)
 
     async def _free_remote(self, node_id: bytes, oids: list) -> None:
         """Frees objects whose primary copy lives on another node."""

@@ -9,15 +9,18 @@ from skate._private.core_worker import streams
 from skate._private.core_worker.memory_store import SHM
 
 
-def complete_returns(core: Any, rec: Any, body: dict, bufs: list) -> None:
-    """Stores a task's return values from a worker's reply."""
+def complete_returns(core: Any, rec: Any, body: dict, bufs: list, conn: Any = None) -> None:
+    """Stores a task's return values from a worker's reply (``conn``: the
+    connection it came on, for an actor call; a task's is its lease's)."""
     k = 0
     store = core.store
     metas = body["r"]
+    shm = False
     for oid, meta in zip(rec.return_ids, metas, strict=False):
         state = meta[0]
         if state == SHM:
             store.complete(oid, SHM, None, [], meta[2], meta[3])
+            shm = True
         else:
             n = meta[1]
             store.complete(oid, state, bufs[k], bufs[k + 1 : k + n])
@@ -31,13 +34,18 @@ def complete_returns(core: Any, rec: Any, body: dict, bufs: list) -> None:
         )
     if "g" in body:  # a generator task ended
         streams.finish(core, rec, body, bufs[k:])
-    rec.keep = None
+    if shm and conn is None:
+        core.lineage.remember(rec)  # its arguments stay pinned: the task may run again
+    else:
+        rec.keep = None
     held = body.get("h")
     if held:  # (this may run in a user thread reading the reply: see wire.Connection.lead)
-        core.post(lambda: asyncio.ensure_future(_adopt_contained(core, rec, held)))
+        if conn is None and rec.lease is not None:
+            conn = rec.lease.conn
+        core.post(lambda: asyncio.ensure_future(_adopt_contained(core, rec, held, conn)))
 
 
-async def _adopt_contained(core: Any, rec: Any, held: list) -> None:
+async def _adopt_contained(core: Any, rec: Any, held: list, conn: Any) -> None:
     """Takes over refs that returned values contain, then lets the worker drop its hold."""
     from skate.object_ref import ObjectRef
 
@@ -47,5 +55,6 @@ async def _adopt_contained(core: Any, rec: Any, held: list) -> None:
         if e is not None:
             e.contained = refs
     await core.flush_borrows()
-    if rec.lease is not None and not rec.lease.conn.closed:
-        rec.lease.conn.notify("release_held", held[0])
+    # The worker (or actor) held them for us until we borrowed them: it may let go.
+    if conn is not None and not conn.closed:
+        conn.notify("release_held", held[0])

@@ -299,7 +299,7 @@ def stream(executor: Any, rep: Any, spec: dict, result: Any, name: str) -> dict:
     executor.streamed[tid] = 0
     try:
         for value in _items(result):
-            meta, out, _refs = executor.encode_value(tid, sent + first - 1, value, name)
+            meta, out, _refs = executor.encode_value(tid, sent + first - 1, value, name, rep.conn.peer)
             executor.flush_borrows()
             rep.conn.notify("gen_item", {"t": tid, "i": sent, "r": meta}, out)
             sent += 1

@@ -54,10 +54,11 @@ class TaskRecord:
     __slots__ = (
         "spec", "arg_bufs", "fn_id", "fn_bytes", "return_ids", "retries_left", "retry_exceptions",
         "keep", "deps", "key", "resources", "strategy", "cancelled", "lease", "name", "actor",
-        "fut", "seq",
+        "fut", "seq", "base_bufs",
     )
 
     def __init__(self) -> None:
+        self.base_bufs: Any = None  # arg_bufs before resolve_deps added to them (for a re-run)
         self.cancelled = False
         self.lease: Any = None
         self.actor: Any = None
@@ -237,12 +238,21 @@ class TaskSubmitter:
 
     async def _lease_for(self, key: Any, ks: KeyState, resources: dict, strategy: Any) -> None:
         try:
-            grant, raylet = await self.acquire_lease({"resources": resources, "strategy": strategy})
-            conn = await self.core.conn_to(grant["address"], exec_=True)
+            for attempt in range(5):
+                grant, raylet = await self.acquire_lease({"resources": resources, "strategy": strategy})
+                try:
+                    conn = await self.core.conn_to(grant["address"], exec_=True)
+                    break
+                except (OSError, wire.ConnectionLost):  # the worker died at once: lease another
+                    if attempt == 4 or raylet.closed:
+                        raise
+                    raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
         except Exception as e:  # noqa: BLE001
             with self.lock:
                 ks.requests -= 1
-                failed = list(ks.queue) if not self.closing else []
+                # A worker whose node daemon just died exits (_raylet_lost): its tasks are not failed.
+                lost = self.core.mode == "worker" and self.core.raylet.closed
+                failed = list(ks.queue) if not self.closing and not lost else []
                 ks.queue.clear()
             if failed:
                 # Fail what cannot be placed rather than hang.
@@ -271,9 +281,9 @@ class TaskSubmitter:
         deadline = time.monotonic() + 60
         while True:
             raylet = self.core.raylet
-            reply = await raylet.request("request_lease", body)
             hops = 0
             try:
+                reply = await raylet.request("request_lease", body)
                 while "spill" in reply:
                     hops += 1
                     target = reply["spill"]
@@ -282,10 +292,11 @@ class TaskSubmitter:
                     turn = body.get("strategy") in ("SPREAD", "BALANCE")
                     reply = await raylet.request("request_lease", dict(body, no_spill=hops >= 2 or turn))
                 break
-            except (OSError, wire.ConnectionLost):
-                # The node we were sent to just died; once the cluster view
-                # has caught up, the local daemon will send us elsewhere.
-                if time.monotonic() > deadline:
+            except (OSError, wire.ConnectionLost, wire.RemoteError) as e:
+                # The node we were sent to just died (or dropped the request as
+                # it went): once the cluster view has caught up, we go elsewhere.
+                if time.monotonic() > deadline or self.core.raylet.closed or (
+                        isinstance(e, wire.RemoteError) and str(e) != "cancelled"):
                     raise
                 await asyncio.sleep(0.1)
         if "unschedulable" in reply:
@@ -501,7 +512,9 @@ class TaskSubmitter:
             for ks in self.keys.values():
                 for lease in ks.leases:
                     lease.dead = True
-                    self._return(lease)
+                    # A worker still running our task would go on running it
+                    # for nobody: it is killed, not put back in the pool.
+                    self._return(lease, kill=lease.busy)
                 ks.leases.clear()
         for fut in self.raylets.values():
             if fut.done() and not fut.exception():
@@ -524,6 +537,10 @@ async def resolve_deps(core: Any, rec: TaskRecord) -> BaseException | None:
     """
     entries = []
     extra: list = []
+    if rec.base_bufs is None:
+        rec.base_bufs = rec.arg_bufs
+    else:
+        rec.arg_bufs = rec.base_bufs  # resolved again (a re-run): start from the task's own
     for ref in rec.deps:
         oid = ref._id
         e = core.store.get(oid)
@@ -549,14 +566,5 @@ async def resolve_deps(core: Any, rec: TaskRecord) -> BaseException | None:
 
 def new_task_spec(core: Any, task_id: bytes, name: str, fn_id: bytes, num_returns: int, max_calls: int, max_retries: int) -> dict:
     """The message body that describes a task to a worker."""
-    return {
-        "t": task_id,
-        "f": fn_id,
-        "n": name,
-        "nr": num_returns,
-        "mc": max_calls,
-        "mr": max_retries,
-        "j": core.job_id,
-        "ns": core.namespace,
-        "r": [],
-    }
+    return {"t": task_id, "f": fn_id, "n": name, "nr": num_returns, "mc": max_calls, "mr": max_retries,
+            "j": core.job_id, "ns": core.namespace, "r": []}

@@ -19,6 +19,7 @@ A dead actor's name is free again at once.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,8 @@ class ActorDirectory:
 
     def register(self, info: dict, handle: bytes) -> None:
         """Records a new actor; raises ``ValueError`` when its name is taken."""
+        if info["actor_id"] in self.actors:
+            return  # sent again after a control-store restart: already recorded
         name, ns = info.get("name"), info.get("namespace")
         if name:
             existing = self.named.get((ns, name))
@@ -92,6 +95,8 @@ class ActorDirectory:
         actor.update({k: v for k, v in update.items() if k != "actor_id"})
         if update.get("state") == ALIVE:
             actor["cause"] = None
+        if actor["state"] == DEAD:
+            actor.setdefault("dead_at", time.time())  # for purging the oldest
         if fallback and not actor.get("cause"):
             actor["cause"] = fallback
         self.actors.set(aid, actor)
@@ -165,7 +170,7 @@ class ActorDirectory:
 
 def public(actor: dict) -> dict:
     """An actor record without its pickled handle metadata."""
-    return {k: v for k, v in actor.items() if k != "handle"}
+    return {k: v for k, v in actor.items() if k not in ("handle", "dead_at")}
 
 
 def _wake(futs: list[asyncio.Future]) -> None:

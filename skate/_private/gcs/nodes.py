@@ -27,6 +27,12 @@ class NodeTable:
 
     def __init__(self, storage: Storage, publish: Callable[[str, Any], None], on_dead: Callable[[bytes, str], None]) -> None:
         self.nodes = Table(storage, "nodes")
+        # After a restart (durable storage) every node known alive gets a
+        # fresh heartbeat deadline to reconnect in.
+        now = time.monotonic()
+        for node in self.nodes.values():
+            if node["alive"]:
+                node["last_hb"] = now
         self.conns: dict[bytes, Any] = {}
         self.publish = publish
         self.on_dead = on_dead
@@ -34,6 +40,10 @@ class NodeTable:
     def register(self, conn: Any, info: dict) -> list[dict]:
         """Records a node (its daemon on ``conn``); returns every node's public record."""
         node_id = info["node_id"]
+        known = self.nodes.get(node_id)
+        if known is not None and not known["alive"]:
+            # Its actors were declared dead with it: it must not come back.
+            raise ValueError(f"node {node_id.hex()} was declared dead ({known.get('death_reason')}); it cannot re-register")
         info = dict(info, alive=True, available=dict(info["resources"]), last_hb=time.monotonic())
         self.nodes.set(node_id, info)
         self.conns[node_id] = conn
@@ -62,6 +72,7 @@ class NodeTable:
             return
         node["alive"] = False
         node["death_reason"] = why
+        node["dead_at"] = time.time()
         self.nodes.set(node_id, node)
         log.info("node %s dead: %s", node_id.hex(), why)
         self.publish("node", public(node))
@@ -86,4 +97,4 @@ class NodeTable:
 
 def public(n: dict) -> dict:
     """A node record without its bookkeeping."""
-    return {k: v for k, v in n.items() if k != "last_hb"}
+    return {k: v for k, v in n.items() if k not in ("last_hb", "dead_at")}

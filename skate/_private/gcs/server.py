@@ -24,10 +24,11 @@ import time
 from typing import Any
 
 from skate._private import daemon, private_paths, wire
-from skate._private.gcs.actors import ActorDirectory, public
+from skate._private.config import CONFIG
+from skate._private.gcs.actors import DEAD, ActorDirectory, public
 from skate._private.gcs.nodes import NodeTable
 from skate._private.gcs.pubsub import PubSub
-from skate._private.gcs.storage import Storage, Table, open_storage
+from skate._private.gcs.storage import MemoryStorage, Storage, Table, open_storage
 from skate._private.gcs.task_events import TaskEventTable
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,14 @@ class GcsServer:
         self.jobs = Table(storage, "jobs")
         self.kv = Table(storage, "kv")
         self.task_events = TaskEventTable()
+        self.meta = Table(storage, "meta")
+        #: True when the tables outlive this process (clients then wait for
+        #: a restarted control store instead of giving up).
+        self.durable = not isinstance(storage, MemoryStorage)
+        # Jobs alive when a previous incarnation died: their drivers have
+        # until ``node_timeout_s`` to reattach, or the jobs are over.
+        self.unclaimed_jobs = {job for job, r in self.jobs.items() if r.get("alive")}
+        self.started = time.monotonic()
         self.handlers = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
         }
@@ -73,20 +82,54 @@ class GcsServer:
 
     # --- jobs -----------------------------------------------------------------
     def on_new_job(self, conn: wire.Connection, info: dict, bufs: list) -> int:
-        job = len(self.jobs) + 1
-        self.jobs.set(job, dict(info, start=time.time(), alive=True))
+        """A new job for a driver; with ``job_id``, a driver reattaching after a restart."""
+        job = info.get("job_id")
+        record = self.jobs.get(job) if job is not None else None
+        if record is None:
+            job = max(self.meta.get("last_job") or 0, len(self.jobs)) + 1
+            self.meta.set("last_job", job)
+            record = {"driver_pid": info["driver_pid"], "namespace": info["namespace"], "start": time.time()}
+        record.update(alive=True, end=None)
+        self.jobs.set(job, record)
+        self.unclaimed_jobs.discard(job)
 
         def ended(c: wire.Connection) -> None:
-            record = self.jobs.get(job)
-            record.update(alive=False, end=time.time())
-            self.jobs.set(job, record)
+            self._end_job(job)
 
         conn.on_close.append(ended)
         return job
 
+    def _end_job(self, job: int) -> None:
+        record = self.jobs.get(job)
+        if record is not None and record.get("alive"):
+            record.update(alive=False, end=time.time())
+            self.jobs.set(job, record)
+
+    def on_gcs_info(self, conn: wire.Connection, body: Any, bufs: list) -> dict:
+        return {"durable": self.durable}
+
+    # --- bounded history ------------------------------------------------------------
+    async def keep_tidy(self) -> None:
+        """Ends unclaimed jobs after a restart and purges old records (runs forever)."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.unclaimed_jobs and time.monotonic() - self.started > CONFIG.node_timeout_s:
+                for job in self.unclaimed_jobs:
+                    self._end_job(job)
+                self.unclaimed_jobs.clear()
+            self.trim()
+
+    def trim(self) -> None:
+        """Purges the oldest dead actors, finished jobs and dead nodes beyond their limits."""
+        self.actors.actors.trim(lambda r: r["state"] == DEAD, CONFIG.max_dead_actors, "dead_at")
+        self.jobs.trim(lambda r: not r.get("alive"), CONFIG.max_finished_jobs, "end")
+        self.nodes.nodes.trim(lambda r: not r["alive"], CONFIG.max_dead_nodes, "dead_at")
+
     # --- actors ---------------------------------------------------------------
     def on_register_actor(self, conn: wire.Connection, info: dict, bufs: list) -> bool:
         self.actors.register(info, bufs[0] if bufs else b"")
+        if conn is None:  # (called directly, as by a test of the tables)
+            return True
         owned = getattr(conn, "owned_actors", None)
         if owned is None:
             owned = conn.owned_actors = []
@@ -158,7 +201,9 @@ async def _main(stop: asyncio.Event) -> None:
     ap.add_argument("--listen-fd", type=int, default=-1, help="an already bound socket to serve on")
     args = ap.parse_args()
     token = private_paths.read_token(args.token_file)
-    gcs = GcsServer(token, open_storage(args.storage))
+    from skate._private.gcs.redis_storage import namespace_for
+
+    gcs = GcsServer(token, open_storage(args.storage, namespace_for(token)))
     if args.listen_fd >= 0:
         import socket
 
@@ -167,7 +212,7 @@ async def _main(stop: asyncio.Event) -> None:
     else:
         server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers, identity=wire.GCS_IDENTITY)
     port = server.sockets[0].getsockname()[1]
-    watcher = asyncio.ensure_future(gcs.nodes.watch_heartbeats())
+    watcher = asyncio.gather(gcs.nodes.watch_heartbeats(), gcs.keep_tidy())
     daemon.report_ready({"port": port})
     await stop.wait()
     watcher.cancel()

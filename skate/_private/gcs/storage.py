@@ -2,7 +2,7 @@
 
 ::
 
-    Table("actors")  --get/set/delete/items-->  Storage  (memory today)
+    Table("actors")  --get/set/delete/items-->  Storage  (memory, or Redis)
 
 A ``Table`` keeps records in memory for reads and writes every change
 through to its ``Storage``, so a durable backend only has to implement the
@@ -50,14 +50,29 @@ class MemoryStorage:
         return iter(list(self._tables.get(table, {}).items()))
 
 
-def open_storage(url: str | None) -> Storage:
-    """The backend for ``url``: None or ``"memory"`` for in-memory tables.
+def is_durable(url: str | None) -> bool:
+    """True when tables at ``url`` outlive the control store process."""
+    return url not in (None, "", "memory")
 
-    Raises ``ValueError`` for any other URL (no durable backend is built yet).
+
+def open_storage(url: str | None, namespace: str = "default") -> Storage:
+    """The backend for ``url``: None or ``"memory"`` for in-memory tables,
+    ``redis://[:password@]host:port[/db]`` (or ``rediss://``) for Redis,
+    with this cluster's tables under ``namespace``.
+
+    Raises ``ValueError`` for any other URL, ``ImportError`` when the Redis
+    client is not installed, ``ConnectionError`` when Redis cannot be reached.
     """
-    if url in (None, "", "memory"):
+    if not is_durable(url):
         return MemoryStorage()
-    raise ValueError(f"unsupported control store storage {url!r}: only 'memory' (the default) is available")
+    assert url is not None
+    if url.startswith(("redis://", "rediss://")):
+        from skate._private.gcs.redis_storage import RedisStorage
+
+        return RedisStorage(url, namespace)
+    raise ValueError(
+        f"unsupported control store storage {url!r}: use 'memory' (the default) or redis://HOST:PORT"
+    )
 
 
 class Table:
@@ -94,3 +109,18 @@ class Table:
 
     def values(self) -> list[Any]:
         return list(self._rows.values())
+
+    def trim(self, is_done: Any, keep: int, when: str) -> list:
+        """Deletes the oldest finished records beyond ``keep`` (bounded history).
+
+        ``is_done(record)`` says whether a record is finished; ``when`` names
+        the record field holding the time it finished.  Returns the deleted keys.
+        """
+        done = [(r.get(when) or 0.0, k) for k, r in self._rows.items() if is_done(r)]
+        if len(done) <= keep:
+            return []
+        done.sort(key=lambda p: p[0])
+        gone = [k for _, k in done[: len(done) - keep]]
+        for k in gone:
+            self.delete(k)
+        return gone

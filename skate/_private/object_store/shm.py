@@ -111,8 +111,11 @@ def open_readonly(path: str) -> mmap.mmap:
 
 
 def unlink(path: str) -> None:
-    """Removes a segment; a missing one is not an error."""
+    """Removes a segment; a missing one is not an error, and a file that is
+    not this user's (planted under a segment's name) is left alone."""
     try:
+        if os.lstat(path).st_uid != os.geteuid():
+            return
         os.unlink(path)
     except FileNotFoundError:
         pass

@@ -32,6 +32,8 @@ class StoredObject:
     sealed: bool = False
     spilled_path: str | None = None
     created: float = field(default_factory=time.monotonic)
+    spilling: bool = False  # being copied to disk (its bytes already left ``used``)
+    freed: bool = False  # freed while being spilled: the copy is thrown away
 
 
 class ObjectStore:
@@ -57,45 +59,67 @@ class ObjectStore:
         self._pool_seq = 0
 
     def _make_room(self, size: int, oid: bytes) -> None:
+        victims = self.plan_room(size, oid)
+        if victims:
+            self.finish_spill(victims, spill_files(self.spill_dir, victims))
+
+    def plan_room(self, size: int, oid: bytes) -> list[tuple[bytes, StoredObject]]:
+        """Makes room for ``size`` bytes in the accounts; returns the primaries to spill.
+
+        Secondary copies and recycled segments are dropped at once; the
+        primaries returned are marked ``spilling`` and their bytes no longer
+        count as used: the caller copies them to disk (``spill_files``, on
+        any thread) and then calls ``finish_spill``.  Raises ``StoreFull``.
+        """
         if size > self.capacity:
             raise StoreFull(
                 f"object of {size} bytes is larger than the object store "
                 f"({self.capacity} bytes); start skate with a larger object_store_memory"
             )
+        victims: list[tuple[bytes, StoredObject]] = []
         if self.used + size <= self.capacity:
-            return
+            return victims
         while self.pool and self.used + size > self.capacity:
             psize, path = self.pool.pop(0)
             shm.unlink(path)
             self.pool_bytes -= psize
             self.used -= psize
         if self.used + size <= self.capacity:
-            return
+            return victims
         # Secondary copies first (they can be fetched again), then spill primaries.
         for want_primary in (False, True):
             for key, obj in list(self.objects.items()):
                 if self.used + size <= self.capacity:
-                    return
-                if key == oid or not obj.sealed or obj.spilled_path or obj.primary != want_primary:
+                    return victims
+                if key == oid or not obj.sealed or obj.spilled_path or obj.spilling or obj.primary != want_primary:
                     continue
                 if want_primary:
-                    self._spill(key, obj)
+                    obj.spilling = True
+                    self.used -= obj.size
+                    victims.append((key, obj))
                 else:
                     self._drop(key, obj)
         if self.used + size > self.capacity:
+            for _key, obj in victims:  # nothing gained: keep them in memory
+                obj.spilling = False
+                self.used += obj.size
             raise StoreFull(
                 f"object store is full: {self.used} of {self.capacity} bytes in use by objects "
                 f"still being written; cannot fit {size} bytes"
             )
+        return victims
 
-    def _spill(self, oid: bytes, obj: StoredObject) -> None:
-        os.makedirs(self.spill_dir, exist_ok=True)
-        dest = os.path.join(self.spill_dir, oid.hex())
-        shutil.copyfile(obj.path, dest)
-        shm.unlink(obj.path)
-        obj.spilled_path = dest
-        self.used -= obj.size
-        self.spilled_bytes_total += obj.size
+    def finish_spill(self, victims: list[tuple[bytes, StoredObject]], dests: list[str]) -> None:
+        """Completes ``plan_room``'s spills once ``spill_files`` copied them to ``dests``."""
+        for (_oid, obj), dest in zip(victims, dests, strict=True):
+            obj.spilling = False
+            if obj.freed:  # freed meanwhile: the copy is not needed
+                _remove(dest)
+                shm.unlink(obj.path)
+                continue
+            shm.unlink(obj.path)
+            obj.spilled_path = dest
+            self.spilled_bytes_total += obj.size
 
     def _drop(self, oid: bytes, obj: StoredObject) -> None:
         shm.unlink(obj.path)
@@ -152,12 +176,19 @@ class ObjectStore:
         self.objects.move_to_end(oid)
         if obj.spilled_path:
             self._make_room(obj.size, oid)
-            shm.copy_in(obj.spilled_path, obj.path)
-            os.unlink(obj.spilled_path)
-            obj.spilled_path = None
             self.used += obj.size
-            self.restored_bytes_total += obj.size
+            shm.copy_in(obj.spilled_path, obj.path)
+            self.finish_restore(oid, obj)
         return obj.path
+
+    def finish_restore(self, oid: bytes, obj: StoredObject) -> None:
+        """The spilled copy of ``obj`` was copied back into its segment (``used`` counts it already)."""
+        _remove(obj.spilled_path)
+        obj.spilled_path = None
+        self.restored_bytes_total += obj.size
+        if self.objects.get(oid) is not obj:  # freed while it was copied back
+            self.used -= obj.size
+            shm.unlink(obj.path)
 
     def read_bytes(self, oid: bytes) -> bytes | None:
         """The raw segment contents (for sending to another node)."""
@@ -167,10 +198,28 @@ class ObjectStore:
         with open(obj.spilled_path or obj.path, "rb") as f:
             return f.read()
 
+    def read_range(self, oid: bytes, offset: int, length: int) -> tuple[int, bytes] | None:
+        """``(size, bytes offset..offset+length)`` of a sealed object (in memory or
+        spilled), for sending it to another node in chunks; None when it is not here."""
+        obj = self.objects.get(oid)
+        if obj is None or not obj.sealed:
+            return None
+        try:
+            fd = os.open(obj.spilled_path or obj.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        try:
+            return obj.size, os.pread(fd, max(min(length, obj.size - offset), 0), offset)
+        finally:
+            os.close(fd)
+
     def free(self, oid: bytes) -> None:
         """Deletes an object; a segment that readers still map goes when they let go."""
         obj = self.objects.pop(oid, None)
         if obj is None:
+            return
+        if obj.spilling:  # its bytes already left ``used``; finish_spill removes the rest
+            obj.freed = True
             return
         if obj.spilled_path:
             try:
@@ -242,8 +291,29 @@ class ObjectStore:
             "capacity": self.capacity,
             "used": self.used,
             "objects": len(self.objects),
+            "pinned": len(self.mapped),  # objects some reader maps now
             "spilled": sum(1 for o in self.objects.values() if o.spilled_path),
             "pooled_bytes": self.pool_bytes,
             "spilled_bytes_total": self.spilled_bytes_total,
             "restored_bytes_total": self.restored_bytes_total,
         }
+
+
+def spill_files(spill_dir: str, victims: list[tuple[bytes, StoredObject]]) -> list[str]:
+    """Copies the segments ``plan_room`` picked to files under ``spill_dir`` (file I/O
+    only: safe on any thread); returns their paths, in order."""
+    os.makedirs(spill_dir, exist_ok=True)
+    dests = []
+    for oid, obj in victims:
+        dest = os.path.join(spill_dir, oid.hex())
+        shutil.copyfile(obj.path, dest)
+        dests.append(dest)
+    return dests
+
+
+def _remove(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -110,10 +110,14 @@ class LeaseManager:
             if cand.exit_info is None:
                 w = cand
                 break
-        if w is None:
+        for attempt in range(3):  # a worker killed while it starts is replaced
+            if w is not None:
+                break
             try:
                 w = await self.pool.start()
             except Exception as e:
+                if attempt < 2 and not self.stopping.is_set() and not fut.done():
+                    continue
                 self.sched.release(req.resources)
                 if not fut.done():
                     fut.set_exception(e)

@@ -7,7 +7,11 @@
     obj_get     -> here (restored from disk if spilled), or pulled from the node
                    that has it (obj_fetch, daemon to daemon); the reader is
                    counted until obj_unmapped (or its connection closes)
+    obj_fetch   -> a chunk of an object, for a node pulling it (8 MiB at a time, 4 in flight)
     obj_free    -> gone here, and on every node that pulled a copy
+    owner dies  -> every primary segment it owned here is freed as by obj_free
+                   (the daemon holds a connection to each owner it stores for,
+                   and its closing is the owner's death)
 
 ``ObjectManager`` is one part of ``Raylet`` (see ``server``).
 """
@@ -15,10 +19,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from typing import Any
 
 from skate._private import wire
 from skate._private.object_store import shm
-from skate._private.object_store.store import StoreFull
+from skate._private.object_store.store import StoreFull, spill_files
+
+#: Bytes per chunk of an object copied between nodes, and chunks in flight.
+PULL_CHUNK = 8 << 20
+PULL_WINDOW = 4
 
 
 class ObjectStoreFull(Exception):
@@ -28,18 +38,114 @@ class ObjectStoreFull(Exception):
 class ObjectManager:
     """Object handlers of the node daemon (part of ``Raylet``)."""
 
-    def on_obj_reserve(self, conn: wire.Connection, body: dict, bufs: list) -> str:
+    def on_obj_reserve(self, conn: wire.Connection, body: dict, bufs: list) -> Any:
+        store = self.store
+        oid, size = body["oid"], body["size"]
+        if (
+            oid not in store.objects
+            and store.used + size > store.capacity
+            and not any(size <= psize for psize, _ in store.pool)
+        ):
+            return self._reserve_after_spill(conn, body)  # answered once there is room
+        return self._reserve(body)
+
+    async def _reserve_after_spill(self, conn: wire.Connection, body: dict) -> str:
         try:
-            return self.store.reserve(body["oid"], body["size"], body.get("primary", True))
+            await self._spill_for(body["size"], body["oid"])
         except StoreFull as e:
             raise ObjectStoreFull(str(e)) from None
+        return self._reserve(body)
+
+    def _reserve(self, body: dict) -> str:
+        try:
+            path = self.store.reserve(body["oid"], body["size"], body.get("primary", True))
+        except StoreFull as e:
+            raise ObjectStoreFull(str(e)) from None
+        owner = body.get("owner")
+        if owner and body.get("primary", True):
+            self._owned_by(body["oid"], owner)
+        return path
+
+    # --- owners -----------------------------------------------------------------------
+    def _owned_by(self, oid: bytes, owner: list) -> None:
+        wid = owner[0]
+        self.owner_of[oid] = wid
+        self.owned.setdefault(wid, set()).add(oid)
+        if wid not in self.owner_watches:
+            self.owner_watches[wid] = asyncio.ensure_future(self._watch_owner(owner))
+
+    async def _watch_owner(self, owner: list) -> None:
+        """Frees the owner's objects when its connection closes (it died or shut down)."""
+        wid = owner[0]
+        target = owner[3] if len(owner) > 3 and owner[3] and os.path.exists(owner[3]) else (owner[1], owner[2])
+        try:
+            conn = await wire.connect(target, self.token, {}, timeout=10.0)
+        except (OSError, asyncio.TimeoutError):
+            self._owner_gone(wid)
+            return
+        if self.stopping.is_set():
+            conn.close()
+            return
+        self.owner_conns[wid] = conn
+        conn.on_close.append(lambda c: self._owner_gone(wid))
+
+    def _owner_gone(self, wid: bytes) -> None:
+        self.owner_watches.pop(wid, None)
+        self.owner_conns.pop(wid, None)
+        if self.stopping.is_set():
+            return
+        oids = self.owned.pop(wid, set())
+        if oids:
+            self._free(list(oids))
 
     def on_obj_seal(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         self.store.seal(body["oid"])
 
+    # --- spilling and restoring, off the event loop --------------------------------
+    async def _spill_for(self, size: int, oid: bytes) -> None:
+        """Makes room for ``size`` bytes, copying spilled segments to disk on a
+        worker thread: a multi-GB spill does not stall heartbeats or requests."""
+        victims = self.store.plan_room(size, oid)
+        if not victims:
+            return
+        try:
+            dests = await asyncio.to_thread(spill_files, self.store.spill_dir, victims)
+        except BaseException:
+            for _key, obj in victims:  # still in memory after all
+                obj.spilling = False
+                if not obj.freed:
+                    self.store.used += obj.size
+                else:
+                    shm.unlink(obj.path)
+            raise
+        self.store.finish_spill(victims, dests)
+
+    async def _ensure_local(self, oid: bytes) -> str | None:
+        """Like ``store.ensure_local``, with the disk copies on a worker thread."""
+        obj = self.store.objects.get(oid)
+        if obj is None or not obj.sealed or not obj.spilled_path:
+            return self.store.ensure_local(oid)
+        fut = self.restores.get(oid)
+        if fut is None:
+            fut = self.restores[oid] = asyncio.ensure_future(self._restore(oid, obj))
+            fut.add_done_callback(lambda f: self.restores.pop(oid, None))
+        return await asyncio.shield(fut)
+
+    async def _restore(self, oid: bytes, obj: Any) -> str | None:
+        await self._spill_for(obj.size, oid)
+        self.store.used += obj.size
+        try:
+            await asyncio.to_thread(shm.copy_in, obj.spilled_path, obj.path)
+        except FileNotFoundError:  # freed meanwhile
+            self.store.used -= obj.size
+            shm.unlink(obj.path)
+            return None
+        self.store.finish_restore(oid, obj)
+        return obj.path if self.store.objects.get(oid) is obj else None
+
     async def on_obj_get(self, conn: wire.Connection, body: dict, bufs: list) -> str:
         oid = body["oid"]
-        path = self.store.ensure_local(oid)
+        path = await self._ensure_local(oid)
         if path is None:
             path = await self._fetch(oid, body.get("node_id"))
         self._track_map(conn, oid)
@@ -79,15 +185,38 @@ class ObjectManager:
         return await asyncio.shield(fut)
 
     async def _pull(self, oid: bytes, src: bytes) -> str:
+        """Copies an object from node ``src`` in chunks of ``PULL_CHUNK`` bytes, at most
+        ``PULL_WINDOW`` in flight, each written straight into the new segment:
+        this daemon's memory stays bounded whatever the object's size."""
         peer = await self._peer(src)
-        reply = await peer.request("obj_fetch", {"oid": oid, "node_id": self.node_id})
-        if not isinstance(reply, tuple):
-            raise KeyError(f"object {oid.hex()} is gone from the node that held it")
-        data = reply[1][0]
-        path = self.store.reserve(oid, len(data), primary=False)
-        m = shm.create(path, max(len(data), 1))
-        m[: len(data)] = data
-        m.close()
+
+        async def chunk(offset: int) -> tuple[int, Any]:
+            reply = await peer.request("obj_fetch", {"oid": oid, "node_id": self.node_id, "offset": offset,
+                                                     "length": PULL_CHUNK})
+            if not isinstance(reply, tuple) or reply[0] is False:
+                raise KeyError(f"object {oid.hex()} is gone from the node that held it")
+            return reply[0], reply[1][0]
+
+        size, first = await chunk(0)
+        if oid not in self.store.objects and self.store.used + size > self.store.capacity:
+            await self._spill_for(size, oid)
+        path = self.store.reserve(oid, size, primary=False)
+        try:
+            m = shm.create(path, max(size, 1))
+            try:
+                m[: len(first)] = first
+                del first
+                offsets = list(range(PULL_CHUNK, size, PULL_CHUNK))
+                for i in range(0, len(offsets), PULL_WINDOW):
+                    for off, (_, data) in zip(offsets[i : i + PULL_WINDOW], await asyncio.gather(
+                        *(chunk(off) for off in offsets[i : i + PULL_WINDOW])
+                    ), strict=True):
+                        m[off : off + len(data)] = data
+            finally:
+                m.close()
+        except BaseException:
+            self.store.free(oid)
+            raise
         self.store.seal(oid)
         return path
 
@@ -103,14 +232,27 @@ class ObjectManager:
         return await asyncio.shield(fut)
 
     def on_obj_fetch(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
-        data = self.store.read_bytes(body["oid"])
-        if data is None:
+        """One chunk of an object: replies its total size with ``length`` bytes from ``offset``."""
+        oid = body["oid"]
+        offset, length = body.get("offset", 0), body.get("length", PULL_CHUNK)
+        got = self.store.read_range(oid, offset, min(length, PULL_CHUNK))
+        if got is None:
             return wire.Reply(False)
-        self.pulled_by.setdefault(body["oid"], set()).add(body["node_id"])
-        return wire.Reply(True, [data])
+        size, data = got
+        if offset == 0:
+            self.pulled_by.setdefault(oid, set()).add(body["node_id"])
+        return wire.Reply(size, [data])
 
     def on_obj_free(self, conn: wire.Connection, oids: list, bufs: list) -> None:
+        self._free(oids)
+
+    def _free(self, oids: list) -> None:
         for oid in oids:
+            wid = self.owner_of.pop(oid, None)
+            if wid is not None:
+                owned = self.owned.get(wid)
+                if owned is not None:
+                    owned.discard(oid)
             self.store.free(oid)
             for node_id in self.pulled_by.pop(oid, ()):
                 asyncio.ensure_future(self._forward_free(node_id, oid))

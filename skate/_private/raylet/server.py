@@ -30,6 +30,8 @@ from typing import Any
 
 from skate._private import daemon, logs, private_paths, wire
 from skate._private.config import CONFIG
+from skate._private.gcs.client import GcsClient
+from skate._private.object_store import sweep
 from skate._private.object_store.store import ObjectStore
 from skate._private.raylet.leases import Lease, LeaseManager
 from skate._private.raylet.object_manager import ObjectManager
@@ -69,11 +71,16 @@ class Raylet(LeaseManager, ObjectManager):
         self.uds = os.path.join(self.session_dir, f"raylet-{self.node_id.hex()[:8]}.sock")
         self.leases: dict[int, Lease] = {}
         self.waiting: dict[int, asyncio.Future] = {}
-        self.gcs: wire.Connection | None = None
+        self.gcs: GcsClient | None = None
         self.peers: dict[bytes, dict] = {}  # node_id -> node info from the control store
         self.peer_conns: dict[bytes, asyncio.Future] = {}
         self.pulls: dict[bytes, asyncio.Future] = {}
         self.pulled_by: dict[bytes, set[bytes]] = {}
+        self.restores: dict[bytes, asyncio.Future] = {}  # spilled objects being copied back
+        self.owner_of: dict[bytes, bytes] = {}  # object id -> its owner's worker id
+        self.owned: dict[bytes, set[bytes]] = {}  # owner's worker id -> its objects here
+        self.owner_watches: dict[bytes, asyncio.Future] = {}
+        self.owner_conns: dict[bytes, wire.Connection] = {}
         self.log_batch: list = []
         self.port = 0
         self.stopping = asyncio.Event()
@@ -84,6 +91,8 @@ class Raylet(LeaseManager, ObjectManager):
 
     # --- start / stop -------------------------------------------------------------
     async def start(self) -> None:
+        # Should we die without cleaning up, the next sweep removes our segments.
+        self.store_record = sweep.record_store(self.session_dir, self.prefix, os.getpid())
         self.uds_server = await wire.serve_unix(self.uds, self.token, self.handlers, identity=self.node_id)
         self.tcp_server = await wire.serve_tcp(self.ip, self.args.port, self.token, self.handlers, identity=self.node_id)
         self.port = self.tcp_server.sockets[0].getsockname()[1]
@@ -105,13 +114,31 @@ class Raylet(LeaseManager, ObjectManager):
             n = min(int(self.resources["CPU"]), 4)
         for _ in range(n):
             asyncio.ensure_future(self._start_idle_worker())
-        self.gcs = await _connect_retrying(self.args.gcs_address, self.token, self.gcs_handlers)
-        self.gcs.on_close.append(lambda c: self.stopping.set())
+        # A control store with durable tables may restart: the client then
+        # reconnects, and we register again; otherwise losing it ends us.
+        self.gcs = GcsClient(
+            self.args.gcs_address, self.token, self.gcs_handlers,
+            on_reconnect=self._gcs_reconnected, on_lost=self._gcs_lost,
+        )
+        await self.gcs.connect(timeout=15.0)
         reply = await self.gcs.request("register_node", self.info())
         for n in reply["nodes"]:
             self._update_peer(n)
         await self.gcs.request("subscribe", ["node", "resources"])
         self.bg = [asyncio.ensure_future(self._heartbeat())]
+
+    async def _gcs_reconnected(self, gcs: GcsClient) -> None:
+        reply = await gcs.conn.request("register_node", self.info())
+        for n in reply["nodes"]:
+            self._update_peer(n)
+        log.warning("node %s registered again with the restarted control store", self.node_id.hex()[:12])
+
+    def _gcs_lost(self, why: str) -> None:
+        # Without durable tables the control store going away is how a
+        # cluster ends (it is stopped first): no alarm then.
+        if not self.stopping.is_set() and self.gcs is not None and self.gcs.durable:
+            log.error("node daemon exits: %s", why)
+        self.stopping.set()
 
     def info(self) -> dict:
         return {
@@ -132,8 +159,15 @@ class Raylet(LeaseManager, ObjectManager):
             t.cancel()
         self.uds_server.close()
         self.tcp_server.close()
+        for conn in list(self.owner_conns.values()):
+            conn.close()
         await self.pool.stop_all()
         self.store.clear()
+        sweep.remove_segments(self.prefix)  # segments of readers' zombies, if any
+        try:
+            os.unlink(self.store_record)
+        except FileNotFoundError:
+            pass
         if self.gcs is not None:
             self.gcs.close()
         try:
@@ -155,7 +189,7 @@ class Raylet(LeaseManager, ObjectManager):
 
     async def _heartbeat(self) -> None:
         while True:
-            self.gcs.notify("heartbeat", {"node_id": self.node_id, "available": self._available()})
+            self.gcs.notify("heartbeat", {"node_id": self.node_id, "available": self._available()}, droppable=True)
             self._reap_idle()
             await asyncio.sleep(CONFIG.heartbeat_s)
 
@@ -215,6 +249,7 @@ class Raylet(LeaseManager, ObjectManager):
             "pids": [w.pid for w in self.pool.workers.values()],
             # Queued lease requests: [resources, infeasible (no node has that much)].
             "demands": [[req.placement, req.warned] for req in self.sched.queue],
+            "owners": len(self.owned),
         }
 
     # --- logs -----------------------------------------------------------------------------
@@ -240,20 +275,6 @@ class Raylet(LeaseManager, ObjectManager):
             # A request: the control store has sent the lines to subscribers when it answers.
             await self.gcs.request("publish", ["logs", batch])
         return True
-
-
-async def _connect_retrying(address: str, token: bytes, handlers: dict, timeout: float = 15.0) -> wire.Connection:
-    """Connects to the control store, which may still be starting."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        try:
-            return await wire.connect(address, token, handlers, expect=wire.GCS_IDENTITY)
-        except (ConnectionRefusedError, FileNotFoundError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
 
 
 async def _main(stop: asyncio.Event) -> None:

@@ -1,0 +1,86 @@
+"""Two races: a GC pass inside the memory store's locked section, and a cancel
+that arrives as its task ends."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import skate
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_a_gc_pass_inside_the_stores_locked_section_does_not_deadlock():
+    # In a subprocess: on a store with a non-reentrant lock it hangs for good.
+    code = textwrap.dedent(
+        """
+        import gc, time
+        import skate
+        from skate._private import runtime
+
+        skate.init(num_cpus=1)
+        core = runtime.current_or_none()
+
+        class Cycle:
+            pass
+
+        c = Cycle()
+        c.me = c
+        c.ref = skate.put(b"x" * 400_000)  # its only ref lives in a cycle only the GC frees
+        oid = c.ref.binary()
+        del c
+        with core.store.lock:  # as if a store method were allocating right now
+            gc.collect()  # runs ObjectRef.__del__ on this thread, inside the section
+        print("no deadlock", flush=True)
+        deadline = time.monotonic() + 10
+        while core.store.owns(oid):  # the release is applied right after the section
+            assert time.monotonic() < deadline, "the queued release was never applied"
+            time.sleep(0.01)
+        print("released", flush=True)
+        skate.shutdown()
+        """
+    )
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process deadlocked when a GC pass ran inside the store's lock")
+    assert "no deadlock" in out.stdout and "released" in out.stdout, out.stderr
+
+
+def test_cancel_never_interrupts_the_next_task_on_the_same_worker(ray_start):
+    import random
+
+    @skate.remote(num_cpus=2)  # one worker, so each task runs right after the previous one
+    def quick(s: float) -> None:
+        import time
+
+        end = time.perf_counter() + s
+        while time.perf_counter() < end:
+            pass
+
+    @skate.remote(num_cpus=2)
+    def victim() -> str:
+        import time
+
+        end = time.perf_counter() + 0.02
+        while time.perf_counter() < end:
+            pass
+        return "ok"
+
+    rng = random.Random(7)
+    for _ in range(60):
+        a = quick.remote(rng.uniform(0, 0.004))
+        b = victim.remote()
+        try:
+            skate.wait([a], timeout=rng.uniform(0, 0.004))
+        finally:
+            skate.cancel(a)
+        assert skate.get(b, timeout=30) == "ok"
+        try:
+            skate.get(a, timeout=30)
+        except skate.exceptions.TaskCancelledError:
+            pass
