@@ -357,7 +357,8 @@ def _call_options(o: dict, is_async: bool) -> dict:
     async or threaded actor, whose calls never run in submission order
     (follows Ray).
     """
-    out = {k: o[k] for k in ("max_task_retries", "retry_exceptions", "max_pending_calls") if o.get(k) is not None}
+    keys = ("max_task_retries", "retry_exceptions", "max_pending_calls", "max_restarts")
+    out = {k: o[k] for k in keys if o.get(k) is not None}
     concurrent = is_async or (o.get("max_concurrency") or 1) > 1
     ooo = o.get("allow_out_of_order_execution")
     if ooo is False and concurrent:

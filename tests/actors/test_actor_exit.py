@@ -195,3 +195,32 @@ def test_kill_runs_no_hooks(ray_start, tmp_path):
         skate.get(a.ping.remote(), timeout=20)
     wait_for(lambda: pid_gone(pid), 20, what="the actor's process to end")
     assert _read(d, "shutdown") == "" and _read(d, "atexit") == ""
+
+
+def test_threaded_actor_exit_lets_running_calls_finish(ray_start, tmp_path):
+    gate = str(tmp_path / "gate")
+
+    @skate.remote(max_concurrency=2)
+    class Threads:
+        def long(self, path):
+            import time
+
+            _mark(os.path.join(str(tmp_path), "long-started"))
+            while not os.path.exists(path):
+                time.sleep(0.005)
+            return "long-done"
+
+        def quit(self):
+            exit_actor()
+
+    t = Threads.remote()
+    running = t.long.remote(gate)
+    wait_for(lambda: _read(str(tmp_path), "long-started"), 20, what="the long call to start")
+    quitting = t.quit.remote()
+    with pytest.raises(RayActorError):
+        skate.get(quitting, timeout=20)
+    later = t.long.remote(gate)  # submitted after the exit: fails
+    open(gate, "w").close()
+    assert skate.get(running, timeout=20) == "long-done"  # already running: it finished and replied
+    with pytest.raises(RayActorError):
+        skate.get(later, timeout=20)

@@ -17,6 +17,20 @@ import skate
 from skate.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 
+def _record(a) -> dict:
+    from skate._private import runtime
+
+    return runtime.current().gcs_call("get_actor", {"actor_id": a._actor_id})
+
+
+def _wait_alive(a, incarnation: int) -> None:
+    wait_for(
+        lambda: (r := _record(a))["state"] == "ALIVE" and r["num_restarts"] >= incarnation,
+        30,
+        what=f"incarnation {incarnation} to be ALIVE",
+    )
+
+
 def _lines(path) -> list[str]:
     return open(path).read().split() if os.path.exists(path) else []
 
@@ -82,6 +96,7 @@ def test_os_exit_restarts_until_max_restarts_then_dies(ray_start, tmp_path):
     skate.get(a.pid.remote())
     with pytest.raises(ActorUnavailableError):  # restarting; the call had no retries left
         skate.get(a.die.remote(), timeout=30)
+    _wait_alive(a, 1)
     assert skate.get(a.add.remote(1), timeout=30) == 1
     assert skate.get(a.reconstructed.remote()) is True
     with pytest.raises(ActorDiedError, match="max_restarts"):  # the only restart is spent
@@ -131,7 +146,11 @@ def test_restarting_state_is_visible_in_the_control_store(ray_start, tmp_path):
     assert state() == "ALIVE"
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: state() == "RESTARTING", 20, what="the RESTARTING state")
-    ref = a.pid.remote()  # waits for the restart
+    # Without retries a call fails at once while the actor restarts; with retries it waits (follows Ray).
+    wait_for(lambda: a._state.state == "RESTARTING", 20, what="the caller to see the restart")
+    with pytest.raises(ActorUnavailableError, match="restarting"):
+        skate.get(a.pid.remote(), timeout=30)
+    ref = a.pid.options(max_task_retries=1).remote()
     open(gate, "w").close()
     assert skate.get(ref, timeout=30) != pid
     wait_for(lambda: state() == "ALIVE", 20, what="ALIVE again")

@@ -70,11 +70,16 @@ class ActorExecution:
         self.hooks_done = False
         self.reconstructed = False
         self.sync_busy = False
+        self.exit_thread = 0  # the thread whose call asked to exit
+        #: Calls running on pool threads, to let them finish when the actor exits.
+        self.pool_active = 0
+        self.pool_idle = threading.Condition()
 
     # --- exit_actor() ------------------------------------------------------------
     def request_exit(self) -> None:
         """``exit_actor()`` in this actor: ends it once the current call (or constructor) returns."""
         self.exit_requested = True
+        self.exit_thread = threading.get_ident()
         if self.exec_loop is not None:
             # (exit_actor() in a background coroutine or thread: no call returns to end the actor)
             self.exec_loop.call_soon_threadsafe(self._exit_if_idle)
@@ -99,6 +104,11 @@ class ActorExecution:
         self.exit_started = self.exiting = True
         if cause is not None:
             self.core.call(self._notify_exit(cause))
+        if self.actor_pool is not None or self.group_pools:
+            # Threaded actor: calls already running on other threads finish and
+            # reply first; calls not started yet fail (follows Ray).
+            with self.pool_idle:
+                self.pool_idle.wait_for(lambda: self.pool_active == 0, timeout=60)
         self._run_shutdown_hooks()
         self._exit_after_reply()
 
@@ -242,11 +252,27 @@ class ActorExecution:
 
     # --- calls -----------------------------------------------------------------------
     def _run_call(self, spec: dict, bufs: list, fut: Replier) -> None:
+        inline = threading.current_thread() is threading.main_thread()
+        if inline:
+            self._run_call_here(spec, bufs, fut, True)
+            return
+        with self.pool_idle:
+            self.pool_active += 1
+        try:
+            self._run_call_here(spec, bufs, fut, False)
+        finally:
+            with self.pool_idle:
+                self.pool_active -= 1
+                self.pool_idle.notify_all()
+
+    def _run_call_here(self, spec: dict, bufs: list, fut: Replier, inline: bool) -> None:
+        if self.exiting:  # queued behind an exit: fails (follows Ray)
+            fut.send(*self._exited_reply(spec))
+            return
         ctx = self.core.ctx
         tid = spec["t"]
         name = f"{self.actor_name}.{spec['m']}"
         ctx.task_id, ctx.name = tid, self.actor_name
-        inline = threading.current_thread() is threading.main_thread()
         if inline:
             self.sync_busy = True
         self.running[tid] = threading.get_ident()
@@ -259,6 +285,7 @@ class ActorExecution:
             body, out = self._encode_returns(spec, result, name, fut.conn.peer)
         except ActorExit:
             self.exit_requested = True
+            self.exit_thread = threading.get_ident()
         except KeyboardInterrupt:
             body, out = self._error_reply(spec, exc.TaskCancelledError(tid.hex()), name)
         except BaseException as e:  # noqa: BLE001
@@ -270,10 +297,13 @@ class ActorExecution:
             ctx.task_id = None
             if inline:
                 self.sync_busy = False
-        if not self.exit_requested:
+        if not (self.exit_requested and self.exit_thread == threading.get_ident()):
             self._reply(fut, body, out)
+            if self.exit_requested and not self.exit_started:
+                self.exec_loop.call_soon_threadsafe(self._exit_if_idle)
             return
-        # exit_actor() (even if the method caught what it raised): the caller gets RayActorError.
+        # exit_actor() in this call (even if the method caught what it raised): the caller gets RayActorError.
+        self.exit_thread = 0
         self.exiting = True
         self.core.call(self._notify_exit(EXITED))
         self._reply(fut, *self._exited_reply(spec))

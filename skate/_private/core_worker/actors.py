@@ -27,6 +27,7 @@ from skate._private.core_worker.actor_lifecycle import (
     ALIVE,
     DEAD,
     PENDING,
+    RESTARTING,
     ActorLifecycle,
 )
 from skate._private.core_worker.errors import EXITED, as_error
@@ -92,6 +93,8 @@ class ActorState:
         self.max_task_retries = copts.get("max_task_retries", 0)
         self.retry_exceptions = _norm_retry(copts.get("retry_exceptions", False))
         self.max_pending = copts.get("max_pending_calls", -1)
+        if not self.owned:
+            self.max_restarts = copts.get("max_restarts", 0)
         self.out_of_order = bool(copts.get("ooo"))
         self.groups = list(copts.get("groups", ()))
 
@@ -143,20 +146,31 @@ class ActorManager(ActorLifecycle):
 
         With nothing queued ahead and the actor alive, the call is sent from
         this thread; otherwise it joins the queue right now (so a later call
-        can never overtake it) and the I/O thread sends it.
+        can never overtake it) and the I/O thread sends it.  While a
+        restartable actor is being restarted, a call without retries
+        (``max_task_retries=0``) fails at once with ``ActorUnavailableError``
+        and a call with retries waits for the new incarnation (follows Ray).
         """
         with st.lock:
             state = st.state
             if state == ALIVE and not rec.deps and not st.queue and not st.resolving:
                 self._send(st, rec)
                 return
-            if state != DEAD:
+            if state == RESTARTING and rec.retries_left == 0 and st.max_restarts != 0:
+                state = "FAST_FAIL"
+            elif state != DEAD:
                 st.queue.append(rec)
                 lookup = not st.owned and not st.lookup_started
                 if lookup:
                     st.lookup_started = True
         if state == DEAD:
             self._fail(st, rec)
+        elif state == "FAST_FAIL":
+            msg = (
+                f"The actor {st.class_name} ({st.actor_id.hex()}) is restarting; the call {rec.name} was not sent "
+                "because it has no retries (max_task_retries=0). Try again once the actor is back."
+            )
+            self.core.submitter.fail(rec, exc.ActorUnavailableError(actor_id=st.actor_id.hex(), error_msg=msg))
         elif lookup:
             self.core.post(lambda: asyncio.ensure_future(self._lookup(st)))
         elif state == ALIVE:
