@@ -8,15 +8,16 @@ local cluster), timed, with the peak memory of the whole tree:
 ``returns``         one task with ``num_returns=N`` (small values), all got
 ``get``             N objects of 128 KiB (shared memory) in one ``get``
 ``queued``          N trivial tasks submitted at once, then all got
-``large``           one N-GiB array through ``put`` then ``get`` (with a
-                    memcpy of the same size as the baseline)
+``large``           one N-GiB array through ``put`` then ``get``, timed the
+                    first time (fresh memory) and again; a memcpy of the
+                    same size (warm pages) is the baseline
 ``actors``          N actors created at once, each called once
 ``inflight``        N tasks in flight at once: each waits on an argument a
                     slow task produces, then all are got
 ==================  =========================================================
 
 Peak memory is the largest sum, over every process of the run (driver,
-daemons, workers), of the proportional set size (PSS: a page shared by k
+daemons, workers: the run's session and all descendants), of the proportional set size (PSS: a page shared by k
 processes counts 1/k in each), sampled every 0.1 s.  A run that would
 leave this machine under ``--min-free-gib`` of free memory is stopped and
 reported as such, not left to the OOM killer.
@@ -88,17 +89,24 @@ def _run_dimension(ray: object, dim: str, n: int) -> dict:
     elif dim == "large":
         size = int(n * (1 << 30))
         a = np.ones(size, dtype=np.uint8)
-        t = time.perf_counter()
         b = np.empty_like(a)
-        np.copyto(b, a)
-        out["memcpy_s"] = time.perf_counter() - t
+        np.copyto(b, a)  # first touch of b's pages
+        t = time.perf_counter()
+        np.copyto(b, a)  # memcpy itself: warm pages
+        out["memcpy_gbps"] = size / (time.perf_counter() - t) / 1e9
         del b
         t0 = time.perf_counter()
         ref = r.put(a)
         back = r.get(ref)
         assert back.nbytes == size and int(back[-1]) == 1
-        out["gbps"] = size / (time.perf_counter() - t0) / 1e9
-        out["memcpy_gbps"] = size / out["memcpy_s"] / 1e9
+        out["seconds"] = time.perf_counter() - t0
+        out["gbps"] = size / out["seconds"] / 1e9
+        del back, ref
+        t = time.perf_counter()  # once more: the store's memory has been touched before
+        back = r.get(r.put(a))
+        out["warm_gbps"] = size / (time.perf_counter() - t) / 1e9
+        del back
+        return out
     elif dim == "actors":
 
         @r.remote(num_cpus=0)
@@ -157,6 +165,18 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
+def _tree_pids(root: int) -> set[int]:
+    """The run's processes: its session, and every descendant (workers may start sessions of their own)."""
+    import psutil
+
+    pids = set(_session_pids(root))
+    try:
+        pids.update(c.pid for c in psutil.Process(root).children(recursive=True))
+    except psutil.Error:
+        pass
+    return pids
+
+
 def _session_pids(sid: int) -> list[int]:
     pids = []
     for name in os.listdir("/proc"):
@@ -195,7 +215,7 @@ def run_one(python: str, env: dict, framework: str, dim: str, n: float, num_cpus
     t_out.start()
     t_err.start()
     while proc.poll() is None:
-        peak = max(peak, sum(_pss_kib(p) for p in _session_pids(proc.pid)))
+        peak = max(peak, sum(_pss_kib(p) for p in _tree_pids(proc.pid)))
         if _available_gib() < min_free_gib:
             why = f"stopped: this machine had under {min_free_gib} GiB of memory left"
         elif time.monotonic() > deadline:
@@ -220,13 +240,14 @@ def run_one(python: str, env: dict, framework: str, dim: str, n: float, num_cpus
 def _kill_tree(proc: subprocess.Popen) -> None:
     import signal
 
+    tree = _tree_pids(proc.pid) if proc.poll() is None else set()
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(20)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-    for pid in _session_pids(proc.pid):
+    for pid in tree | set(_session_pids(proc.pid)):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -291,14 +312,17 @@ def main(argv: list[str]) -> int:
     print(f"{'dimension':<34}" + "".join(f"{('Ray' if c == 'ray' else c):>24}" for c in cols)
           + (f"{'Ray/skate':>11}" if len(cols) == 2 else ""))
     for row in rows:
-        label = f"{row['n']:,g} {'GiB: ' if row['dimension'] == 'large' else ''}{DIMENSIONS[row['dimension']][2]}"
+        n = f"{row['n']:g} GiB:" if row["dimension"] == "large" else f"{row['n']:,}"
+        label = f"{n} {DIMENSIONS[row['dimension']][2]}"
         line = f"{label:<34}" + "".join(f"{_cell(row.get(c)):>24}" for c in cols)
         if len(cols) == 2 and "seconds" in row["skate"] and "seconds" in row["ray"]:
             line += f"{row['ray']['seconds'] / row['skate']['seconds']:>10.2f}x"
         print(line)
-        if row["dimension"] == "large" and "gbps" in row["skate"]:
-            print(f"{'':<34}  skate {row['skate']['gbps']:.2f} GB/s through put+get; memcpy "
-                  f"{row['skate']['memcpy_gbps']:.2f} GB/s")
+        if row["dimension"] == "large":
+            for c in cols:
+                if "warm_gbps" in row[c]:
+                    print(f"{'':<4}{c}: put+get {row[c]['gbps']:.2f} GB/s (fresh memory), {row[c]['warm_gbps']:.2f} "
+                          f"GB/s (again); memcpy {row[c]['memcpy_gbps']:.2f} GB/s")
     errors = [(c, r["dimension"], r[c]["error"]) for r in rows for c in cols if "error" in r[c]]
     if errors:
         print("\nerrors:")

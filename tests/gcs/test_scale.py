@@ -14,9 +14,9 @@ import time
 
 import psutil
 import pytest
+from conftest import wait_for
 
 import skate
-from conftest import wait_for
 
 NODES = int(os.environ.get("SKATE_SCALE_NODES", "12"))
 

@@ -15,7 +15,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import wait_for
 
 HEAD = "10.77.0.1:6380"
