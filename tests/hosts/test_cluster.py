@@ -151,9 +151,14 @@ def work(i):
         time.sleep(0.05)
     return node
 
-refs = [work.remote(i) for i in range(3)]
-print("submitted", flush=True)
-got = ray.get(refs, timeout=120)
+@ray.remote(num_cpus=0, resources={"head": 1})
+def parent():
+    return ray.get([work.remote(i) for i in range(3)])
+
+if sys.argv[2] == "nested":  # submitted by a task (a worker on the head), not by the driver
+    got = ray.get(parent.remote(), timeout=120)
+else:
+    got = ray.get([work.remote(i) for i in range(3)], timeout=120)
 dead = [n for n in ray.nodes() if not n["Alive"]]
 print("results:", got, "dead:", [n["NodeManagerAddress"] for n in dead], flush=True)
 assert [n["NodeManagerAddress"] for n in dead] == ["10.77.0.2"]
@@ -164,19 +169,22 @@ print("cut: ok")
 
 
 @pytest.mark.timeout(240)
-def test_host_cut_off_is_declared_dead_and_its_tasks_retried(hosts, tmp_path):
+@pytest.mark.parametrize("submitter", ["driver", "nested"])
+def test_host_cut_off_is_declared_dead_and_its_tasks_retried(hosts, tmp_path, submitter):
+    """Tasks running on a host that is cut off are retried on the head, whether a driver or a
+    task submitted them."""
     net = hosts(2)
     timeout_s = 3.0
     head_env = net[1].env(SKATE_NODE_TIMEOUT_S=str(timeout_s))
     p = net[1].popen(net[1].skate("start", "--head", "--node-ip-address", net[1].ip, "--port", "6380", "--block",
-                                  "--num-cpus", "1"), env=head_env)
+                                  "--num-cpus", "1", "--resources", '{"head": 1}'), env=head_env)
     token = open(wait_for(lambda: _token_file(net[1]), 30, what="the head's token file")).read().strip()
     assert p.poll() is None
     join(net[2], token, "--node-ip-address", net[2].ip, "--num-cpus", "2")
     wait_for(lambda: alive_nodes(net[1], token, 2), 60, interval=0.5, what="the worker node to join")
     go = tmp_path / "go"
     go.mkdir()
-    driver = net[1].popen([sys.executable, "-c", CUT, str(go)], env=net[1].env(SKATE_CLUSTER_TOKEN=token))
+    driver = net[1].popen([sys.executable, "-c", CUT, str(go), submitter], env=net[1].env(SKATE_CLUSTER_TOKEN=token))
     # Two of the three tasks run on host 2 (host 1 has one CPU).
     wait_for(lambda: len([f for f in os.listdir(go) if f.startswith("started-")]) == 3, 60, interval=0.1,
              what="the three tasks to start")

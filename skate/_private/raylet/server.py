@@ -190,6 +190,12 @@ class Raylet(LeaseManager, ObjectManager):
         channel, msg = body
         if channel == "node":
             self._update_peer(msg)
+            if not msg["alive"]:
+                # Workers submit tasks too (nested ones): they give up that
+                # node's workers as drivers do, and retry elsewhere.
+                for w in self.pool.workers.values():
+                    if w.conn is not None and not w.conn.closed:
+                        w.conn.notify("pub", body)
         elif channel == "resources":
             for node_id, version, changed in msg:
                 peer = self.peers.get(node_id)
