@@ -37,10 +37,18 @@ def main() -> None:
 @main.command()
 @click.option("--head", is_flag=True, help="Start the head node (control store + node daemon).")
 @click.option("--address", default=None, help="Join the cluster whose head listens at HOST:PORT.")
-@click.option("--node-ip-address", default="127.0.0.1", show_default=True,
-              help="Address this node listens on and is reached at; other hosts can join only "
-                   "when it is not a loopback address.")
+@click.option("--node-ip-address", default=None,
+              help="Address of this host that this node listens on and is reached at [default: a head: "
+                   "127.0.0.1 (this machine only); a joining node: this host's address that routes to the head].")
 @click.option("--port", type=int, default=None, help="Control-store port of a head [default: 6379; 0: any free port].")
+@click.option("--node-manager-port", type=int, default=0, show_default=True,
+              help="TCP port of this node's daemon (tasks, leases and object transfers); 0: any free port.")
+@click.option("--object-manager-port", type=int, default=0, show_default=True,
+              help="Only 0 is accepted: skate moves objects over the node daemon's port (--node-manager-port).")
+@click.option("--min-worker-port", type=int, default=10002, show_default=True,
+              help="Lowest TCP port workers listen on (0 with --max-worker-port 0: any free port).")
+@click.option("--max-worker-port", type=int, default=19999, show_default=True,
+              help="Highest TCP port workers listen on.")
 @click.option("--num-cpus", type=float, default=None, help="CPUs of this node [default: all cores].")
 @click.option("--num-gpus", type=float, default=0, help="GPUs of this node.")
 @click.option("--resources", default="{}", help='Custom resources as JSON, e.g. \'{"disk": 2}\'.')
@@ -62,13 +70,15 @@ def main() -> None:
                    "or redis://HOST:PORT (the control store then survives restarts).")
 @click.option("--disable-usage-stats", is_flag=True,
               help="Accepted for Ray compatibility; skate collects no usage statistics at all.")
-def start(head: bool, address: str | None, node_ip_address: str, port: int | None, num_cpus: float | None,
+def start(head: bool, address: str | None, node_ip_address: str | None, port: int | None, node_manager_port: int,
+          object_manager_port: int, min_worker_port: int, max_worker_port: int, num_cpus: float | None,
           num_gpus: float, resources: str, memory: int | None, object_store_memory: int | None, labels: str, temp_dir: str | None,
           block: bool, include_dashboard: bool | None, dashboard_host: str | None, dashboard_port: int | None,
           storage: str | None, disable_usage_stats: bool) -> None:
     """Starts this machine's daemons for a cluster that outlives drivers (`skate stop` stops them)."""
     from skate._private import cli_support as cs
-    from skate._private import discovery, node, wire
+    from skate._private import discovery, hostaddr, node, wire
+
 
     if head == bool(address):
         raise click.UsageError("give exactly one of --head or --address")
@@ -81,6 +91,11 @@ def start(head: bool, address: str | None, node_ip_address: str, port: int | Non
         raise click.UsageError("--node-ip-address must be an address this node is reached at, not a wildcard")
     if storage is not None and not head:
         raise click.UsageError("--storage applies to a head (--head) only")
+    worker_ports = cs.check_ports(node_manager_port, object_manager_port, min_worker_port, max_worker_port)
+    if node_ip_address is None:
+        node_ip_address = "127.0.0.1" if head or not address else hostaddr.route_ip(address.rpartition(":")[0])
+    elif not hostaddr.is_local(node_ip_address):
+        raise click.UsageError(f"--node-ip-address {node_ip_address} is not an address of this host")
     res = cs.parse_resources(resources)
     node_labels = cs.parse_labels(labels)
     cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
@@ -89,7 +104,7 @@ def start(head: bool, address: str | None, node_ip_address: str, port: int | Non
         info = node.start_head(
             cpus, num_gpus, res, object_store_memory, host=node_ip_address, port=6379 if port is None else port,
             tie_to_parent=block, detach=True, discoverable=True, temp_dir=temp_dir, labels=node_labels,
-            memory=memory, storage=storage,
+            memory=memory, storage=storage, node_manager_port=node_manager_port, worker_ports=worker_ports,
         )
         procs = info["processes"]
         session_dir, gcs_address = info["session_dir"], info["gcs_address"]
@@ -120,6 +135,7 @@ def start(head: bool, address: str | None, node_ip_address: str, port: int | Non
         d = node.start_worker_node(
             gcs_address, token_file, session_dir, cpus, num_gpus, res, object_store_memory,
             node_ip=node_ip_address, tie_to_parent=block, detach=True, labels=node_labels, memory=memory,
+            node_manager_port=node_manager_port, worker_ports=worker_ports,
         )
         procs = [d]
         cs.remember([(d.proc.pid, "raylet")], session_dir, None)

@@ -282,6 +282,10 @@ def test_suite_environment_names_no_cluster():
         (["--resources", "[1]"], "--resources"),
         (["--resources", '{"CPU": 2}'], "--num-cpus"),
         (["--node-ip-address", "0.0.0.0"], "wildcard"),
+        (["--node-ip-address", "192.0.2.77"], "not an address of this host"),
+        (["--object-manager-port", "8076"], "no separate object manager"),
+        (["--min-worker-port", "20000", "--max-worker-port", "10000"], "not a port range"),
+        (["--node-manager-port", "70000"], "must be a TCP port"),
     ],
 )
 def test_flags_that_cannot_be_honoured_are_rejected(cli, flags, needle):

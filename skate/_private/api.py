@@ -13,6 +13,7 @@ from skate._private import (
     cancellation,
     discovery,
     error_log,
+    hostaddr,
     init_options,
     node,
     private_paths,
@@ -169,8 +170,8 @@ def init(
     runtime.set_current(core)
     try:
         core.job_id = core.gcs_call("new_job", {"driver_pid": os.getpid(), "namespace": core.namespace})
-        if log_to_driver:
-            core.gcs_call("subscribe", ["logs"])
+        # Node deaths: tasks on a node that is cut off are retried elsewhere.
+        core.gcs_call("subscribe", ["logs", "node"] if log_to_driver else ["node"])
     except Exception:
         shutdown()
         raise
@@ -184,9 +185,14 @@ def _find_cluster(address: str, token_hex: str | None) -> tuple[bytes, str, Any]
     alive = [n for n in all_nodes if n["alive"]]
     if not alive:
         raise ConnectionError(f"the cluster at {target.gcs_address} has no live node")
-    local = [n for n in alive if os.path.exists(n["uds"])]
-    pick = sorted(local or alive, key=lambda n: not n.get("is_head"))[0]
-    addr = pick["uds"] if os.path.exists(pick["uds"]) else (pick["ip"], pick["port"])
+    # This host's node daemon when it has one (its address is bindable here:
+    # a socket path seen on a shared file system is not enough), preferring
+    # the one on the address that routes to the control store; otherwise
+    # the head's, over TCP (a driver on a host outside the cluster).
+    mine = hostaddr.route_ip(target.gcs_address.rpartition(":")[0])
+    local = [n for n in alive if hostaddr.is_local(n["ip"]) and os.path.exists(n["uds"])]
+    pick = sorted(local or alive, key=lambda n: (n["ip"] != mine, not n.get("is_head")))[0]
+    addr = hostaddr.local_target(pick["uds"], pick["ip"], pick["port"])
     return target.token, target.session_dir or _own_session_dir(), addr
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from skate._private import discovery, logs, node, private_paths, proctitle, wire
+from skate._private import discovery, hostaddr, logs, node, private_paths, proctitle, wire
 from skate._private.raylet.worker_pool import describe_exit
 
 # Label keys and values, as Kubernetes (and Ray) allow them.
@@ -224,7 +224,7 @@ def cluster_status(address: str | None) -> dict:
     for n in nodes:
         if not n["alive"]:
             continue
-        addr: Any = n["uds"] if os.path.exists(n["uds"]) else (n["ip"], n["port"])
+        addr: Any = hostaddr.local_target(n["uds"], n["ip"], n["port"])
         try:
             stats = discovery.request(addr, target.token, "node_stats", timeout=5.0, expect=n["node_id"])
         except ConnectionError:
@@ -274,6 +274,34 @@ def format_status(st: dict) -> list[str]:
 def echo_err(text: str) -> None:
     """Prints a line on stderr."""
     print(text, file=sys.stderr, flush=True)
+
+
+def check_ports(node_manager_port: int, object_manager_port: int, min_worker_port: int, max_worker_port: int) -> tuple[int, int] | None:
+    """Validates ``skate start``'s port flags; returns the workers' port range (None: any port).
+
+    Raises:
+        click.UsageError: for a port out of range, an empty worker range, or
+            an object manager port (skate has none of its own).
+    """
+    import click
+
+    if object_manager_port:
+        raise click.UsageError(
+            "skate has no separate object manager: objects move between nodes over the node daemon's "
+            "port, so give --node-manager-port (and open that port) instead of --object-manager-port"
+        )
+    for flag, v in (("--node-manager-port", node_manager_port), ("--min-worker-port", min_worker_port),
+                    ("--max-worker-port", max_worker_port)):
+        if not 0 <= v <= 65535:
+            raise click.UsageError(f"{flag} must be a TCP port (0..65535), not {v}")
+    if min_worker_port == 0 and max_worker_port == 0:
+        return None
+    if min_worker_port == 0 or max_worker_port < min_worker_port:
+        raise click.UsageError(
+            f"--min-worker-port {min_worker_port} / --max-worker-port {max_worker_port} is not a port range "
+            "(both 0: any free port)"
+        )
+    return min_worker_port, max_worker_port
 
 
 # --- list / summary ------------------------------------------------------------------------

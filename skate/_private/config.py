@@ -20,8 +20,13 @@ class Config:
     max_inline_bytes: int = 100 * 1024
     #: Fraction of RAM used for the shared-memory store when not given.
     object_store_fraction: float = 0.3
-    #: Seconds between node heartbeats to the control store.
-    heartbeat_s: float = 0.2
+    #: Seconds between liveness heartbeats of a node daemon whose free
+    #: resources did not change (a change is reported sooner, see below).
+    heartbeat_s: float = 1.0
+    #: Seconds between a node daemon's checks for changed free resources
+    #: (sent as a versioned delta, only when something changed), and between
+    #: the control store's batched broadcasts of the changes to every node.
+    resource_report_s: float = 0.1
     #: Missed heartbeat time after which a node is declared dead.
     node_timeout_s: float = 10.0
     #: Workers started with a node, on top of what demand starts.

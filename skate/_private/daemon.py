@@ -37,8 +37,29 @@ def report_ready(info: dict) -> None:
         f.write(json.dumps(info) + "\n")
 
 
+def raise_fd_limit() -> int:
+    """Raises this process's soft RLIMIT_NOFILE to its hard limit; returns the new soft limit.
+
+    A node daemon holds a connection per worker and per peer, a control
+    store one per node and driver: the usual soft limit of 1,024 is reached
+    by a few hundred actors or nodes.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Runs ``main(stop_event)`` until it returns; signals set ``stop_event``."""
+    raise_fd_limit()
     logging.basicConfig(
         level=os.environ.get("SKATE_LOG_LEVEL", "WARNING"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

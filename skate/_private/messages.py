@@ -20,7 +20,7 @@ Who serves what::
                    list_task_events list_jobs
     node daemon    request_lease return_lease lease_blocked lease_unblocked worker_exit_info
                    kill_worker register_worker register_client node_stats obj_reserve
-                   obj_seal obj_get obj_unmapped obj_fetch obj_free flush_logs
+                   obj_seal obj_get obj_unmapped obj_fetch obj_write obj_read obj_free flush_logs
                    pub shutdown (from the control store)
     core worker    push_task create_actor actor_call cancel_task release_held exit_now hello
                    gen_item gen_ack
@@ -61,6 +61,7 @@ class NodeRecord(NodeInfo, total=False):
 
     alive: bool
     available: Resources
+    version: int  # of the last resource report applied to ``available``
     death_reason: str
 
 
@@ -68,9 +69,22 @@ class RegisterNodeReply(TypedDict):
     nodes: list[NodeRecord]  # every node known so far, this one included
 
 
-class Heartbeat(TypedDict):
+class _HeartbeatRequired(TypedDict):
     node_id: bytes
+
+
+class Heartbeat(_HeartbeatRequired, total=False):
+    """A node daemon's liveness heartbeat; with the free resources that changed, when some did.
+
+    ``version`` counts the node's reports (a newer one wins); ``full``: the
+    whole ``available`` map rather than the changed keys only.  The control
+    store broadcasts changes in batches on the ``resources`` channel:
+    ``[[node_id, version, changed], ...]``.
+    """
+
+    version: int
     available: Resources
+    full: bool
 
 
 # --- jobs and actors (control store) -------------------------------------------------
@@ -452,6 +466,8 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "obj_get": (ObjGet, str),
     "obj_unmapped": (list[bytes], None),
     "obj_fetch": (ObjFetch, Union[bool, int]),
+    "obj_write": (ObjRef, bool),  # payload: the object's layout (a driver with no node on its host)
+    "obj_read": (ObjGet, bool),  # reply payload: the object's layout (same)
     "obj_free": (list[bytes], None),
     "flush_logs": (None, bool),
     "warning": (str, None),

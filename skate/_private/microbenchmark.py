@@ -397,7 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit status: 0 when every selected metric produced a value.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--envelope" in argv:  # the scalability envelope has its own options
+        from skate._private import envelope
+
+        return envelope.main([a for a in argv if a != "--envelope"])
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--envelope", action="store_true",
+                   help="run the single-node scalability envelope instead (see --envelope --help)")
     p.add_argument("-k", dest="pattern", default="", help="regex selecting metric names")
     p.add_argument("--duration", type=float, default=2.0, help="timed seconds per metric")
     p.add_argument("--compare", choices=["ray"], help="also run the workloads under Ray")

@@ -186,8 +186,13 @@ def raylet_args(
     port: int = 0,
     memory: float | None = None,
     labels: dict | None = None,
+    worker_ports: tuple[int, int] | None = None,
 ) -> list[str]:
-    """Command-line arguments of a node daemon."""
+    """Command-line arguments of a node daemon.
+
+    ``port``: its TCP port (0: any free one); ``worker_ports``: the
+    ``(min, max)`` TCP ports its workers listen on (None: any).
+    """
     if memory is None:
         memory = psutil.virtual_memory().total * 0.7
     args = [
@@ -205,6 +210,8 @@ def raylet_args(
     ]
     if labels:
         args += ["--labels", json.dumps(labels)]
+    if worker_ports:
+        args += ["--min-worker-port", str(worker_ports[0]), "--max-worker-port", str(worker_ports[1])]
     if head:
         args.append("--head")
     return args
@@ -240,6 +247,8 @@ def start_head(
     labels: dict | None = None,
     detach: bool | None = None,
     storage: str | None = None,
+    node_manager_port: int = 0,
+    worker_ports: tuple[int, int] | None = None,
 ) -> dict:
     """Starts a control store and a head node daemon in parallel.
 
@@ -311,8 +320,10 @@ def start_head(
             object_store_memory or default_object_store_memory(),
             head=True,
             node_ip=host,
+            port=node_manager_port,
             memory=memory,
             labels=labels,
+            worker_ports=worker_ports,
         ),
         tie_to_parent=tie_to_parent,
         logs_dir=logs_dir,
@@ -355,15 +366,17 @@ def start_worker_node(
     memory: float | None = None,
     labels: dict | None = None,
     detach: bool | None = None,
+    node_manager_port: int = 0,
+    worker_ports: tuple[int, int] | None = None,
 ) -> DaemonProcess:
-    """Starts one more node daemon joining ``gcs_address``."""
+    """Starts one more node daemon joining ``gcs_address`` (ports: see ``raylet_args``)."""
     sweep_dead_stores()
     d = spawn(
         "node daemon",
         raylet_args(
             gcs_address, token_file, session_dir, num_cpus, num_gpus, resources,
             object_store_memory or default_object_store_memory(), head=False, node_ip=node_ip, memory=memory,
-            labels=labels,
+            labels=labels, port=node_manager_port, worker_ports=worker_ports,
         ),
         tie_to_parent=tie_to_parent,
         logs_dir=logs.session_logs_dir(session_dir),

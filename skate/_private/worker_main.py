@@ -30,7 +30,7 @@ def main() -> None:
     sys.stderr = OutputPrefixer(sys.stderr, core)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     # The execution endpoint is served on this (main) thread, where user code runs.
-    from skate._private import wire
+    from skate._private import hostaddr, wire
 
     # asyncio's own loop here: with two uvloop loops in one (forked) worker, one
     # was seen closing a listening socket of the other when a peer failed the
@@ -40,7 +40,10 @@ def main() -> None:
     executor.exec_loop = loop
     exec_uds = os.path.join(core.session_dir, f"x-{core.worker_id.hex()[:16]}.sock")
     loop.run_until_complete(wire.serve_unix(exec_uds, core.token, executor.exec_handlers(), identity=core.worker_id))
-    tcp = loop.run_until_complete(wire.serve_tcp(core.node_ip, 0, core.token, executor.exec_handlers(), identity=core.worker_id))
+    tcp = loop.run_until_complete(hostaddr.serve_in_range(
+        lambda port: wire.serve_tcp(core.node_ip, port, core.token, executor.exec_handlers(), identity=core.worker_id),
+        hostaddr.worker_port_range(),
+    ))
     core.address = [*core.address, tcp.sockets[0].getsockname()[1], exec_uds]
     core.extra_sockets.append(exec_uds)
     core.request(core.raylet, "register_worker", {"worker_id": core.worker_id, "address": core.address})

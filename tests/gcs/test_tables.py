@@ -85,6 +85,27 @@ def test_waiting_for_an_actor_returns_once_it_is_alive():
     asyncio.run(main())
 
 
+def test_resource_reports_are_versioned_deltas_broadcast_in_batches():
+    published = []
+    nodes = NodeTable(MemoryStorage(), lambda ch, msg: published.append((ch, msg)), lambda n, why: None)
+    for nid in (b"n1", b"n2"):
+        nodes.register(_Conn(), {"node_id": nid, "ip": "127.0.0.1", "port": 1, "uds": "", "store_prefix": "p",
+                                 "resources": {"CPU": 4.0, "GPU": 1.0}, "pid": 1, "session_dir": "", "is_head": False})
+    published.clear()
+    nodes.heartbeat(b"n1")  # liveness only
+    nodes.flush_resources()
+    assert published == []  # nothing changed: nothing sent
+    nodes.heartbeat(b"n1", {"CPU": 3.0}, version=1)
+    nodes.heartbeat(b"n1", {"CPU": 2.0}, version=2)
+    nodes.heartbeat(b"n1", {"CPU": 9.0}, version=1)  # stale: ignored
+    nodes.heartbeat(b"n2", {"GPU": 0.0}, version=1)
+    nodes.flush_resources()
+    assert published == [("resources", [[b"n1", 2, {"CPU": 2.0}], [b"n2", 1, {"GPU": 0.0}]])]  # one message
+    assert nodes.nodes.get(b"n1")["available"] == {"CPU": 2.0, "GPU": 1.0}
+    nodes.flush_resources()
+    assert len(published) == 1
+
+
 def test_a_dead_node_takes_its_actors_with_it():
     d = ActorDirectory(MemoryStorage(), lambda ch, msg: None)
     published = []
@@ -95,8 +116,9 @@ def test_a_dead_node_takes_its_actors_with_it():
     assert [n["node_id"] for n in nodes.register(conn, info)] == [b"n1"]
     d.register(_actor(b"a"), b"")
     d.update(b"a", {"actor_id": b"a", "state": ALIVE, "node_id": b"n1"})
-    nodes.heartbeat(b"n1", {"CPU": 0.0})
-    assert published[-1] == ("resources", {"node_id": b"n1", "available": {"CPU": 0.0}})
+    nodes.heartbeat(b"n1", {"CPU": 0.0}, version=1)
+    nodes.flush_resources()
+    assert published[-1] == ("resources", [[b"n1", 1, {"CPU": 0.0}]])
     nodes.drain(b"n1")
     assert conn.sent == [("shutdown", None)]
     assert not nodes.nodes.get(b"n1")["alive"]

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from skate._private import daemon, ids, wire
+from skate._private import daemon, hostaddr, ids, wire
 from skate._private.core_worker import streams
 from skate._private.core_worker.errors import remote_to_local
 from skate._private.core_worker.lineage import Lineage
@@ -91,6 +91,8 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.extra_sockets: list[str] = []
         #: object id -> callback (I/O thread) run once the object is freed everywhere.
         self.free_hooks: dict[bytes, Callable] = {}
+        #: True for a driver on a host with no node daemon of the cluster.
+        self.off_node = False
         #: The last lines this process printed for the cluster (worker output,
         #: warnings, unhandled errors), after they were flushed; for tests.
         self.printed: collections.deque[str] = collections.deque(maxlen=2000)
@@ -143,6 +145,11 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.raylet.on_close.append(self._raylet_lost)
         if self.mode == DRIVER:
             self._set_node(await self.raylet.request("register_client", {"worker_id": self.worker_id}))
+            if not isinstance(raylet_socket, str):
+                # No node daemon on this host: listen on this host's address
+                # that routes to the node (never on the node's own address).
+                self.off_node = True
+                self.node_ip = hostaddr.route_ip(raylet_socket[0])
             await self.start_server()
         else:
             env = os.environ
@@ -165,7 +172,10 @@ class CoreWorker(ObjectAccess, RefCounting):
     async def start_server(self) -> None:
         """Listens for peers (tasks pushed to us, owner requests)."""
         self._uds_server = await wire.serve_unix(self.server_uds, self.token, self.handlers, identity=self.worker_id)
-        self._tcp_server = await wire.serve_tcp(self.node_ip, 0, self.token, self.handlers, identity=self.worker_id)
+        self._tcp_server = await hostaddr.serve_in_range(
+            lambda port: wire.serve_tcp(self.node_ip, port, self.token, self.handlers, identity=self.worker_id),
+            hostaddr.worker_port_range(),
+        )
         port = self._tcp_server.sockets[0].getsockname()[1]
         self.address = [self.worker_id, self.node_ip, port, self.server_uds]
 
@@ -195,7 +205,7 @@ class CoreWorker(ObjectAccess, RefCounting):
                 return fut.result()
         fut = self.conns[wid] = self.loop.create_future()
         try:
-            target = addr[3] if addr[3] and os.path.exists(addr[3]) else (addr[1], addr[2])
+            target = hostaddr.local_target(addr[3], addr[1], addr[2])
             conn = await wire.connect(target, self.token, self.handlers, expect=addr[0])
         except BaseException as e:
             fut.set_exception(e)
@@ -250,6 +260,10 @@ class CoreWorker(ObjectAccess, RefCounting):
 
     def on_pub(self, conn: wire.Connection, body: list, bufs: list) -> None:
         channel, msg = body
+        if channel == "node":
+            if not msg.get("alive", True) and self.submitter is not None:
+                self.submitter.node_died(msg)
+            return
         if channel == "logs":
             if not self.log_to_driver:
                 return

@@ -130,6 +130,15 @@ class ObjectAccess:
         """
         size = serialization.layout_size(data, bufs)
         self._send_local_frees()
+        if self.off_node:
+            # This host has no node daemon: send the bytes to the node.
+            buf = bytearray(size)
+            serialization.write_layout(memoryview(buf), data, bufs)
+            try:
+                self.request(self.raylet, "obj_write", {"oid": oid}, [buf])
+            except wire.RemoteError as e:
+                raise exc.ObjectStoreFullError(str(e).split(": ", 1)[-1]) from None
+            return
         body: dict = {"oid": oid, "size": size}
         if owner:
             body["owner"] = owner
@@ -311,6 +320,8 @@ class ObjectAccess:
         if state == INLINE:
             return serialization.loads(data, bufs)
         if state == SHM:
+            if self.off_node:
+                return self.call(self.read_over_wire(ref._id, node_id))
             try:
                 path = self.call(self.shm_path(ref._id, node_id))
             except exc.ObjectLostError:
@@ -334,6 +345,15 @@ class ObjectAccess:
             if str(e).startswith(("StoreFull", "ObjectStoreFull")):  # no room to copy it here: not lost
                 raise exc.ObjectStoreFullError(f"cannot bring object {oid.hex()} to this node: {e}") from None
             raise exc.ObjectLostError(oid.hex(), message=f"Object {oid.hex()} is lost: {e}") from None
+
+    async def read_over_wire(self, oid: bytes, node_id: bytes | None) -> Any:
+        """A large object's value fetched through the node daemon (a driver on a host with none)."""
+        try:
+            _, bufs = await self.raylet.request("obj_read", {"oid": oid, "node_id": node_id})
+        except wire.RemoteError as e:
+            raise exc.ObjectLostError(oid.hex(), message=f"Object {oid.hex()} is lost: {e}") from None
+        data, vbufs = serialization.read_layout(memoryview(bufs[0]))
+        return serialization.loads(data, vbufs)
 
     def read_shm(self, path: str, oid: bytes) -> Any:
         """Maps a segment (``shm_path`` counted us as a reader) and deserializes in place.
@@ -359,6 +379,8 @@ class ObjectAccess:
         """Like ``materialize`` but from the I/O thread."""
         state, data, bufs, node_id, size = snap
         if state == SHM:
+            if self.off_node:
+                return await self.read_over_wire(oid, node_id)
             try:
                 path = await self.shm_path(oid, node_id)
             except exc.ObjectLostError:

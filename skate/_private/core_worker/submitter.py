@@ -16,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import threading
 import time
 from typing import Any
 
 from skate import exceptions as exc
-from skate._private import ids, serialization, wire
+from skate._private import hostaddr, ids, serialization, wire
 from skate._private.config import CONFIG
 from skate._private.core_worker import streams
 from skate._private.core_worker.errors import as_error, error_payload
@@ -308,7 +307,7 @@ class TaskSubmitter:
         key = (target["ip"], target["port"])
         fut = self.raylets.get(key)
         if fut is None or (fut.done() and (fut.exception() or fut.result().closed)):
-            addr = target["uds"] if os.path.exists(target["uds"]) else key
+            addr = hostaddr.local_target(target["uds"], target["ip"], target["port"])
             fut = self.raylets[key] = asyncio.ensure_future(wire.connect(addr, self.core.token, self.core.handlers, expect=target.get("node_id")))
         return await asyncio.shield(fut)
 
@@ -412,7 +411,7 @@ class TaskSubmitter:
     async def _worker_died(self, rec: TaskRecord, lease: Lease) -> None:
         info = None
         try:
-            info = await lease.raylet.request("worker_exit_info", {"worker_id": lease.worker_id})
+            info = await asyncio.wait_for(lease.raylet.request("worker_exit_info", {"worker_id": lease.worker_id}), 10)
         except Exception:  # noqa: BLE001
             pass
         if rec.cancelled:
@@ -504,6 +503,22 @@ class TaskSubmitter:
             return
         # Still resolving its arguments.
         self.fail(rec, exc.TaskCancelledError(rec.spec["t"].hex()))
+
+    def node_died(self, node: dict) -> None:
+        """The control store declared ``node`` dead: its workers and daemon are given up.
+
+        A host that is cut off closes no connection, so without this its
+        tasks would wait forever; closing fails them, and they are retried
+        on other nodes (``max_retries``) like tasks whose worker died.
+        """
+        fut = self.raylets.pop((node["ip"], node["port"]), None)
+        if fut is not None and fut.done() and not fut.exception():
+            fut.result().close()
+        with self.lock:
+            doomed = [ls for ks in self.keys.values() for ls in ks.leases if ls.node_id == node["node_id"]]
+        for lease in doomed:
+            lease.raylet.close()
+            lease.conn.close()
 
     def close(self) -> None:
         """Gives every lease back (shutdown)."""

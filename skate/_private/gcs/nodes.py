@@ -3,7 +3,8 @@
 ::
 
     register_node -> alive; publishes "node"
-    heartbeat     -> last seen; a change of free resources publishes "resources"
+    heartbeat     -> last seen; changed free resources (a versioned delta) are
+                     kept and published in batches on "resources"
     missed heartbeats / closed connection / drain -> dead; publishes "node";
                      the node's actors die with it
 """
@@ -36,6 +37,8 @@ class NodeTable:
         self.conns: dict[bytes, Any] = {}
         self.publish = publish
         self.on_dead = on_dead
+        #: Changes not broadcast yet: node id -> [version, changed resources].
+        self.changed: dict[bytes, list] = {}
 
     def register(self, conn: Any, info: dict) -> list[dict]:
         """Records a node (its daemon on ``conn``); returns every node's public record."""
@@ -44,7 +47,7 @@ class NodeTable:
         if known is not None and not known["alive"]:
             # Its actors were declared dead with it: it must not come back.
             raise ValueError(f"node {node_id.hex()} was declared dead ({known.get('death_reason')}); it cannot re-register")
-        info = dict(info, alive=True, available=dict(info["resources"]), last_hb=time.monotonic())
+        info = dict(info, alive=True, available=dict(info["resources"]), version=0, last_hb=time.monotonic())
         self.nodes.set(node_id, info)
         self.conns[node_id] = conn
         conn.peer = node_id
@@ -52,15 +55,38 @@ class NodeTable:
         self.publish("node", public(info))
         return self.all()
 
-    def heartbeat(self, node_id: bytes, available: dict) -> None:
+    def heartbeat(self, node_id: bytes, available: dict | None = None, version: int = 0, full: bool = False) -> None:
+        """A node is alive; ``available``: its free resources that changed (all of them when ``full``).
+
+        A report older than one already applied (``version``) is ignored.
+        """
         node = self.nodes.get(node_id)
         if node is None or not node["alive"]:
             return
         node["last_hb"] = time.monotonic()
-        if node["available"] != available:
-            node["available"] = available
-            self.nodes.set(node_id, node)
-            self.publish("resources", {"node_id": node_id, "available": available})
+        if not available or version <= node.get("version", 0):
+            return
+        changed = {k: v for k, v in available.items() if node["available"].get(k) != v}
+        node["available"] = dict(available) if full else {**node["available"], **available}
+        node["version"] = version
+        self.nodes.set(node_id, node)
+        if changed:
+            pending = self.changed.setdefault(node_id, [version, {}])
+            pending[0] = version
+            pending[1].update(changed)
+
+    def flush_resources(self) -> None:
+        """Publishes the changes kept since the last call, as one message."""
+        if self.changed:
+            batch = [[node_id, v, changed] for node_id, (v, changed) in self.changed.items()]
+            self.changed = {}
+            self.publish("resources", batch)
+
+    async def broadcast_resources(self) -> None:
+        """Batches resource changes to the subscribers every ``resource_report_s`` (runs forever)."""
+        while True:
+            await asyncio.sleep(CONFIG.resource_report_s)
+            self.flush_resources()
 
     def all(self) -> list[dict]:
         return [public(n) for n in self.nodes.values()]

@@ -63,7 +63,7 @@ class GcsServer:
         return {"nodes": self.nodes.register(conn, info)}
 
     def on_heartbeat(self, conn: wire.Connection, body: dict, bufs: list) -> None:
-        self.nodes.heartbeat(body["node_id"], body["available"])
+        self.nodes.heartbeat(body["node_id"], body.get("available"), body.get("version", 0), body.get("full", False))
 
     def on_get_nodes(self, conn: wire.Connection, body: Any, bufs: list) -> list:
         return self.nodes.all()
@@ -212,7 +212,7 @@ async def _main(stop: asyncio.Event) -> None:
     else:
         server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers, identity=wire.GCS_IDENTITY)
     port = server.sockets[0].getsockname()[1]
-    watcher = asyncio.gather(gcs.nodes.watch_heartbeats(), gcs.keep_tidy())
+    watcher = asyncio.gather(gcs.nodes.watch_heartbeats(), gcs.keep_tidy(), gcs.nodes.broadcast_resources())
     daemon.report_ready({"port": port})
     await stop.wait()
     watcher.cancel()

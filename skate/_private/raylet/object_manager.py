@@ -12,6 +12,8 @@
     owner dies  -> every primary segment it owned here is freed as by obj_free
                    (the daemon holds a connection to each owner it stores for,
                    and its closing is the owner's death)
+    obj_write / obj_read -> the bytes themselves, for a driver on a host
+                   with no node daemon (it cannot map this node's segments)
 
 ``ObjectManager`` is one part of ``Raylet`` (see ``server``).
 """
@@ -242,6 +244,29 @@ class ObjectManager:
         if offset == 0:
             self.pulled_by.setdefault(oid, set()).add(body["node_id"])
         return wire.Reply(size, [data])
+
+    def on_obj_write(self, conn: wire.Connection, body: dict, bufs: list) -> bool:
+        """Stores an object sent over the wire by a driver whose host has no node daemon."""
+        data = bufs[0]
+        try:
+            path = self.store.reserve(body["oid"], len(data))
+        except StoreFull as e:
+            raise ObjectStoreFull(str(e)) from None
+        m = shm.create(path, max(len(data), 1))
+        m[: len(data)] = data
+        m.close()
+        self.store.seal(body["oid"])
+        return True
+
+    async def on_obj_read(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
+        """An object's bytes, for a driver whose host has no node daemon (pulled here first if need be)."""
+        oid = body["oid"]
+        if self.store.ensure_local(oid) is None:
+            await self._fetch(oid, body.get("node_id"))
+        data = self.store.read_bytes(oid)
+        if data is None:
+            raise KeyError(f"object {oid.hex()} is not in this node's store (it was freed or lost)")
+        return wire.Reply(True, [data])
 
     def on_obj_free(self, conn: wire.Connection, oids: list, bufs: list) -> None:
         self._free(oids)

@@ -20,6 +20,7 @@ view change) and carries out its decisions.
 from __future__ import annotations
 
 import itertools
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,9 @@ EPS = 1e-9
 
 Resources = dict[str, float]
 
+
+#: Spillback picks at random among this many nodes with the most free CPU that fit.
+SPILL_CHOICES = 3
 
 def fits(need: Resources, have: Resources) -> bool:
     """True when ``have`` covers every amount in ``need``."""
@@ -166,9 +170,11 @@ class LocalScheduler:
         if fits(need, self.available):
             return "grant", None
         if not req.no_spill:
-            for node_id, view in self._others():
-                if fits(need, view.available):
-                    return "spill", node_id
+            # One of the best few, at random: a burst of requests decided on
+            # the same (slightly old) view must not all herd onto one node.
+            best = [n for n, v in self._others() if fits(need, v.available)][:SPILL_CHOICES]
+            if best:
+                return "spill", random.choice(best)
         if fits(need, self.total):
             return "wait", None
         if not req.no_spill:

@@ -107,6 +107,8 @@ class Raylet(LeaseManager, ObjectManager):
             SKATE_TOKEN_FILE=self.args.token_file,
             SKATE_SESSION_DIR=self.session_dir,
             SKATE_STORE_PREFIX=self.prefix,
+            SKATE_MIN_WORKER_PORT=str(self.args.min_worker_port),
+            SKATE_MAX_WORKER_PORT=str(self.args.max_worker_port),
         )
         # Workers boot while we register with the control store.
         n = CONFIG.prestart_workers
@@ -188,10 +190,24 @@ class Raylet(LeaseManager, ObjectManager):
             self._schedule()
 
     async def _heartbeat(self) -> None:
+        """Reports changed free resources (versioned deltas) soon, and liveness every ``heartbeat_s``."""
+        sent: dict = {}
+        version = 0
+        last = 0.0
         while True:
-            self.gcs.notify("heartbeat", {"node_id": self.node_id, "available": self._available()}, droppable=True)
-            self._reap_idle()
-            await asyncio.sleep(CONFIG.heartbeat_s)
+            now = time.monotonic()
+            avail = self._available()
+            changed = {k: v for k, v in avail.items() if sent.get(k) != v}
+            if changed or now - last >= CONFIG.heartbeat_s:
+                body: dict = {"node_id": self.node_id}
+                if changed:
+                    version += 1
+                    body.update(version=version, available=changed, full=not sent)
+                    sent = avail
+                self.gcs.notify("heartbeat", body, droppable=True)
+                last = now
+                self._reap_idle()
+            await asyncio.sleep(CONFIG.resource_report_s)
 
     def _available(self) -> dict:
         return {k: max(v, 0.0) for k, v in self.sched.available.items()}
@@ -208,11 +224,19 @@ class Raylet(LeaseManager, ObjectManager):
         channel, msg = body
         if channel == "node":
             self._update_peer(msg)
+            if not msg["alive"]:
+                # Workers submit tasks too (nested ones): they give up that
+                # node's workers as drivers do, and retry elsewhere.
+                for w in self.pool.workers.values():
+                    if w.conn is not None and not w.conn.closed:
+                        w.conn.notify("pub", body)
         elif channel == "resources":
-            peer = self.peers.get(msg["node_id"])
-            if peer is not None:
-                peer["available"] = msg["available"]
-                self.sched.update_node(peer["node_id"], peer["resources"], peer["available"], peer["alive"])
+            for node_id, version, changed in msg:
+                peer = self.peers.get(node_id)
+                if peer is not None and version > peer.get("version", 0):
+                    peer["version"] = version
+                    peer["available"] = {**peer.get("available", peer["resources"]), **changed}
+                    self.sched.update_node(node_id, peer["resources"], peer["available"], peer["alive"])
         self._schedule()
 
     def _update_peer(self, n: dict) -> None:
@@ -292,6 +316,8 @@ async def _main(stop: asyncio.Event) -> None:
     ap.add_argument("--object-store-memory", type=float, required=True)
     ap.add_argument("--head", action="store_true")
     ap.add_argument("--labels", default="{}")
+    ap.add_argument("--min-worker-port", type=int, default=0)
+    ap.add_argument("--max-worker-port", type=int, default=0)
     args = ap.parse_args()
     token = private_paths.read_token(args.token_file)
     raylet = Raylet(args, token)
@@ -309,5 +335,6 @@ _EARLY_ZYGOTE = None
 if __name__ == "__main__":
     from skate._private.raylet import zygote
 
+    daemon.raise_fd_limit()  # before the zygote forks: workers inherit it
     _EARLY_ZYGOTE = zygote.fork_early()
     daemon.run(_main)
