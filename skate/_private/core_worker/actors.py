@@ -170,7 +170,7 @@ class ActorManager(ActorLifecycle):
                 f"The actor {st.class_name} ({st.actor_id.hex()}) is restarting; the call {rec.name} was not sent "
                 "because it has no retries (max_task_retries=0). Try again once the actor is back."
             )
-            self.core.submitter.fail(rec, exc.ActorUnavailableError(actor_id=st.actor_id.hex(), error_msg=msg))
+            self.core.submitter.fail(rec, exc.ActorUnavailableError(msg, actor_id=st.actor_id.hex()))
         elif lookup:
             self.core.post(lambda: asyncio.ensure_future(self._lookup(st)))
         elif state == ALIVE:
