@@ -133,8 +133,7 @@ class Executor(ActorExecution):
         self.held.pop(tid, None)
 
     def _reply(self, fut: Replier, body: dict, bufs: list) -> None:
-        if self.core.borrows_inflight:
-            self.core.call(self.core.flush_borrows())
+        self.flush_borrows()
         fut.send(body, bufs)
 
     # --- tasks --------------------------------------------------------------------
