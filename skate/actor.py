@@ -11,6 +11,7 @@ from skate import exceptions as exc
 from skate._private import cancellation, ids, runtime
 from skate._private import options as opts
 from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns
+from skate._private.runtime_env import submit as renv_submit
 from skate._private.signature import CallSignature
 from skate._private.source import dumps_code
 
@@ -197,6 +198,11 @@ class ActorClass:
             "actor_id": actor_id,
             "detached": detached,
         }
+        renv = o.get("runtime_env")
+        if renv or core.runtime_env:
+            resolved = renv_submit.for_submit(core, renv)
+            if resolved:
+                lease_body["runtime_env"] = resolved
         st = core.actors.state(actor_id, self._name, owned=True)
         st.detached, st.named = detached, bool(name)
         st.max_restarts = o.get("max_restarts") or 0

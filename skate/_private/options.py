@@ -77,7 +77,6 @@ def _empty(v: Any) -> bool:
 _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "accelerator_type": (_empty, "accelerator types are not tracked by skate's nodes"),
     "object_store_memory": (_empty, "per-task/actor object store reservations are not implemented"),
-    "runtime_env": (_empty, "runtime_env is not supported yet"),
     "placement_group": (lambda v: v is None or v == "default", "placement groups are not implemented"),
     "placement_group_bundle_index": (lambda v: v == -1, "placement groups are not implemented"),
     "placement_group_capture_child_tasks": (lambda v: not v, "placement groups are not implemented"),
@@ -189,6 +188,10 @@ def validate(options: dict, actor: bool, in_options: bool = False) -> dict:
         raise ValueError("The actor name must be specified to use `get_if_exists`.")
     if "scheduling_strategy" in out:
         strategy_of(out)
+    if out.get("runtime_env"):
+        from skate._private.runtime_env import spec
+
+        out["runtime_env"] = spec.validate(out["runtime_env"]) or None
     check_supported(out)
     return out
 
