@@ -36,6 +36,8 @@ _TYPES: dict[str, tuple] = {
     "get_if_exists": (bool,),
     "enable_task_events": (bool,),
     "lifetime": (str, _NONE),
+    "_generator_backpressure_num_objects": (int, _NONE),
+    "_actor_generator_backpressure_num_objects": (int, _NONE),
 }
 
 _COMMON = {
@@ -84,7 +86,6 @@ _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "fallback_strategy": (_empty, "node labels are not implemented"),
     "_labels": (_empty, "task labels are not implemented"),
     "_num_objects_per_yield": (lambda v: v is None or v == 1, "generator tasks are not supported yet"),
-    "_actor_generator_backpressure_num_objects": (lambda v: v is None, "generator tasks are not supported yet"),
     "enable_tensor_transport": (lambda v: not v, "tensor transports are not implemented"),
     "tensor_transport": (lambda v: v is None or str(v).lower() == "object_store", "tensor transports are not implemented"),
 }
@@ -218,11 +219,9 @@ def validate_method(options: dict) -> dict:
     nr = out.get("num_returns")
     if nr is not None and nr not in ("streaming", "dynamic") and (not isinstance(nr, int) or nr < 0):
         raise ValueError(f"num_returns must be a non-negative integer, 'streaming' or 'dynamic', not {nr!r}")
-    if nr in ("streaming", "dynamic") or out.get("_generator_backpressure_num_objects") is not None:
-        raise not_supported(
-            f"the option num_returns={nr!r} / _generator_backpressure_num_objects on actor methods",
-            "generator actor methods are not supported yet (generator tasks are)",
-        )
+    bp = out.get("_generator_backpressure_num_objects")
+    if bp is not None and (not isinstance(bp, int) or isinstance(bp, bool) or bp < -1):
+        raise ValueError(f"_generator_backpressure_num_objects must be an int (-1 or 0: no limit), not {bp!r}")
     if out.get("retry_exceptions") is not None:
         check_retry_exceptions(out["retry_exceptions"])
     mtr = out.get("max_task_retries")
