@@ -21,7 +21,6 @@ _RAY_KEYWORDS: dict[str, tuple[Any, str]] = {
     "dashboard_port": (lambda v: v is None, "skate has no dashboard"),
     "job_config": (lambda v: v is None, "JobConfig is not implemented"),
     "logging_config": (lambda v: v is None, "LoggingConfig is not implemented; use logging_level/logging_format"),
-    "runtime_env": (lambda v: not v, "runtime_env is not supported yet"),
     "enable_resource_isolation": (lambda v: not v, "resource isolation (cgroups) is not implemented"),
     "cgroup_path": (lambda v: v is None, "resource isolation (cgroups) is not implemented"),
     "system_reserved_cpu": (lambda v: v is None, "resource isolation (cgroups) is not implemented"),

@@ -182,6 +182,8 @@ class LeaseRequest(_LeaseRequestRequired, total=False):
     actor_id: Union[bytes, None]  # set when the worker is for an actor
     detached: bool
     no_spill: bool  # grant here or wait: do not point elsewhere
+    runtime_env: dict[str, Any]  # resolved runtime_env (package URIs): workers are started with it
+    job: int  # the submitter's job: a worker serves one job
 
 
 class Spillback(TypedDict):
@@ -201,6 +203,7 @@ class LeaseReply(TypedDict, total=False):
     pid: int
     spill: Spillback
     unschedulable: str
+    env_error: str  # the runtime_env could not be set up on the node
 
 
 class LeaseRef(TypedDict):

@@ -25,6 +25,9 @@ def main() -> None:
         worker_id=bytes.fromhex(env["SKATE_WORKER_ID"]),
     )
     executor = core.executor
+    from skate._private.runtime_env.submit import worker_env_of
+
+    core.runtime_env = worker_env_of(env)
     runtime.set_current(core)
     sys.stdout = OutputPrefixer(sys.stdout, core)
     sys.stderr = OutputPrefixer(sys.stderr, core)

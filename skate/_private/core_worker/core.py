@@ -68,6 +68,9 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.worker_id = worker_id or ids.new_id()
         self.job_id = job_id
         self.namespace = namespace
+        #: The runtime_env tasks and actors submitted here start from (resolved;
+        #: see skate._private.runtime_env.submit): the job's, or this worker's own.
+        self.runtime_env: dict = {}
         self.closed = False
         self.closing = False
         self.store = MemoryStore(self._on_free, self._on_borrow_change, lambda fn: self.post(fn))
