@@ -157,7 +157,11 @@ class CompiledDAG:
             s = self._dial(addresses[e.writer], local, DRIVER, e.edge_id, deadline)
             self._readers[e.edge_id] = ch.Reader(s, ch.shm_map(e.shm, False) if e.shm and local else None, e.slot_size, copy=True)
             self._queues[e.edge_id] = collections.deque()
-        self._input.pump = worker.pump_of(list(self._readers.values()))
+        pump = worker.pump_of(list(self._readers.values()))
+        self._input.pump = pump
+        if len(self._readers) > 1:
+            for r in self._readers.values():
+                r.pump = pump  # waiting for one output keeps the others read
         self._writer_of = {eid: by_id[eid].writer for eid in self._readers}
         # One output channel, read synchronously: get() reads it straight (the common case).
         self._only = next(iter(self._readers.values())) if len(self._readers) == 1 else None

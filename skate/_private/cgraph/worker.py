@@ -225,23 +225,18 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
             r = ag.readers[e.edge_id] = ch.Reader(s, shm, e.slot_size, copy=False)
             if e.transport == "nccl":
                 r.p2p = (ag.group, ranks[e.writer], e.edge_id, backend, e.tensor_device)
+    # Every blocking write, and every blocking read while there are other
+    # inbound channels, keeps those read (see ``channel.Inbound``).
     pump = pump_of(list(ag.readers.values()))
-    for w in ag.writers.values():
-        w.pump = pump
+    for end in [*ag.writers.values(), *(ag.readers.values() if len(ag.readers) > 1 else ())]:
+        end.pump = pump
     ag.thread = threading.Thread(target=_run, args=(ag, actor, plan), name="skate-cgraph-loop", daemon=True)
     ag.thread.start()
 
 
-def pump_of(readers: list) -> tuple | None:
-    """What a blocked writer of this process keeps reading: every inbound channel."""
-    if not readers:
-        return None
-
-    def drain() -> None:
-        for r in readers:
-            r.drain()
-
-    return [r.fileno() for r in readers], drain
+def pump_of(readers: list) -> ch.Inbound | None:
+    """What this process keeps reading while one of its channels waits: every inbound channel."""
+    return ch.Inbound(readers) if readers else None
 
 
 def teardown(actor: Any, gid: bytes) -> bool:
