@@ -3,7 +3,8 @@
 An *edge* carries one node's value, once per execution, from the process
 that makes it (the driver for the graph's input, else an actor) to every
 other process that reads it.  Each reader has its own stream socket (a Unix
-socket on one node, TCP between nodes) carrying frames::
+socket on one node; between nodes a TCP connection whose bytes travel in
+the wire's encrypted records, see ``cgraph.secure``) carrying frames::
 
     <u8 kind><u64 body length> body
     VAL  <u32 n><u64 data length><u64 buffer length>*n  pickle data, buffers
@@ -243,7 +244,9 @@ class Writer:
         self.slot_size = slot_size
         self.nslots = nslots
         self.next_slot = 0  # slots go round-robin, one per value that uses one
-        self.single = socks[0] if len(socks) == 1 else None
+        #: Per reader: the ``send_sealed`` of a channel to another node (``cgraph.secure``), else None.
+        self.sealed = [getattr(s, "send_sealed", None) for s in socks]
+        self.single = socks[0] if len(socks) == 1 and self.sealed[0] is None else None
         #: This process's inbound channels, kept read while a send waits (see ``Inbound``).
         self.pump: Inbound | None = None
 
@@ -337,7 +340,11 @@ class Writer:
         closed = None
         for i, (s, frame) in enumerate(zip(self.socks, frames, strict=True)):
             try:
-                send_all(s, frame, deadline, self.pump)
+                seal = self.sealed[i]
+                if seal is None:
+                    send_all(s, frame, deadline, self.pump)
+                else:
+                    seal(frame, deadline, self.pump)
             except ChannelClosed as e:
                 closed = e
             except ChannelTimeout as e:

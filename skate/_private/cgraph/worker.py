@@ -36,6 +36,7 @@ import cloudpickle
 from skate import exceptions as exc
 from skate._private import runtime, serialization
 from skate._private.cgraph import channel as ch
+from skate._private.cgraph import secure
 from skate._private.cgraph.plan import DRIVER, HELLO, ActorPlan, fill
 from skate.dag.dag_input import pick
 
@@ -101,31 +102,50 @@ def prepare(actor: Any, gid: bytes) -> dict:
     uds = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     uds.bind(listen_address(gid))
     uds.listen(128)
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.bind(("127.0.0.1", 0))
+    # Readers on other nodes reach this process at its node's address (the
+    # one its node daemon advertises and binds, ``--node-ip-address``).
+    core = runtime.current()
+    ip = core.node_ip
+    tcp = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind((ip, 0))
     tcp.listen(128)
     ag.listeners = [uds, tcp]
     _GRAPHS[id(actor)] = ag
-    core = runtime.current()
-    return {"uds": listen_address(gid), "tcp": tcp.getsockname(), "node_id": core.node_id, "pid": os.getpid()}
+    return {"uds": listen_address(gid), "tcp": tcp.getsockname()[:2], "node_id": core.node_id, "pid": os.getpid()}
 
 
-def dial(address: dict, same_node: bool, deadline: float) -> socket.socket:
-    """Connects to a process's graph listener (Unix socket on the node, else TCP)."""
+def dial(address: dict, same_node: bool, gid: bytes, token: bytes, reader: int, edge: int, deadline: float) -> Any:
+    """Connects to a process's graph listener as ``reader`` of ``edge``; returns the blocking socket.
+
+    On the node: the abstract Unix socket, then HELLO (the token, in the
+    clear: nothing leaves the host).  Between nodes: TCP to the process's
+    node address, the handshake and records of ``secure`` (a ``SealedSocket``).
+
+    Raises:
+        OSError: when the listener cannot be reached, or fails to prove it is the graph's.
+    """
     if same_node:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: Any = address["uds"]
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        target = tuple(address["tcp"])
+        s.settimeout(max(deadline - time.monotonic(), 0.001))
+        s.connect(address["uds"])
+        s.sendall(HELLO.pack(token, reader, edge))
+        return s
+    s = socket.socket(socket.AF_INET6 if ":" in address["tcp"][0] else socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.settimeout(max(deadline - time.monotonic(), 0.001))
-    s.connect(target)
-    return s
+    try:
+        s.connect(tuple(address["tcp"]))
+        return secure.client_hello(s, gid, token, reader, edge, deadline)
+    except BaseException:
+        s.close()
+        raise
 
 
-def accept(listeners: list, token: bytes, expected: set, deadline: float) -> dict:
+def accept(listeners: list, gid: bytes, token: bytes, expected: set, deadline: float) -> dict:
     """Accepts one connection per ``(reader, edge)`` in ``expected``; returns them by that key.
+
+    A connection that does not prove it holds the graph's token (the token
+    itself on the node, the handshake between nodes) is closed and ignored.
 
     Raises:
         TimeoutError: when not all came before ``deadline``.
@@ -143,28 +163,20 @@ def accept(listeners: list, token: bytes, expected: set, deadline: float) -> dic
             conn, _ = by_fd[fd].accept()
             conn.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
-                hello = _recv_exact(conn, HELLO.size)
-            except OSError:
+                if conn.family == socket.AF_UNIX:
+                    end, hello = conn, secure.recv_exact(conn, HELLO.size)
+                else:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    end, hello = secure.server_hello(conn, gid, token, deadline)
+            except (OSError, ValueError):  # closed, too slow, or no proof of the token (AuthError)
                 conn.close()
                 continue
             tok, reader, edge = HELLO.unpack(hello)
-            if tok != token or (reader, edge) not in expected or (reader, edge) in got:
+            if not secure.same_token(tok, token) or (reader, edge) not in expected or (reader, edge) in got:
                 conn.close()  # not one of this graph's processes
                 continue
-            if conn.family == socket.AF_INET:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            got[(reader, edge)] = conn
+            got[(reader, edge)] = end
     return got
-
-
-def _recv_exact(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = s.recv(n - len(data))
-        if not more:
-            raise OSError("closed during the handshake")
-        data += more
-    return data
 
 
 def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
@@ -190,13 +202,12 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
                     expected.add((DRIVER, e.edge_id))
                     socks.append(None)
                     continue
-                s = dial(plan.addresses[r], plan.addresses[r]["node_id"] == my_node, deadline)
-                s.sendall(HELLO.pack(plan.token, r, e.edge_id))
-                socks.append(s)
+                same = plan.addresses[r]["node_id"] == my_node
+                socks.append(dial(plan.addresses[r], same, gid, plan.token, r, e.edge_id, deadline))
             out_socks[e.edge_id] = socks
         elif me in e.readers:
             expected.add((me, e.edge_id))
-    conns = accept(ag.listeners, plan.token, expected, deadline)
+    conns = accept(ag.listeners, gid, plan.token, expected, deadline)
     for s in ag.listeners:
         s.close()
     ag.listeners = []
