@@ -158,6 +158,8 @@ def accept(listeners: list, gid: bytes, token: bytes, expected: set, deadline: f
     while len(got) < len(expected):
         left = deadline - time.monotonic()
         if left <= 0:
+            for conn in got.values():
+                conn.close()
             raise TimeoutError(f"compiled graph set-up: {len(expected) - len(got)} connection(s) never came")
         for fd, _ in poller.poll(int(left * 1000) + 1):
             conn, _ = by_fd[fd].accept()
@@ -191,23 +193,20 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
         raise RuntimeError("compiled graph set-up: this actor was not prepared for the graph")
     me = plan.index
     deadline = time.monotonic() + plan.connect_timeout
-    my_node = plan.addresses[me]["node_id"]
     out_socks: dict[int, list] = {}
     expected: set = set()
+    dials: list = []  # (edge id, index among its readers, reader)
     for e in plan.edges.values():
         if e.writer == me:
-            socks: list = []
-            for r in e.readers:
+            out_socks[e.edge_id] = [None] * len(e.readers)
+            for i, r in enumerate(e.readers):
                 if r == DRIVER:
-                    expected.add((DRIVER, e.edge_id))
-                    socks.append(None)
-                    continue
-                same = plan.addresses[r]["node_id"] == my_node
-                socks.append(dial(plan.addresses[r], same, gid, plan.token, r, e.edge_id, deadline))
-            out_socks[e.edge_id] = socks
+                    expected.add((DRIVER, e.edge_id))  # the driver dials in
+                else:
+                    dials.append((e.edge_id, i, r))
         elif me in e.readers:
             expected.add((me, e.edge_id))
-    conns = accept(ag.listeners, gid, plan.token, expected, deadline)
+    conns = _dial_and_accept(ag, gid, plan, dials, out_socks, expected, deadline)
     for s in ag.listeners:
         s.close()
     ag.listeners = []
@@ -222,7 +221,7 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
             socks = out_socks[e.edge_id]
             for i, r in enumerate(e.readers):
                 if r == DRIVER:
-                    socks[i] = conns[(DRIVER, e.edge_id)]
+                    socks[i] = conns.pop((DRIVER, e.edge_id))
             for s in socks:
                 s.setblocking(False)
             shm = ch.shm_map(e.shm, True) if e.shm and any(e.local) else None
@@ -243,6 +242,48 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
         end.pump = pump
     ag.thread = threading.Thread(target=_run, args=(ag, actor, plan), name="skate-cgraph-loop", daemon=True)
     ag.thread.start()
+
+
+def _dial_and_accept(ag: ActorGraph, gid: bytes, plan: ActorPlan, dials: list, out_socks: dict,
+                     expected: set, deadline: float) -> dict:
+    """Dials this actor's readers (into ``out_socks``) while it accepts its own connections.
+
+    Between nodes a dial waits for the listener's side of the handshake,
+    and that listener may be dialing this actor at the same moment: the
+    dials run on a thread of their own, so neither waits on the other.
+    On failure every socket made is closed.
+
+    Raises:
+        TimeoutError: when the connections did not all come before ``deadline``.
+        OSError: when a reader could not be reached or failed the handshake.
+    """
+    my_node = plan.addresses[plan.index]["node_id"]
+    errors: list = []
+
+    def dial_all() -> None:
+        try:
+            for eid, i, r in dials:
+                same = plan.addresses[r]["node_id"] == my_node
+                out_socks[eid][i] = dial(plan.addresses[r], same, gid, plan.token, r, eid, deadline)
+        except BaseException as e:  # noqa: BLE001 - raised on the caller's thread
+            errors.append(e)
+
+    t = threading.Thread(target=dial_all, name="skate-cgraph-dial", daemon=True)
+    t.start()
+    conns: dict = {}
+    try:
+        conns = accept(ag.listeners, gid, plan.token, expected, deadline)
+    finally:
+        t.join(max(deadline - time.monotonic(), 0.0) + 5.0)
+        if errors or t.is_alive() or len(conns) < len(expected):
+            for s in [*(x for socks in out_socks.values() for x in socks), *conns.values()]:
+                if s is not None:
+                    s.close()
+    if errors:
+        raise errors[0]
+    if t.is_alive():
+        raise TimeoutError("compiled graph set-up: dialing this actor's readers did not finish in time")
+    return conns
 
 
 def pump_of(readers: list) -> ch.Inbound | None:
