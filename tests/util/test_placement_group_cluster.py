@@ -11,7 +11,11 @@ from conftest import wait_for
 
 import skate
 from skate._private import cli_support
-from skate.util.placement_group import placement_group, placement_group_table, remove_placement_group
+from skate.util.placement_group import (
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 from skate.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 
@@ -105,3 +109,44 @@ def test_bundles_of_a_killed_node_are_placed_again(three_nodes):
     assert skate.get(node_of.options(placement_group=pg, placement_group_bundle_index=0).remote(), timeout=60) \
         == survivor.node_id
     remove_placement_group(pg)
+
+
+@skate.remote(num_cpus=0)
+class Gate:
+    """Counts arrivals and holds them until opened."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.event = asyncio.Event()
+        self.arrived = 0
+
+    async def wait(self) -> bool:
+        self.arrived += 1
+        await self.event.wait()
+        return True
+
+    async def count(self) -> int:
+        return self.arrived
+
+    async def open(self) -> None:
+        self.event.set()
+
+
+@skate.remote(num_cpus=0)
+def held_node_of(gate) -> str:
+    skate.get(gate.wait.remote())
+    return skate.get_runtime_context().get_node_id()
+
+
+@pytest.mark.timeout(180)
+def test_spread_strategy_spreads_tasks_and_actors_over_nodes(three_nodes):
+    cluster, nodes = three_nodes
+    everywhere = {n.node_id for n in nodes}
+    actors = [Where.options(scheduling_strategy="SPREAD").remote() for _ in range(3)]
+    assert {skate.get(a.node.remote(), timeout=60) for a in actors} == everywhere
+    gate = Gate.remote()
+    refs = [held_node_of.options(scheduling_strategy="SPREAD").remote(gate) for _ in range(6)]
+    wait_for(lambda: skate.get(gate.count.remote()) == 6, 60, what="6 tasks running at once")
+    gate.open.remote()
+    assert set(skate.get(refs, timeout=60)) == everywhere

@@ -82,6 +82,7 @@ class PlacementGroupManager:
         self.kicked = asyncio.Event()
         self.dirty: set[bytes] = set()  # nodes whose records changed since the last publish
         self.removed_order: list[bytes] = []
+        self.cancelling: set[asyncio.Future] = set()  # removals giving bundles back now
 
     # --- requests ---------------------------------------------------------------------
     def create(self, body: dict) -> bool:
@@ -121,7 +122,9 @@ class PlacementGroupManager:
             del self.names[(g.namespace, g.name)]
         self._wake(g, False)
         held = {n for n in g.nodes if n is not None}
-        asyncio.ensure_future(self._cancel_everywhere(g, held))
+        task = asyncio.ensure_future(self._cancel_everywhere(g, held))
+        self.cancelling.add(task)
+        task.add_done_callback(self.cancelling.discard)
         self.removed_order.append(pg_id)
         while len(self.removed_order) > 1000:  # bounded history of removed groups
             self.groups.pop(self.removed_order.pop(0), None)
