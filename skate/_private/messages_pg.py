@@ -5,6 +5,7 @@ Who serves what::
     control store  create_placement_group remove_placement_group wait_placement_group
                    get_placement_group list_placement_groups
     node daemon    prepare_bundles commit_bundles cancel_bundles (from the control store)
+    core worker    placement_group_state (to a group's creator: [id, created now])
 """
 
 from __future__ import annotations
@@ -88,4 +89,5 @@ PG_REQUESTS: dict[str, tuple[Any, Any]] = {
     "prepare_bundles": (PrepareBundles, bool),
     "commit_bundles": (bytes, bool),
     "cancel_bundles": (CancelBundles, bool),
+    "placement_group_state": (tuple[bytes, bool], None),
 }

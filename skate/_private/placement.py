@@ -19,6 +19,40 @@ from skate._private import bundle_resources as br
 from skate._private import runtime, task_context
 
 _BUNDLES: dict[bytes, list[dict]] = {}  # group id -> bundle specs (they never change)
+_CREATED: set[bytes] = set()  # groups made here that the control store said are created now
+_REMOVED_HERE: set[bytes] = set()  # groups this process removed
+
+
+def watch_own_groups(core: Any) -> None:
+    """Has the control store's word on the groups this process creates kept here.
+
+    It tells a group's creator when the group is created, and when it stops
+    being so (removed, or a node of it died); ``created`` answers from that.
+    """
+    core.handlers.setdefault("placement_group_state", _on_state)
+
+
+def _on_state(conn: Any, body: list, bufs: list) -> None:
+    pg_id, created = body
+    if created:
+        if len(_CREATED) > 100_000:
+            _CREATED.clear()
+        _CREATED.add(pg_id)
+    else:
+        _CREATED.discard(pg_id)
+
+
+def created(pg_id: bytes) -> bool:
+    """True when the control store told this process the group is created (False: ask it)."""
+    return pg_id in _CREATED and pg_id not in _REMOVED_HERE
+
+
+def removed_here(pg_id: bytes) -> None:
+    """Notes a group this process removed (so a late "created" word is not believed)."""
+    if len(_REMOVED_HERE) > 100_000:
+        _REMOVED_HERE.clear()
+    _REMOVED_HERE.add(pg_id)
+    _CREATED.discard(pg_id)
 
 
 def current() -> list | None:
@@ -120,6 +154,20 @@ def apply(o: dict, resources: dict, placement: dict | None, what: str) -> tuple[
         None if placement is None else br.request_in_group(placement, hexid, index),
         [pg_id, index, bool(capture)],
     )
+
+
+def tell_gcs(core: Any, method: str, body: Any) -> None:
+    """Sends the control store a request whose answer nobody needs, as a notification.
+
+    It travels on this process's one link to the control store, so requests
+    made after it are handled after it; before that link exists, it is an
+    ordinary request.
+    """
+    fut = core.gcs_fut
+    if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None and not fut.result().given_up:
+        core.post(fut.result().notify, method, body)
+    else:
+        core.gcs_call(method, body)
 
 
 def ready_ref(core: Any, pg: Any) -> Any:

@@ -57,6 +57,8 @@ class PlacementGroup:
             True once created; False at the timeout (or when it was removed).
         """
         core = runtime.current()
+        if placement.created(self.id.binary()):  # (made here: the control store said so)
+            return True
         return bool(core.gcs_call(
             "wait_placement_group", {"pg_id": self.id.binary(), "timeout": float(timeout_seconds)},
             timeout=float(timeout_seconds) + 30,
@@ -170,19 +172,26 @@ def placement_group(
             "placement groups are placed by their strategy and label selectors only",
         )
     core = runtime.current()
+    placement.watch_own_groups(core)
     pg_id = PlacementGroupID.from_random()
-    core.gcs_call("create_placement_group", {
+    body = {
         "pg_id": pg_id.binary(), "bundles": [dict(b) for b in bundles], "strategy": strategy,
         "name": name or "", "namespace": core.namespace, "detached": lifetime == "detached",
         "job_id": core.job_id, "selectors": [dict(s) for s in bundle_label_selector or []],
-    })
+    }
+    if name:
+        core.gcs_call("create_placement_group", body)  # (the name may be taken: an error to raise here)
+    else:
+        placement.tell_gcs(core, "create_placement_group", body)
     return PlacementGroup(pg_id, [dict(b) for b in bundles])
 
 
 def remove_placement_group(placement_group: PlacementGroup) -> None:
     """Removes a group: its resources go back; its tasks and actors are killed (follows Ray)."""
     assert placement_group is not None
-    runtime.current().gcs_call("remove_placement_group", placement_group.id.binary())
+    core = runtime.current()
+    placement.removed_here(placement_group.id.binary())
+    placement.tell_gcs(core, "remove_placement_group", placement_group.id.binary())
 
 
 def get_placement_group(placement_group_name: str) -> PlacementGroup:

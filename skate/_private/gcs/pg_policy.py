@@ -82,7 +82,8 @@ def place(
         selectors: per-bundle label selectors (by bundle index), or None.
     """
     placed = dict(placed or {})
-    room = {n: dict(r.resources) for n, r in nodes.items()}
+    keys = {k for b in bundles.values() for k in b}
+    room = {n: {k: r.resources.get(k, 0.0) for k in keys | {"CPU"}} for n, r in nodes.items()}
 
     def allowed(i: int, n: bytes) -> bool:
         sel = selectors[i] if selectors and i < len(selectors) else None

@@ -17,8 +17,9 @@ r"""Placement groups in the control store: reserving gangs of bundles across nod
 Passes run one at a time (``_loop``), after a create, a removal, a node
 joining or dying, and every ``RETRY_S`` while groups wait.  A node's record
 gains the bundle resources (``bundle_resources``) as they are committed and
-loses them on removal; the change is published on the ``node`` channel, so
-every node daemon's view of the cluster (for spillback) includes them.
+loses them on removal; the changes are published on the ``node`` channel
+(batched, every ``PUBLISH_S`` at most), so every node daemon's view of the
+cluster (for spillback) includes them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from skate._private.gcs.pg_policy import NodeRoom, place
 log = logging.getLogger(__name__)
 
 RETRY_S = 0.5
+PUBLISH_S = 0.01  # node records changed by groups are published at most this often
 RPC_TIMEOUT_S = 10.0
 PENDING, CREATED, RESCHEDULING, REMOVED = "PENDING", "CREATED", "RESCHEDULING", "REMOVED"
 
@@ -59,6 +61,13 @@ class Group:
     created_at: float = field(default_factory=time.time)
     latency_ms: float | None = None
     waiters: list[asyncio.Future] = field(default_factory=list)
+    creator: Any = None  # the creator's link: told when the group is created or lost
+
+    def tell_creator(self) -> None:
+        """Tells the creating process whether the group is created now (its ``wait`` then needs no request)."""
+        c = self.creator
+        if c is not None and not c.closed:
+            c.notify("placement_group_state", [self.pg_id, self.state == CREATED])
 
     def record(self) -> dict:
         """The group as clients see it (``PlacementGroupRecord``)."""
@@ -81,11 +90,12 @@ class PlacementGroupManager:
         self.queue: list[bytes] = []  # groups waiting for a pass, oldest first
         self.kicked = asyncio.Event()
         self.dirty: set[bytes] = set()  # nodes whose records changed since the last publish
+        self.publishing = False  # a publish is scheduled
         self.removed_order: list[bytes] = []
         self.cancelling: set[asyncio.Future] = set()  # removals giving bundles back now
 
     # --- requests ---------------------------------------------------------------------
-    def create(self, body: dict) -> bool:
+    def create(self, body: dict, creator: Any = None) -> bool:
         """Records a new group and queues it.
 
         Raises:
@@ -101,7 +111,7 @@ class PlacementGroupManager:
         bundles = [{k: float(v) for k, v in b.items()} for b in body["bundles"]]
         g = Group(
             pg_id, name, body.get("namespace"), bundles, body["strategy"], bool(body.get("detached")),
-            body.get("job_id"), list(body.get("selectors") or []), nodes=[None] * len(bundles),
+            body.get("job_id"), list(body.get("selectors") or []), nodes=[None] * len(bundles), creator=creator,
         )
         self.groups[pg_id] = g
         if name:
@@ -116,6 +126,8 @@ class PlacementGroupManager:
         if g is None or g.state == REMOVED:
             return False
         g.state = REMOVED
+        g.tell_creator()
+        g.creator = None
         if pg_id in self.queue:
             self.queue.remove(pg_id)
         if g.name and self.names.get((g.namespace, g.name)) == pg_id:
@@ -172,6 +184,7 @@ class PlacementGroupManager:
             g.nodes = [None if n == node_id else n for n in g.nodes]
             if g.state == CREATED:
                 g.state = RESCHEDULING
+                g.tell_creator()
             if g.pg_id not in self.queue:
                 self.queue.insert(0, g.pg_id)
         self.kick()
@@ -195,25 +208,30 @@ class PlacementGroupManager:
                 await self._pass()
             except Exception:
                 log.exception("placement group scheduling pass failed")
-            self._publish_nodes()
+            self._publish_soon()
 
     async def _pass(self) -> None:
+        """Tries every waiting group, oldest first.  Each one's nodes are chosen
+        (and its bundles counted in the node records) before the next one's,
+        so all of them can then wait on their node daemons at once."""
+        groups = []
         for pg_id in list(self.queue):
             g = self.groups.get(pg_id)
             if g is None or g.state == REMOVED:
-                if pg_id in self.queue:
-                    self.queue.remove(pg_id)
-                continue
-            if await self._try(g):
-                if pg_id in self.queue:
-                    self.queue.remove(pg_id)
+                self.queue.remove(pg_id)
+            else:
+                groups.append(g)
+        whole = await asyncio.gather(*(self._try(g) for g in groups))
+        for g, done in zip(groups, whole, strict=True):
+            if done and g.pg_id in self.queue:
+                self.queue.remove(g.pg_id)
 
     def _rooms(self, total: bool) -> dict[bytes, NodeRoom]:
         out = {}
         for node_id, n in self.nodes.nodes.items():
             if n["alive"] and node_id in self.nodes.conns:
-                res = n["resources"] if total else n.get("available", n["resources"])
-                out[node_id] = NodeRoom({k: v for k, v in res.items() if "_group_" not in k}, n.get("labels") or {})
+                # (the bundle resources of groups are never asked for by bundles: left in)
+                out[node_id] = NodeRoom(n["resources"] if total else n.get("available", n["resources"]), n.get("labels") or {})
         return out
 
     async def _try(self, g: Group) -> bool:
@@ -256,6 +274,7 @@ class PlacementGroupManager:
         for i, n in choice.items():
             g.nodes[i] = n
         g.state = CREATED
+        g.tell_creator()
         if g.latency_ms is None:
             g.latency_ms = (time.time() - g.created_at) * 1000.0
         self._wake(g, True)
@@ -279,7 +298,7 @@ class PlacementGroupManager:
         await asyncio.gather(*(self._ask(n, "cancel_bundles", body) for n in held))
         for n in held:
             self._account(n, g, [i for i, m in enumerate(g.nodes) if m == n], -1)
-        self._publish_nodes()
+        self._publish_soon()
 
     def _account(self, node_id: bytes, g: Group, idx: list[int], sign: int) -> None:
         """Adds (``sign`` +1) or takes away (-1) the bundles ``idx`` in the node's record."""
@@ -300,7 +319,14 @@ class PlacementGroupManager:
         self.nodes.nodes.set(node_id, node)
         self.dirty.add(node_id)
 
+    def _publish_soon(self) -> None:
+        """Publishes the changed node records shortly (a burst of changes: one message)."""
+        if not self.publishing:
+            self.publishing = True
+            asyncio.get_running_loop().call_later(PUBLISH_S, self._publish_nodes)
+
     def _publish_nodes(self) -> None:
+        self.publishing = False
         for node_id in self.dirty:
             node = self.nodes.nodes.get(node_id)
             if node is not None and node["alive"]:

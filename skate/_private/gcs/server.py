@@ -168,7 +168,7 @@ class GcsServer:
 
     # --- placement groups (placement_groups) ------------------------------------
     def on_create_placement_group(self, conn: wire.Connection, body: dict, bufs: list) -> bool:
-        return self.pgs.create(body)
+        return self.pgs.create(body, conn)
 
     def on_remove_placement_group(self, conn: wire.Connection, pg_id: bytes, bufs: list) -> bool:
         return self.pgs.remove(pg_id)
