@@ -11,6 +11,7 @@ from skate import exceptions as exc
 from skate._private import cancellation, ids, runtime
 from skate._private import options as opts
 from skate._private.core_worker import streams
+from skate._private import placement as pg_placement
 from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns
 from skate._private.runtime_env import submit as renv_submit
 from skate._private.signature import CallSignature
@@ -175,6 +176,11 @@ class ActorClass:
         if detached and not name:
             raise ValueError("a detached actor must have a name")
         copts = _call_options(o, self._is_async())
+        held = opts.resource_request(o, 0)
+        placement = dict(held) if o.get("num_cpus") is not None else dict(held, CPU=1.0)
+        in_group = pg_placement.apply(o, held, placement, f"actor {self._name}")
+        if in_group is not None:  # (its bundle's resources instead)
+            held, placement = in_group[0], in_group[1]
         try:
             self._register(core, actor_id, name, namespace, detached, o, copts)
         except ValueError as e:  # the control store refuses a name in use
@@ -185,7 +191,8 @@ class ActorClass:
             "t": core.new_task_id(), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id, "ns": core.namespace,
             "mcc": o.get("max_concurrency"), "detached": detached, "nr": 1,
         }
-        held = opts.resource_request(o, 0)
+        if in_group is not None:
+            rec.spec["pg"] = in_group[2]
         if held:
             rec.spec["res"] = held
         if name:
@@ -194,11 +201,10 @@ class ActorClass:
             rec.spec["cgs"] = dict(o["concurrency_groups"])
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, self._name
         rec.return_ids = []
-        placement = dict(held) if o.get("num_cpus") is not None else dict(held, CPU=1.0)
         lease_body = {
             "resources": held,
             "placement": placement,
-            "strategy": opts.strategy_of(o) or "BALANCE",
+            "strategy": None if in_group is not None else (opts.strategy_of(o) or "BALANCE"),
             "actor_id": actor_id,
             "detached": detached,
         }

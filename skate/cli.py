@@ -171,7 +171,7 @@ def stop(force: bool, grace_period: float) -> None:
 @click.option("--address", default=None,
               help="HOST:PORT of the head [default: $SKATE_ADDRESS/$RAY_ADDRESS, else the latest started here].")
 def status(address: str | None) -> None:
-    """Prints the cluster's nodes, resources, and pending and infeasible demands."""
+    """Prints the cluster's nodes, resources, pending and infeasible demands and placement groups."""
     from skate._private import cli_support as cs
 
     for line in cs.format_status(cs.cluster_status(address)):
@@ -193,17 +193,18 @@ def _print_records(records: list, fmt: str) -> None:
 
 
 @main.command("list")
-@click.argument("resource", type=click.Choice(["tasks", "actors", "nodes", "jobs"]))
+@click.argument("resource", type=click.Choice(["tasks", "actors", "nodes", "jobs", "placement-groups"]))
 @_ADDRESS
 @click.option("--filter", "filters", multiple=True, help='"key=value" or "key!=value" (repeatable).')
 @click.option("--limit", type=int, default=100, show_default=True)
 @_FORMAT
 def list_(resource: str, address: str | None, filters: tuple, limit: int, fmt: str) -> None:
-    """Lists the cluster's tasks, actors, nodes or jobs (like `ray list`)."""
+    """Lists the cluster's tasks, actors, nodes, jobs or placement groups (like `ray list`)."""
     from skate._private import cli_support as cs
     from skate.util import state
 
-    fn = {"tasks": state.list_tasks, "actors": state.list_actors, "nodes": state.list_nodes, "jobs": state.list_jobs}
+    fn = {"tasks": state.list_tasks, "actors": state.list_actors, "nodes": state.list_nodes, "jobs": state.list_jobs,
+          "placement-groups": state.list_placement_groups}
     _print_records(fn[resource](address=cs.state_address(address), filters=cs.parse_filters(filters), limit=limit), fmt)
 
 

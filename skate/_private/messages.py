@@ -33,6 +33,8 @@ from typing import Any, TypedDict, Union
 
 import msgspec
 
+from skate._private.messages_pg import PG_REQUESTS
+
 Number = Union[int, float]
 Resources = dict[str, Number]
 #: A core worker's address: ``[worker id, ip, port, unix socket path]``, plus
@@ -338,6 +340,7 @@ class TaskSpec(_TaskSpecRequired, total=False):
     rs: int  # the restart this creation is (0: first creation)
     cgs: dict[str, int]  # concurrency groups: name -> max concurrency (creation)
     cg: str  # the concurrency group of an actor call (absent: the default group)
+    pg: list[Any]  # [placement group id, bundle index, capture child tasks] when run in one
 
 
 class TaskReply(TypedDict, total=False):
@@ -487,6 +490,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "borrow_add": (list[bytes], bool),
     "borrow_remove": (list[bytes], None),
     "get_object": (tuple[bytes, bool], ObjectMeta),
+    **PG_REQUESTS,  # placement groups (messages_pg)
 }
 
 _UNTYPED = msgspec.msgpack.Decoder()

@@ -27,6 +27,7 @@ from skate._private import daemon, private_paths, wire
 from skate._private.config import CONFIG
 from skate._private.gcs.actors import DEAD, ActorDirectory, public
 from skate._private.gcs.nodes import NodeTable
+from skate._private.gcs.placement_groups import PlacementGroupManager
 from skate._private.gcs.pubsub import PubSub
 from skate._private.gcs.storage import MemoryStorage, Storage, Table, open_storage
 from skate._private.gcs.task_events import TaskEventTable
@@ -42,7 +43,8 @@ class GcsServer:
         storage = storage if storage is not None else open_storage(None)
         self.pubsub = PubSub()
         self.actors = ActorDirectory(storage, self.pubsub.publish)
-        self.nodes = NodeTable(storage, self.pubsub.publish, self.actors.node_died)
+        self.nodes = NodeTable(storage, self.pubsub.publish, self._node_died)
+        self.pgs = PlacementGroupManager(self.nodes, self.pubsub.publish)
         self.jobs = Table(storage, "jobs")
         self.kv = Table(storage, "kv")
         self.task_events = TaskEventTable()
@@ -60,7 +62,13 @@ class GcsServer:
 
     # --- nodes --------------------------------------------------------------
     def on_register_node(self, conn: wire.Connection, info: dict, bufs: list) -> dict:
-        return {"nodes": self.nodes.register(conn, info)}
+        nodes = self.nodes.register(conn, info)
+        self.pgs.kick()  # waiting placement groups may fit now
+        return {"nodes": nodes}
+
+    def _node_died(self, node_id: bytes, why: str) -> None:
+        self.actors.node_died(node_id, why)
+        self.pgs.node_died(node_id)
 
     def on_heartbeat(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         self.nodes.heartbeat(body["node_id"], body.get("available"), body.get("version", 0), body.get("full", False))
@@ -104,6 +112,7 @@ class GcsServer:
         if record is not None and record.get("alive"):
             record.update(alive=False, end=time.time())
             self.jobs.set(job, record)
+            self.pgs.job_ended(job)
 
     def on_gcs_info(self, conn: wire.Connection, body: Any, bufs: list) -> dict:
         return {"durable": self.durable}
@@ -156,6 +165,22 @@ class GcsServer:
 
     def on_list_named_actors(self, conn: wire.Connection, body: dict, bufs: list) -> list:
         return self.actors.names(body.get("namespace"), bool(body.get("all_namespaces")))
+
+    # --- placement groups (placement_groups) ------------------------------------
+    def on_create_placement_group(self, conn: wire.Connection, body: dict, bufs: list) -> bool:
+        return self.pgs.create(body, conn)
+
+    def on_remove_placement_group(self, conn: wire.Connection, pg_id: bytes, bufs: list) -> bool:
+        return self.pgs.remove(pg_id)
+
+    async def on_wait_placement_group(self, conn: wire.Connection, body: dict, bufs: list) -> bool:
+        return await self.pgs.wait(body["pg_id"], body.get("timeout"))
+
+    def on_get_placement_group(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:
+        return self.pgs.get(body)
+
+    def on_list_placement_groups(self, conn: wire.Connection, body: Any, bufs: list) -> list:
+        return self.pgs.all()
 
     # --- key-value ------------------------------------------------------------
     def on_kv_put(self, conn: wire.Connection, body: list, bufs: list) -> bool:
@@ -212,7 +237,9 @@ async def _main(stop: asyncio.Event) -> None:
     else:
         server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers, identity=wire.GCS_IDENTITY)
     port = server.sockets[0].getsockname()[1]
-    watcher = asyncio.gather(gcs.nodes.watch_heartbeats(), gcs.keep_tidy(), gcs.nodes.broadcast_resources())
+    watcher = asyncio.gather(
+        gcs.nodes.watch_heartbeats(), gcs.keep_tidy(), gcs.nodes.broadcast_resources(), gcs.pgs.run()
+    )
     daemon.report_ready({"port": port})
     await stop.wait()
     watcher.cancel()

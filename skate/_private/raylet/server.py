@@ -33,6 +33,7 @@ from skate._private.config import CONFIG
 from skate._private.gcs.client import GcsClient
 from skate._private.object_store import sweep
 from skate._private.object_store.store import ObjectStore
+from skate._private.raylet.bundles import BundleManager
 from skate._private.raylet.leases import Lease, LeaseManager
 from skate._private.raylet.object_manager import ObjectManager
 from skate._private.raylet.scheduler import LocalScheduler
@@ -42,11 +43,12 @@ from skate._private.raylet.worker_pool import signal_pid as _kill
 log = logging.getLogger(__name__)
 
 
-class Raylet(LeaseManager, ObjectManager):
+class Raylet(LeaseManager, ObjectManager, BundleManager):
     """The node daemon: its state, start-up, registration and logs.
 
-    Leases (``leases``) and objects (``object_manager``) are parts of this
-    class, split by concern; its handler table is every ``on_*`` method.
+    Leases (``leases``), objects (``object_manager``) and placement-group
+    bundles (``bundles``) are parts of this class, split by concern; its
+    handler table is every ``on_*`` method.
     """
 
     def __init__(self, args: argparse.Namespace, token: bytes) -> None:
@@ -87,7 +89,9 @@ class Raylet(LeaseManager, ObjectManager):
         self.pool = WorkerPool({}, logs.tee_worker_output(self._on_output))
         self.pool.on_exit = self._on_worker_exit
         self.handlers = {name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")}
-        self.gcs_handlers = {"pub": self._on_pub, "shutdown": lambda c, b, bufs: self.stopping.set()}
+        self.gcs_handlers = {
+            "pub": self._on_pub, "shutdown": lambda c, b, bufs: self.stopping.set(), **self.bundle_handlers(),
+        }
 
     # --- start / stop -------------------------------------------------------------
     async def start(self) -> None:

@@ -2,20 +2,23 @@
 
 Tasks come from the task events workers report (the most recent
 ``SKATE_TASK_EVENTS_MAX``, default 10,000); actors, nodes and jobs from the
-control store.  Objects, workers and placement groups are not listed yet.
+control store, and so do placement groups.  Objects and workers are not listed yet.
 """
 
 from skate._private.state_api import (
     ActorState,
     JobState,
     NodeState,
+    PlacementGroupState,
     TaskState,
     get_actor,
     get_node,
+    get_placement_group,
     get_task,
     list_actors,
     list_jobs,
     list_nodes,
+    list_placement_groups,
     list_tasks,
     summarize_actors,
     summarize_tasks,
@@ -25,13 +28,16 @@ __all__ = [
     "ActorState",
     "JobState",
     "NodeState",
+    "PlacementGroupState",
     "TaskState",
     "get_actor",
     "get_node",
+    "get_placement_group",
     "get_task",
     "list_actors",
     "list_jobs",
     "list_nodes",
+    "list_placement_groups",
     "list_tasks",
     "summarize_actors",
     "summarize_tasks",
