@@ -265,6 +265,7 @@ class NodeStats(TypedDict):
     pids: list[int]
     demands: list[Any]  # queued lease requests: [[resources, infeasible], ...]
     owners: int  # processes whose objects this node stores
+    host: dict[str, Any]  # cpu_percent, cpu_count, mem_total, mem_used (bytes) of the node's host
 
 
 # --- objects (node daemon) ---------------------------------------------------------------
