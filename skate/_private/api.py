@@ -142,7 +142,9 @@ def init(
     address = discovery.resolve_address(address)
     if address is not None:
         init_options.check_dashboard_join(include_dashboard, dashboard_host, dashboard_port)
-    dashboard = address is None and dashboard_launch.want(include_dashboard, "init(include_dashboard=True)")
+    listener = None
+    if address is None and dashboard_launch.want(include_dashboard, "init(include_dashboard=True)"):
+        listener = dashboard_launch.bind(dashboard_host, dashboard_port)
 
     def load_runtime() -> None:
         # Imported while the daemons boot, on the other core.
@@ -151,25 +153,25 @@ def init(
     if address is None:
         if num_cpus is not None and num_cpus < 0:
             raise ValueError("num_cpus must be non-negative")
-        _head = node.start_head(
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            resources=resources,
-            object_store_memory=object_store_memory,
-            memory=memory,
-            while_starting=load_runtime,
-        )
+        try:
+            _head = node.start_head(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                resources=resources,
+                object_store_memory=object_store_memory,
+                memory=memory,
+                while_starting=load_runtime,
+            )
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            raise
         token = _head["token"]
         session_dir = _head["session_dir"]
         raylet_addr = _head["raylet"]["uds"]
-        if dashboard:
-            try:
-                proc, where = dashboard_launch.start(_head, dashboard_host, dashboard_port)
-            except BaseException:
-                _stop_head()
-                raise
+        if listener is not None:
+            proc, _head["dashboard"] = dashboard_launch.start(_head, listener)
             _head["processes"].append(proc)
-            _head["dashboard"] = where
     else:
         if num_cpus is not None or num_gpus is not None or resources is not None or object_store_memory is not None or memory is not None:
             raise ValueError(

@@ -10,9 +10,10 @@
 The head does not wait for the dashboard to be ready: the socket listens
 before the process starts, so a browser that follows the link at once is
 answered as soon as the process is up, and ``init()`` pays only a fork and
-exec.  The process runs at a lower CPU priority, dies with the head (an
-embedded cluster's driver, or ``skate stop``) and exits when the control
-store goes away.
+exec.  The process imports its web server only when the first client
+connects (see ``skate/dashboard/__main__.py``), runs at a lower CPU
+priority, dies with the head (an embedded cluster's driver, or ``skate
+stop``) and exits when the control store goes away.
 
 Access needs a credential derived from the cluster token (an HMAC of it,
 never the token itself): the link carries it once, and the page trades it
@@ -25,6 +26,7 @@ import hashlib
 import hmac
 import importlib.util
 import os
+import socket
 from typing import Any
 
 from skate._private import node
@@ -80,36 +82,40 @@ def want(include_dashboard: bool | None, what: str) -> bool:
     return bool(include_dashboard)
 
 
-def start(head: dict, host: str | None = None, port: int | None = None, tie_to_parent: bool = True,
-          detach: bool | None = None) -> tuple[node.DaemonProcess, str]:
-    """Starts the dashboard process of a head started by ``node.start_head``.
+def bind(host: str | None = None, port: int | None = None) -> socket.socket:
+    """The dashboard's listening socket, bound before anything else starts (so a busy port fails first).
 
     Args:
-        head: ``start_head``'s description of the head.
         host: Address to listen on (default 127.0.0.1: this machine only).
         port: Port (default: 8265, or any free port when 8265 is taken).
-
-    Returns:
-        ``(process, address)``; ``address`` is ``host:port``.
 
     Raises:
         ConnectionError: ``host:port`` cannot be listened on (an explicit port in use).
     """
     host = host or "127.0.0.1"
-    if port is None:
-        try:
-            listener = node.bind_listener(host, DEFAULT_PORT)
-        except ConnectionError:
-            listener = node.bind_listener(host, 0)
-    else:
-        listener = node.bind_listener(host, port)
+    if port is not None:
+        return node.bind_listener(host, port)
     try:
-        bound = listener.getsockname()[1]
+        return node.bind_listener(host, DEFAULT_PORT)
+    except ConnectionError:
+        return node.bind_listener(host, 0)
+
+
+def start(head: dict, listener: socket.socket, tie_to_parent: bool = True,
+          detach: bool | None = None) -> tuple[node.DaemonProcess, str]:
+    """Starts the dashboard process of a head started by ``node.start_head``, on ``listener`` (closed here).
+
+    Returns:
+        ``(process, address)``; ``address`` is ``host:port``.
+    """
+    try:
+        host, bound = listener.getsockname()[:2]
         address = f"{host}:{bound}"
         proc = node.spawn(
             "dashboard",
             ["skate.dashboard", "--gcs-address", head["gcs_address"], "--token-file", head["token_file"],
-             "--listen-fd", str(listener.fileno()), "--address", address, "--session-dir", head["session_dir"]],
+             "--listen-fd", str(listener.fileno()), "--address", address, "--session-dir", head["session_dir"],
+             "--gcs-pid", str(head["processes"][0].proc.pid)],
             tie_to_parent=tie_to_parent,
             pass_fds=(listener.fileno(),),
             logs_dir=head["logs_dir"],
@@ -120,6 +126,22 @@ def start(head: dict, host: str | None = None, port: int | None = None, tie_to_p
         listener.close()
     os.close(proc.ready_fd)  # type: ignore[attr-defined]  # never waited for: see the module doc
     return proc, address
+
+
+def announce(gcs_address: str, token: bytes, address: str) -> None:
+    """Records the dashboard's address in the control store, where drivers that join find it."""
+    import asyncio
+
+    from skate._private import wire
+
+    async def go() -> None:
+        conn = await wire.connect(gcs_address, token, {}, expect=wire.GCS_IDENTITY)
+        try:
+            await conn.request("kv_put", [KV_NAMESPACE, KV_KEY, True], [address.encode()])
+        finally:
+            conn.close()
+
+    asyncio.run(go())
 
 
 def lookup(core: Any) -> str | None:

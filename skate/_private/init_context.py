@@ -83,6 +83,8 @@ def announce(core: Any, token: bytes, head: dict | None) -> RayContext:
     if head is not None:
         where = head.get("dashboard")
         url = dashboard_launch.link(where, token) if where else None
+        if where:  # where drivers that join this cluster find it
+            core.gcs_call("kv_put", [dashboard_launch.KV_NAMESPACE, dashboard_launch.KV_KEY, True], [where.encode()])
         head["dashboard_url"] = url
         what = "Started a local skate instance."
     else:

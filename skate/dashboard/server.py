@@ -197,14 +197,12 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--listen-fd", type=int, required=True)
     p.add_argument("--address", required=True, help="host:port the socket is bound to")
     p.add_argument("--session-dir", required=True)
+    p.add_argument("--gcs-pid", type=int, required=True, help="the control store's process (see __main__.py)")
     return p.parse_args(argv)
 
 
 async def _main(stop: asyncio.Event) -> None:
     args = _parse()
-    ready = os.environ.pop("SKATE_READY_FD", None)
-    if ready is not None:
-        os.close(int(ready))  # nobody waits for this process to be ready
     token = private_paths.read_token(args.token_file)
     # The state API used by the collector finds the token here (this process starts no other).
     os.environ["SKATE_CLUSTER_TOKEN"] = token.decode()
