@@ -274,9 +274,7 @@ def test_suite_environment_names_no_cluster():
 @pytest.mark.parametrize(
     "flags, needle",
     [
-        (["--include-dashboard=true"], "no dashboard"),
-        (["--dashboard-host", "0.0.0.0"], "--dashboard-host"),
-        (["--dashboard-port", "8265"], "--dashboard-port"),
+        (["--include-dashboard=maybe"], "--include-dashboard"),
         (["--labels", "novalue"], "key=value"),
         (["--labels", "ray.io/x=1"], "reserved"),
         (["--resources", "[1]"], "--resources"),

@@ -225,14 +225,16 @@ def waiting(snap: Snapshot, hang: dict | None) -> dict:
     blocked = []
     actor_calls = []
     for w in snap.waits:
-        who = w["what"] or ("driver" if w["driver"] else "worker")
+        who = "driver" if w["driver"] else (w["what"] or "worker")
         for b in w["blocked"]:
             on = []
-            for tid in b.get("tasks") or ():
-                t = by_id.get(tid)
-                on.append({"task_id": tid, "name": t["name"] if t else None, "state": t["state"] if t else "PENDING"})
-            blocked.append({"who": who, "pid": w["pid"], "node_id": w["node_id"], "call": b.get("call"),
-                            "seconds": b.get("seconds"), "objects": b.get("objects"), "n": b.get("n"), "on": on})
+            for tid, name in b.get("tasks") or ():
+                t = by_id.get(tid)  # no record yet: not started (waiting for a worker or for resources)
+                on.append({"task_id": tid, "name": name, "state": t["state"] if t else "PENDING"})
+            blocked.append({"who": f"task {b['task']}" if b.get("task") else who, "pid": w["pid"],
+                            "node_id": w["node_id"], "call": b.get("call"),
+                            "seconds": round(max(snap.taken - (b.get("since") or snap.taken), 0), 1),
+                            "objects": b.get("objects"), "n": b.get("n"), "on": on})
         for a in w["actors"]:
             actor_calls.append(dict(a, caller=who, caller_pid=w["pid"]))
     demands = []
