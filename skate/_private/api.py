@@ -137,7 +137,7 @@ def init(
     global _head, _dashboard_url
     if is_initialized():
         if ignore_reinit_error:
-            return init_context.RayContext(runtime.current(), _dashboard_url)
+            return init_context.RayContext(runtime.current(), _dashboard_url, shutdown)
         raise RuntimeError("skate.init() was already called; call shutdown() first, or pass ignore_reinit_error=True")
     address = discovery.resolve_address(address)
     if address is not None:
@@ -201,7 +201,7 @@ def init(
         shutdown()
         raise
     atexit.register(shutdown)
-    ctx = init_context.announce(core, token, _head)
+    ctx = init_context.announce(core, token, _head, shutdown)
     _dashboard_url = ctx.dashboard_url
     return ctx
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from skate._private import dashboard_launch
@@ -31,11 +32,12 @@ class RayContext:
         python_version, ray_version, ray_commit: Of this process's skate.
     """
 
-    def __init__(self, core: Any, dashboard_url: str | None) -> None:
+    def __init__(self, core: Any, dashboard_url: str | None, shutdown: Callable[[], None]) -> None:
         from skate import __version__
         from skate.runtime_context import RuntimeContext
 
         self._runtime = RuntimeContext(core)
+        self._shutdown = shutdown
         self.dashboard_url = dashboard_url
         self.python_version = "{}.{}.{}".format(*sys.version_info[:3])
         self.ray_version = __version__
@@ -70,15 +72,13 @@ class RayContext:
 
     def disconnect(self) -> None:
         """Shuts this process's connection down (``shutdown()``)."""
-        from skate._private.api import shutdown
-
-        shutdown()
+        self._shutdown()
 
     def __repr__(self) -> str:
         return f"RayContext(dashboard_url={self.dashboard_url!r}, gcs_address={self.address_info['gcs_address']!r})"
 
 
-def announce(core: Any, token: bytes, head: dict | None) -> RayContext:
+def announce(core: Any, token: bytes, head: dict | None, shutdown: Callable[[], None]) -> RayContext:
     """The context for a driver that just connected; logs where the dashboard is (like Ray)."""
     if head is not None:
         where = head.get("dashboard")
@@ -95,4 +95,4 @@ def announce(core: Any, token: bytes, head: dict | None) -> RayContext:
         log.info("%s View the dashboard at %s", what, url)
     else:
         log.info("%s", what)
-    return RayContext(core, url)
+    return RayContext(core, url, shutdown)
