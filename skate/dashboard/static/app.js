@@ -56,7 +56,9 @@ const views = {
     el.innerHTML = table(["Node", "Address", "State", "CPU (host)", "Memory (host)", "Object store", "Workers", "Resources used / total"],
       nodes.map(n => {
         const st = n.stats || {};
-        const used = Object.entries(n.resources_total).map(([k, t]) => `${esc(k)} ${+(t - (n.resources_available[k] || 0)).toFixed(2)}/${+t.toFixed(2)}`).join(", ");
+        const amount = (k, v) => /memory$/.test(k) ? bytes(v) : +v.toFixed(2);
+        const used = Object.entries(n.resources_total).filter(([k]) => !k.startsWith("node:"))
+          .map(([k, t]) => `${esc(k)} ${amount(k, t - (n.resources_available[k] || 0))} / ${amount(k, t)}`).join("<br>");
         return `<tr><td class="mono">${short(n.node_id)}${n.is_head ? " (head)" : ""}</td><td>${esc(n.ip)}</td><td>${badge(n.state)}${n.death_reason ? `<div class="muted">${esc(n.death_reason)}</div>` : ""}</td>
           <td>${st.cpu_percent !== undefined && st.cpu_percent !== null ? bar(st.cpu_percent / 100, "", `${st.cpu_percent.toFixed(0)}% of ${st.cpu_count} cores`) : ""}</td>
           <td>${st.mem_total ? bar(st.mem_used / st.mem_total, "mem", `${bytes(st.mem_used)} / ${bytes(st.mem_total)}`) : ""}</td>
