@@ -10,8 +10,8 @@ import cloudpickle
 from skate import exceptions as exc
 from skate._private import cancellation, ids, runtime
 from skate._private import options as opts
-from skate._private.core_worker import streams
 from skate._private import placement as pg_placement
+from skate._private.core_worker import streams
 from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns
 from skate._private.runtime_env import submit as renv_submit
 from skate._private.signature import CallSignature

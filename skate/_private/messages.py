@@ -17,7 +17,7 @@ Who serves what::
     control store  register_node heartbeat get_nodes drain_node subscribe publish new_job gcs_info
                    register_actor update_actor get_actor get_named_actor list_actors
                    list_named_actors kv_put kv_get kv_del kv_keys ping task_events
-                   list_task_events list_jobs
+                   list_task_events list_jobs report_waits list_waits
     node daemon    request_lease return_lease lease_blocked lease_unblocked worker_exit_info
                    kill_worker register_worker register_client node_stats obj_reserve
                    obj_seal obj_get obj_unmapped obj_fetch obj_write obj_read obj_free flush_logs
@@ -270,6 +270,7 @@ class NodeStats(TypedDict):
     pids: list[int]
     demands: list[Any]  # queued lease requests: [[resources, infeasible], ...]
     owners: int  # processes whose objects this node stores
+    host: dict[str, Any]  # cpu_percent, cpu_count, mem_total, mem_used (bytes) of the node's host
 
 
 # --- objects (node daemon) ---------------------------------------------------------------
@@ -410,6 +411,40 @@ class TaskEvent(TypedDict, total=False):
     error_message: str
 
 
+class BlockedCall(TypedDict, total=False):
+    """A ``get``/``wait`` blocked for over a second (see ``core_worker/waits``)."""
+
+    call: str  # "get" or "wait"
+    since: float  # seconds since the epoch
+    n: int  # objects still missing
+    objects: list[str]  # the first few of them (hex ids)
+    tasks: list[list[str]]  # [[hex id, name], ...]: tasks this process submitted that make them
+    task: str  # the task the blocked thread runs ("" in a driver)
+
+
+class ActorCalls(TypedDict, total=False):
+    """A process's calls to one actor that have had no reply for over a second."""
+
+    actor_id: str
+    class_name: str
+    queued: int  # not sent yet
+    inflight: int  # sent, no reply yet
+    state: str
+
+
+class WaitReport(TypedDict, total=False):
+    """What one process waits on (``report_waits``; empty lists: nothing any more)."""
+
+    pid: int
+    worker_id: bytes
+    node_id: bytes
+    job_id: int
+    driver: bool
+    what: str  # "driver", the actor's class, or "worker"
+    blocked: list[BlockedCall]
+    actors: list[ActorCalls]
+
+
 class ListTaskEvents(TypedDict, total=False):
     filters: list[Any]  # [[key, "=" or "!=", value], ...]
     limit: Union[int, None]
@@ -455,6 +490,8 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "task_events": (list[TaskEvent], None),
     "list_task_events": (ListTaskEvents, list[TaskEvent]),
     "list_jobs": (None, list[JobRecord]),
+    "report_waits": (WaitReport, None),
+    "list_waits": (None, list[WaitReport]),
     # node daemon
     "pub": (tuple[str, Any], None),
     "shutdown": (None, None),

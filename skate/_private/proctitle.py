@@ -32,6 +32,7 @@ _DAEMONS = {
     "skate._private.gcs.supervisor": "gcs-supervisor",
     "skate._private.raylet.server": "raylet",
     "skate._private.raylet.zygote": "zygote",
+    "skate.dashboard.__main__": "dashboard",
 }
 
 

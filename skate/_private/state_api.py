@@ -60,6 +60,7 @@ class ActorState(_State):
     pid: int | None = None
     death_cause: str | None = None
     is_detached: bool = False
+    num_restarts: int = 0
 
 
 @dataclasses.dataclass
@@ -165,7 +166,7 @@ def _actor(a: dict) -> ActorState:
         actor_id=a["actor_id"].hex(), class_name=a.get("class_name", ""), state=a.get("state", ""),
         job_id=_job_hex(a.get("job_id", 0)), name=a.get("name") or "", ray_namespace=a.get("namespace"),
         node_id=a["node_id"].hex() if a.get("node_id") else None, pid=a.get("pid"),
-        death_cause=a.get("cause"), is_detached=bool(a.get("detached")),
+        death_cause=a.get("cause"), is_detached=bool(a.get("detached")), num_restarts=a.get("num_restarts") or 0,
     )
 
 

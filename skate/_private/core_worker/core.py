@@ -35,6 +35,7 @@ from skate._private.core_worker.memory_store import MemoryStore
 from skate._private.core_worker.objects import ObjectAccess
 from skate._private.core_worker.refcount import RefCounting
 from skate._private.core_worker.task_events import TaskEventBuffer
+from skate._private.core_worker.waits import WaitReporter
 from skate._private.gcs.client import GcsClient
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         #: Generator tasks this process submitted, by task id (see ``streams``).
         self.streams: dict[bytes, Any] = {}
         self.task_events = TaskEventBuffer(self)
+        self.waits = WaitReporter(self)  # blocked calls, for the dashboard
 
     def connect(self, raylet_socket: str) -> None:
         """Connects to this node's daemon and starts serving peers (blocking)."""

@@ -211,7 +211,9 @@ class Executor(ActorExecution):
             body["ts"] = [started, task_events.now()]  # the owner reports how it ended
             if error is not None:
                 cause = getattr(error, "cause", None) or error
-                body["err"] = [type(cause).__name__, str(error)[:2000]]
+                # The message with the remote traceback, as the caller's RayTaskError shows it.
+                text = str(error) if isinstance(error, exc.RayError) else task_errors.user_traceback(error)
+                body["err"] = [type(cause).__name__, text[-8000:]]
             task_context.CURRENT.reset(current)
             events.ended(tid)
             self._finished(tid)

@@ -251,6 +251,7 @@ class ObjectAccess:
                 vias.add(None)
                 self.post(self._start_remote_fetch, r, g, i)
         blocked = self.block(True)
+        noted = self.waits.begin("get" if need >= n else "wait", refs)
         try:
             if not g.wait_reading(vias, timeout):
                 for oid, w in waiters:
@@ -258,6 +259,7 @@ class ObjectAccess:
                 if need >= n:
                     return None
         finally:
+            self.waits.end(noted)
             if blocked:
                 self.block(False)
         return list(g.results)
@@ -465,6 +467,7 @@ class ObjectAccess:
         deadline = None if timeout is None else time.monotonic() + timeout
         remote: dict[int, bool] | None = None
         blocked = False
+        noted = None
         try:
             while True:
                 gen = store.gen
@@ -492,9 +495,12 @@ class ObjectAccess:
                             remote[i] = False
                             self.post(self._start_ready_check, r, remote, i)
                     blocked = self.block(True)
+                    noted = self.waits.begin("wait", refs)
                 _read_replies(vias, lambda gen=gen: store.gen != gen, deadline)
                 store.wait_any(gen, None if deadline is None else deadline - time.monotonic())
         finally:
+            if noted is not None:
+                self.waits.end(noted)
             if blocked:
                 self.block(False)
 

@@ -31,6 +31,7 @@ from skate._private.gcs.placement_groups import PlacementGroupManager
 from skate._private.gcs.pubsub import PubSub
 from skate._private.gcs.storage import MemoryStorage, Storage, Table, open_storage
 from skate._private.gcs.task_events import TaskEventTable
+from skate._private.gcs.waits import WaitTable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class GcsServer:
         self.jobs = Table(storage, "jobs")
         self.kv = Table(storage, "kv")
         self.task_events = TaskEventTable()
+        self.waits = WaitTable()
         self.meta = Table(storage, "meta")
         #: True when the tables outlive this process (clients then wait for
         #: a restarted control store instead of giving up).
@@ -207,6 +209,13 @@ class GcsServer:
 
     def on_list_task_events(self, conn: wire.Connection, body: dict, bufs: list) -> list:
         return self.task_events.query(body.get("filters"), body.get("limit"))
+
+    # --- blocked calls (the dashboard's "what is waiting on what") ----------------
+    def on_report_waits(self, conn: wire.Connection, report: dict, bufs: list) -> None:
+        self.waits.add(report)
+
+    def on_list_waits(self, conn: wire.Connection, body: Any, bufs: list) -> list:
+        return self.waits.list()
 
     def on_list_jobs(self, conn: wire.Connection, body: Any, bufs: list) -> list:
         return [dict(job, job_id=k) for k, job in self.jobs.items()]

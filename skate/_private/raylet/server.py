@@ -278,6 +278,7 @@ class Raylet(LeaseManager, ObjectManager, BundleManager):
             # Queued lease requests: [resources, infeasible (no node has that much)].
             "demands": [[req.placement, req.warned] for req in self.sched.queue],
             "owners": len(self.owned),
+            "host": _host_stats(),
         }
 
     # --- logs -----------------------------------------------------------------------------
@@ -334,6 +335,15 @@ async def _main(stop: asyncio.Event) -> None:
     await raylet.stop()
 
 
+def _host_stats() -> dict:
+    """This host's CPU use (percent since the last call) and memory (bytes), for the dashboard."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return {"cpu_percent": psutil.cpu_percent(None), "cpu_count": os.cpu_count() or 1,
+            "mem_total": vm.total, "mem_used": vm.total - vm.available}
+
+
 _EARLY_ZYGOTE = None
 
 if __name__ == "__main__":
@@ -342,3 +352,4 @@ if __name__ == "__main__":
     daemon.raise_fd_limit()  # before the zygote forks: workers inherit it
     _EARLY_ZYGOTE = zygote.fork_early()
     daemon.run(_main)
+
