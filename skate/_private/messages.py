@@ -17,7 +17,7 @@ Who serves what::
     control store  register_node heartbeat get_nodes drain_node subscribe publish new_job gcs_info
                    register_actor update_actor get_actor get_named_actor list_actors
                    list_named_actors kv_put kv_get kv_del kv_keys ping task_events
-                   list_task_events list_jobs
+                   list_task_events list_jobs; job_* (``job_messages``)
     node daemon    request_lease return_lease lease_blocked lease_unblocked worker_exit_info
                    kill_worker register_worker register_client node_stats obj_reserve
                    obj_seal obj_get obj_unmapped obj_fetch obj_write obj_read obj_free flush_logs
@@ -32,6 +32,8 @@ from __future__ import annotations
 from typing import Any, TypedDict, Union
 
 import msgspec
+
+from skate._private.job_messages import JOB_REQUESTS
 
 Number = Union[int, float]
 Resources = dict[str, Number]
@@ -485,6 +487,8 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "borrow_remove": (list[bytes], None),
     "get_object": (tuple[bytes, bool], ObjectMeta),
 }
+
+REQUESTS.update(JOB_REQUESTS)
 
 _UNTYPED = msgspec.msgpack.Decoder()
 _REQUEST_DECODERS = {m: msgspec.msgpack.Decoder(req) for m, (req, _) in REQUESTS.items()}

@@ -1,0 +1,362 @@
+"""Submitted jobs: the control store runs each job's entrypoint on the head and watches it.
+
+::
+
+    job_submit --> record PENDING (table "job_submissions", in the control store's storage)
+        |  working_dir: the package from the KV table, unpacked under the session folder
+        v
+    /bin/sh -c ENTRYPOINT   (own process group; SKATE_ADDRESS + token set, so its
+        |                    skate.init() joins this cluster; output -> logs/job-driver-<id>.log)
+        v  RUNNING
+    exit 0 --> SUCCEEDED; exit != 0 --> FAILED (with the log's tail); job_stop:
+    SIGTERM to the group, SIGKILL after ``STOP_GRACE_S`` --> STOPPED
+
+The entrypoint runs under a shell that writes its exit code to a file next to
+the log, so a control store restarted from durable storage adopts the jobs
+still running (by pid) and learns how they ended.  A control store that is
+stopped stops its jobs.  A driver started by an entrypoint (its pid is the
+entrypoint's or a descendant's) is linked to the submission: its job id is
+the submission's ``job_id``.  The message types are in ``job_messages``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import string
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from skate._private import logs, runtime_env_packaging
+from skate._private.gcs.storage import Storage, Table
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("STOPPED", "SUCCEEDED", "FAILED")
+#: Seconds between SIGTERM and SIGKILL when a job is stopped (Ray waits 3 s too).
+STOP_GRACE_S = float(os.environ.get("SKATE_JOB_STOP_WAIT_TIME_S", "3"))
+#: runtime_env fields a job entrypoint honours.
+ENTRYPOINT_RUNTIME_ENV = ("env_vars", "working_dir", "excludes")
+_LOG_TAIL_CHARS = 20_000
+# Runs the entrypoint in a child shell and keeps its exit code in a file ($1).
+_RUNNER = 'sh -c "$0"; rc=$?; echo $rc > "$1"; exit $rc'
+# Variables of the control store's own process that the entrypoint must not inherit.
+_PRIVATE_ENV = ("SKATE_READY_FD", "SKATE_PARENT_PID", logs.ENV, "RAY_ADDRESS")
+
+
+def job_hex(job: int) -> str:
+    """A driver job's id as the runtime context prints it."""
+    return int(job).to_bytes(4, "little").hex()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def check_runtime_env(runtime_env: Any) -> dict:
+    """The runtime_env an entrypoint can honour (``env_vars``, ``working_dir``, ``excludes``).
+
+    Raises:
+        ValueError: another field, or a malformed one.
+    """
+    if runtime_env is None:
+        return {}
+    if not isinstance(runtime_env, dict):
+        raise ValueError(f"runtime_env must be a dict, not {type(runtime_env).__name__}")
+    other = sorted(set(runtime_env) - set(ENTRYPOINT_RUNTIME_ENV))
+    if other:
+        raise ValueError(
+            f"runtime_env field(s) {other} cannot be honoured for a job's entrypoint: "
+            f"skate supports {list(ENTRYPOINT_RUNTIME_ENV)} there"
+        )
+    env_vars = runtime_env.get("env_vars") or {}
+    if not isinstance(env_vars, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+        raise ValueError("runtime_env 'env_vars' must map strings to strings")
+    return runtime_env
+
+
+class JobManager:
+    """Submitted jobs' records and entrypoint processes (in the control store's process)."""
+
+    def __init__(self, storage: Storage, kv: Table, drivers: Table, token: bytes, session_dir: str | None,
+                 head_node: Callable[[], tuple[str | None, str | None]]) -> None:
+        self.table = Table(storage, "job_submissions")
+        self.kv = kv
+        self.drivers = drivers
+        self.token = token
+        self.session_dir = session_dir
+        self.logs_dir = os.environ.get(logs.ENV) or (
+            logs.session_logs_dir(session_dir) if session_dir else None)
+        self.head_node = head_node
+        #: ``host:port`` the entrypoints' drivers join (set once the control store listens).
+        self.address = ""
+        self.procs: dict[str, subprocess.Popen | psutil.Process] = {}
+        self.kill_at: dict[str, float] = {}
+        for sid, rec in self.table.items():
+            if rec["status"] not in TERMINAL:
+                self._adopt(sid, rec)
+
+    def handlers(self) -> dict:
+        """The request handlers this manager serves, by method."""
+        return {name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_job_")}
+
+    # --- requests ---------------------------------------------------------------------------
+    def on_job_submit(self, conn: Any, body: dict, bufs: list) -> dict:
+        entrypoint = body.get("entrypoint")
+        if not isinstance(entrypoint, str) or not entrypoint.strip():
+            raise ValueError("a job needs a non-empty entrypoint command")
+        runtime_env = check_runtime_env(body.get("runtime_env"))
+        for key in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory"):
+            if body.get(key):
+                raise ValueError(f"{key}: skate does not reserve resources for entrypoints yet; leave it out")
+        if body.get("entrypoint_resources"):
+            raise ValueError("entrypoint_resources: skate does not reserve resources for entrypoints yet; leave it out")
+        wd = runtime_env.get("working_dir")
+        if wd is not None and not runtime_env_packaging.is_package_uri(wd):
+            raise ValueError(f"runtime_env 'working_dir' {wd!r} was not uploaded (JobSubmissionClient uploads local folders)")
+        sid = body.get("submission_id") or "skatesubmit_" + "".join(
+            secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
+        if sid in self.table:
+            raise ValueError(f"Job with submission_id {sid} already exists. Please use a different submission_id.")
+        if not self.logs_dir:
+            raise RuntimeError("this control store has no log folder, so it cannot run job entrypoints")
+        rec = dict(body, submission_id=sid, type="SUBMISSION", job_id=None, status="PENDING",
+                   message="Job has not started yet.", error_type=None, start_time=_now_ms(), end_time=None,
+                   driver_exit_code=None, driver_pid=None, stop_requested=False, runtime_env=runtime_env or None,
+                   log_path=os.path.join(self.logs_dir, f"job-driver-{sid}.log"), created=None)
+        self.table.set(sid, rec)
+        asyncio.ensure_future(self._start(sid))
+        return rec
+
+    def on_job_get(self, conn: Any, job_id: str, bufs: list) -> dict | None:
+        rec = self.table.get(job_id)
+        if rec is not None:
+            return rec
+        for rec in self.table.values():
+            if rec.get("job_id") == job_id:
+                return rec
+        for job, drv in self.drivers.items():
+            if job_hex(job) == job_id:
+                return self._driver_record(job, drv)
+        return None
+
+    def on_job_list(self, conn: Any, body: Any, bufs: list) -> list:
+        linked = {rec.get("job_id") for rec in self.table.values()}
+        drivers = [self._driver_record(job, drv) for job, drv in self.drivers.items() if job_hex(job) not in linked]
+        return self.table.values() + drivers
+
+    def on_job_stop(self, conn: Any, sid: str, bufs: list) -> bool:
+        rec = self._submitted(sid)
+        if rec["status"] in TERMINAL:
+            return False
+        rec["stop_requested"] = True
+        self.table.set(sid, rec)
+        if sid not in self.procs:  # not started yet: it never will
+            self._finish(sid, None)
+            return True
+        self._signal(sid, signal.SIGTERM)
+        self.kill_at[sid] = time.monotonic() + STOP_GRACE_S
+        return True
+
+    def on_job_delete(self, conn: Any, sid: str, bufs: list) -> bool:
+        rec = self._submitted(sid)
+        if rec["status"] not in TERMINAL:
+            raise ValueError(f"Attempted to delete job {sid!r} in non-terminal state {rec['status']}; stop it first")
+        self.table.delete(sid)
+        for path in (rec["log_path"], rec["log_path"] + ".exit"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        return True
+
+    def on_job_logs(self, conn: Any, body: dict, bufs: list) -> dict:
+        rec = self._submitted(body["submission_id"])
+        status, offset = rec["status"], body["offset"]
+        try:
+            with open(rec["log_path"], "rb") as f:
+                f.seek(offset)
+                data = f.read(max(body["max_bytes"], 1))
+        except FileNotFoundError:
+            data = b""
+        return {"data": data, "offset": offset + len(data), "status": status}
+
+    def _submitted(self, sid: str) -> dict:
+        rec = self.table.get(sid)
+        if rec is None:
+            raise ValueError(f"Job {sid} does not exist")
+        return rec
+
+    def _driver_record(self, job: int, drv: dict) -> dict:
+        return {"type": "DRIVER", "job_id": job_hex(job), "submission_id": None, "entrypoint": "",
+                "status": "RUNNING" if drv.get("alive") else "SUCCEEDED", "message": None, "error_type": None,
+                "start_time": int(drv.get("start", 0) * 1000), "driver_pid": drv.get("driver_pid"),
+                "end_time": int(drv["end"] * 1000) if drv.get("end") else None,
+                "driver_namespace": drv.get("namespace")}
+
+    # --- drivers ------------------------------------------------------------------------------
+    def driver_started(self, job: int, driver_pid: int) -> None:
+        """Links a new driver to the running submission whose entrypoint started it."""
+        running = {rec["driver_pid"]: sid for sid, rec in self.table.items()
+                   if rec["status"] == "RUNNING" and rec.get("driver_pid")}
+        if not running:
+            return
+        try:
+            family = [driver_pid] + [p.pid for p in psutil.Process(driver_pid).parents()]
+        except psutil.Error:
+            return
+        for pid in family:
+            sid = running.get(pid)
+            if sid is not None:
+                rec = self.table.get(sid)
+                rec["job_id"] = job_hex(job)
+                self.table.set(sid, rec)
+                return
+
+    # --- processes ------------------------------------------------------------------------------
+    async def _start(self, sid: str) -> None:
+        rec = self.table.get(sid)
+        try:
+            cwd = await self._working_dir(rec)
+            env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+            env.update(SKATE_ADDRESS=self.address, SKATE_CLUSTER_TOKEN=self.token.decode(),
+                       SKATE_JOB_SUBMISSION_ID=sid)
+            env.update((rec.get("runtime_env") or {}).get("env_vars") or {})
+            fd = os.open(rec["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", _RUNNER, rec["entrypoint"], rec["log_path"] + ".exit"],
+                    stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=cwd, env=env, start_new_session=True,
+                )
+            finally:
+                os.close(fd)
+        except Exception as e:  # noqa: BLE001 - the job fails with the reason
+            rec = self.table.get(sid)
+            if rec is not None and rec["status"] == "PENDING":
+                rec.update(status="FAILED", error_type="RUNTIME_ENV_SETUP_FAILED", end_time=_now_ms(),
+                           message=f"Job's runtime environment could not be set up: {type(e).__name__}: {e}")
+                self.table.set(sid, rec)
+            return
+        rec = self.table.get(sid)
+        if rec is None or rec["status"] != "PENDING":  # stopped (or deleted) while it was set up
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        self.procs[sid] = proc
+        node_id, ip = self.head_node()
+        try:
+            created = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            created = None
+        rec.update(status="RUNNING", message="Job is currently running.", driver_pid=proc.pid, created=created,
+                   driver_node_id=node_id, driver_ip=ip)
+        self.table.set(sid, rec)
+
+    async def _working_dir(self, rec: dict) -> str | None:
+        uri = (rec.get("runtime_env") or {}).get("working_dir")
+        if uri is None:
+            return None
+        data = self.kv.get((runtime_env_packaging.KV_NAMESPACE, uri))
+        if data is None:
+            raise FileNotFoundError(f"the package {uri} is not in the control store (upload it first)")
+        root = os.path.join(self.session_dir or self.logs_dir or ".", "runtime_resources", "working_dir_files")
+        return await asyncio.get_running_loop().run_in_executor(
+            None, runtime_env_packaging.unpack, uri, data, root)
+
+    def _adopt(self, sid: str, rec: dict) -> None:
+        """After a restart: keeps watching a job whose entrypoint still runs, or ends it."""
+        try:
+            p = psutil.Process(rec["driver_pid"]) if rec.get("driver_pid") else None
+            if p is not None and rec.get("created") and abs(p.create_time() - rec["created"]) > 0.01:
+                p = None
+        except psutil.Error:
+            p = None
+        if p is not None:
+            self.procs[sid] = p
+        elif rec["status"] == "PENDING":
+            rec.update(status="FAILED", error_type="JOB_SUPERVISOR_ACTOR_DIED", end_time=_now_ms(),
+                       message="the control store restarted before the job's entrypoint started")
+            self.table.set(sid, rec)
+        else:
+            self._finish(sid, self._exit_code(rec))
+
+    @staticmethod
+    def _exit_code(rec: dict) -> int | None:
+        try:
+            with open(rec["log_path"] + ".exit") as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _signal(self, sid: str, sig: int) -> None:
+        proc = self.procs.get(sid)
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, sig)
+            except OSError:
+                pass
+
+    def _finish(self, sid: str, code: int | None) -> None:
+        self.procs.pop(sid, None)
+        self.kill_at.pop(sid, None)
+        rec = self.table.get(sid)
+        if rec is None:
+            return
+        rec.update(end_time=_now_ms(), driver_exit_code=code)
+        if rec.get("stop_requested"):
+            rec.update(status="STOPPED", message="Job was intentionally stopped.")
+        elif code == 0:
+            rec.update(status="SUCCEEDED", message="Job finished successfully.")
+        else:
+            tail = logs.tail(rec["log_path"], 10_000)[-_LOG_TAIL_CHARS:]
+            what = f"failed with exit code {code}" if code is not None else "ended with an unknown exit code"
+            rec.update(status="FAILED", error_type="JOB_ENTRYPOINT_COMMAND_ERROR",
+                       message=f"Job entrypoint command {what}, last available logs (truncated to 20,000 chars):\n{tail}")
+        self.table.set(sid, rec)
+
+    async def watch(self) -> None:
+        """Notices entrypoints that ended and kills those past their stop grace (runs forever)."""
+        while True:
+            await asyncio.sleep(0.05)
+            self.poll()
+
+    def poll(self) -> None:
+        """One round of ``watch``."""
+        now = time.monotonic()
+        for sid, proc in list(self.procs.items()):
+            if isinstance(proc, subprocess.Popen):
+                code = proc.poll()
+                done = code is not None
+            else:
+                done = not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+                code = self._exit_code(self.table.get(sid) or {"log_path": ""}) if done else None
+            if done:
+                self._finish(sid, code)
+            elif self.kill_at.get(sid, now + 1) <= now:
+                self._signal(sid, signal.SIGKILL)
+
+    def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stops every running entrypoint (the control store is going away), waiting up to ``grace_s``."""
+        for sid in list(self.procs):
+            rec = self.table.get(sid)
+            if rec is not None:
+                rec["stop_requested"] = True
+                self.table.set(sid, rec)
+            self._signal(sid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while self.procs and time.monotonic() < deadline:
+            self.poll()
+            time.sleep(0.02)
+        for sid in list(self.procs):
+            self._signal(sid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while self.procs and time.monotonic() < deadline:
+            self.poll()
+            time.sleep(0.02)
