@@ -236,7 +236,7 @@ class JobSubmissionClient:
         if job_id is not None and submission_id is not None:
             raise ValueError("give job_id or submission_id, not both (job_id is its deprecated name)")
         submission_id = submission_id if submission_id is not None else job_id
-        from skate._private.gcs.job_manager import check_runtime_env
+        from skate._private.gcs.job_manager import check_entrypoint_resources, check_runtime_env
 
         runtime_env = dict(check_runtime_env(runtime_env))
         calls: list[tuple[str, Any, Any]] = []
@@ -256,6 +256,7 @@ class JobSubmissionClient:
             "entrypoint_num_cpus": entrypoint_num_cpus, "entrypoint_num_gpus": entrypoint_num_gpus,
             "entrypoint_memory": entrypoint_memory, "entrypoint_resources": entrypoint_resources,
         }
+        check_entrypoint_resources(body)
         calls.append(("job_submit", body, ()))
         return _run(self._session(calls))[-1]["submission_id"]
 

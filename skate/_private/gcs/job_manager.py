@@ -82,6 +82,17 @@ def check_runtime_env(runtime_env: Any) -> dict:
     return runtime_env
 
 
+def check_entrypoint_resources(body: dict) -> None:
+    """Refuses entrypoint resources (skate runs entrypoints on the head without reserving any).
+
+    Raises:
+        ValueError: ``entrypoint_num_cpus``/``_num_gpus``/``_memory``/``_resources`` given.
+    """
+    for key in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory", "entrypoint_resources"):
+        if body.get(key):
+            raise ValueError(f"{key}: skate does not reserve resources for job entrypoints yet; leave it out")
+
+
 class JobManager:
     """Submitted jobs' records and entrypoint processes (in the control store's process)."""
 
@@ -113,11 +124,7 @@ class JobManager:
         if not isinstance(entrypoint, str) or not entrypoint.strip():
             raise ValueError("a job needs a non-empty entrypoint command")
         runtime_env = check_runtime_env(body.get("runtime_env"))
-        for key in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory"):
-            if body.get(key):
-                raise ValueError(f"{key}: skate does not reserve resources for entrypoints yet; leave it out")
-        if body.get("entrypoint_resources"):
-            raise ValueError("entrypoint_resources: skate does not reserve resources for entrypoints yet; leave it out")
+        check_entrypoint_resources(body)
         wd = runtime_env.get("working_dir")
         if wd is not None and not runtime_env_packaging.is_package_uri(wd):
             raise ValueError(f"runtime_env 'working_dir' {wd!r} was not uploaded (JobSubmissionClient uploads local folders)")
