@@ -6,6 +6,7 @@ token) print one line and exit with status 1, never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -250,6 +251,9 @@ def microbenchmark(ctx: click.Context) -> None:
     from skate._private import microbenchmark as mb
 
     sys.exit(mb.main(list(ctx.args)))
+
+
+main.add_command(importlib.import_module("skate._private.cli_job").job)
 
 
 if __name__ == "__main__":
