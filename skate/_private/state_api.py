@@ -270,3 +270,16 @@ def timeline(filename: str | None = None) -> list | None:
             json.dump(events, f)
         return None
     return events
+
+
+# Shared with the other state modules (workers and objects, logs).
+gcs_request = _call
+apply_filters = _filter
+StateRecord = _State
+job_hex = _job_hex
+
+
+def get_job(id: str, address: str | None = None, timeout: int = 30, _explain: bool = False) -> JobState | None:
+    """One driver job by its id (hex), or None (follows Ray's ``get_job``)."""
+    found = _filter(list_jobs(address, limit=None), [("job_id", "=", id)], None)
+    return found[0] if found else None

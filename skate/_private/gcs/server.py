@@ -97,6 +97,8 @@ class GcsServer:
             job = max(self.meta.get("last_job") or 0, len(self.jobs)) + 1
             self.meta.set("last_job", job)
             record = {"driver_pid": info["driver_pid"], "namespace": info["namespace"], "start": time.time()}
+        if info.get("address"):
+            record["address"] = info["address"]
         record.update(alive=True, end=None)
         self.jobs.set(job, record)
         self.unclaimed_jobs.discard(job)
