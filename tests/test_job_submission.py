@@ -68,6 +68,11 @@ def test_submitted_script_succeeds_and_its_driver_joins_the_cluster(client, tmp_
     me = skate.get_runtime_context().get_job_id()
     assert [j.type for j in client.list_jobs() if j.job_id == me] == [JobType.DRIVER]
     assert os.path.basename(client._request("job_get", sid)["log_path"]) == f"job-driver-{sid}.log"
+    from skate.util import state
+
+    (listed_state,) = state.list_jobs(filters=[("submission_id", "=", sid)])
+    assert listed_state.type == "SUBMISSION" and listed_state.status == "SUCCEEDED"
+    assert listed_state.job_id == info.job_id and state.get_job(sid).entrypoint == f"{PY} {script}"
 
 
 def test_failing_entrypoint_is_failed_with_its_exit_code_and_output(client):

@@ -106,7 +106,7 @@ def _resolve(address: str | None, filename: str | None, actor_id: str | None, ta
 
 def get_log(address: str | None = None, node_id: str | None = None, node_ip: str | None = None,
             filename: str | None = None, actor_id: str | None = None, task_id: str | None = None,
-            pid: int | None = None, follow: bool = False, tail: int = 1000, timeout: int = 30,
+            pid: int | None = None, follow: bool = False, tail: int = -1, timeout: int = 30,
             suffix: str = "out", encoding: str = "utf-8", errors: str = "strict",
             submission_id: str | None = None, attempt_number: int = 0, _interval: float | None = None,
             filter_ansi_code: bool = False) -> Iterator[str]:
