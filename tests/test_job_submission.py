@@ -120,6 +120,8 @@ def test_env_vars_reach_the_entrypoint(client):
     logs = client.get_job_logs(sid)
     assert f"FOO=bar baz ADDR={skate.get_runtime_context().gcs_address}" in logs, logs
     assert client.get_job_info(sid).runtime_env == {"env_vars": {"FOO": "bar baz"}}
+    # With no address, a connected driver's client talks to its own cluster.
+    assert JobSubmissionClient().get_address() == skate.get_runtime_context().gcs_address
 
 
 def test_working_dir_is_uploaded_and_is_the_entrypoints_cwd(client, tmp_path):

@@ -17,7 +17,7 @@ import json
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from skate._private import discovery, runtime_env_packaging, wire
+from skate._private import discovery, runtime, runtime_env_packaging, wire
 
 _HTTP_ONLY = ("cookies", "headers")
 _CHUNK = 4 << 20
@@ -146,8 +146,10 @@ class JobSubmissionClient:
 
     Args:
         address: the head's ``HOST:PORT`` (what ``skate start --head``
-            prints); None or ``"auto"``: ``SKATE_ADDRESS``/``RAY_ADDRESS``,
-            else the latest cluster started on this machine.  The token comes
+            prints); None: ``SKATE_ADDRESS``/``RAY_ADDRESS``, else the
+            cluster this process is connected to, else the latest cluster
+            started on this machine (``"auto"``: the same without the
+            connected cluster).  The token comes
             from ``SKATE_CLUSTER_TOKEN`` or this machine's cluster record.
         create_cluster_if_needed: only False: skate never starts a cluster here.
         metadata: added to every submitted job's metadata.
@@ -175,11 +177,15 @@ class JobSubmissionClient:
             raise ValueError(
                 f"address {address!r}: skate's job API is served by the head's control store; pass its HOST:PORT "
                 "(printed by `skate start --head`), or nothing to use the cluster started on this machine")
-        gcs_address = discovery.resolve_address(address or "auto")
-        if gcs_address is None:
-            raise ConnectionError(discovery.NOT_FOUND)
-        self._address = gcs_address
-        self._token = discovery.credentials(gcs_address).token
+        core = runtime.current_or_none()
+        if address is None and core is not None and discovery.env_address() is None:
+            self._address, self._token = core.gcs_address, core.token  # this driver's own cluster
+        else:
+            gcs_address = discovery.resolve_address(address or "auto")
+            if gcs_address is None:
+                raise ConnectionError(discovery.NOT_FOUND)
+            self._address = gcs_address
+            self._token = discovery.credentials(gcs_address).token
         self._default_metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self._request("ping")
 

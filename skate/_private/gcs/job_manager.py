@@ -35,6 +35,7 @@ from typing import Any
 import psutil
 
 from skate._private import logs, runtime_env_packaging
+from skate._private.config import CONFIG
 from skate._private.gcs.storage import Storage, Table
 
 log = logging.getLogger(__name__)
@@ -329,10 +330,14 @@ class JobManager:
         self.table.set(sid, rec)
 
     async def watch(self) -> None:
-        """Notices entrypoints that ended and kills those past their stop grace (runs forever)."""
+        """Notices entrypoints that ended and kills those past their stop grace; trims old records (runs forever)."""
+        rounds = 0
         while True:
             await asyncio.sleep(0.05)
             self.poll()
+            rounds += 1
+            if rounds % 100 == 0:
+                self.table.trim(lambda r: r["status"] in TERMINAL, CONFIG.max_finished_jobs, "end_time")
 
     def poll(self) -> None:
         """One round of ``watch``."""
