@@ -32,11 +32,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
-from skate._private import logs, runtime_env_packaging
 from skate._private.config import CONFIG
 from skate._private.gcs.storage import Storage, Table
+
+# psutil, logs and runtime_env_packaging are imported when a job is
+# submitted: a control store that never runs one starts without them.
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ ENTRYPOINT_RUNTIME_ENV = ("env_vars", "working_dir", "excludes")
 _LOG_TAIL_CHARS = 20_000
 # Runs the entrypoint in a child shell and keeps its exit code in a file ($1).
 _RUNNER = 'sh -c "$0"; rc=$?; echo $rc > "$1"; exit $rc'
-# Variables of the control store's own process that the entrypoint must not inherit.
-_PRIVATE_ENV = ("SKATE_READY_FD", "SKATE_PARENT_PID", logs.ENV, "RAY_ADDRESS")
+# Variables of the control store's own process that the entrypoint must not inherit
+# (SKATE_LOG_DIR: ``logs.ENV``).
+_PRIVATE_ENV = ("SKATE_READY_FD", "SKATE_PARENT_PID", "SKATE_LOG_DIR", "RAY_ADDRESS")
 
 
 def job_hex(job: int) -> str:
@@ -104,12 +105,10 @@ class JobManager:
         self.drivers = drivers
         self.token = token
         self.session_dir = session_dir
-        self.logs_dir = os.environ.get(logs.ENV) or (
-            logs.session_logs_dir(session_dir) if session_dir else None)
         self.head_node = head_node
         #: ``host:port`` the entrypoints' drivers join (set once the control store listens).
         self.address = ""
-        self.procs: dict[str, subprocess.Popen | psutil.Process] = {}
+        self.procs: dict[str, Any] = {}  # a Popen, or a psutil.Process adopted after a restart
         self.kill_at: dict[str, float] = {}
         for sid, rec in self.table.items():
             if rec["status"] not in TERMINAL:
@@ -126,6 +125,8 @@ class JobManager:
             raise ValueError("a job needs a non-empty entrypoint command")
         runtime_env = check_runtime_env(body.get("runtime_env"))
         check_entrypoint_resources(body)
+        from skate._private import runtime_env_packaging
+
         wd = runtime_env.get("working_dir")
         if wd is not None and not runtime_env_packaging.is_package_uri(wd):
             raise ValueError(f"runtime_env 'working_dir' {wd!r} was not uploaded (JobSubmissionClient uploads local folders)")
@@ -133,12 +134,13 @@ class JobManager:
             secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
         if sid in self.table:
             raise ValueError(f"Job with submission_id {sid} already exists. Please use a different submission_id.")
-        if not self.logs_dir:
+        logs_dir = self._logs_dir()
+        if not logs_dir:
             raise RuntimeError("this control store has no log folder, so it cannot run job entrypoints")
         rec = dict(body, submission_id=sid, type="SUBMISSION", job_id=None, status="PENDING",
                    message="Job has not started yet.", error_type=None, start_time=_now_ms(), end_time=None,
                    driver_exit_code=None, driver_pid=None, stop_requested=False, runtime_env=runtime_env or None,
-                   log_path=os.path.join(self.logs_dir, f"job-driver-{sid}.log"), created=None)
+                   log_path=os.path.join(logs_dir, f"job-driver-{sid}.log"), created=None)
         self.table.set(sid, rec)
         asyncio.ensure_future(self._start(sid))
         return rec
@@ -196,6 +198,13 @@ class JobManager:
             data = b""
         return {"data": data, "offset": offset + len(data), "status": status}
 
+    def _logs_dir(self) -> str | None:
+        from skate._private import logs
+
+        if os.environ.get(logs.ENV):
+            return os.environ[logs.ENV]
+        return logs.session_logs_dir(self.session_dir) if self.session_dir else None
+
     def _submitted(self, sid: str) -> dict:
         rec = self.table.get(sid)
         if rec is None:
@@ -216,6 +225,8 @@ class JobManager:
                    if rec["status"] == "RUNNING" and rec.get("driver_pid")}
         if not running:
             return
+        import psutil
+
         try:
             family = [driver_pid] + [p.pid for p in psutil.Process(driver_pid).parents()]
         except psutil.Error:
@@ -259,6 +270,8 @@ class JobManager:
             return
         self.procs[sid] = proc
         node_id, ip = self.head_node()
+        import psutil
+
         try:
             created = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -268,18 +281,22 @@ class JobManager:
         self.table.set(sid, rec)
 
     async def _working_dir(self, rec: dict) -> str | None:
+        from skate._private import runtime_env_packaging
+
         uri = (rec.get("runtime_env") or {}).get("working_dir")
         if uri is None:
             return None
         data = self.kv.get((runtime_env_packaging.KV_NAMESPACE, uri))
         if data is None:
             raise FileNotFoundError(f"the package {uri} is not in the control store (upload it first)")
-        root = os.path.join(self.session_dir or self.logs_dir or ".", "runtime_resources", "working_dir_files")
+        root = os.path.join(self.session_dir or self._logs_dir() or ".", "runtime_resources", "working_dir_files")
         return await asyncio.get_running_loop().run_in_executor(
             None, runtime_env_packaging.unpack, uri, data, root)
 
     def _adopt(self, sid: str, rec: dict) -> None:
         """After a restart: keeps watching a job whose entrypoint still runs, or ends it."""
+        import psutil
+
         try:
             p = psutil.Process(rec["driver_pid"]) if rec.get("driver_pid") else None
             if p is not None and rec.get("created") and abs(p.create_time() - rec["created"]) > 0.01:
@@ -323,6 +340,8 @@ class JobManager:
         elif code == 0:
             rec.update(status="SUCCEEDED", message="Job finished successfully.")
         else:
+            from skate._private import logs
+
             tail = logs.tail(rec["log_path"], 10_000)[-_LOG_TAIL_CHARS:]
             what = f"failed with exit code {code}" if code is not None else "ended with an unknown exit code"
             rec.update(status="FAILED", error_type="JOB_ENTRYPOINT_COMMAND_ERROR",
@@ -331,16 +350,20 @@ class JobManager:
 
     async def watch(self) -> None:
         """Notices entrypoints that ended and kills those past their stop grace; trims old records (runs forever)."""
-        rounds = 0
+        last_trim = time.monotonic()
         while True:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05 if self.procs else 0.5)
             self.poll()
-            rounds += 1
-            if rounds % 100 == 0:
+            if time.monotonic() - last_trim > 5:
+                last_trim = time.monotonic()
                 self.table.trim(lambda r: r["status"] in TERMINAL, CONFIG.max_finished_jobs, "end_time")
 
     def poll(self) -> None:
         """One round of ``watch``."""
+        if not self.procs:
+            return
+        import psutil
+
         now = time.monotonic()
         for sid, proc in list(self.procs.items()):
             if isinstance(proc, subprocess.Popen):
