@@ -163,6 +163,8 @@ def test_refusals(client):
     assert sid == "mine"
     with pytest.raises(RuntimeError, match="already exists"):
         client.submit_job(entrypoint="true", submission_id="mine")
+    with pytest.raises(RuntimeError, match="submission_id"):
+        client.submit_job(entrypoint="true", submission_id="../escape")
     with pytest.raises(RuntimeError, match="non-terminal"):
         client.delete_job("mine")
     assert client.stop_job("mine")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import signal
 import string
@@ -46,6 +47,8 @@ STOP_GRACE_S = float(os.environ.get("SKATE_JOB_STOP_WAIT_TIME_S", "3"))
 #: runtime_env fields a job entrypoint honours.
 ENTRYPOINT_RUNTIME_ENV = ("env_vars", "working_dir", "excludes")
 _LOG_TAIL_CHARS = 20_000
+# It names the job's log file, so no path separators.
+_SUBMISSION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 # Runs the entrypoint in a child shell and keeps its exit code in a file ($1).
 _RUNNER = 'sh -c "$0"; rc=$?; echo $rc > "$1"; exit $rc'
 # Variables of the control store's own process that the entrypoint must not inherit
@@ -110,6 +113,7 @@ class JobManager:
         self.address = ""
         self.procs: dict[str, Any] = {}  # a Popen, or a psutil.Process adopted after a restart
         self.kill_at: dict[str, float] = {}
+        self._starting: set[asyncio.Future] = set()
         for sid, rec in self.table.items():
             if rec["status"] not in TERMINAL:
                 self._adopt(sid, rec)
@@ -132,6 +136,8 @@ class JobManager:
             raise ValueError(f"runtime_env 'working_dir' {wd!r} was not uploaded (JobSubmissionClient uploads local folders)")
         sid = body.get("submission_id") or "skatesubmit_" + "".join(
             secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
+        if not isinstance(sid, str) or not _SUBMISSION_ID.match(sid):
+            raise ValueError(f"submission_id {sid!r}: use 1 to 128 letters, digits, '_', '-' or '.'")
         if sid in self.table:
             raise ValueError(f"Job with submission_id {sid} already exists. Please use a different submission_id.")
         logs_dir = self._logs_dir()
@@ -142,7 +148,9 @@ class JobManager:
                    driver_exit_code=None, driver_pid=None, stop_requested=False, runtime_env=runtime_env or None,
                    log_path=os.path.join(logs_dir, f"job-driver-{sid}.log"), created=None)
         self.table.set(sid, rec)
-        asyncio.ensure_future(self._start(sid))
+        task = asyncio.ensure_future(self._start(sid))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
         return rec
 
     def on_job_get(self, conn: Any, job_id: str, bufs: list) -> dict | None:
