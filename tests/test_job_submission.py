@@ -228,3 +228,54 @@ def test_jobs_survive_a_control_store_restart(redis_url, tmp_path):
         assert info.driver_exit_code == 0
     finally:
         c.shutdown()
+
+
+def _signature(fn) -> str:
+    import inspect
+
+    parts, star = [], False
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind == p.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        parts.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
+    return "(" + ", ".join(parts) + ")"
+
+
+# Ray 2.60's documented signatures (docs.ray.io, ray.job_submission and ray.util.state).
+RAY_SIGNATURES = {
+    JobSubmissionClient.__init__: "(self, address=None, create_cluster_if_needed=False, cookies=None, metadata=None, "
+                                  "headers=None, verify=True)",
+    JobSubmissionClient.submit_job: "(self, *, entrypoint, job_id=None, runtime_env=None, metadata=None, "
+                                    "submission_id=None, entrypoint_num_cpus=None, entrypoint_num_gpus=None, "
+                                    "entrypoint_memory=None, entrypoint_resources=None)",
+    JobSubmissionClient.stop_job: "(self, job_id)",
+    JobSubmissionClient.delete_job: "(self, job_id)",
+    JobSubmissionClient.get_job_info: "(self, job_id)",
+    JobSubmissionClient.list_jobs: "(self)",
+    JobSubmissionClient.get_job_status: "(self, job_id)",
+    JobSubmissionClient.get_job_logs: "(self, job_id)",
+    JobSubmissionClient.tail_job_logs: "(self, job_id)",
+}
+
+
+def test_signatures_follow_ray():
+    from skate.util import state
+
+    listing = "(address=None, filters=None, limit=100, timeout=30, detail=False, raise_on_missing_output=True, _explain=False)"
+    sigs = dict(RAY_SIGNATURES)
+    for name in ("list_objects", "list_workers"):
+        sigs[getattr(state, name)] = listing
+    sigs[state.summarize_objects] = "(address=None, timeout=30, raise_on_missing_output=True, _explain=False)"
+    sigs[state.get_worker] = "(id, address=None, timeout=30, _explain=False)"
+    sigs[state.get_objects] = "(id, address=None, timeout=30, _explain=False)"
+    sigs[state.get_job] = "(id, address=None, timeout=30, _explain=False)"
+    sigs[state.list_logs] = "(address=None, node_id=None, node_ip=None, glob_filter=None, timeout=30)"
+    sigs[state.get_log] = (
+        "(address=None, node_id=None, node_ip=None, filename=None, actor_id=None, task_id=None, pid=None, "
+        "follow=False, tail=-1, timeout=30, suffix='out', encoding='utf-8', errors='strict', submission_id=None, "
+        "attempt_number=0, _interval=None, filter_ansi_code=False)")
+    for fn, want in sigs.items():
+        assert _signature(fn) == want, fn.__qualname__
+    assert [s.value for s in JobStatus] == ["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"]
+    assert JobStatus.STOPPED.is_terminal() and not JobStatus.RUNNING.is_terminal()

@@ -146,10 +146,10 @@ class JobSubmissionClient:
 
     Args:
         address: the head's ``HOST:PORT`` (what ``skate start --head``
-            prints); None: ``SKATE_ADDRESS``/``RAY_ADDRESS``, else the
-            cluster this process is connected to, else the latest cluster
-            started on this machine (``"auto"``: the same without the
-            connected cluster).  The token comes
+            prints); None: the cluster this process is connected to, else
+            the latest cluster started on this machine (``"auto"``: the
+            latter).  ``SKATE_ADDRESS``/``RAY_ADDRESS``, when set, override
+            it (like Ray's client).  The token comes
             from ``SKATE_CLUSTER_TOKEN`` or this machine's cluster record.
         create_cluster_if_needed: only False: skate never starts a cluster here.
         metadata: added to every submitted job's metadata.
@@ -177,8 +177,9 @@ class JobSubmissionClient:
             raise ValueError(
                 f"address {address!r}: skate's job API is served by the head's control store; pass its HOST:PORT "
                 "(printed by `skate start --head`), or nothing to use the cluster started on this machine")
+        address = discovery.env_address() or address  # the environment wins, as in Ray
         core = runtime.current_or_none()
-        if address is None and core is not None and discovery.env_address() is None:
+        if address is None and core is not None:
             self._address, self._token = core.gcs_address, core.token  # this driver's own cluster
         else:
             gcs_address = discovery.resolve_address(address or "auto")
