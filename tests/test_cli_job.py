@@ -88,7 +88,7 @@ def test_no_wait_then_follow_and_stop(host):
 
 def test_job_errors_are_one_line(host):
     host.head()
-    _one_line_error(host.run("job", "submit", "--entrypoint-num-cpus", "1", "--", "true", check=False),
+    _one_line_error(host.run("job", "submit", "--entrypoint-num-cpus", "-1", "--", "true", check=False),
                     "entrypoint_num_cpus")
     _one_line_error(host.run("job", "submit", "--runtime-env-json", '{"conda": "x"}', "--", "true", check=False),
                     "conda")

@@ -175,12 +175,34 @@ def test_refusals(client):
     with pytest.raises(ValueError, match="pip"):
         client.submit_job(entrypoint="true", runtime_env={"pip": ["requests"]})
     with pytest.raises(ValueError, match="entrypoint_num_cpus"):
-        client.submit_job(entrypoint="true", entrypoint_num_cpus=1)
+        client.submit_job(entrypoint="true", entrypoint_num_cpus=-1)
+    with pytest.raises(ValueError, match="may not name 'CPU'"):
+        client.submit_job(entrypoint="true", entrypoint_resources={"CPU": 1})
     with pytest.raises(ValueError, match="HOST:PORT"):
         JobSubmissionClient("http://127.0.0.1:8265")
     with pytest.raises(ValueError, match="not HTTP"):
         JobSubmissionClient(skate.get_runtime_context().gcs_address, headers={"a": "b"})
     _wait_status(client, "mine", JobStatus.STOPPED)
+
+
+def test_entrypoint_resources_are_held_while_the_job_runs(client):
+    hold = _py("import time; print('holding', flush=True); time.sleep(600)")
+    first = client.submit_job(entrypoint=hold, entrypoint_num_cpus=2)
+    wait_for(lambda: "holding" in client.get_job_logs(first), 30, what="the first job to start")
+    wait_for(lambda: skate.available_resources().get("CPU", 0) == 0, 10, what="its 2 CPUs to be taken")
+    second = client.submit_job(entrypoint=_py("print('second ran')"), entrypoint_num_cpus=1)
+    info = client.get_job_info(second)
+    assert info.status == JobStatus.PENDING and "waiting for {'CPU': 1.0}" in info.message, info
+    assert client.stop_job(first)
+    _wait_status(client, first, JobStatus.STOPPED)
+    _wait_status(client, second, JobStatus.SUCCEEDED)  # it got the CPU once the first gave it back
+    assert "second ran" in client.get_job_logs(second)
+    wait_for(lambda: skate.available_resources().get("CPU", 0) == 2, 10, what="the CPUs to come back")
+    never = client.submit_job(entrypoint="true", entrypoint_resources={"unobtainium": 1})
+    info = _wait_status(client, never, JobStatus.FAILED)
+    assert info.error_type == "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE" and "unobtainium" in info.message, info
+    waiting = client.submit_job(entrypoint="true", entrypoint_num_cpus=3)  # more than the head has free... or ever
+    assert _wait_status(client, waiting, JobStatus.FAILED).error_type == "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE"
 
 
 def test_wrong_token_is_refused(ray_start, monkeypatch):

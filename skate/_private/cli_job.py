@@ -91,10 +91,11 @@ def job() -> None:
 @click.option("--runtime-env-json", default=None, help="The runtime_env as JSON.")
 @click.option("--working-dir", default=None, help="A local folder (or .zip) uploaded and used as the entrypoint's cwd.")
 @click.option("--metadata-json", default=None, help="Metadata as a JSON object of strings.")
-@click.option("--entrypoint-num-cpus", type=float, default=None, help="Not available: skate reserves nothing for entrypoints.")
-@click.option("--entrypoint-num-gpus", type=float, default=None, help="Not available: skate reserves nothing for entrypoints.")
-@click.option("--entrypoint-memory", type=int, default=None, help="Not available: skate reserves nothing for entrypoints.")
-@click.option("--entrypoint-resources", default=None, help="Not available: skate reserves nothing for entrypoints.")
+@click.option("--entrypoint-num-cpus", type=float, default=None,
+              help="CPUs the entrypoint holds on the head node while it runs (the job waits for them).")
+@click.option("--entrypoint-num-gpus", type=float, default=None, help="GPUs the entrypoint holds on the head node.")
+@click.option("--entrypoint-memory", type=int, default=None, help="Bytes of `memory` the entrypoint holds on the head node.")
+@click.option("--entrypoint-resources", default=None, help='Custom resources the entrypoint holds, as JSON, e.g. \'{"disk": 1}\'.')
 @click.option("--no-wait", is_flag=True, help="Return once submitted instead of streaming the job's output to its end.")
 @click.argument("entrypoint", nargs=-1, required=True, type=click.UNPROCESSED)
 def submit(address: str | None, job_id: str | None, submission_id: str | None, runtime_env_file: str | None,

@@ -88,21 +88,37 @@ def check_runtime_env(runtime_env: Any) -> dict:
 
 
 def check_entrypoint_resources(body: dict) -> None:
-    """Refuses entrypoint resources (skate runs entrypoints on the head without reserving any).
+    """Checks the entrypoint's resources (reserved on the head node while the job runs).
 
     Raises:
-        ValueError: ``entrypoint_num_cpus``/``_num_gpus``/``_memory``/``_resources`` given.
+        ValueError: a negative or non-numeric amount, or CPU/GPU/memory named in ``entrypoint_resources``.
     """
-    for key in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory", "entrypoint_resources"):
-        if body.get(key):
-            raise ValueError(f"{key}: skate does not reserve resources for job entrypoints yet; leave it out")
+    for key in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory"):
+        v = body.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            raise ValueError(f"{key} must be a non-negative number, not {v!r}")
+    res = body.get("entrypoint_resources") or {}
+    if not isinstance(res, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in res.values()):
+        raise ValueError(f"entrypoint_resources must map resource names to non-negative numbers, not {res!r}")
+    for key in ("CPU", "GPU", "memory"):
+        if key in res:
+            raise ValueError(f"entrypoint_resources may not name {key!r}; use entrypoint_num_cpus, "
+                             "entrypoint_num_gpus or entrypoint_memory")
+
+
+def entrypoint_shape(rec: dict) -> dict:
+    """The resources a job's entrypoint holds while it runs (zero amounts left out)."""
+    shape = {"CPU": rec.get("entrypoint_num_cpus"), "GPU": rec.get("entrypoint_num_gpus"),
+             "memory": rec.get("entrypoint_memory"), **(rec.get("entrypoint_resources") or {})}
+    return {k: float(v) for k, v in shape.items() if v}
 
 
 class JobManager:
     """Submitted jobs' records and entrypoint processes (in the control store's process)."""
 
     def __init__(self, storage: Storage, kv: Table, drivers: Table, token: bytes, session_dir: str | None,
-                 head_node: Callable[[], tuple[str | None, str | None]]) -> None:
+                 head_node: Callable[[], dict | None]) -> None:
         self.table = Table(storage, "job_submissions")
         self.kv = kv
         self.drivers = drivers
@@ -113,7 +129,8 @@ class JobManager:
         self.address = ""
         self.procs: dict[str, Any] = {}  # a Popen, or a psutil.Process adopted after a restart
         self.kill_at: dict[str, float] = {}
-        self._starting: set[asyncio.Future] = set()
+        self._starting: dict[str, asyncio.Future] = {}
+        self.leases: dict[str, Any] = {}  # submission id -> the connection holding its entrypoint's lease
         for sid, rec in self.table.items():
             if rec["status"] not in TERMINAL:
                 self._adopt(sid, rec)
@@ -147,10 +164,11 @@ class JobManager:
                    message="Job has not started yet.", error_type=None, start_time=_now_ms(), end_time=None,
                    driver_exit_code=None, driver_pid=None, stop_requested=False, runtime_env=runtime_env or None,
                    log_path=os.path.join(logs_dir, f"job-driver-{sid}.log"), created=None)
+        if entrypoint_shape(rec):
+            rec["message"] = f"Job is waiting for {entrypoint_shape(rec)} on the head node."
         self.table.set(sid, rec)
-        task = asyncio.ensure_future(self._start(sid))
-        self._starting.add(task)
-        task.add_done_callback(self._starting.discard)
+        self._starting[sid] = asyncio.ensure_future(self._start(sid))
+        self._starting[sid].add_done_callback(lambda t: self._starting.pop(sid, None))
         return rec
 
     def on_job_get(self, conn: Any, job_id: str, bufs: list) -> dict | None:
@@ -177,6 +195,9 @@ class JobManager:
         rec["stop_requested"] = True
         self.table.set(sid, rec)
         if sid not in self.procs:  # not started yet: it never will
+            starting = self._starting.get(sid)
+            if starting is not None:
+                starting.cancel()
             self._finish(sid, None)
             return True
         self._signal(sid, signal.SIGTERM)
@@ -251,6 +272,15 @@ class JobManager:
     async def _start(self, sid: str) -> None:
         rec = self.table.get(sid)
         try:
+            lease = await self._reserve(rec)
+        except asyncio.CancelledError:
+            return  # stopped while it waited for its resources
+        except Exception as e:  # noqa: BLE001 - the job fails with the reason
+            self._fail_pending(sid, "JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", f"Job's entrypoint cannot be scheduled: {e}")
+            return
+        if lease is not None:
+            self.leases[sid] = lease
+        try:
             cwd = await self._working_dir(rec)
             env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
             env.update(SKATE_ADDRESS=self.address, SKATE_CLUSTER_TOKEN=self.token.decode(),
@@ -264,20 +294,22 @@ class JobManager:
                 )
             finally:
                 os.close(fd)
+        except asyncio.CancelledError:
+            self._release(sid)
+            return
         except Exception as e:  # noqa: BLE001 - the job fails with the reason
-            rec = self.table.get(sid)
-            if rec is not None and rec["status"] == "PENDING":
-                rec.update(status="FAILED", error_type="RUNTIME_ENV_SETUP_FAILED", end_time=_now_ms(),
-                           message=f"Job's runtime environment could not be set up: {type(e).__name__}: {e}")
-                self.table.set(sid, rec)
+            self._release(sid)
+            self._fail_pending(sid, "RUNTIME_ENV_SETUP_FAILURE",
+                               f"Job's runtime environment could not be set up: {type(e).__name__}: {e}")
             return
         rec = self.table.get(sid)
         if rec is None or rec["status"] != "PENDING":  # stopped (or deleted) while it was set up
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            self._release(sid)
             return
         self.procs[sid] = proc
-        node_id, ip = self.head_node()
+        head = self.head_node()
         import psutil
 
         try:
@@ -285,8 +317,50 @@ class JobManager:
         except psutil.Error:
             created = None
         rec.update(status="RUNNING", message="Job is currently running.", driver_pid=proc.pid, created=created,
-                   driver_node_id=node_id, driver_ip=ip)
+                   driver_node_id=head["node_id"].hex() if head else None, driver_ip=head["ip"] if head else None)
         self.table.set(sid, rec)
+
+    def _fail_pending(self, sid: str, error_type: str, message: str) -> None:
+        rec = self.table.get(sid)
+        if rec is not None and rec["status"] == "PENDING":
+            rec.update(status="FAILED", error_type=error_type, end_time=_now_ms(), message=message)
+            self.table.set(sid, rec)
+
+    async def _reserve(self, rec: dict) -> Any:
+        """Holds the entrypoint's resources on the head node while the job runs; None when it asks for none.
+
+        A lease on the head's node daemon, pinned there, held by a connection
+        of this control store: closing it gives the resources back.  The job
+        stays PENDING until the head has them free.
+
+        Raises:
+            RuntimeError: the head is gone, or can never have that much.
+        """
+        shape = entrypoint_shape(rec)
+        if not shape:
+            return None
+        head = self.head_node()
+        if head is None:
+            raise RuntimeError("the head node is not alive")
+        from skate._private import hostaddr, wire
+
+        conn = await wire.connect(hostaddr.local_target(head["uds"], head["ip"], head["port"]), self.token, {},
+                                  expect=head["node_id"])
+        try:
+            reply = await conn.request("request_lease", {
+                "resources": shape, "strategy": ["node", head["node_id"].hex(), False], "no_spill": True})
+        except BaseException:
+            conn.close()
+            raise
+        if "lease_id" not in reply:
+            conn.close()
+            raise RuntimeError(reply.get("unschedulable") or f"the head node did not grant {shape}")
+        return conn
+
+    def _release(self, sid: str) -> None:
+        conn = self.leases.pop(sid, None)
+        if conn is not None:
+            conn.close()
 
     async def _working_dir(self, rec: dict) -> str | None:
         from skate._private import runtime_env_packaging
@@ -339,6 +413,7 @@ class JobManager:
     def _finish(self, sid: str, code: int | None) -> None:
         self.procs.pop(sid, None)
         self.kill_at.pop(sid, None)
+        self._release(sid)
         rec = self.table.get(sid)
         if rec is None:
             return

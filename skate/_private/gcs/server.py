@@ -62,9 +62,8 @@ class GcsServer:
         }
         self.handlers.update(self.job_manager.handlers())
 
-    def _head_node(self) -> tuple[str | None, str | None]:
-        head = next((n for n in self.nodes.all() if n.get("is_head") and n.get("alive")), None)
-        return (head["node_id"].hex(), head["ip"]) if head else (None, None)
+    def _head_node(self) -> dict | None:
+        return next((n for n in self.nodes.all() if n.get("is_head") and n.get("alive")), None)
 
     # --- nodes --------------------------------------------------------------
     def on_register_node(self, conn: wire.Connection, info: dict, bufs: list) -> dict:
