@@ -3,6 +3,7 @@
 ::
 
     job_submit --> record PENDING (table "job_submissions", in the control store's storage)
+        |  entrypoint resources: a lease pinned to the head node, held until the job ends
         |  working_dir: the package from the KV table, unpacked under the session folder
         v
     /bin/sh -c ENTRYPOINT   (own process group; SKATE_ADDRESS + token set, so its
@@ -13,7 +14,8 @@
 
 The entrypoint runs under a shell that writes its exit code to a file next to
 the log, so a control store restarted from durable storage adopts the jobs
-still running (by pid) and learns how they ended.  A control store that is
+still running (by pid) and learns how they ended (their entrypoint
+resources are given back then: the leases were held by the old one).  A control store that is
 stopped stops its jobs.  A driver started by an entrypoint (its pid is the
 entrypoint's or a descendant's) is linked to the submission: its job id is
 the submission's ``job_id``.  The message types are in ``job_messages``.
