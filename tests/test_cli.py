@@ -433,7 +433,7 @@ def test_wrong_token_is_a_one_line_error(cli):
 
 
 def test_unknown_ray_verbs_are_not_faked(cli):
-    for verb in ("logs", "job", "memory", "stack"):
+    for verb in ("up", "attach", "exec", "kuberay"):
         out = cli.run(verb, check=False)
         assert out.returncode == 2 and "No such command" in out.stderr
 

@@ -204,7 +204,8 @@ def init(
         raise
     runtime.set_current(core)
     try:
-        core.job_id = core.gcs_call("new_job", {"driver_pid": os.getpid(), "namespace": core.namespace})
+        core.job_id = core.gcs_call("new_job", {"driver_pid": os.getpid(), "namespace": core.namespace,
+                                              "address": core.address})
         # Node deaths: tasks on a node that is cut off are retried elsewhere.
         core.gcs_call("subscribe", ["logs", "node"] if log_to_driver else ["node"])
         if runtime_env:  # the job's: packed and uploaded now, like Ray

@@ -17,7 +17,9 @@ Who serves what::
     control store  register_node heartbeat get_nodes drain_node subscribe publish new_job gcs_info
                    register_actor update_actor get_actor get_named_actor list_actors
                    list_named_actors kv_put kv_get kv_del kv_keys ping task_events
-                   list_task_events list_jobs report_waits list_waits
+                   list_task_events list_jobs report_waits list_waits; job_* (``job_messages``)
+                   (node daemon: list_workers log_list log_read; core worker: list_refs
+                   dump_stack: ``state_messages``); placement groups (``messages_pg``)
     node daemon    request_lease return_lease lease_blocked lease_unblocked worker_exit_info
                    kill_worker register_worker register_client node_stats obj_reserve
                    obj_seal obj_get obj_unmapped obj_fetch obj_write obj_read obj_free flush_logs
@@ -33,7 +35,9 @@ from typing import Any, TypedDict, Union
 
 import msgspec
 
+from skate._private.job_messages import JOB_REQUESTS
 from skate._private.messages_pg import PG_REQUESTS
+from skate._private.state_messages import STATE_REQUESTS
 
 Number = Union[int, float]
 Resources = dict[str, Number]
@@ -97,6 +101,7 @@ class _NewJobRequired(TypedDict):
 
 class NewJob(_NewJobRequired, total=False):
     job_id: int  # a driver reattaching to its job after a control-store restart
+    address: Address  # the driver's core worker (``skate memory``/``stack`` ask it)
 
 
 class GcsInfo(TypedDict):
@@ -457,6 +462,7 @@ class JobRecord(TypedDict, total=False):
     start: float
     end: Union[float, None]
     alive: bool
+    address: Address  # the driver's core worker
 
 
 #: ``[state, node_id, size]`` of an object, or None when the owner freed it.
@@ -529,6 +535,9 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "get_object": (tuple[bytes, bool], ObjectMeta),
     **PG_REQUESTS,  # placement groups (messages_pg)
 }
+
+REQUESTS.update(JOB_REQUESTS)
+REQUESTS.update(STATE_REQUESTS)
 
 _UNTYPED = msgspec.msgpack.Decoder()
 _REQUEST_DECODERS = {m: msgspec.msgpack.Decoder(req) for m, (req, _) in REQUESTS.items()}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from skate._private import daemon, private_paths, wire
 from skate._private.config import CONFIG
 from skate._private.gcs.actors import DEAD, ActorDirectory, public
+from skate._private.gcs.job_manager import JobManager
 from skate._private.gcs.nodes import NodeTable
 from skate._private.gcs.placement_groups import PlacementGroupManager
 from skate._private.gcs.pubsub import PubSub
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 class GcsServer:
     """The control store's request handlers over its tables."""
 
-    def __init__(self, token: bytes, storage: Storage | None = None) -> None:
+    def __init__(self, token: bytes, storage: Storage | None = None, session_dir: str | None = None) -> None:
         self.token = token
         storage = storage if storage is not None else open_storage(None)
         self.pubsub = PubSub()
@@ -58,9 +60,14 @@ class GcsServer:
         # until ``node_timeout_s`` to reattach, or the jobs are over.
         self.unclaimed_jobs = {job for job, r in self.jobs.items() if r.get("alive")}
         self.started = time.monotonic()
+        self.job_manager = JobManager(storage, self.kv, self.jobs, token, session_dir, self._head_node)
         self.handlers = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
         }
+        self.handlers.update(self.job_manager.handlers())
+
+    def _head_node(self) -> dict | None:
+        return next((n for n in self.nodes.all() if n.get("is_head") and n.get("alive")), None)
 
     # --- nodes --------------------------------------------------------------
     def on_register_node(self, conn: wire.Connection, info: dict, bufs: list) -> dict:
@@ -99,6 +106,8 @@ class GcsServer:
             job = max(self.meta.get("last_job") or 0, len(self.jobs)) + 1
             self.meta.set("last_job", job)
             record = {"driver_pid": info["driver_pid"], "namespace": info["namespace"], "start": time.time()}
+        if info.get("address"):
+            record["address"] = info["address"]
         record.update(alive=True, end=None)
         self.jobs.set(job, record)
         self.unclaimed_jobs.discard(job)
@@ -107,6 +116,7 @@ class GcsServer:
             self._end_job(job)
 
         conn.on_close.append(ended)
+        self.job_manager.driver_started(job, info["driver_pid"])
         return job
 
     def _end_job(self, job: int) -> None:
@@ -237,7 +247,7 @@ async def _main(stop: asyncio.Event) -> None:
     token = private_paths.read_token(args.token_file)
     from skate._private.gcs.redis_storage import namespace_for
 
-    gcs = GcsServer(token, open_storage(args.storage, namespace_for(token)))
+    gcs = GcsServer(token, open_storage(args.storage, namespace_for(token)), os.path.dirname(args.token_file))
     if args.listen_fd >= 0:
         import socket
 
@@ -246,12 +256,15 @@ async def _main(stop: asyncio.Event) -> None:
     else:
         server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers, identity=wire.GCS_IDENTITY)
     port = server.sockets[0].getsockname()[1]
+    gcs.job_manager.address = f"{args.host}:{port}"
     watcher = asyncio.gather(
-        gcs.nodes.watch_heartbeats(), gcs.keep_tidy(), gcs.nodes.broadcast_resources(), gcs.pgs.run()
+        gcs.nodes.watch_heartbeats(), gcs.keep_tidy(), gcs.nodes.broadcast_resources(), gcs.pgs.run(),
+        gcs.job_manager.watch(),
     )
     daemon.report_ready({"port": port})
     await stop.wait()
     watcher.cancel()
+    gcs.job_manager.stop_all()
     for conn in list(gcs.nodes.conns.values()):
         conn.close()
     server.close()

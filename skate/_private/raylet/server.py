@@ -33,6 +33,7 @@ from skate._private.config import CONFIG
 from skate._private.gcs.client import GcsClient
 from skate._private.object_store import sweep
 from skate._private.object_store.store import ObjectStore
+from skate._private.raylet import log_files
 from skate._private.raylet.bundles import BundleManager
 from skate._private.raylet.leases import Lease, LeaseManager
 from skate._private.raylet.object_manager import ObjectManager
@@ -280,6 +281,17 @@ class Raylet(LeaseManager, ObjectManager, BundleManager):
             "owners": len(self.owned),
             "host": _host_stats(),
         }
+
+    def on_list_workers(self, conn: wire.Connection, body: Any, bufs: list) -> list:
+        return [{"worker_id": w.worker_id, "pid": w.pid, "address": w.address, "actor_id": w.actor_id,
+                 "leased": w.lease is not None, "alive": w.exit_info is None}
+                for w in self.pool.workers.values()]
+
+    def on_log_list(self, conn: wire.Connection, glob: str, bufs: list) -> list:
+        return log_files.list_files(os.environ.get(logs.ENV), glob)
+
+    def on_log_read(self, conn: wire.Connection, body: dict, bufs: list) -> dict:
+        return log_files.read(os.environ.get(logs.ENV), body)
 
     # --- logs -----------------------------------------------------------------------------
     def _on_output(self, w: Worker, line: bytes, is_err: bool) -> None:
