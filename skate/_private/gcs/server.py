@@ -54,9 +54,18 @@ class GcsServer:
         # until ``node_timeout_s`` to reattach, or the jobs are over.
         self.unclaimed_jobs = {job for job, r in self.jobs.items() if r.get("alive")}
         self.started = time.monotonic()
+        #: Requests and notifications received so far (``gcs_stats``).
+        self.received = 0
         self.handlers = {
-            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
+            name[3:]: self._counted(getattr(self, name)) for name in dir(self) if name.startswith("on_")
         }
+
+    def _counted(self, handler: Any) -> Any:
+        def counted(conn: wire.Connection, body: Any, bufs: list) -> Any:
+            self.received += 1
+            return handler(conn, body, bufs)
+
+        return counted
 
     # --- nodes --------------------------------------------------------------
     def on_register_node(self, conn: wire.Connection, info: dict, bufs: list) -> dict:
@@ -107,6 +116,10 @@ class GcsServer:
 
     def on_gcs_info(self, conn: wire.Connection, body: Any, bufs: list) -> dict:
         return {"durable": self.durable}
+
+    def on_gcs_stats(self, conn: wire.Connection, body: Any, bufs: list) -> dict:
+        """Message counts since start, for measuring the control plane's cost."""
+        return {"received": self.received, "published": self.pubsub.sent}
 
     # --- bounded history ------------------------------------------------------------
     async def keep_tidy(self) -> None:
