@@ -88,6 +88,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         self._frees_lock = threading.Lock()
         self._unmaps: list = []  # segments this process stopped mapping, sent in batches
         self._unmaps_lock = threading.Lock()
+        self._wmaps: collections.OrderedDict = collections.OrderedDict()
         self._nodes: dict[bytes, dict] = {}
         self.extra_sockets: list[str] = []
         #: object id -> callback (I/O thread) run once the object is freed everywhere.
@@ -297,6 +298,10 @@ class CoreWorker(ObjectAccess, RefCounting):
         except Exception:
             pass
         self.closed = True
+        for m, fd in self._wmaps.values():
+            m.close()
+            os.close(fd)
+        self._wmaps.clear()
         self.loop.call_soon_threadsafe(self._stop_loop)
         self.io_thread.join(timeout=5)
         for path in (getattr(self, "server_uds", None), *self.extra_sockets):

@@ -16,6 +16,7 @@ core worker's loop, connections and memory store.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import weakref
@@ -146,11 +147,64 @@ class ObjectAccess:
         except wire.RemoteError as e:
             raise exc.ObjectStoreFullError(str(e).split(": ", 1)[-1]) from None
         try:
-            shm.write_pieces(path, size, serialization.layout_pieces(data, bufs))
+            m = self._writable_map(path, size, data, bufs)
+            if m is not None:
+                mv = memoryview(m)
+                try:
+                    serialization.write_layout(mv, data, bufs)
+                finally:
+                    mv.release()
         except BaseException:
             self.raylet.notify("obj_free", [oid])  # the reservation must not outlive the failure
             raise
         self.raylet.notify("obj_seal", {"oid": oid})
+
+    def _writable_map(self, path: str, size: int, data: bytes, bufs: list) -> Any:
+        """A writable mapping of a recycled segment, reusing this process's mapping
+        of it if any; None when the segment was new and the value is written already.
+
+        A new segment is written with ``pwrite``: tmpfs fills each page as it
+        allocates it, with no page fault and no zeroing per 4 KiB (about twice
+        as fast as writing a fresh mapping).  The store recycles freed segments
+        (same file, new name), whose pages are there already, so a process that
+        writes large objects in a loop keeps writing into mappings it already
+        has: no page-table set-up or tear-down per object.
+        """
+        cache = self._wmaps
+        for key, (m, fd) in list(cache.items()):
+            if os.fstat(fd).st_nlink == 0:  # dropped by the store: let the memory go
+                del cache[key]
+                m.close()
+                os.close(fd)
+        fd = shm.open_writable(path)  # exclusive, or this user's own recycled segment
+        st = os.fstat(fd)
+        if st.st_size == 0:
+            try:
+                os.ftruncate(fd, size)
+                shm.pwrite_pieces(fd, serialization.layout_pieces(data, bufs))
+            finally:
+                os.close(fd)
+            return None
+        if st.st_size != size:
+            os.ftruncate(fd, size)
+        key = (st.st_dev, st.st_ino)
+        hit = cache.pop(key, None)
+        if hit is not None and len(hit[0]) >= size:
+            os.close(fd)
+            cache[key] = hit
+            return hit[0]
+        if hit is not None:
+            hit[0].close()
+            os.close(hit[1])
+        import mmap
+
+        m = mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        cache[key] = (m, fd)
+        while len(cache) > 4:
+            _, (old, ofd) = cache.popitem(last=False)
+            old.close()
+            os.close(ofd)
+        return m
 
     # --- get ------------------------------------------------------------------------
     def get(self, refs: Any, timeout: float | None = None) -> Any:
