@@ -209,6 +209,17 @@ def test_segments_of_a_sigkilled_node_daemon_are_swept(cluster):
     del inner
 
 
+def test_sweeping_spares_live_node_daemons(ray_start):
+    # Live daemons retitle themselves (skate::raylet): a sweep (run whenever a
+    # cluster starts) must still see them alive and leave their segments alone.
+    ref = skate.put(b"s" * BIG)
+    name = f"{runtime.current().store_prefix}-{ref.hex()}"
+    assert os.path.exists(f"/dev/shm/{name}")
+    node.sweep_dead_stores()
+    assert os.path.exists(f"/dev/shm/{name}")
+    assert skate.get(ref) == b"s" * BIG
+
+
 def test_short_drivers_on_a_long_lived_cluster_leave_no_segments(cluster):
     skate.init(address=cluster.address)
     before = _stats()["store"]["objects"]

@@ -14,7 +14,7 @@ millions of times; each is documented where it is declared.
 
 Who serves what::
 
-    control store  register_node heartbeat get_nodes drain_node subscribe publish new_job gcs_info
+    control store  register_node heartbeat get_nodes drain_node subscribe publish new_job gcs_info gcs_stats
                    register_actor update_actor get_actor get_named_actor list_actors
                    list_named_actors kv_put kv_get kv_del kv_keys ping task_events
                    list_task_events list_jobs report_waits list_waits; job_* (``job_messages``)
@@ -22,7 +22,7 @@ Who serves what::
                    dump_stack: ``state_messages``); placement groups (``messages_pg``)
     node daemon    request_lease return_lease lease_blocked lease_unblocked worker_exit_info
                    kill_worker register_worker register_client node_stats obj_reserve
-                   obj_seal obj_get obj_unmapped obj_fetch obj_write obj_read obj_free flush_logs
+                   obj_seal obj_get obj_get_many obj_unmapped obj_fetch obj_write obj_read obj_free flush_logs
                    pub shutdown (from the control store)
     core worker    push_task create_actor actor_call cancel_task release_held exit_now hello
                    gen_item gen_ack
@@ -106,6 +106,11 @@ class NewJob(_NewJobRequired, total=False):
 
 class GcsInfo(TypedDict):
     durable: bool  # the tables outlive the control store (clients wait for its restart)
+
+
+class GcsStats(TypedDict):
+    received: int  # requests and notifications the control store handled since it started
+    published: int  # pub/sub messages it sent to subscribers since it started
 
 
 class RegisterActor(TypedDict):
@@ -298,6 +303,13 @@ class ObjGet(TypedDict):
     node_id: Union[bytes, None]  # where the primary copy is, to pull it from
 
 
+class ObjGetMany(TypedDict):
+    """``obj_get`` for many objects in one round trip (one ``get`` of many refs)."""
+
+    oids: list[bytes]
+    node_ids: list[Union[bytes, None]]  # per oid: where its primary copy is
+
+
 class _ObjFetchRequired(TypedDict):
     oid: bytes
     node_id: bytes  # the node that asks (told about frees later)
@@ -482,6 +494,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "publish": (tuple[str, Any], Any),
     "new_job": (NewJob, int),
     "gcs_info": (None, GcsInfo),
+    "gcs_stats": (None, GcsStats),
     "register_actor": (RegisterActor, bool),
     "update_actor": (ActorUpdate, None),
     "get_actor": (GetActor, Union[ActorRecord, None]),
@@ -513,6 +526,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "obj_reserve": (ObjReserve, str),
     "obj_seal": (ObjRef, None),
     "obj_get": (ObjGet, str),
+    "obj_get_many": (ObjGetMany, list[Union[str, None]]),  # None: ask for that one with obj_get
     "obj_unmapped": (list[bytes], None),
     "obj_fetch": (ObjFetch, Union[bool, int]),
     "obj_write": (ObjRef, bool),  # payload: the object's layout (a driver with no node on its host)

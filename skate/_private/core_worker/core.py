@@ -90,6 +90,8 @@ class CoreWorker(ObjectAccess, RefCounting):
         self._borrows_idle: asyncio.Event | None = None
         self._frees: list = []
         self._frees_lock = threading.Lock()
+        self._unmaps: list = []  # segments this process stopped mapping, sent in batches
+        self._unmaps_lock = threading.Lock()
         self._wmaps: collections.OrderedDict = collections.OrderedDict()
         self._nodes: dict[bytes, dict] = {}
         self.extra_sockets: list[str] = []

@@ -60,14 +60,23 @@ class GcsServer:
         # until ``node_timeout_s`` to reattach, or the jobs are over.
         self.unclaimed_jobs = {job for job, r in self.jobs.items() if r.get("alive")}
         self.started = time.monotonic()
+        #: Requests and notifications received so far (``gcs_stats``).
+        self.received = 0
         self.job_manager = JobManager(storage, self.kv, self.jobs, token, session_dir, self._head_node)
         self.handlers = {
-            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
+            name[3:]: self._counted(getattr(self, name)) for name in dir(self) if name.startswith("on_")
         }
-        self.handlers.update(self.job_manager.handlers())
+        self.handlers.update({k: self._counted(h) for k, h in self.job_manager.handlers().items()})
 
     def _head_node(self) -> dict | None:
         return next((n for n in self.nodes.all() if n.get("is_head") and n.get("alive")), None)
+
+    def _counted(self, handler: Any) -> Any:
+        def counted(conn: wire.Connection, body: Any, bufs: list) -> Any:
+            self.received += 1
+            return handler(conn, body, bufs)
+
+        return counted
 
     # --- nodes --------------------------------------------------------------
     def on_register_node(self, conn: wire.Connection, info: dict, bufs: list) -> dict:
@@ -128,6 +137,10 @@ class GcsServer:
 
     def on_gcs_info(self, conn: wire.Connection, body: Any, bufs: list) -> dict:
         return {"durable": self.durable}
+
+    def on_gcs_stats(self, conn: wire.Connection, body: Any, bufs: list) -> dict:
+        """Message counts since start, for measuring the control plane's cost."""
+        return {"received": self.received, "published": self.pubsub.sent}
 
     # --- bounded history ------------------------------------------------------------
     async def keep_tidy(self) -> None:

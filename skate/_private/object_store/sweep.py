@@ -33,7 +33,11 @@ def record_store(session_dir: str, prefix: str, pid: int) -> str:
 def _alive_daemon(pid: int) -> bool:
     try:
         p = psutil.Process(pid)
-        return p.status() != psutil.STATUS_ZOMBIE and "skate._private.raylet" in " ".join(p.cmdline())
+        # A running daemon has retitled itself ``skate::raylet`` (see ``proctitle``);
+        # one still starting shows its module.
+        text = " ".join(p.cmdline())
+        alive = p.status() != psutil.STATUS_ZOMBIE
+        return alive and (text.startswith("skate::raylet") or "skate._private.raylet" in text)
     except (psutil.Error, ValueError):
         return False
 
