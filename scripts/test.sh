@@ -14,4 +14,4 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 python -m pip install -q -e ".[test]"
 python -m ruff check skate tests benchmarks
-python -m pytest -m "not soak" "$@"
+python -m pytest -m "not soak and not bigmem" "$@"

@@ -2,7 +2,8 @@
 
 ::
 
-    send:    frame pieces -> join -> split in <= 1 MiB parts -> AES-256-GCM
+    send:    frame pieces (small ones joined, large ones as they are) -> split in
+             <= 1 MiB parts -> AES-256-GCM
              (key of this direction, nonce = counter) -> <u32 length><ciphertext + tag>
     receive: inbox bytes -> whole records -> decrypt and verify -> plaintext
              bytes for the ``FrameReader``
@@ -26,6 +27,7 @@ from skate._private.wire.framing import FrameReader, ProtocolError
 _LEN = struct.Struct("<I")
 TAG_LEN = 16
 MAX_RECORD = 1 << 20  # plaintext bytes per record
+_SMALL = 64 << 10  # pieces below this are joined into shared records
 
 
 class RecordCipher:
@@ -38,17 +40,39 @@ class RecordCipher:
         self._recv_n = 0
 
     def seal(self, pieces: list) -> list:
-        """The records carrying ``pieces`` (call under the connection's write lock)."""
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        view = memoryview(data).cast("B")
-        out = []
+        """The records carrying ``pieces`` (call under the connection's write lock).
+
+        Small pieces (a frame's prefix and header) share records; a large
+        buffer (a chunk of an object) is encrypted straight from its memory,
+        1 MiB at a time, never copied into a joined frame first.
+        """
+        out: list = []
+        small: list = []
+        nsmall = 0
+        for p in pieces:
+            view = memoryview(p).cast("B")
+            if view.nbytes < _SMALL:
+                if nsmall + view.nbytes > MAX_RECORD:
+                    self._seal_view(memoryview(b"".join(small)), out)
+                    small, nsmall = [], 0
+                small.append(view)
+                nsmall += view.nbytes
+                continue
+            if small:
+                self._seal_view(memoryview(b"".join(small)), out)
+                small, nsmall = [], 0
+            self._seal_view(view, out)
+        if small or not out:
+            self._seal_view(memoryview(b"".join(small)), out)
+        return out
+
+    def _seal_view(self, view: memoryview, out: list) -> None:
         for start in range(0, max(len(view), 1), MAX_RECORD):
             nonce = self._send_n.to_bytes(12, "little")
             self._send_n += 1
             ct = self._send.encrypt(nonce, view[start : start + MAX_RECORD], None)
             out.append(_LEN.pack(len(ct)))
             out.append(ct)
-        return out
 
     def open(self, inbox: FrameReader, plain: FrameReader) -> None:
         """Moves every whole record from ``inbox`` into ``plain``, decrypted.
