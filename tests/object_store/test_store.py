@@ -299,3 +299,20 @@ def test_shm_helpers(prefix):
     shm.unlink(path)
     shm.unlink(path)  # a missing segment is fine
     assert not os.path.exists(path)
+
+
+def test_objects_readers_map_are_neither_dropped_nor_spilled(store):
+    # Capacity 1000 KB: a mapped secondary copy and a mapped primary, then a newcomer.
+    copy = _make(store, _oid(1), 400 * KB, 1, primary=False)
+    prim = _make(store, _oid(2), 400 * KB, 2)
+    _make(store, _oid(3), 100 * KB, 3)
+    store.map_added(_oid(1))
+    store.map_added(_oid(2))
+    with pytest.raises(StoreFull):
+        store.reserve(_oid(4), 400 * KB)  # only the unmapped 100 KB could go
+    assert os.path.exists(copy) and os.path.exists(prim) and store.objects[_oid(3)].spilled_path is None
+    store.map_removed(_oid(1))  # the reader let the copy go: it may be dropped now
+    store.reserve(_oid(4), 400 * KB)
+    assert _oid(1) not in store.objects and not os.path.exists(copy)
+    assert os.path.exists(prim) and store.objects[_oid(2)].spilled_path is None
+    store.map_removed(_oid(2))

@@ -323,7 +323,7 @@ class ObjectAccess:
             if self.off_node:
                 return self.call(self.read_over_wire(ref._id, node_id))
             try:
-                path = self.call(self.shm_path(ref._id, node_id))
+                return self.read_shm(self.call(self.shm_path(ref._id, node_id)), ref._id)
             except exc.ObjectLostError as e:
                 # Its only copy is gone: the task that made it runs again (asked of its
                 # owner), maybe on this very lease's resources, which a waiting task lends.
@@ -334,7 +334,6 @@ class ObjectAccess:
                     if blocked:
                         self.block(False)
                 return self.materialize(ref, snap)
-            return self.read_shm(path, ref._id)
         if state == ERROR:
             e = self.store.get(ref._id)
             if e is not None:
@@ -387,10 +386,9 @@ class ObjectAccess:
             if self.off_node:
                 return await self.read_over_wire(oid, node_id)
             try:
-                path = await self.shm_path(oid, node_id)
+                return self.read_shm(await self.shm_path(oid, node_id), oid)
             except exc.ObjectLostError as e:
                 return await self.materialize_async(oid, await self.lineage.recover(oid, owner, node_id, e), owner)
-            return self.read_shm(path, oid)
         if state == ERROR:
             e = self.store.get(oid)
             if e is not None:

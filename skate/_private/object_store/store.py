@@ -106,7 +106,9 @@ class ObjectStore:
                 if self.used + size <= self.capacity:
                     return victims
                 if (key == oid or not obj.sealed or obj.spilled_path or obj.spilling or obj.disk
-                        or obj.primary != want_primary):
+                        or obj.primary != want_primary or self.mapped.get(key)):
+                    # (A mapped object's memory stays while readers map it, and a reader
+                    # told its path may be about to map it: it is not dropped or spilled.)
                     continue
                 if want_primary:
                     obj.spilling = True

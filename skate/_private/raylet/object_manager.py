@@ -29,6 +29,9 @@ from skate._private.object_store import shm
 from skate._private.object_store.store import StoreFull, spill_files
 from skate._private.raylet import transfer
 
+#: Seconds a reservation waits for readers to unmap objects before the store is full.
+ROOM_WAIT_S = 10.0
+
 
 class ObjectStoreFull(Exception):
     """Raised to a producer when no room can be made."""
@@ -100,7 +103,18 @@ class ObjectManager:
     async def _spill_for(self, size: int, oid: bytes) -> None:
         """Makes room for ``size`` bytes, copying spilled segments to disk on a
         worker thread: a multi-GB spill does not stall heartbeats or requests."""
-        victims = self.store.plan_room(size, oid)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROOM_WAIT_S
+        while True:
+            try:
+                victims = self.store.plan_room(size, oid)
+                break
+            except StoreFull:
+                # Objects readers map now are neither dropped nor spilled: wait a
+                # little for them to be let go before giving up.
+                if size > self.store.capacity or loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
         if not victims:
             return
         try:
