@@ -209,15 +209,22 @@ def test_segments_of_a_sigkilled_node_daemon_are_swept(cluster):
     del inner
 
 
-def test_sweeping_spares_live_node_daemons(ray_start):
-    # Live daemons retitle themselves (skate::raylet): a sweep (run whenever a
-    # cluster starts) must still see them alive and leave their segments alone.
-    ref = skate.put(b"s" * BIG)
-    name = f"{runtime.current().store_prefix}-{ref.hex()}"
-    assert os.path.exists(f"/dev/shm/{name}")
-    node.sweep_dead_stores()
-    assert os.path.exists(f"/dev/shm/{name}")
-    assert skate.get(ref) == b"s" * BIG
+def test_a_sweep_leaves_live_node_daemons_alone(cluster):
+    other = cluster.add_node(num_cpus=1, resources={"other": 1})
+    skate.init(address=cluster.address)
+
+    @skate.remote(resources={"other": 1})
+    def big() -> list:
+        return [skate.put(b"s" * BIG)]
+
+    [inner] = skate.get(big.remote())
+    prefix = f"{CONFIG.shm_prefix}-{other.node_id[:12]}"
+    assert _segments(prefix)
+    # The daemon runs under its title (skate::raylet), not its module's command line.
+    assert node.sweep_dead_stores() == 0
+    assert _segments(prefix)
+    assert len(skate.get(inner)) == BIG
+    del inner
 
 
 def test_short_drivers_on_a_long_lived_cluster_leave_no_segments(cluster):

@@ -26,7 +26,7 @@ Who serves what::
                    pub shutdown (from the control store)
     core worker    push_task create_actor actor_call cancel_task release_held exit_now hello
                    gen_item gen_ack
-                   borrow_add borrow_remove get_object pub warning ping
+                   borrow_add borrow_remove get_object reconstruct_object pub warning ping
 """
 
 from __future__ import annotations
@@ -548,6 +548,9 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "borrow_remove": (list[bytes], None),
     "get_object": (tuple[bytes, bool], ObjectMeta),
     **PG_REQUESTS,  # placement groups (messages_pg)
+    # [object id, node its copy was lost on] -> [state, node_id, size] (+ the value's
+    # buffers unless in shared memory), or ["lost", error class name, message]
+    "reconstruct_object": (tuple[bytes, Union[bytes, None]], list[Any]),
 }
 
 REQUESTS.update(JOB_REQUESTS)

@@ -106,6 +106,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.handlers: dict[str, Callable] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
         }
+        self.handlers["reconstruct_object"] = self.lineage.on_reconstruct_object
         self.loop = daemon.new_loop()
         self.io_thread = threading.Thread(target=self._run_loop, name="skate-io", daemon=True)
         self.io_thread.start()

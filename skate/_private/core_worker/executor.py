@@ -192,7 +192,7 @@ class Executor(ActorExecution):
         try:
             if tid in self.cancelled:
                 raise exc.TaskCancelledError(tid.hex())
-            args, kwargs = self._decode_args(spec, bufs, pos)
+            args, kwargs = self._decode_args(spec, bufs, pos, fut.conn.peer)
             result = fn(*args, **kwargs)
             if spec["nr"] < 0:  # a generator task: items go out as they are yielded
                 body, out = streams.stream(self, fut, spec, result, name), []
@@ -238,7 +238,9 @@ class Executor(ActorExecution):
         asyncio.run_coroutine_threadsafe(go(), self.core.loop)
         threading.Event().wait(5)
 
-    def _decode_args(self, spec: dict, bufs: list, pos: int) -> tuple[list, dict]:
+    def _decode_args(self, spec: dict, bufs: list, pos: int, caller: Any = None) -> tuple[list, dict]:
+        """A task's arguments; ``caller``: its submitter's address, the owner of
+        its shared-memory arguments (asked to rebuild one that is lost)."""
         core = self.core
         meta = spec.get("a")
         if meta is None:
@@ -260,7 +262,9 @@ class Executor(ActorExecution):
                 values.append(serialization.loads(bufs[pos], bufs[pos + 1 : pos + n]))
                 pos += n
             elif kind == "s":
-                values.append(core.read_shm(core.call(core.shm_path(entry[1], entry[2])), entry[1]))
+                from skate.object_ref import ObjectRef
+
+                values.append(core.materialize(ObjectRef(entry[1], caller, _register=False), (SHM, None, [], entry[2], 0)))
             else:
                 from skate.object_ref import ObjectRef
 

@@ -360,13 +360,17 @@ class ObjectAccess:
             if self.off_node:
                 return self.call(self.read_over_wire(ref._id, node_id))
             try:
-                path = self.call(self.shm_path(ref._id, node_id))
-            except exc.ObjectLostError:
-                if ref._id not in self.lineage.records and ref._id not in self.lineage.evicted:
-                    raise
-                # Its only copy is gone: the task that made it runs again.
-                return self.materialize(ref, self.call(self.lineage.reconstruct(ref._id)))
-            return self.read_shm(path, ref._id)
+                return self.read_shm(self.call(self.shm_path(ref._id, node_id)), ref._id)
+            except exc.ObjectLostError as e:
+                # Its only copy is gone: the task that made it runs again (asked of its
+                # owner), maybe on this very lease's resources, which a waiting task lends.
+                blocked = self.block(True)
+                try:
+                    snap = self.call(self.lineage.recover(ref._id, ref._owner, node_id, e))
+                finally:
+                    if blocked:
+                        self.block(False)
+                return self.materialize(ref, snap)
         if state == ERROR:
             e = self.store.get(ref._id)
             if e is not None:
@@ -426,19 +430,16 @@ class ObjectAccess:
         if oids and not self.raylet.closed:
             self.raylet.notify("obj_unmapped", oids)
 
-    async def materialize_async(self, oid: bytes, snap: tuple) -> Any:
-        """Like ``materialize`` but from the I/O thread."""
+    async def materialize_async(self, oid: bytes, snap: tuple, owner: list | None = None) -> Any:
+        """Like ``materialize`` but from the I/O thread (``owner``: the object's owner's address)."""
         state, data, bufs, node_id, size = snap
         if state == SHM:
             if self.off_node:
                 return await self.read_over_wire(oid, node_id)
             try:
-                path = await self.shm_path(oid, node_id)
-            except exc.ObjectLostError:
-                if oid not in self.lineage.records and oid not in self.lineage.evicted:
-                    raise
-                return await self.materialize_async(oid, await self.lineage.reconstruct(oid))
-            return self.read_shm(path, oid)
+                return self.read_shm(await self.shm_path(oid, node_id), oid)
+            except exc.ObjectLostError as e:
+                return await self.materialize_async(oid, await self.lineage.recover(oid, owner, node_id, e), owner)
         if state == ERROR:
             e = self.store.get(oid)
             if e is not None:
@@ -466,7 +467,7 @@ class ObjectAccess:
         async def go() -> None:
             try:
                 snap = await self.resolve(ref._id, ref._owner)
-                value = await self.materialize_async(ref._id, snap)
+                value = await self.materialize_async(ref._id, snap, ref._owner)
             except BaseException as e:  # noqa: BLE001 - handed to the caller
                 cb(None, e)
                 return

@@ -18,7 +18,7 @@ import shutil
 
 import psutil
 
-from skate._private import private_paths
+from skate._private import private_paths, proctitle
 from skate._private.object_store import shm
 
 
@@ -33,11 +33,12 @@ def record_store(session_dir: str, prefix: str, pid: int) -> str:
 def _alive_daemon(pid: int) -> bool:
     try:
         p = psutil.Process(pid)
-        # A running daemon has retitled itself ``skate::raylet`` (see ``proctitle``);
-        # one still starting shows its module.
+        # A running node daemon shows its title (``skate::raylet``), one that is
+        # still starting its module's command line.
         text = " ".join(p.cmdline())
-        alive = p.status() != psutil.STATUS_ZOMBIE
-        return alive and (text.startswith("skate::raylet") or "skate._private.raylet" in text)
+        return p.status() != psutil.STATUS_ZOMBIE and (
+            text.startswith(proctitle.PREFIX + "raylet") or "skate._private.raylet" in text
+        )
     except (psutil.Error, ValueError):
         return False
 

@@ -38,6 +38,7 @@ from skate._private.raylet.bundles import BundleManager
 from skate._private.raylet.leases import Lease, LeaseManager
 from skate._private.raylet.object_manager import ObjectManager
 from skate._private.raylet.scheduler import LocalScheduler
+from skate._private.raylet.transfer import ChunkBudget
 from skate._private.raylet.worker_pool import Worker, WorkerPool
 from skate._private.raylet.worker_pool import signal_pid as _kill
 
@@ -79,6 +80,7 @@ class Raylet(LeaseManager, ObjectManager, BundleManager):
         self.peer_conns: dict[bytes, asyncio.Future] = {}
         self.pulls: dict[bytes, asyncio.Future] = {}
         self.pulled_by: dict[bytes, set[bytes]] = {}
+        self.pull_budget = ChunkBudget()  # chunks in flight for all pulls (see ``transfer``)
         self.restores: dict[bytes, asyncio.Future] = {}  # spilled objects being copied back
         self.owner_of: dict[bytes, bytes] = {}  # object id -> its owner's worker id
         self.owned: dict[bytes, set[bytes]] = {}  # owner's worker id -> its objects here
