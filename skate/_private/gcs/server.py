@@ -25,6 +25,7 @@ from typing import Any
 
 from skate._private import daemon, private_paths, wire
 from skate._private.config import CONFIG
+from skate._private.gcs.actor_scheduler import ActorScheduler
 from skate._private.gcs.actors import DEAD, ActorDirectory, public
 from skate._private.gcs.nodes import NodeTable
 from skate._private.gcs.pubsub import PubSub
@@ -43,6 +44,9 @@ class GcsServer:
         self.pubsub = PubSub()
         self.actors = ActorDirectory(storage, self.pubsub.publish)
         self.nodes = NodeTable(storage, self.pubsub.publish, self.actors.node_died)
+        self.actor_sched = ActorScheduler(storage, self.actors, self.nodes, token)
+        self.actors.on_dead = self.actor_sched.forget
+        self.actors.has_creation = lambda aid: aid in self.actor_sched.specs
         self.jobs = Table(storage, "jobs")
         self.kv = Table(storage, "kv")
         self.task_events = TaskEventTable()
@@ -137,8 +141,16 @@ class GcsServer:
         owned.append(info["actor_id"])
         return True
 
+    async def on_schedule_actor(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
+        """Creates a registered actor (see ``actor_scheduler``); answers when it is up or failed."""
+        return await self.actor_sched.schedule(conn, body, bufs)
+
     def on_update_actor(self, conn: wire.Connection, body: dict, bufs: list) -> None:
+        before = self.actors.actors.get(body["actor_id"])
+        kill = body.pop("kill", False) and before is not None and before["state"] != DEAD
         self.actors.update(body["actor_id"], body)
+        if kill:  # skate.kill(): its process ends too, even mid-constructor
+            self.actor_sched.kill(body["actor_id"])
 
     async def on_get_actor(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:
         return await self.actors.get(
@@ -213,9 +225,11 @@ async def _main(stop: asyncio.Event) -> None:
         server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers, identity=wire.GCS_IDENTITY)
     port = server.sockets[0].getsockname()[1]
     watcher = asyncio.gather(gcs.nodes.watch_heartbeats(), gcs.keep_tidy(), gcs.nodes.broadcast_resources())
+    gcs.actor_sched.resume()
     daemon.report_ready({"port": port})
     await stop.wait()
     watcher.cancel()
+    gcs.actor_sched.close()
     for conn in list(gcs.nodes.conns.values()):
         conn.close()
     server.close()
