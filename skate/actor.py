@@ -181,10 +181,13 @@ class ActorClass:
         in_group = pg_placement.apply(o, held, placement, f"actor {self._name}")
         if in_group is not None:  # (its bundle's resources instead)
             held, placement = in_group[0], in_group[1]
-        try:
-            self._register(core, actor_id, name, namespace, detached, o, copts)
-        except ValueError as e:  # the control store refuses a name in use
-            raise exc.ActorAlreadyExistsError(str(e)) from None
+        register = self._registration(core, actor_id, name, namespace, detached, o, copts)
+        if name:  # a name in use is refused here and now (follows Ray)
+            try:
+                core.gcs_call("register_actor", register[0], [register[1]])
+            except ValueError as e:  # the control store refuses a name in use
+                raise exc.ActorAlreadyExistsError(str(e)) from None
+            register = None
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"the constructor of {self._name}")
         rec = TaskRecord()
         rec.spec = {
@@ -223,15 +226,17 @@ class ActorClass:
             anchor = core.put(None)
             core.free_hooks[anchor._id] = lambda aid=actor_id: core.actors.handle_dropped(aid)
         handle = ActorHandle(actor_id, self._name, self._meta, self._extras, copts, anchor)
-        core.post(core.actors.create, st, rec, self._pickled, lease_body)
+        # (An anonymous actor is registered on the way: no round trip per creation.)
+        core.post(core.actors.create, st, rec, self._pickled, lease_body, register)
         return handle
 
-    def _register(
+    def _registration(
         self, core: Any, actor_id: bytes, name: str | None, namespace: str, detached: bool, o: dict, copts: dict
-    ) -> None:
-        handle_meta = cloudpickle.dumps((self._name, self._meta, self._extras, copts))
-        core.gcs_call(
-            "register_actor",
+    ) -> tuple[dict, bytes]:
+        """The ``register_actor`` message and its buffer (the pickled handle metadata)."""
+        # (Only a named actor's handle is ever rebuilt from the control store.)
+        handle_meta = cloudpickle.dumps((self._name, self._meta, self._extras, copts)) if name else b""
+        return (
             {
                 "actor_id": actor_id,
                 "name": name,
@@ -242,7 +247,7 @@ class ActorClass:
                 "job_id": core.job_id,
                 "max_restarts": o.get("max_restarts", 0),
             },
-            [handle_meta],
+            handle_meta,
         )
 
 

@@ -15,7 +15,7 @@ millions of times; each is documented where it is declared.
 Who serves what::
 
     control store  register_node heartbeat get_nodes drain_node subscribe publish new_job gcs_info gcs_stats
-                   register_actor update_actor get_actor get_named_actor list_actors
+                   register_actor schedule_actor update_actor get_actor get_named_actor list_actors
                    list_named_actors kv_put kv_get kv_del kv_keys ping task_events
                    list_task_events list_jobs report_waits list_waits; job_* (``job_messages``)
                    (node daemon: list_workers log_list log_read; core worker: list_refs
@@ -126,6 +126,26 @@ class RegisterActor(TypedDict):
     max_restarts: int
 
 
+class ScheduleActor(TypedDict):
+    """A registered actor handed to the control store to create (buffers: the
+    pickled class, then the constructor's argument buffers)."""
+
+    actor_id: bytes
+    spec: Any  # the creation's TaskSpec (see below), arguments resolved
+    lease: Any  # the LeaseRequest for its worker
+    via: Union[bytes, None]  # the node whose daemon is asked first (the owner's)
+
+
+class ScheduleActorReply(TypedDict, total=False):
+    """The first incarnation is up (``actor``: its record), or why not (error buffers
+    follow when the constructor raised)."""
+
+    ok: bool
+    actor: Any
+    cause: str
+    unschedulable: bool
+
+
 class _ActorUpdateRequired(TypedDict):
     actor_id: bytes
 
@@ -141,6 +161,7 @@ class ActorUpdate(_ActorUpdateRequired, total=False):
     worker_id: bytes  # with cause_if_unset: the worker that exited (ignored if the actor moved on)
     pid: Union[int, None]
     num_restarts: int  # the incarnation: 0 first, +1 per restart
+    kill: bool  # (with DEAD) end its process too, even while its constructor runs
 
 
 class ActorRecord(RegisterActor, total=False):
@@ -359,6 +380,7 @@ class TaskSpec(_TaskSpecRequired, total=False):
     cgs: dict[str, int]  # concurrency groups: name -> max concurrency (creation)
     cg: str  # the concurrency group of an actor call (absent: the default group)
     pg: list[Any]  # [placement group id, bundle index, capture child tasks] when run in one
+    gc: bool  # (creation) sent by the control store: the actor does not end with this connection
 
 
 class TaskReply(TypedDict, total=False):
@@ -408,6 +430,7 @@ class CancelTask(_CancelTaskRequired, total=False):
 
 class ExitNow(TypedDict, total=False):
     graceful: bool
+    cause: str  # (graceful) why, for the actor's record in the control store
 
 
 class TaskEvent(TypedDict, total=False):
@@ -496,6 +519,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "gcs_info": (None, GcsInfo),
     "gcs_stats": (None, GcsStats),
     "register_actor": (RegisterActor, bool),
+    "schedule_actor": (ScheduleActor, ScheduleActorReply),
     "update_actor": (ActorUpdate, None),
     "get_actor": (GetActor, Union[ActorRecord, None]),
     "get_named_actor": (GetNamedActor, Union[ActorRecord, None]),

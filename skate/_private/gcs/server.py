@@ -26,6 +26,7 @@ from typing import Any
 
 from skate._private import daemon, private_paths, wire
 from skate._private.config import CONFIG
+from skate._private.gcs.actor_scheduler import ActorScheduler
 from skate._private.gcs.actors import DEAD, ActorDirectory, public
 from skate._private.gcs.job_manager import JobManager
 from skate._private.gcs.nodes import NodeTable
@@ -48,6 +49,9 @@ class GcsServer:
         self.actors = ActorDirectory(storage, self.pubsub.publish)
         self.nodes = NodeTable(storage, self.pubsub.publish, self._node_died)
         self.pgs = PlacementGroupManager(self.nodes, self.pubsub.publish)
+        self.actor_sched = ActorScheduler(storage, self.actors, self.nodes, token)
+        self.actors.on_dead = self.actor_sched.forget
+        self.actors.has_creation = lambda aid: aid in self.actor_sched.specs
         self.jobs = Table(storage, "jobs")
         self.kv = Table(storage, "kv")
         self.task_events = TaskEventTable()
@@ -171,8 +175,16 @@ class GcsServer:
         owned.append(info["actor_id"])
         return True
 
+    async def on_schedule_actor(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
+        """Creates a registered actor (see ``actor_scheduler``); answers when it is up or failed."""
+        return await self.actor_sched.schedule(conn, body, bufs)
+
     def on_update_actor(self, conn: wire.Connection, body: dict, bufs: list) -> None:
+        before = self.actors.actors.get(body["actor_id"])
+        kill = body.pop("kill", False) and before is not None and before["state"] != DEAD
         self.actors.update(body["actor_id"], body)
+        if kill:  # skate.kill(): its process ends too, even mid-constructor
+            self.actor_sched.kill(body["actor_id"])
 
     async def on_get_actor(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:
         return await self.actors.get(
@@ -274,10 +286,12 @@ async def _main(stop: asyncio.Event) -> None:
         gcs.nodes.watch_heartbeats(), gcs.keep_tidy(), gcs.nodes.broadcast_resources(), gcs.pgs.run(),
         gcs.job_manager.watch(),
     )
+    gcs.actor_sched.resume()
     daemon.report_ready({"port": port})
     await stop.wait()
     watcher.cancel()
     gcs.job_manager.stop_all()
+    gcs.actor_sched.close()
     for conn in list(gcs.nodes.conns.values()):
         conn.close()
     server.close()
