@@ -19,6 +19,7 @@ import ctypes
 import inspect
 import os
 import threading
+from time import time as _now  # wall-clock seconds: task event timestamps
 from typing import Any
 
 import cloudpickle
@@ -34,7 +35,7 @@ from skate._private import (
     wire,
 )
 from skate._private.config import CONFIG
-from skate._private.core_worker import streams, task_events
+from skate._private.core_worker import streams
 from skate._private.core_worker.actor_exec import ActorExecution, ActorExit, Replier
 from skate._private.core_worker.errors import error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
@@ -163,8 +164,9 @@ class Executor(ActorExecution):
         self.held.pop(tid, None)
 
     def _reply(self, fut: Replier, body: dict, bufs: list) -> None:
-        self.flush_borrows()
-        fut.send(body, bufs)
+        if self.core.borrows_inflight:  # (flush_borrows, inlined: once per task)
+            self.core.call(self.core.flush_borrows())
+        fut.conn.reply(fut.rid, body, bufs)
 
     # --- tasks --------------------------------------------------------------------
     def _run_task(self, spec: dict, bufs: list, fut: Replier) -> None:
@@ -187,7 +189,7 @@ class Executor(ActorExecution):
         self.running[tid] = threading.get_ident()
         current = task_context.CURRENT.set(spec)
         events = self.core.task_events
-        started = task_events.now()
+        started = _now()
         events.started(tid, name, started, getattr(fn, "__qualname__", name))
         error: BaseException | None = None
         try:
@@ -209,7 +211,7 @@ class Executor(ActorExecution):
             error = e
             body, out = self._error_reply(spec, e, name)
         finally:
-            body["ts"] = [started, task_events.now()]  # the owner reports how it ended
+            body["ts"] = [started, _now()]  # the owner reports how it ended
             if error is not None:
                 cause = getattr(error, "cause", None) or error
                 # The message with the remote traceback, as the caller's RayTaskError shows it.
