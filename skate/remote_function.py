@@ -131,7 +131,7 @@ class RemoteFunction:
         re = o.get("retry_exceptions", False)
         rec.retry_exceptions = list(re) if isinstance(re, (list, tuple)) else bool(re)
         rec.resources = opts.resource_request(o, 1)
-        in_group = placement.apply(o, rec.resources, None, f"task {name}")
+        in_group = placement.apply(o, rec.resources, None, "task", name)
         if in_group is not None:  # (its bundle's resources instead)
             rec.resources, _, rec.spec["pg"] = in_group
         if rec.resources != _DEFAULT_RESOURCES:
