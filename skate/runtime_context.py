@@ -2,9 +2,8 @@
 
 In a worker the values describe the task or actor call running in the
 calling thread or coroutine; in the driver, the driver (which is in no
-placement group).  Node labels and runtime environments are not
-implemented, so the accessors for them report that truthfully (an empty
-runtime environment).
+placement group).  Node labels are not implemented, so the accessors for
+them report that truthfully.
 """
 
 from __future__ import annotations
@@ -244,13 +243,18 @@ class RuntimeContext:
         return bool(here and here[2])
 
     def get_runtime_env_string(self) -> str:
-        """The runtime environment as JSON: ``"{}"`` (runtime_env is not supported yet)."""
-        return json.dumps({})
+        """The runtime environment as JSON (see ``runtime_env``)."""
+        return json.dumps(self._core.runtime_env, sort_keys=True)
 
     @property
-    def runtime_env(self) -> dict:
-        """The runtime environment: ``{}`` (runtime_env is not supported yet)."""
-        return {}
+    def runtime_env(self) -> Any:
+        """The runtime environment this code runs in, a ``RuntimeEnv`` (follows Ray):
+        in a driver the job's, in a worker the one it was started with (merged
+        with the job's); ``working_dir`` and ``py_modules`` appear as the
+        ``gcs://_skate_pkg_<hash>.zip`` packages they were uploaded as."""
+        from skate.runtime_env import RuntimeEnv
+
+        return RuntimeEnv(_validate=False, **self._core.runtime_env)
 
     # --- all of it ------------------------------------------------------------------------
     def get(self) -> dict:

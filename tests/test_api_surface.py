@@ -59,6 +59,13 @@ FUNCTIONS = {
     # ray.actor
     "skate.actor:exit_actor": "()",
     "skate.actor:method": "(*args, **kwargs)",
+    # ray.runtime_env
+    "skate.runtime_env:RuntimeEnv": (
+        "(*, py_modules=None, py_executable=None, working_dir=None, pip=None, conda=None, container=None, "
+        "env_vars=None, worker_process_setup_hook=None, nsight=None, rocprof_sys=None, config=None, "
+        "_validate=True, image_uri=None, uv=None, **kwargs)"
+    ),
+    "skate.runtime_env:RuntimeEnvConfig": "(setup_timeout_seconds=600, eager_install=True, log_files=None)",
     # ray.util core helpers
     "skate.util:as_completed": "(refs, *, chunk_size=10, yield_obj_refs=False, **kwargs)",
     "skate.util:map_unordered": "(fn, items, *, backpressure_size=100, chunk_size=10, yield_obj_refs=False, **kwargs)",

@@ -150,7 +150,7 @@ def stop_started(force: bool, grace_s: float) -> int:
     order = {"supervisor": 0, "raylet": 1, "gcs": 2}
     known.sort(key=lambda e: order.get(e.get("kind", "raylet"), 1))
     count = sum(1 for e in known if _live(e) is not None)
-    for kind in ("supervisor", "raylet", "gcs"):
+    for kind in ("supervisor", "dashboard", "raylet", "gcs"):
         procs = [p for e in known if e.get("kind", "raylet") == kind and (p := _live(e)) is not None]
         for p in procs:
             try:
