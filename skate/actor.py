@@ -178,7 +178,7 @@ class ActorClass:
         copts = _call_options(o, self._is_async())
         held = opts.resource_request(o, 0)
         placement = dict(held) if o.get("num_cpus") is not None else dict(held, CPU=1.0)
-        in_group = pg_placement.apply(o, held, placement, f"actor {self._name}")
+        in_group = pg_placement.apply(o, held, placement, "actor", self._name)
         if in_group is not None:  # (its bundle's resources instead)
             held, placement = in_group[0], in_group[1]
         register = self._registration(core, actor_id, name, namespace, detached, o, copts)

@@ -88,6 +88,8 @@ class Cluster:
     ) -> NodeHandle:
         """Starts a node (the head, the first time) and waits until it is registered.
 
+        ``labels`` (a keyword, worker nodes only): the node's labels, e.g. ``{"zone": "a"}``.
+
         ``gcs_storage`` (the head only): where the control store keeps its
         tables, e.g. ``redis://127.0.0.1:6379`` (default ``SKATE_GCS_STORAGE``,
         else in memory).  The head only, too: ``include_dashboard`` (default
@@ -125,6 +127,7 @@ class Cluster:
             num_gpus,
             resources,
             store,
+            labels=kwargs.get("labels"),
         )
         handle = NodeHandle(proc, head=False)
         self.worker_nodes.append(handle)

@@ -139,7 +139,7 @@ class RemoteFunction:
         rec.key = plan.key
         in_task = core.ctx.task_id is not None
         if plan.placement_options or task_context.CURRENT.get() is not None:
-            in_group = placement.apply(o, plan.resources, None, plan.what)
+            in_group = placement.apply(o, plan.resources, None, "task", name)
             if in_group is not None:  # (its bundle's resources instead)
                 rec.resources, _, spec["pg"] = in_group
                 rec.key = (tuple(sorted(rec.resources.items())), repr(rec.strategy))

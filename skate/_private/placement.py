@@ -19,6 +19,7 @@ from skate._private import bundle_resources as br
 from skate._private import runtime, task_context
 
 _BUNDLES: dict[bytes, list[dict]] = {}  # group id -> bundle specs (they never change)
+_CURRENT_GET = task_context.CURRENT.get
 _CREATED: set[bytes] = set()  # groups made here that the control store said are created now
 _REMOVED_HERE: set[bytes] = set()  # groups this process removed
 
@@ -103,8 +104,10 @@ def has_options(o: dict) -> bool:
     )
 
 
-def apply(o: dict, resources: dict, placement: dict | None, what: str) -> tuple[dict, dict | None, list] | None:
+def apply(o: dict, resources: dict, placement: dict | None, kind: str, name: str) -> tuple[dict, dict | None, list] | None:
     """The resources (and actor placement resources) in the group, and the spec's ``pg`` field.
+
+    ``kind`` and ``name`` (``"task"``, ``"f"``) say what is placed, in errors.
 
     Returns None when the task or actor runs in no placement group.
 
@@ -112,11 +115,16 @@ def apply(o: dict, resources: dict, placement: dict | None, what: str) -> tuple[
         ValueError: a strategy given twice, a bundle index out of range or
             without a group, or a request that fits no bundle (follows Ray).
     """
-    strategy = o.get("scheduling_strategy")
-    legacy = ("placement_group" in o and o["placement_group"] != "default") or o.get(
-        "placement_group_bundle_index", -1) != -1 or o.get("placement_group_capture_child_tasks") is not None
-    if not legacy and strategy is None and task_context.CURRENT.get() is None:
-        return None  # the common case: the driver, no group
+    spec = _CURRENT_GET()
+    if not ("scheduling_strategy" in o or "placement_group" in o or "placement_group_bundle_index" in o
+            or "placement_group_capture_child_tasks" in o):
+        if spec is None or (spec.get("pg") is None and "m" not in spec):
+            return None  # the common cases: no group asked for, none to capture
+        strategy, legacy = None, False
+    else:
+        strategy = o.get("scheduling_strategy")
+        legacy = ("placement_group" in o and o["placement_group"] != "default") or o.get(
+            "placement_group_bundle_index", -1) != -1 or o.get("placement_group_capture_child_tasks") is not None
     if legacy:
         if strategy is not None:
             raise ValueError("Scheduling strategy can only be specified once.")
@@ -143,6 +151,7 @@ def apply(o: dict, resources: dict, placement: dict | None, what: str) -> tuple[
             raise ValueError("If placement group is not set, the value of bundle index must be -1.")
         return None
     bundles = bundle_specs(pg_id)
+    what = f"{kind} {name}"
     if index >= len(bundles) or index < -1:
         raise ValueError(
             f"placement group bundle index {index} is invalid. Valid placement group indexes: 0 to {len(bundles) - 1}."

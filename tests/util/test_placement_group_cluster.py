@@ -150,3 +150,22 @@ def test_spread_strategy_spreads_tasks_and_actors_over_nodes(three_nodes):
     wait_for(lambda: skate.get(gate.count.remote()) == 6, 60, what="6 tasks running at once")
     gate.open.remote()
     assert set(skate.get(refs, timeout=60)) == everywhere
+
+
+@pytest.mark.timeout(180)
+def test_bundle_label_selector_picks_nodes_by_label(cluster):
+    a = cluster.add_node(num_cpus=1, labels={"zone": "a"})
+    b = cluster.add_node(num_cpus=1, labels={"zone": "b"})
+    skate.init(address=cluster.address)
+    try:
+        pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="SPREAD",
+                             bundle_label_selector=[{"zone": "b"}, {"zone": "in(a,c)"}])
+        assert pg.wait(60)
+        assert bundle_nodes(pg) == {0: b.node_id, 1: a.node_id}
+        nowhere = placement_group([{"CPU": 0.1}], bundle_label_selector=[{"zone": "z"}])
+        assert nowhere.wait(0.5) is False
+        assert placement_group_table(nowhere)["stats"]["scheduling_state"] == "INFEASIBLE"
+        remove_placement_group(nowhere)
+        remove_placement_group(pg)
+    finally:
+        skate.shutdown()

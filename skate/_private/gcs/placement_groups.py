@@ -34,6 +34,7 @@ from typing import Any
 from skate._private import bundle_resources as br
 from skate._private.gcs.nodes import NodeTable, public
 from skate._private.gcs.pg_policy import NodeRoom, place
+from skate._private.gcs.storage import Storage, Table
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +83,31 @@ class Group:
 class PlacementGroupManager:
     """The placement groups of the cluster and the passes that reserve them."""
 
-    def __init__(self, nodes: NodeTable, publish: Callable[[str, Any], None]) -> None:
+    def __init__(self, nodes: NodeTable, publish: Callable[[str, Any], None], storage: Storage | None = None) -> None:
         self.nodes = nodes
         self.publish = publish
         self.groups: dict[bytes, Group] = {}
         self.names: dict[tuple[str | None, str], bytes] = {}
         self.queue: list[bytes] = []  # groups waiting for a pass, oldest first
+        # Durable storage: the groups outlive a restart of the control store
+        # (the node daemons keep holding their bundles meanwhile).
+        self.table = Table(storage, "placement_groups") if storage is not None else None
+        for pg_id, rec in self.table.items() if self.table is not None else ():
+            g = Group(**{k: v for k, v in rec.items() if k not in ("waiters", "creator")})
+            self.groups[pg_id] = g
+            if g.state != REMOVED and g.name:
+                self.names[(g.namespace, g.name)] = pg_id
+            if g.state in (PENDING, RESCHEDULING):
+                self.queue.append(pg_id)
         self.kicked = asyncio.Event()
         self.dirty: set[bytes] = set()  # nodes whose records changed since the last publish
         self.publishing = False  # a publish is scheduled
         self.removed_order: list[bytes] = []
         self.cancelling: set[asyncio.Future] = set()  # removals giving bundles back now
+
+    def _save(self, g: Group) -> None:
+        if self.table is not None:
+            self.table.set(g.pg_id, {k: v for k, v in g.__dict__.items() if k not in ("waiters", "creator")})
 
     # --- requests ---------------------------------------------------------------------
     def create(self, body: dict, creator: Any = None) -> bool:
@@ -116,6 +131,7 @@ class PlacementGroupManager:
         self.groups[pg_id] = g
         if name:
             self.names[key] = pg_id
+        self._save(g)
         self.queue.append(pg_id)
         self.kick()
         return True
@@ -126,6 +142,7 @@ class PlacementGroupManager:
         if g is None or g.state == REMOVED:
             return False
         g.state = REMOVED
+        self._save(g)
         g.tell_creator()
         g.creator = None
         if pg_id in self.queue:
@@ -139,7 +156,10 @@ class PlacementGroupManager:
         task.add_done_callback(self.cancelling.discard)
         self.removed_order.append(pg_id)
         while len(self.removed_order) > 1000:  # bounded history of removed groups
-            self.groups.pop(self.removed_order.pop(0), None)
+            old = self.removed_order.pop(0)
+            self.groups.pop(old, None)
+            if self.table is not None:
+                self.table.delete(old)
         log.debug("placement group %s %s", pg_id.hex(), why)
         return True
 
@@ -176,6 +196,15 @@ class PlacementGroupManager:
         """Asks for a scheduling pass."""
         self.kicked.set()
 
+    def node_registered(self, node_id: bytes) -> None:
+        """A node (re)joined: its record regains the bundles it holds (after a
+        restart of the control store), and waiting groups may fit now."""
+        for g in self.groups.values():
+            if g.state != REMOVED and node_id in g.nodes:
+                self._account(node_id, g, [i for i, n in enumerate(g.nodes) if n == node_id], +1, bundles_too=False)
+                self._publish_soon()
+        self.kick()
+
     def node_died(self, node_id: bytes) -> None:
         """Places again the bundles a dead node held."""
         for g in self.groups.values():
@@ -185,6 +214,7 @@ class PlacementGroupManager:
             if g.state == CREATED:
                 g.state = RESCHEDULING
                 g.tell_creator()
+            self._save(g)
             if g.pg_id not in self.queue:
                 self.queue.insert(0, g.pg_id)
         self.kick()
@@ -274,6 +304,7 @@ class PlacementGroupManager:
         for i, n in choice.items():
             g.nodes[i] = n
         g.state = CREATED
+        self._save(g)
         g.tell_creator()
         if g.latency_ms is None:
             g.latency_ms = (time.time() - g.created_at) * 1000.0
@@ -300,15 +331,16 @@ class PlacementGroupManager:
             self._account(n, g, [i for i, m in enumerate(g.nodes) if m == n], -1)
         self._publish_soon()
 
-    def _account(self, node_id: bytes, g: Group, idx: list[int], sign: int) -> None:
-        """Adds (``sign`` +1) or takes away (-1) the bundles ``idx`` in the node's record."""
+    def _account(self, node_id: bytes, g: Group, idx: list[int], sign: int, bundles_too: bool = True) -> None:
+        """Adds (``sign`` +1) or takes away (-1) the bundles ``idx`` in the node's record
+        (``bundles_too``: their resources leave, or come back to, the node's free ones)."""
         node = self.nodes.nodes.get(node_id)
         if node is None or not node["alive"]:
             return
         total, avail = node["resources"], node.setdefault("available", dict(node["resources"]))
         hexid = g.pg_id.hex()
         for i in idx:
-            for k, v in g.bundles[i].items():
+            for k, v in g.bundles[i].items() if bundles_too else ():
                 avail[k] = avail.get(k, 0.0) - sign * v
             for k, v in br.group_resources(hexid, i, g.bundles[i]).items():
                 total[k] = total.get(k, 0.0) + sign * v

@@ -48,7 +48,7 @@ class GcsServer:
         self.pubsub = PubSub()
         self.actors = ActorDirectory(storage, self.pubsub.publish)
         self.nodes = NodeTable(storage, self.pubsub.publish, self._node_died)
-        self.pgs = PlacementGroupManager(self.nodes, self.pubsub.publish)
+        self.pgs = PlacementGroupManager(self.nodes, self.pubsub.publish, storage)
         self.actor_sched = ActorScheduler(storage, self.actors, self.nodes, token)
         self.actors.on_dead = self.actor_sched.forget
         self.actors.has_creation = lambda aid: aid in self.actor_sched.specs
@@ -85,7 +85,7 @@ class GcsServer:
     # --- nodes --------------------------------------------------------------
     def on_register_node(self, conn: wire.Connection, info: dict, bufs: list) -> dict:
         nodes = self.nodes.register(conn, info)
-        self.pgs.kick()  # waiting placement groups may fit now
+        self.pgs.node_registered(info["node_id"])  # (its bundles; waiting groups may fit now)
         return {"nodes": nodes}
 
     def _node_died(self, node_id: bytes, why: str) -> None:
