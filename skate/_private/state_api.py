@@ -60,6 +60,7 @@ class ActorState(_State):
     pid: int | None = None
     death_cause: str | None = None
     is_detached: bool = False
+    num_restarts: int = 0
 
 
 @dataclasses.dataclass
@@ -88,6 +89,18 @@ class JobState(_State):
     message: str | None = None
     error_type: str | None = None
     driver_exit_code: int | None = None
+
+
+@dataclasses.dataclass
+class PlacementGroupState(_State):
+    placement_group_id: str
+    name: str
+    creator_job_id: str
+    state: str  # PENDING, CREATED, RESCHEDULING or REMOVED
+    strategy: str
+    bundles: list  # [{"bundle_id", "node_id", "unit_resources"}]
+    is_detached: bool = False
+    stats: dict | None = None
 
 
 def _job_hex(job: int) -> str:
@@ -158,7 +171,7 @@ def _actor(a: dict) -> ActorState:
         actor_id=a["actor_id"].hex(), class_name=a.get("class_name", ""), state=a.get("state", ""),
         job_id=_job_hex(a.get("job_id", 0)), name=a.get("name") or "", ray_namespace=a.get("namespace"),
         node_id=a["node_id"].hex() if a.get("node_id") else None, pid=a.get("pid"),
-        death_cause=a.get("cause"), is_detached=bool(a.get("detached")),
+        death_cause=a.get("cause"), is_detached=bool(a.get("detached")), num_restarts=a.get("num_restarts") or 0,
     )
 
 
@@ -193,6 +206,32 @@ def list_nodes(address: str | None = None, filters: list | None = None, limit: i
 def get_node(id: str, address: str | None = None, timeout: int = 30, _explain: bool = False) -> NodeState | None:
     """One node by its id (hex), or None (follows Ray's ``get_node``)."""
     found = _filter(list_nodes(address, limit=None), [("node_id", "=", id)], None)
+    return found[0] if found else None
+
+
+def _pg(r: dict) -> PlacementGroupState:
+    return PlacementGroupState(
+        placement_group_id=r["pg_id"].hex(), name=r["name"], creator_job_id=_job_hex(r.get("job_id") or 0),
+        state=r["state"], strategy=r["strategy"], is_detached=bool(r["detached"]),
+        bundles=[
+            {"bundle_id": i, "node_id": n.hex() if n else None, "unit_resources": dict(b)}
+            for i, (b, n) in enumerate(zip(r["bundles"], r["nodes"], strict=True))
+        ],
+        stats={"end_to_end_creation_latency_ms": r["latency_ms"], "infeasible": r["infeasible"]},
+    )
+
+
+def list_placement_groups(address: str | None = None, filters: list | None = None, limit: int = DEFAULT_LIMIT,
+                          timeout: int = 30, detail: bool = False, raise_on_missing_output: bool = True,
+                          _explain: bool = False) -> list[PlacementGroupState]:
+    """The cluster's placement groups, removed ones included (follows Ray's ``list_placement_groups``)."""
+    return _filter([_pg(r) for r in _call("list_placement_groups", None, address)], filters, limit)
+
+
+def get_placement_group(id: str, address: str | None = None, timeout: int = 30,
+                        _explain: bool = False) -> PlacementGroupState | None:
+    """One placement group by its id (hex), or None (follows Ray's ``get_placement_group``)."""
+    found = _filter(list_placement_groups(address, limit=None), [("placement_group_id", "=", id)], None)
     return found[0] if found else None
 
 

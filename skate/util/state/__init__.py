@@ -2,23 +2,25 @@
 
 Tasks come from the task events workers report (the most recent
 ``SKATE_TASK_EVENTS_MAX``, default 10,000); actors, nodes and jobs from the
-control store; workers from the node daemons; objects from every core
-worker's own table; logs from each node's log folder.  Placement groups are
-not listed yet.
+control store, and so are placement groups; workers from the node daemons;
+objects from every core worker's own table; logs from each node's log folder.
 """
 
 from skate._private.state_api import (
     ActorState,
     JobState,
     NodeState,
+    PlacementGroupState,
     TaskState,
     get_actor,
     get_job,
     get_node,
+    get_placement_group,
     get_task,
     list_actors,
     list_jobs,
     list_nodes,
+    list_placement_groups,
     list_tasks,
     summarize_actors,
     summarize_tasks,
@@ -38,6 +40,7 @@ __all__ = [
     "ActorState",
     "JobState",
     "NodeState",
+    "PlacementGroupState",
     "ObjectState",
     "TaskState",
     "WorkerState",
@@ -45,6 +48,7 @@ __all__ = [
     "get_job",
     "get_log",
     "get_node",
+    "get_placement_group",
     "get_objects",
     "get_task",
     "get_worker",
@@ -52,6 +56,7 @@ __all__ = [
     "list_jobs",
     "list_logs",
     "list_nodes",
+    "list_placement_groups",
     "list_objects",
     "list_tasks",
     "list_workers",
