@@ -14,11 +14,11 @@
 
 The entrypoint runs under a shell that writes its exit code to a file next to
 the log, so a control store restarted from durable storage adopts the jobs
-still running (by pid) and learns how they ended (their entrypoint
-resources are given back then: the leases were held by the old one).  A control store that is
-stopped stops its jobs.  A driver started by an entrypoint (its pid is the
-entrypoint's or a descendant's) is linked to the submission: its job id is
-the submission's ``job_id``.  The message types are in ``job_messages``.
+still running (by pid) and learns how they ended; their entrypoint resources
+are given back then (the old control store held the leases).  A control store
+that is stopped stops its jobs.  A driver started by an entrypoint (its pid is
+the entrypoint's or a descendant's) is linked to the submission: its job id
+is the submission's ``job_id``.  The message types are in ``job_messages``.
 """
 
 from __future__ import annotations
