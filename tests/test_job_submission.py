@@ -132,18 +132,27 @@ def test_working_dir_is_uploaded_and_is_the_entrypoints_cwd(client, tmp_path):
     (wd / "pkg" / "data.txt").write_text("data-file\n")
     (wd / "big.bin").write_bytes(b"x" * 1000)
     (wd / "main.py").write_text(
-        "import os, helper_mod\n"
+        "import os, helper_mod, skate\n"
         "print('helper', helper_mod.VALUE)\n"
         "print('data', open('pkg/data.txt').read().strip())\n"
         "print('big here', os.path.exists('big.bin'))\n"
+        "skate.init()\n"
+        "@skate.remote\n"
+        "def in_a_task():\n"
+        "    import helper_mod\n"
+        "    return helper_mod.VALUE, open('pkg/data.txt').read().strip(), os.environ['MODE']\n"
+        "print('task', skate.get(in_a_task.remote()))\n"
     )
-    sid = client.submit_job(entrypoint=f"{PY} main.py", runtime_env={"working_dir": str(wd), "excludes": ["*.bin"]})
+    env = {"working_dir": str(wd), "excludes": ["*.bin"], "env_vars": {"MODE": "from-job"}}
+    sid = client.submit_job(entrypoint=f"{PY} main.py", runtime_env=env)
     info = _wait_status(client, sid, JobStatus.SUCCEEDED)
     logs = client.get_job_logs(sid)
     assert "helper from-helper" in logs and "data data-file" in logs and "big here False" in logs, logs
+    # The job's tasks run in its runtime_env too (like Ray's job-level runtime_env).
+    assert "task ('from-helper', 'data-file', 'from-job')" in logs, logs
     assert info.runtime_env["working_dir"].startswith("gcs://_skate_pkg_")
     # The same folder again: the same package, not uploaded twice.
-    again = client.submit_job(entrypoint=f"{PY} main.py", runtime_env={"working_dir": str(wd), "excludes": ["*.bin"]})
+    again = client.submit_job(entrypoint=f"{PY} main.py", runtime_env=env)
     assert _wait_status(client, again, JobStatus.SUCCEEDED).runtime_env == info.runtime_env
 
 
@@ -172,7 +181,7 @@ def test_refusals(client):
         client.get_job_status("nope")
     with pytest.raises(ValueError, match="not both"):
         client.submit_job(entrypoint="true", job_id="a", submission_id="b")
-    with pytest.raises(ValueError, match="pip"):
+    with pytest.raises(NotImplementedError, match="pip"):
         client.submit_job(entrypoint="true", runtime_env={"pip": ["requests"]})
     with pytest.raises(ValueError, match="entrypoint_num_cpus"):
         client.submit_job(entrypoint="true", entrypoint_num_cpus=-1)

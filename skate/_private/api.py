@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import shutil
@@ -137,6 +138,12 @@ def init(
         },
         kwargs,
     )
+    job_env = os.environ.get("SKATE_JOB_RUNTIME_ENV")
+    if job_env:  # the driver of a submitted job runs in the job's runtime_env (it wins, as in Ray)
+        if runtime_env:
+            logging.getLogger(__name__).warning(
+                "this driver was submitted as a job with a runtime_env; init(runtime_env=...) is ignored for it")
+        runtime_env = json.loads(job_env)
     if runtime_env:
         from skate._private.runtime_env import spec as renv_spec
 

@@ -87,7 +87,7 @@ def job() -> None:
 @click.option("--job-id", default=None, help="Deprecated name of --submission-id.")
 @click.option("--submission-id", default=None, help="The job's id [default: a new skatesubmit_... id].")
 @click.option("--runtime-env", "runtime_env_file", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="A YAML (or JSON) file holding the runtime_env (env_vars, working_dir, excludes).")
+              help="A YAML (or JSON) file holding the runtime_env (env_vars, working_dir, py_modules, excludes, config).")
 @click.option("--runtime-env-json", default=None, help="The runtime_env as JSON.")
 @click.option("--working-dir", default=None, help="A local folder (or .zip) uploaded and used as the entrypoint's cwd.")
 @click.option("--metadata-json", default=None, help="Metadata as a JSON object of strings.")
@@ -109,12 +109,17 @@ def submit(address: str | None, job_id: str | None, submission_id: str | None, r
     runtime_env = _load_runtime_env(runtime_env_file, runtime_env_json, working_dir)
     metadata = json.loads(metadata_json) if metadata_json else None
     resources = json.loads(entrypoint_resources) if entrypoint_resources else None
+    from skate.exceptions import RayError
+
     client = _client(address)
-    sid = client.submit_job(
-        entrypoint=" ".join(entrypoint), job_id=job_id, submission_id=submission_id, runtime_env=runtime_env,
-        metadata=metadata, entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
-        entrypoint_memory=entrypoint_memory, entrypoint_resources=resources,
-    )
+    try:
+        sid = client.submit_job(
+            entrypoint=" ".join(entrypoint), job_id=job_id, submission_id=submission_id, runtime_env=runtime_env,
+            metadata=metadata, entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
+            entrypoint_memory=entrypoint_memory, entrypoint_resources=resources,
+        )
+    except (TypeError, RayError) as e:  # a malformed runtime_env, or one that could not be packed
+        raise click.ClickException(str(e)) from None
     click.echo(f"Job '{sid}' submitted successfully")
     if no_wait:
         click.echo(f"  status: skate job status {sid}")

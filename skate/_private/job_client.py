@@ -4,7 +4,7 @@ A client talks to the head's control store over skate's authenticated
 connection (the cluster token, like every other process of the cluster);
 its job manager (``gcs/job_manager``) runs the entrypoints.  A local
 ``working_dir`` is zipped here and uploaded to the control store's KV table
-first (``runtime_env_packaging``), once per distinct content.
+first (``runtime_env.packaging``), once per distinct content.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from skate._private import discovery, runtime, runtime_env_packaging, wire
+from skate._private import discovery, runtime, wire
 
 _HTTP_ONLY = ("cookies", "headers")
 _CHUNK = 4 << 20
@@ -132,6 +132,29 @@ def _details(rec: dict) -> JobDetails:
     )
 
 
+class _ClientKV:
+    """The control store's KV table as a ``runtime_env.packaging.KVStore``, over a client's connections."""
+
+    def __init__(self, client: JobSubmissionClient) -> None:
+        self.client = client
+
+    def get(self, key: str) -> bytes | None:
+        from skate._private.runtime_env import packaging
+        from skate._private.runtime_env.node import kv_value
+
+        return kv_value(self.client._request("kv_get", [packaging.KV_NAMESPACE, key]))
+
+    def put(self, key: str, value: bytes, overwrite: bool) -> bool:
+        from skate._private.runtime_env import packaging
+
+        return _run(self.client._session([("kv_put", [packaging.KV_NAMESPACE, key, overwrite], [value])]))[0]
+
+    def exists(self, key: str) -> bool:
+        from skate._private.runtime_env import packaging
+
+        return bool(self.client._request("kv_keys", [packaging.KV_NAMESPACE, key]))
+
+
 def _run(coro: Coroutine) -> Any:
     try:
         asyncio.get_running_loop()
@@ -231,41 +254,36 @@ class JobSubmissionClient:
                    entrypoint_memory: int | None = None, entrypoint_resources: dict[str, float] | None = None) -> str:
         """Submits a job: ``entrypoint`` runs as a shell command on the head; returns its submission id.
 
-        ``runtime_env`` may set ``env_vars`` and ``working_dir`` (a local
-        folder or .zip, uploaded; ``excludes`` leaves files out).  ``job_id``
-        is the deprecated name of ``submission_id``.
+        ``runtime_env`` is the job's (its entrypoint's, and its driver's tasks'
+        and actors'): ``env_vars``, ``working_dir`` and ``py_modules`` (local
+        paths are packed and uploaded here; ``excludes`` leaves files out),
+        ``config``.  The entrypoint resources are held on the head node while
+        it runs.  ``job_id`` is the deprecated name of ``submission_id``.
 
         Raises:
-            ValueError: both ``job_id`` and ``submission_id``, or a runtime_env
-                field or entrypoint resource skate cannot honour.
+            ValueError: both ``job_id`` and ``submission_id``, a malformed
+                runtime_env, or a bad entrypoint resource amount.
+            TypeError: a runtime_env field of the wrong type.
+            NotImplementedError: a runtime_env field skate does not implement (``pip``, ...).
+            RuntimeEnvSetupError: a local path could not be packed.
             RuntimeError: the cluster refused the job (e.g. a duplicate submission id).
         """
         if job_id is not None and submission_id is not None:
             raise ValueError("give job_id or submission_id, not both (job_id is its deprecated name)")
         submission_id = submission_id if submission_id is not None else job_id
-        from skate._private.gcs.job_manager import check_entrypoint_resources, check_runtime_env
+        from skate._private.gcs.job_manager import check_entrypoint_resources
+        from skate._private.runtime_env import spec
 
-        runtime_env = dict(check_runtime_env(runtime_env))
-        calls: list[tuple[str, Any, Any]] = []
-        wd = runtime_env.get("working_dir")
-        if wd is not None and not runtime_env_packaging.is_package_uri(wd):
-            if not isinstance(wd, str):
-                raise ValueError(f"runtime_env 'working_dir' must be a path, not {wd!r}")
-            if "://" in wd:
-                raise ValueError(f"runtime_env 'working_dir' {wd!r}: skate takes a local folder or .zip file only")
-            uri, data = runtime_env_packaging.package(wd, runtime_env.get("excludes"))
-            calls.append(("kv_put", [runtime_env_packaging.KV_NAMESPACE, uri, False], [data]))
-            runtime_env["working_dir"] = uri
-        runtime_env.pop("excludes", None)
+        env = spec.validate(runtime_env)
         body = {
-            "submission_id": submission_id, "entrypoint": entrypoint, "runtime_env": runtime_env or None,
+            "submission_id": submission_id, "entrypoint": entrypoint,
             "metadata": {**self._default_metadata, **{str(k): str(v) for k, v in (metadata or {}).items()}},
             "entrypoint_num_cpus": entrypoint_num_cpus, "entrypoint_num_gpus": entrypoint_num_gpus,
             "entrypoint_memory": entrypoint_memory, "entrypoint_resources": entrypoint_resources,
         }
         check_entrypoint_resources(body)
-        calls.append(("job_submit", body, ()))
-        return _run(self._session(calls))[-1]["submission_id"]
+        body["runtime_env"] = (spec.resolve(env, _ClientKV(self)) if env else None) or None
+        return self._request("job_submit", body)["submission_id"]
 
     def _record(self, job_id: str) -> dict:
         rec = self._request("job_get", job_id)

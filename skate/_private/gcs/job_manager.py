@@ -4,7 +4,7 @@
 
     job_submit --> record PENDING (table "job_submissions", in the control store's storage)
         |  entrypoint resources: a lease pinned to the head node, held until the job ends
-        |  working_dir: the package from the KV table, unpacked under the session folder
+        |  runtime_env: packages from the KV table unpacked (``runtime_env.node``), env_vars
         v
     /bin/sh -c ENTRYPOINT   (own process group; SKATE_ADDRESS + token set, so its
         |                    skate.init() joins this cluster; output -> logs/job-driver-<id>.log)
@@ -14,11 +14,11 @@
 
 The entrypoint runs under a shell that writes its exit code to a file next to
 the log, so a control store restarted from durable storage adopts the jobs
-still running (by pid) and learns how they ended (their entrypoint
-resources are given back then: the leases were held by the old one).  A control store that is
-stopped stops its jobs.  A driver started by an entrypoint (its pid is the
-entrypoint's or a descendant's) is linked to the submission: its job id is
-the submission's ``job_id``.  The message types are in ``job_messages``.
+still running (by pid) and learns how they ended; their entrypoint resources
+are given back then (the old control store held the leases).  A control store
+that is stopped stops its jobs.  A driver started by an entrypoint (its pid is
+the entrypoint's or a descendant's) is linked to the submission: its job id
+is the submission's ``job_id``.  The message types are in ``job_messages``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 from skate._private.config import CONFIG
 from skate._private.gcs.storage import Storage, Table
 
-# psutil, logs and runtime_env_packaging are imported when a job is
+# psutil, logs and the runtime_env modules are imported when a job is
 # submitted: a control store that never runs one starts without them.
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 TERMINAL = ("STOPPED", "SUCCEEDED", "FAILED")
 #: Seconds between SIGTERM and SIGKILL when a job is stopped (Ray waits 3 s too).
 STOP_GRACE_S = float(os.environ.get("SKATE_JOB_STOP_WAIT_TIME_S", "3"))
-#: runtime_env fields a job entrypoint honours.
-ENTRYPOINT_RUNTIME_ENV = ("env_vars", "working_dir", "excludes")
 _LOG_TAIL_CHARS = 20_000
 # It names the job's log file, so no path separators.
 _SUBMISSION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -65,28 +63,6 @@ def job_hex(job: int) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def check_runtime_env(runtime_env: Any) -> dict:
-    """The runtime_env an entrypoint can honour (``env_vars``, ``working_dir``, ``excludes``).
-
-    Raises:
-        ValueError: another field, or a malformed one.
-    """
-    if runtime_env is None:
-        return {}
-    if not isinstance(runtime_env, dict):
-        raise ValueError(f"runtime_env must be a dict, not {type(runtime_env).__name__}")
-    other = sorted(set(runtime_env) - set(ENTRYPOINT_RUNTIME_ENV))
-    if other:
-        raise ValueError(
-            f"runtime_env field(s) {other} cannot be honoured for a job's entrypoint: "
-            f"skate supports {list(ENTRYPOINT_RUNTIME_ENV)} there"
-        )
-    env_vars = runtime_env.get("env_vars") or {}
-    if not isinstance(env_vars, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
-        raise ValueError("runtime_env 'env_vars' must map strings to strings")
-    return runtime_env
 
 
 def check_entrypoint_resources(body: dict) -> None:
@@ -132,7 +108,8 @@ class JobManager:
         self.procs: dict[str, Any] = {}  # a Popen, or a psutil.Process adopted after a restart
         self.kill_at: dict[str, float] = {}
         self._starting: dict[str, asyncio.Future] = {}
-        self.leases: dict[str, Any] = {}  # submission id -> the connection holding its entrypoint's lease
+        self.leases: dict[str, Any] = {}
+        self._envs: Any = None  # runtime_env.node.NodeEnvs, made with the first job that has a runtime_env  # submission id -> the connection holding its entrypoint's lease
         for sid, rec in self.table.items():
             if rec["status"] not in TERMINAL:
                 self._adopt(sid, rec)
@@ -146,13 +123,13 @@ class JobManager:
         entrypoint = body.get("entrypoint")
         if not isinstance(entrypoint, str) or not entrypoint.strip():
             raise ValueError("a job needs a non-empty entrypoint command")
-        runtime_env = check_runtime_env(body.get("runtime_env"))
-        check_entrypoint_resources(body)
-        from skate._private import runtime_env_packaging
+        from skate._private.runtime_env import packaging, spec
 
-        wd = runtime_env.get("working_dir")
-        if wd is not None and not runtime_env_packaging.is_package_uri(wd):
-            raise ValueError(f"runtime_env 'working_dir' {wd!r} was not uploaded (JobSubmissionClient uploads local folders)")
+        runtime_env = spec.validate(body.get("runtime_env"))
+        check_entrypoint_resources(body)
+        for uri in [runtime_env.get("working_dir"), *(runtime_env.get("py_modules") or [])]:
+            if uri is not None and not packaging.is_package_uri(uri):
+                raise ValueError(f"runtime_env path {uri!r} was not uploaded (JobSubmissionClient uploads local paths)")
         sid = body.get("submission_id") or "skatesubmit_" + "".join(
             secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
         if not isinstance(sid, str) or not _SUBMISSION_ID.match(sid):
@@ -283,11 +260,10 @@ class JobManager:
         if lease is not None:
             self.leases[sid] = lease
         try:
-            cwd = await self._working_dir(rec)
             env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
             env.update(SKATE_ADDRESS=self.address, SKATE_CLUSTER_TOKEN=self.token.decode(),
                        SKATE_JOB_SUBMISSION_ID=sid)
-            env.update((rec.get("runtime_env") or {}).get("env_vars") or {})
+            cwd = await self._apply_runtime_env(rec.get("runtime_env") or {}, env)
             fd = os.open(rec["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 proc = subprocess.Popen(
@@ -364,18 +340,34 @@ class JobManager:
         if conn is not None:
             conn.close()
 
-    async def _working_dir(self, rec: dict) -> str | None:
-        from skate._private import runtime_env_packaging
+    async def _apply_runtime_env(self, resolved: dict, env: dict) -> str | None:
+        """Sets up the job's runtime_env for its entrypoint in ``env``; returns its working directory.
 
-        uri = (rec.get("runtime_env") or {}).get("working_dir")
-        if uri is None:
+        Prepared as a node daemon prepares a worker's (``runtime_env.node``):
+        packages from the KV table unpacked into the session's
+        ``runtime_resources`` cache, shared with the head's node daemon.  The
+        entrypoint's ``skate.init()`` takes the environment as the job's
+        (``SKATE_JOB_RUNTIME_ENV``), so its tasks and actors run in it too.
+        """
+        if not resolved:
             return None
-        data = self.kv.get((runtime_env_packaging.KV_NAMESPACE, uri))
-        if data is None:
-            raise FileNotFoundError(f"the package {uri} is not in the control store (upload it first)")
-        root = os.path.join(self.session_dir or self._logs_dir() or ".", "runtime_resources", "working_dir_files")
-        return await asyncio.get_running_loop().run_in_executor(
-            None, runtime_env_packaging.unpack, uri, data, root)
+        from skate._private.runtime_env import packaging, worker_setup
+        from skate._private.runtime_env.node import NodeEnvs
+
+        if self._envs is None:
+            async def fetch(uri: str) -> bytes | None:
+                data = self.kv.get((packaging.KV_NAMESPACE, uri))
+                return bytes(data) if data is not None else None
+
+            root = self.session_dir or self._logs_dir() or "."
+            self._envs = NodeEnvs(os.path.join(root, "runtime_resources"), fetch)
+        setup = await self._envs.prepare(resolved)
+        for k, v in (setup.get("env_vars") or {}).items():
+            env[k] = worker_setup.expand(v, env)
+        if setup.get("sys_path"):
+            env["PYTHONPATH"] = os.pathsep.join(setup["sys_path"] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env["SKATE_JOB_RUNTIME_ENV"] = setup["json"]
+        return setup.get("cwd")
 
     def _adopt(self, sid: str, rec: dict) -> None:
         """After a restart: keeps watching a job whose entrypoint still runs, or ends it."""
