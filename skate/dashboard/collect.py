@@ -98,6 +98,9 @@ class Collector:
                                                                  expect=n["node_id"]))
                 except ConnectionError as e:
                     row["stats_error"] = str(e)
+                else:
+                    if hostaddr.is_local(n["ip"]):  # its processes are on this host: their memory too
+                        row["stats"]["processes_rss"] = _rss([n.get("pid"), *row["stats"]["worker_pids"]])
             out.append(row)
         return out
 
@@ -176,6 +179,19 @@ def _node_stats(st: dict) -> dict:
         "mem_used": host.get("mem_used"), "mem_total": host.get("mem_total"),
         "worker_pids": list(st.get("pids") or ()),
     }
+
+
+def _rss(pids: list) -> int | None:
+    """Resident memory (bytes) of the live processes among ``pids``."""
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except (psutil.Error, TypeError, ValueError):
+            pass
+    return total or None
 
 
 def _actors(addr: str) -> list[dict]:

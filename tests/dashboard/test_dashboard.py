@@ -161,6 +161,7 @@ def test_views_show_nodes_actors_tasks_with_tracebacks_and_jobs(dash):
     assert len(nodes) == 1 and nodes[0]["state"] == "ALIVE" and nodes[0]["is_head"]
     st = nodes[0]["stats"]
     assert st["store_capacity"] > 0 and st["mem_total"] > st["mem_used"] > 0 and st["cpu_count"] >= 1
+    assert st["processes_rss"] > 10 * 2**20  # the node daemon and its workers
     assert nodes[0]["resources_total"]["CPU"] == 2.0
 
     actors = wait_for(lambda: [a for a in get_json(dash, "/api/actors") if a["class_name"] == "Counter"], 20)

@@ -63,7 +63,7 @@ const views = {
           <td>${st.cpu_percent !== undefined && st.cpu_percent !== null ? bar(st.cpu_percent / 100, "", `${st.cpu_percent.toFixed(0)}% of ${st.cpu_count} cores`) : ""}</td>
           <td>${st.mem_total ? bar(st.mem_used / st.mem_total, "mem", `${bytes(st.mem_used)} / ${bytes(st.mem_total)}`) : ""}</td>
           <td>${st.store_capacity ? bar(st.store_used / st.store_capacity, "store", `${bytes(st.store_used)} / ${bytes(st.store_capacity)}, ${st.store_objects} objects`) : ""}</td>
-          <td>${st.workers ?? ""}${st.workers !== undefined ? ` (${st.idle_workers} idle)` : ""}</td><td>${used}</td></tr>`;
+          <td>${st.workers ?? ""}${st.workers !== undefined ? ` (${st.idle_workers} idle)` : ""}${st.processes_rss ? `<div class="muted">${bytes(st.processes_rss)} resident</div>` : ""}</td><td>${used}</td></tr>`;
       }), "No nodes.");
   },
   async actors(el) {
