@@ -23,4 +23,4 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 python -m pip install -q -e ".[test]"
 python -m ruff check skate tests benchmarks
-python -m pytest -m "not soak" "$@"
+python -m pytest -m "not soak and not bigmem" "$@"

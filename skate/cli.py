@@ -6,6 +6,7 @@ token) print one line and exit with status 1, never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -185,7 +186,7 @@ def stop(force: bool, grace_period: float) -> None:
 @click.option("--address", default=None,
               help="HOST:PORT of the head [default: $SKATE_ADDRESS/$RAY_ADDRESS, else the latest started here].")
 def status(address: str | None) -> None:
-    """Prints the cluster's nodes, resources, and pending and infeasible demands."""
+    """Prints the cluster's nodes, resources, pending and infeasible demands and placement groups."""
     from skate._private import cli_support as cs
 
     for line in cs.format_status(cs.cluster_status(address)):
@@ -207,29 +208,36 @@ def _print_records(records: list, fmt: str) -> None:
 
 
 @main.command("list")
-@click.argument("resource", type=click.Choice(["tasks", "actors", "nodes", "jobs"]))
+@click.argument("resource", type=click.Choice(["tasks", "actors", "nodes", "jobs", "objects", "workers",
+                                                "placement-groups"]))
 @_ADDRESS
 @click.option("--filter", "filters", multiple=True, help='"key=value" or "key!=value" (repeatable).')
 @click.option("--limit", type=int, default=100, show_default=True)
 @_FORMAT
 def list_(resource: str, address: str | None, filters: tuple, limit: int, fmt: str) -> None:
-    """Lists the cluster's tasks, actors, nodes or jobs (like `ray list`)."""
+    """Lists the cluster's tasks, actors, nodes, jobs, objects, workers or placement groups (like `ray list`)."""
     from skate._private import cli_support as cs
     from skate.util import state
 
-    fn = {"tasks": state.list_tasks, "actors": state.list_actors, "nodes": state.list_nodes, "jobs": state.list_jobs}
+    fn = {"tasks": state.list_tasks, "actors": state.list_actors, "nodes": state.list_nodes, "jobs": state.list_jobs,
+          "objects": state.list_objects, "workers": state.list_workers,
+          "placement-groups": state.list_placement_groups}
     _print_records(fn[resource](address=cs.state_address(address), filters=cs.parse_filters(filters), limit=limit), fmt)
 
 
 @main.command()
-@click.argument("resource", type=click.Choice(["tasks", "actors"]))
+@click.argument("resource", type=click.Choice(["tasks", "actors", "objects"]))
 @_ADDRESS
 @_FORMAT
 def summary(resource: str, address: str | None, fmt: str) -> None:
-    """Counts tasks by function, or actors by class, per state (like `ray summary`)."""
+    """Counts tasks by function, actors by class (per state), or objects (like `ray summary`)."""
     from skate._private import cli_support as cs
     from skate.util import state
 
+    if resource == "objects":
+        s = state.summarize_objects(address=cs.state_address(address))["cluster"]
+        _print_records([dict(call_site=k, **v) for k, v in s["summary"].items()], fmt)
+        return
     fn = state.summarize_tasks if resource == "tasks" else state.summarize_actors
     rows = [dict(name=k, **{s: n for s, n in v["state_counts"].items()})
             for k, v in fn(address=cs.state_address(address))["cluster"]["summary"].items()]
@@ -264,6 +272,11 @@ def microbenchmark(ctx: click.Context) -> None:
     from skate._private import microbenchmark as mb
 
     sys.exit(mb.main(list(ctx.args)))
+
+
+main.add_command(importlib.import_module("skate._private.cli_job").job)
+for _command in importlib.import_module("skate._private.cli_observe").COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -433,7 +433,7 @@ def test_wrong_token_is_a_one_line_error(cli):
 
 
 def test_unknown_ray_verbs_are_not_faked(cli):
-    for verb in ("logs", "job", "memory", "stack"):
+    for verb in ("up", "attach", "exec", "kuberay"):
         out = cli.run(verb, check=False)
         assert out.returncode == 2 and "No such command" in out.stderr
 
@@ -593,3 +593,22 @@ def test_list_summary_and_timeline(cli, tmp_path):
     assert len([e for e in json.loads(trace.read_text()) if e["name"] == "square"]) == 3
     bad = cli.run("list", "tasks", "--filter", "nonsense", check=False)
     _one_line_error(bad, "key=value")
+
+
+def test_list_placement_groups_and_status_shows_waiting_ones(cli):
+    address = cli.head()
+    cli.driver(
+        f"""
+        import skate
+        from skate.util import placement_group
+        skate.init(address="{address}")
+        assert placement_group([{{"CPU": 1}}], name="kept", lifetime="detached").wait(30)
+        placement_group([{{"CPU": 1000}}], name="huge", lifetime="detached")
+        skate.shutdown()
+        """
+    )
+    rows = json.loads(cli.run("list", "placement-groups", "--format", "json").stdout)
+    assert sorted((r["name"], r["state"]) for r in rows) == [("huge", "PENDING"), ("kept", "CREATED")]
+    status = cli.run("status").stdout
+    assert "placement groups waiting:" in status and "'huge' PACK" in status and "infeasible" in status
+    assert "_group_" not in status.split("demands:")[0]  # bundle resources are not listed as node resources

@@ -87,14 +87,18 @@ def init(
         log_to_driver: Print worker output on this process's stdout/stderr
             (default True).
         namespace: Namespace for named actors (default: a fresh one per job).
+        runtime_env: The job's runtime environment (``env_vars``, ``working_dir``,
+            ``py_modules``, ``excludes``, ``config``; see the README): every task
+            and actor of the job runs in it, merged with their own like Ray.
+            Local folders are packed and uploaded here.
         kwargs: ``redis_address`` (old name of ``address``); skate's own
             ``_memory`` (memory resource of the local node, bytes) and
             ``_token`` (the cluster token, hex); and, only at values that
             change nothing, the old keywords of early Ray releases.
 
     The other keywords exist for Ray programs: given a value that asks for
-    something skate does not do (node labels, ``local_mode``, a
-    ``runtime_env``, resource isolation, ...), ``init`` raises
+    something skate does not do (node labels, ``local_mode``, resource
+    isolation, ...), ``init`` raises
     ``NotImplementedError`` naming it rather than ignoring it.
 
     Returns:
@@ -116,20 +120,26 @@ def init(
             joining an existing cluster.
         UnsafePathError: (a RuntimeError) when skate's temp folder, a cluster
             record or a token file could be changed by another local user.
-        NotImplementedError: for a keyword value skate does not honour.
+        NotImplementedError: for a keyword value skate does not honour (and a
+            runtime_env field such as ``pip``).
         TypeError: for an unknown keyword.
+        RuntimeEnvSetupError: the runtime_env's local paths could not be packed.
     """
     address, memory, token_hex = init_options.check(
         address,
         {
             "labels": labels, "local_mode": local_mode, "job_config": job_config,
-            "logging_config": logging_config, "runtime_env": runtime_env,
+            "logging_config": logging_config,
             "enable_resource_isolation": enable_resource_isolation, "cgroup_path": cgroup_path,
             "system_reserved_cpu": system_reserved_cpu, "system_reserved_memory": system_reserved_memory,
             "proxy_server_url": proxy_server_url,
         },
         kwargs,
     )
+    if runtime_env:
+        from skate._private.runtime_env import spec as renv_spec
+
+        runtime_env = renv_spec.validate(runtime_env)
     if configure_logging:
         init_options.configure_logging(logging_level, logging_format)
     if log_to_driver is None:
@@ -194,9 +204,14 @@ def init(
         raise
     runtime.set_current(core)
     try:
-        core.job_id = core.gcs_call("new_job", {"driver_pid": os.getpid(), "namespace": core.namespace})
+        core.job_id = core.gcs_call("new_job", {"driver_pid": os.getpid(), "namespace": core.namespace,
+                                              "address": core.address})
         # Node deaths: tasks on a node that is cut off are retried elsewhere.
         core.gcs_call("subscribe", ["logs", "node"] if log_to_driver else ["node"])
+        if runtime_env:  # the job's: packed and uploaded now, like Ray
+            from skate._private.runtime_env import submit as renv_submit
+
+            renv_submit.set_job_env(core, runtime_env)
     except Exception:
         shutdown()
         raise

@@ -18,7 +18,6 @@ _RAY_KEYWORDS: dict[str, tuple[Any, str]] = {
     "local_mode": (lambda v: not v, "local_mode is not implemented (tasks always run in worker processes)"),
     "job_config": (lambda v: v is None, "JobConfig is not implemented"),
     "logging_config": (lambda v: v is None, "LoggingConfig is not implemented; use logging_level/logging_format"),
-    "runtime_env": (lambda v: not v, "runtime_env is not supported yet"),
     "enable_resource_isolation": (lambda v: not v, "resource isolation (cgroups) is not implemented"),
     "cgroup_path": (lambda v: v is None, "resource isolation (cgroups) is not implemented"),
     "system_reserved_cpu": (lambda v: v is None, "resource isolation (cgroups) is not implemented"),

@@ -69,6 +69,9 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.worker_id = worker_id or ids.new_id()
         self.job_id = job_id
         self.namespace = namespace
+        #: The runtime_env tasks and actors submitted here start from (resolved;
+        #: see skate._private.runtime_env.submit): the job's, or this worker's own.
+        self.runtime_env: dict = {}
         self.closed = False
         self.closing = False
         self.store = MemoryStore(self._on_free, self._on_borrow_change, lambda fn: self.post(fn))
@@ -87,6 +90,8 @@ class CoreWorker(ObjectAccess, RefCounting):
         self._borrows_idle: asyncio.Event | None = None
         self._frees: list = []
         self._frees_lock = threading.Lock()
+        self._unmaps: list = []  # segments this process stopped mapping, sent in batches
+        self._unmaps_lock = threading.Lock()
         self._wmaps: collections.OrderedDict = collections.OrderedDict()
         self._nodes: dict[bytes, dict] = {}
         self.extra_sockets: list[str] = []
@@ -101,6 +106,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.handlers: dict[str, Callable] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
         }
+        self.handlers["reconstruct_object"] = self.lineage.on_reconstruct_object
         self.loop = daemon.new_loop()
         self.io_thread = threading.Thread(target=self._run_loop, name="skate-io", daemon=True)
         self.io_thread.start()
@@ -345,7 +351,7 @@ class CoreWorker(ObjectAccess, RefCounting):
                 await asyncio.wait_for(self._drain_logs(), 2)
             except Exception:  # noqa: BLE001 - best effort: the cluster may be gone
                 pass
-        if self.task_events.events and self.gcs_fut is not None:
+        if (self.task_events.events or self.task_events.running) and self.gcs_fut is not None:
             try:  # how this process's tasks ended, before it goes
                 await asyncio.wait_for(self.task_events.send(), 2)
             except Exception:  # noqa: BLE001 - best effort: the cluster may be gone
