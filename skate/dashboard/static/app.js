@@ -80,15 +80,18 @@ const views = {
   },
   async jobs(el) {
     const jobs = await api("jobs");
-    el.innerHTML = table(["Job", "Type", "Status", "Driver PID", "Namespace", "Started", "Ended"],
-      jobs.map(j => `<tr><td class="mono">${esc(j.job_id)}</td><td>${esc(j.type)}</td><td>${badge(j.status)}</td><td>${esc(j.driver_pid)}</td>
-        <td class="mono">${esc(j.namespace)}</td><td>${j.start_time ? new Date(j.start_time).toLocaleString() : ""}</td>
-        <td>${j.end_time ? new Date(j.end_time).toLocaleString() : ""}</td></tr>`), "No jobs.");
+    el.innerHTML = table(["Job", "Submission", "Type", "Status", "Entrypoint", "Driver PID", "Started", "Ended", "Message"],
+      jobs.map(j => `<tr><td class="mono">${esc(j.job_id)}</td><td class="mono">${esc(j.submission_id)}</td><td>${esc(j.type)}</td>
+        <td>${badge(j.status)}</td><td class="mono">${esc(j.entrypoint)}</td><td>${esc(j.driver_pid)}</td>
+        <td>${j.start_time ? new Date(j.start_time).toLocaleString() : ""}</td>
+        <td>${j.end_time ? new Date(j.end_time).toLocaleString() : ""}</td><td>${esc(j.message)}</td></tr>`), "No jobs.");
   },
   async placement_groups(el) {
     const pgs = await api("placement_groups");
-    el.innerHTML = table(["Placement group", "Name", "State", "Strategy", "Bundles"],
-      pgs.map(p => `<tr><td class="mono">${short(p.placement_group_id)}</td><td>${esc(p.name)}</td><td>${badge(p.state)}</td><td>${esc(p.strategy)}</td><td>${esc(JSON.stringify(p.bundles))}</td></tr>`),
+    el.innerHTML = table(["Placement group", "Name", "State", "Strategy", "Job", "Bundles (resources @ node)"],
+      pgs.map(p => `<tr><td class="mono">${short(p.placement_group_id)}</td><td>${esc(p.name)}</td><td>${badge(p.state)}</td>
+        <td>${esc(p.strategy)}</td><td class="mono">${esc(p.creator_job_id)}</td>
+        <td>${(p.bundles || []).map(b => `${res(b.unit_resources)} @ <span class="mono">${short(b.node_id) || "unplaced"}</span>`).join("<br>")}</td></tr>`),
       "No placement groups.");
   },
   async timeline(el) {
