@@ -91,8 +91,6 @@ def announce(core: Any, token: bytes, head: dict | None, shutdown: Callable[[], 
         where = dashboard_launch.lookup(core)
         url = dashboard_launch.link(where, token) if where else None
         what = f"Connected to skate cluster at {core.gcs_address}."
-    if url:
+    if url:  # (without a dashboard there is nothing to point at: init() stays quiet)
         log.info("%s View the dashboard at %s", what, url)
-    else:
-        log.info("%s", what)
     return RayContext(core, url, shutdown)

@@ -2,7 +2,8 @@
 
 ::
 
-    control store --(state API: tasks, actors, jobs; nodes; blocked calls)--+
+    control store --(state API: tasks, actors, jobs, placement groups; nodes;
+                     blocked calls)-------------------------------------------+
     each node daemon --(node_stats: store, workers, queued leases, host)----+--> Snapshot
                                                                             |   (JSON views,
     previous snapshots --(did any task end or start?)--> hang warning ------+    metrics)
@@ -41,6 +42,7 @@ class Snapshot:
     tasks: list[dict] = field(default_factory=list)
     task_counts: dict = field(default_factory=dict)  # (name, state) -> count, over every recorded task
     jobs: list[dict] = field(default_factory=list)
+    placement_groups: list[dict] = field(default_factory=list)
     waits: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -75,7 +77,7 @@ class Collector:
         addr = self.gcs_address
         for what, fn in (("nodes", self._nodes), ("actors", lambda: _actors(addr)),
                          ("tasks", lambda: _tasks(addr, snap)), ("jobs", lambda: _jobs(addr)),
-                         ("waits", self._waits)):
+                         ("placement_groups", lambda: _placement_groups(addr)), ("waits", self._waits)):
             try:
                 setattr(snap, what, fn())
             except Exception as e:  # noqa: BLE001  # one view failing must not blank the others
@@ -98,6 +100,9 @@ class Collector:
                                                                  expect=n["node_id"]))
                 except ConnectionError as e:
                     row["stats_error"] = str(e)
+                else:
+                    if hostaddr.is_local(n["ip"]):  # its processes are on this host: their memory too
+                        row["stats"]["processes_rss"] = _rss([n.get("pid"), *row["stats"]["worker_pids"]])
             out.append(row)
         return out
 
@@ -178,6 +183,19 @@ def _node_stats(st: dict) -> dict:
     }
 
 
+def _rss(pids: list) -> int | None:
+    """Resident memory (bytes) of the live processes among ``pids``."""
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except (psutil.Error, TypeError, ValueError):
+            pass
+    return total or None
+
+
 def _actors(addr: str) -> list[dict]:
     return [a.asdict() for a in state.list_actors(address=addr, limit=None, detail=True)]
 
@@ -201,6 +219,10 @@ def _tasks(addr: str, snap: Snapshot) -> list[dict]:
 
 def _jobs(addr: str) -> list[dict]:
     return [j.asdict() for j in state.list_jobs(address=addr, limit=None, detail=True)]
+
+
+def _placement_groups(addr: str) -> list[dict]:
+    return [p.asdict() for p in state.list_placement_groups(address=addr, limit=None, detail=True)]
 
 
 def timeline(snap: Snapshot) -> list[dict]:

@@ -134,7 +134,7 @@ class Dashboard:
         return _json((await self.snapshot()).jobs)
 
     async def api_placement_groups(self, request: web.Request) -> web.Response:
-        return _json([])  # skate has no placement groups yet: always an empty table
+        return _json((await self.snapshot()).placement_groups)
 
     async def api_timeline(self, request: web.Request) -> web.Response:
         snap = await self.snapshot()

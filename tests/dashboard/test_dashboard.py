@@ -161,6 +161,7 @@ def test_views_show_nodes_actors_tasks_with_tracebacks_and_jobs(dash):
     assert len(nodes) == 1 and nodes[0]["state"] == "ALIVE" and nodes[0]["is_head"]
     st = nodes[0]["stats"]
     assert st["store_capacity"] > 0 and st["mem_total"] > st["mem_used"] > 0 and st["cpu_count"] >= 1
+    assert st["processes_rss"] > 10 * 2**20  # the node daemon and its workers
     assert nodes[0]["resources_total"]["CPU"] == 2.0
 
     actors = wait_for(lambda: [a for a in get_json(dash, "/api/actors") if a["class_name"] == "Counter"], 20)
@@ -181,7 +182,14 @@ def test_views_show_nodes_actors_tasks_with_tracebacks_and_jobs(dash):
 
     jobs = get_json(dash, "/api/jobs")
     assert [j["status"] for j in jobs] == ["RUNNING"] and jobs[0]["driver_pid"] == os.getpid()
-    assert get_json(dash, "/api/placement_groups") == []
+    from skate.util import placement_group, remove_placement_group
+
+    pg = placement_group([{"CPU": 1}], strategy="PACK", name="pg-view")
+    skate.get(pg.ready(), timeout=30)
+    (row,) = wait_for(lambda: get_json(dash, "/api/placement_groups"), 10)  # (snapshots are up to 1 s old)
+    assert row["name"] == "pg-view" and row["state"] == "CREATED" and row["strategy"] == "PACK"
+    assert row["bundles"][0]["unit_resources"] == {"CPU": 1.0} and row["bundles"][0]["node_id"] == nodes[0]["node_id"]
+    remove_placement_group(pg)
     tl = get_json(dash, "/api/timeline")
     assert {"fails", "square"} <= {t["name"] for t in tl["tasks"]}
     assert all(t["end_ms"] >= t["start_ms"] for t in tl["tasks"])

@@ -63,7 +63,7 @@ const views = {
           <td>${st.cpu_percent !== undefined && st.cpu_percent !== null ? bar(st.cpu_percent / 100, "", `${st.cpu_percent.toFixed(0)}% of ${st.cpu_count} cores`) : ""}</td>
           <td>${st.mem_total ? bar(st.mem_used / st.mem_total, "mem", `${bytes(st.mem_used)} / ${bytes(st.mem_total)}`) : ""}</td>
           <td>${st.store_capacity ? bar(st.store_used / st.store_capacity, "store", `${bytes(st.store_used)} / ${bytes(st.store_capacity)}, ${st.store_objects} objects`) : ""}</td>
-          <td>${st.workers ?? ""}${st.workers !== undefined ? ` (${st.idle_workers} idle)` : ""}</td><td>${used}</td></tr>`;
+          <td>${st.workers ?? ""}${st.workers !== undefined ? ` (${st.idle_workers} idle)` : ""}${st.processes_rss ? `<div class="muted">${bytes(st.processes_rss)} resident</div>` : ""}</td><td>${used}</td></tr>`;
       }), "No nodes.");
   },
   async actors(el) {
@@ -80,15 +80,18 @@ const views = {
   },
   async jobs(el) {
     const jobs = await api("jobs");
-    el.innerHTML = table(["Job", "Type", "Status", "Driver PID", "Namespace", "Started", "Ended"],
-      jobs.map(j => `<tr><td class="mono">${esc(j.job_id)}</td><td>${esc(j.type)}</td><td>${badge(j.status)}</td><td>${esc(j.driver_pid)}</td>
-        <td class="mono">${esc(j.namespace)}</td><td>${j.start_time ? new Date(j.start_time).toLocaleString() : ""}</td>
-        <td>${j.end_time ? new Date(j.end_time).toLocaleString() : ""}</td></tr>`), "No jobs.");
+    el.innerHTML = table(["Job", "Submission", "Type", "Status", "Entrypoint", "Driver PID", "Started", "Ended", "Message"],
+      jobs.map(j => `<tr><td class="mono">${esc(j.job_id)}</td><td class="mono">${esc(j.submission_id)}</td><td>${esc(j.type)}</td>
+        <td>${badge(j.status)}</td><td class="mono">${esc(j.entrypoint)}</td><td>${esc(j.driver_pid)}</td>
+        <td>${j.start_time ? new Date(j.start_time).toLocaleString() : ""}</td>
+        <td>${j.end_time ? new Date(j.end_time).toLocaleString() : ""}</td><td>${esc(j.message)}</td></tr>`), "No jobs.");
   },
   async placement_groups(el) {
     const pgs = await api("placement_groups");
-    el.innerHTML = table(["Placement group", "Name", "State", "Strategy", "Bundles"],
-      pgs.map(p => `<tr><td class="mono">${short(p.placement_group_id)}</td><td>${esc(p.name)}</td><td>${badge(p.state)}</td><td>${esc(p.strategy)}</td><td>${esc(JSON.stringify(p.bundles))}</td></tr>`),
+    el.innerHTML = table(["Placement group", "Name", "State", "Strategy", "Job", "Bundles (resources @ node)"],
+      pgs.map(p => `<tr><td class="mono">${short(p.placement_group_id)}</td><td>${esc(p.name)}</td><td>${badge(p.state)}</td>
+        <td>${esc(p.strategy)}</td><td class="mono">${esc(p.creator_job_id)}</td>
+        <td>${(p.bundles || []).map(b => `${res(b.unit_resources)} @ <span class="mono">${short(b.node_id) || "unplaced"}</span>`).join("<br>")}</td></tr>`),
       "No placement groups.");
   },
   async timeline(el) {
