@@ -125,6 +125,8 @@ class RemoteFunction:
         if backpressure and nr < 0:
             rec.spec["bp"] = backpressure
         rec.spec["a"] = blob
+        if o.get("enable_task_events") is False:
+            rec.spec["ne"] = 1
         rec.arg_bufs = arg_bufs
         rec.fn_id, rec.fn_bytes = fn_id, fn_bytes
         rec.deps = deps

@@ -338,6 +338,7 @@ class TaskSpec(_TaskSpecRequired, total=False):
     rs: int  # the restart this creation is (0: first creation)
     cgs: dict[str, int]  # concurrency groups: name -> max concurrency (creation)
     cg: str  # the concurrency group of an actor call (absent: the default group)
+    ne: int  # 1: no task events for it (enable_task_events=False)
 
 
 class TaskReply(TypedDict, total=False):
@@ -405,6 +406,7 @@ class TaskEvent(TypedDict, total=False):
     end: Union[float, None]
     error_type: str
     error_message: str
+    type: str  # set for ACTOR_CREATION_TASK (otherwise told by actor_id)
 
 
 class ListTaskEvents(TypedDict, total=False):

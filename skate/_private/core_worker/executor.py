@@ -158,7 +158,8 @@ class Executor(ActorExecution):
         current = task_context.CURRENT.set(spec)
         events = self.core.task_events
         started = task_events.now()
-        events.record(tid, name, "RUNNING", start=started, func=getattr(fn, "__qualname__", name))
+        if "ne" not in spec:  # (enable_task_events=False sets it)
+            events.record(tid, name, "RUNNING", start=started, func=getattr(fn, "__qualname__", name))
         error: BaseException | None = None
         try:
             if tid in self.cancelled:
@@ -179,7 +180,8 @@ class Executor(ActorExecution):
             error = e
             body, out = self._error_reply(spec, e, name)
         finally:
-            body["ts"] = [started, task_events.now()]  # the owner reports how it ended
+            if "ne" not in spec:
+                body["ts"] = [started, task_events.now()]  # the owner reports how it ended
             if error is not None:
                 cause = getattr(error, "cause", None) or error
                 body["err"] = [type(cause).__name__, str(error)[:2000]]
