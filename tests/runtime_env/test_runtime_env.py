@@ -235,3 +235,23 @@ def test_runtime_env_classes_are_dicts(ray_start):
     assert skate.get(env.options(runtime_env=renv).remote("CLS")) == {"CLS": "yes"}
     with pytest.raises(NotImplementedError, match="pip"):
         RuntimeEnv(pip=["x"])
+
+
+@pytest.mark.timeout(90)
+def test_working_dir_reaches_another_node(cluster, project, clean_modules):
+    other = cluster.add_node(num_cpus=1, resources={"other": 1})
+    skate.init(address=cluster.address, runtime_env={"working_dir": str(project), "env_vars": {"JOBV": "1"}})
+    try:
+        @skate.remote
+        def where():
+            import renv_wd_mod
+
+            ctx = skate.get_runtime_context()
+            return ctx.get_node_id(), renv_wd_mod.VALUE, open("data/input.txt").read(), os.environ["JOBV"]
+
+        here = skate.get(where.remote())
+        there = skate.get(where.options(resources={"other": 1}).remote())
+        assert there[0] == other.node_id and here[0] != other.node_id
+        assert here[1:] == there[1:] == ("from working_dir", "payload", "1")
+    finally:
+        skate.shutdown()
