@@ -255,3 +255,30 @@ def test_working_dir_reaches_another_node(cluster, project, clean_modules):
         assert here[1:] == there[1:] == ("from working_dir", "payload", "1")
     finally:
         skate.shutdown()
+
+
+def _hook_sets_a_variable():
+    os.environ["HOOK_RAN"] = f"yes in {os.getpid()}"
+
+
+def _hook_fails():
+    raise RuntimeError("hook refuses")
+
+
+def test_worker_process_setup_hook_runs_before_any_work(ray_start, tmp_path, clean_modules):
+    @skate.remote
+    def seen():
+        return os.environ.get("HOOK_RAN"), os.getpid()
+
+    ran, pid = skate.get(seen.options(runtime_env={"worker_process_setup_hook": _hook_sets_a_variable}).remote())
+    assert ran == f"yes in {pid}"
+    # A "module.function" path, importable in the worker (here through py_modules).
+    write(tmp_path, "renv_hooks/__init__.py", "import os\ndef setup():\n    os.environ['HOOK_RAN'] = 'by path'\n")
+    renv = {"py_modules": [str(tmp_path / "renv_hooks")], "worker_process_setup_hook": "renv_hooks.setup"}
+    assert skate.get(seen.options(runtime_env=renv).remote())[0] == "by path"
+    # Workers of other environments never ran it.
+    assert skate.get(seen.remote())[0] is None
+    with pytest.raises(skate.exceptions.RuntimeEnvSetupError, match="hook refuses"):
+        skate.get(seen.options(runtime_env={"worker_process_setup_hook": _hook_fails}).remote(), timeout=60)
+    with pytest.raises(TypeError, match="worker_process_setup_hook"):
+        seen.options(runtime_env={"worker_process_setup_hook": 3})

@@ -259,6 +259,18 @@ def pack(path: str, excludes: Iterable[str] = (), include_parent_dir: bool = Fal
     return data
 
 
+def pack_file_bytes(name: str, content: bytes) -> bytes:
+    """A deterministic package holding one file ``name`` with ``content``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.comment = _PACKED_COMMENT
+        info = zipfile.ZipInfo(name, _FIXED_TIME)
+        info.external_attr = (stat.S_IFREG | 0o644) << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(info, content)
+    return buf.getvalue()
+
+
 def read_zip(path: str) -> bytes:
     """The bytes of a ready-made ``.zip`` file (checked to be a zip).
 
