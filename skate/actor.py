@@ -10,6 +10,7 @@ import cloudpickle
 from skate import exceptions as exc
 from skate._private import cancellation, ids, runtime
 from skate._private import options as opts
+from skate._private import placement as pg_placement
 from skate._private.core_worker import streams
 from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns
 from skate._private.runtime_env import submit as renv_submit
@@ -175,10 +176,18 @@ class ActorClass:
         if detached and not name:
             raise ValueError("a detached actor must have a name")
         copts = _call_options(o, self._is_async())
-        try:
-            self._register(core, actor_id, name, namespace, detached, o, copts)
-        except ValueError as e:  # the control store refuses a name in use
-            raise exc.ActorAlreadyExistsError(str(e)) from None
+        held = opts.resource_request(o, 0)
+        placement = dict(held) if o.get("num_cpus") is not None else dict(held, CPU=1.0)
+        in_group = pg_placement.apply(o, held, placement, f"actor {self._name}")
+        if in_group is not None:  # (its bundle's resources instead)
+            held, placement = in_group[0], in_group[1]
+        register = self._registration(core, actor_id, name, namespace, detached, o, copts)
+        if name:  # a name in use is refused here and now (follows Ray)
+            try:
+                core.gcs_call("register_actor", register[0], [register[1]])
+            except ValueError as e:  # the control store refuses a name in use
+                raise exc.ActorAlreadyExistsError(str(e)) from None
+            register = None
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"the constructor of {self._name}")
         rec = TaskRecord()
         rec.spec = {
@@ -187,7 +196,8 @@ class ActorClass:
         }
         if o.get("enable_task_events") is False:
             rec.spec["ne"] = 1
-        held = opts.resource_request(o, 0)
+        if in_group is not None:
+            rec.spec["pg"] = in_group[2]
         if held:
             rec.spec["res"] = held
         if name:
@@ -196,11 +206,10 @@ class ActorClass:
             rec.spec["cgs"] = dict(o["concurrency_groups"])
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, self._name
         rec.return_ids = []
-        placement = dict(held) if o.get("num_cpus") is not None else dict(held, CPU=1.0)
         lease_body = {
             "resources": held,
             "placement": placement,
-            "strategy": opts.strategy_of(o) or "BALANCE",
+            "strategy": None if in_group is not None else (opts.strategy_of(o) or "BALANCE"),
             "actor_id": actor_id,
             "detached": detached,
         }
@@ -219,15 +228,17 @@ class ActorClass:
             anchor = core.put(None)
             core.free_hooks[anchor._id] = lambda aid=actor_id: core.actors.handle_dropped(aid)
         handle = ActorHandle(actor_id, self._name, self._meta, self._extras, copts, anchor)
-        core.post(core.actors.create, st, rec, self._pickled, lease_body)
+        # (An anonymous actor is registered on the way: no round trip per creation.)
+        core.post(core.actors.create, st, rec, self._pickled, lease_body, register)
         return handle
 
-    def _register(
+    def _registration(
         self, core: Any, actor_id: bytes, name: str | None, namespace: str, detached: bool, o: dict, copts: dict
-    ) -> None:
-        handle_meta = cloudpickle.dumps((self._name, self._meta, self._extras, copts))
-        core.gcs_call(
-            "register_actor",
+    ) -> tuple[dict, bytes]:
+        """The ``register_actor`` message and its buffer (the pickled handle metadata)."""
+        # (Only a named actor's handle is ever rebuilt from the control store.)
+        handle_meta = cloudpickle.dumps((self._name, self._meta, self._extras, copts)) if name else b""
+        return (
             {
                 "actor_id": actor_id,
                 "name": name,
@@ -238,7 +249,7 @@ class ActorClass:
                 "job_id": core.job_id,
                 "max_restarts": o.get("max_restarts", 0),
             },
-            [handle_meta],
+            handle_meta,
         )
 
 

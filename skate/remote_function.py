@@ -6,7 +6,7 @@ import hashlib
 import inspect
 from typing import Any
 
-from skate._private import cancellation, runtime
+from skate._private import cancellation, placement, runtime
 from skate._private import options as opts
 from skate._private.config import CONFIG
 from skate._private.core_worker import streams
@@ -136,6 +136,9 @@ class RemoteFunction:
         re = o.get("retry_exceptions", False)
         rec.retry_exceptions = list(re) if isinstance(re, (list, tuple)) else bool(re)
         rec.resources = opts.resource_request(o, 1)
+        in_group = placement.apply(o, rec.resources, None, f"task {name}")
+        if in_group is not None:  # (its bundle's resources instead)
+            rec.resources, _, rec.spec["pg"] = in_group
         if rec.resources != _DEFAULT_RESOURCES:
             rec.spec["res"] = rec.resources
         rec.strategy = opts.strategy_of(o)

@@ -1,9 +1,9 @@
 """``get_runtime_context()``: where the calling code runs (follows Ray 2.60's ``RuntimeContext``).
 
 In a worker the values describe the task or actor call running in the
-calling thread or coroutine; in the driver, the driver.  Placement groups
-and node labels are not implemented, so the accessors for them report that
-truthfully (no placement group).
+calling thread or coroutine; in the driver, the driver (which is in no
+placement group).  Node labels are not implemented, so the accessors for
+them report that truthfully.
 """
 
 from __future__ import annotations
@@ -217,20 +217,30 @@ class RuntimeContext:
         ex = self._core.executor
         return bool(ex is not None and getattr(ex, "reconstructed", False))
 
-    # --- placement groups (not implemented) and runtime environments ---------------------------
+    # --- placement groups and runtime environments ------------------------------------------
     def get_placement_group_id(self) -> str | None:
-        """None: placement groups are not implemented, so no task runs in one."""
-        return None
+        """The hex id of the placement group the running task or actor uses, or None."""
+        from skate._private import placement
+
+        here = placement.current()
+        return here[0].hex() if here else None
 
     @property
-    def current_placement_group_id(self) -> None:
-        """None: placement groups are not implemented."""
-        return None
+    def current_placement_group_id(self) -> Any:
+        """The ``PlacementGroupID`` of the running task's or actor's group, or None."""
+        from skate._private import placement
+        from skate._private.ids import PlacementGroupID
+
+        here = placement.current()
+        return PlacementGroupID(here[0]) if here else None
 
     @property
     def should_capture_child_tasks_in_placement_group(self) -> bool:
-        """False: placement groups are not implemented."""
-        return False
+        """Whether tasks and actors started here run in the current placement group by default."""
+        from skate._private import placement
+
+        here = placement.current()
+        return bool(here and here[2])
 
     def get_runtime_env_string(self) -> str:
         """The runtime environment as JSON (see ``runtime_env``)."""

@@ -38,6 +38,8 @@ _TYPES: dict[str, tuple] = {
     "lifetime": (str, _NONE),
     "_generator_backpressure_num_objects": (int, _NONE),
     "_actor_generator_backpressure_num_objects": (int, _NONE),
+    "placement_group_bundle_index": (int,),
+    "placement_group_capture_child_tasks": (bool, _NONE),
 }
 
 _COMMON = {
@@ -79,9 +81,6 @@ def _empty(v: Any) -> bool:
 _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "accelerator_type": (_empty, "accelerator types are not tracked by skate's nodes"),
     "object_store_memory": (_empty, "per-task/actor object store reservations are not implemented"),
-    "placement_group": (lambda v: v is None or v == "default", "placement groups are not implemented"),
-    "placement_group_bundle_index": (lambda v: v == -1, "placement groups are not implemented"),
-    "placement_group_capture_child_tasks": (lambda v: not v, "placement groups are not implemented"),
     "label_selector": (_empty, "node labels are not implemented"),
     "fallback_strategy": (_empty, "node labels are not implemented"),
     "_labels": (_empty, "task labels are not implemented"),
@@ -193,6 +192,9 @@ def validate(options: dict, actor: bool, in_options: bool = False) -> dict:
         from skate._private.runtime_env import spec
 
         out["runtime_env"] = spec.validate(out["runtime_env"]) or None
+    pg = out.get("placement_group", "default")
+    if pg is not None and pg != "default" and type(pg).__name__ != "PlacementGroup":
+        raise TypeError(f"placement_group must be a PlacementGroup, 'default' or None, not {pg!r}")
     check_supported(out)
     return out
 
@@ -252,8 +254,11 @@ def strategy_of(options: dict) -> Any:
     """The wire form of a scheduling strategy.
 
     Raises:
-        NotImplementedError: for a placement-group or node-label strategy.
+        NotImplementedError: for a node-label strategy.
         ValueError: for anything else that is not a strategy.
+
+    A placement-group strategy is None here: the task or actor asks for its
+    bundle's resources instead (see ``placement``).
     """
     s = options.get("scheduling_strategy")
     if s is None or s == "DEFAULT":
@@ -261,8 +266,10 @@ def strategy_of(options: dict) -> Any:
     if s == "SPREAD":
         return "SPREAD"
     kind = type(s).__name__
-    if kind in ("PlacementGroupSchedulingStrategy", "NodeLabelSchedulingStrategy"):
-        raise not_supported(f"scheduling_strategy={kind}", "placement groups and node labels are not implemented")
+    if kind == "PlacementGroupSchedulingStrategy":
+        return None
+    if kind == "NodeLabelSchedulingStrategy":
+        raise not_supported(f"scheduling_strategy={kind}", "node labels are not implemented")
     node_id = getattr(s, "node_id", None)
     if node_id is not None:
         return ["node", node_id if isinstance(node_id, str) else node_id.hex(), bool(getattr(s, "soft", False))]

@@ -40,7 +40,7 @@ def main() -> None:
     # asyncio's own loop here: with two uvloop loops in one (forked) worker, one
     # was seen closing a listening socket of the other when a peer failed the
     # handshake.
-    loop = asyncio.SelectorEventLoop(wire.SpinningSelector())
+    loop = asyncio.SelectorEventLoop(wire.SpinningSelector(on_sleep=proctitle.settle))
     asyncio.set_event_loop(loop)
     executor.exec_loop = loop
     exec_uds = os.path.join(core.session_dir, f"x-{core.worker_id.hex()[:16]}.sock")

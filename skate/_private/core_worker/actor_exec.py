@@ -41,6 +41,8 @@ from skate._private.core_worker import streams, task_events
 from skate._private.core_worker.errors import EXITED
 
 DEFAULT_GROUP = "_ray_default"
+#: The cause of death of an actor ended gracefully from outside (handles gone, owner's shutdown).
+GRACEFUL = "the actor was ended gracefully (all handles to it are gone, or its owner shut down)"
 
 
 class ActorExit(SystemExit):
@@ -133,9 +135,13 @@ class ActorExecution:
 
     async def _notify_exit(self, cause: str) -> None:
         """Marks the actor dead in the control store before anyone hears of the exit."""
-        try:
+
+        async def tell() -> None:
             gcs = await self.core.gcs()
-            await asyncio.wait_for(gcs.request("update_actor", {"actor_id": self.actor_id, "state": "DEAD", "cause": cause}), 5)
+            await gcs.request("update_actor", {"actor_id": self.actor_id, "state": "DEAD", "cause": cause})
+
+        try:
+            await asyncio.wait_for(tell(), 5)
         except Exception:  # noqa: BLE001
             pass
 
@@ -152,7 +158,8 @@ class ActorExecution:
     def on_create_actor(self, conn: wire.Connection, spec: dict, bufs: list) -> Any:
         fut = Replier(conn)
         self.detached = bool(spec.get("detached"))
-        if not self.detached:
+        if not self.detached and not spec.get("gc"):
+            # (Created by the control store: it ends the actor when its owner goes.)
             conn.on_close.append(self._owner_gone)
         self._inline(self._create_actor, spec, bufs, fut)
         return wire.DEFER
@@ -185,6 +192,8 @@ class ActorExecution:
         # comes on the control endpoint: the process ends at once.
         if body and body.get("graceful") and threading.current_thread() is threading.main_thread():
             self.exiting = True
+            if self.actor_id is not None:  # an intended end: the control store must not restart it
+                self.core.call(self._notify_exit(body.get("cause") or GRACEFUL))
             self._run_shutdown_hooks()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -250,12 +259,7 @@ class ActorExecution:
         finally:
             task_context.CURRENT.reset(current)
             if not spec.get("ne"):
-                err = (type(error).__name__, str(error)[:2000]) if error is not None else None
-                self.core.task_events.record(
-                    spec["t"], f"{name}.__init__", "FAILED" if err else "FINISHED", start=started,
-                    end=task_events.now(), actor_id=self.actor_id, error=err, func=f"{name}.__init__",
-                    kind="ACTOR_CREATION_TASK",
-                )
+                self.call_events.end(spec["t"], f"{name}.__init__", started, error, "ACTOR_CREATION_TASK")
 
     def _pool_for(self, group: str | None) -> concurrent.futures.ThreadPoolExecutor | None:
         if group is None or group == DEFAULT_GROUP:

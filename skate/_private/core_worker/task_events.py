@@ -1,21 +1,23 @@
-"""Task events: what each worker reports about the tasks it runs.
+"""Task events: what each process reports about the tasks it runs and owns.
 
 ::
 
-    worker: task starts  -> RUNNING event  (buffered; the buffer is bounded,
-                                            dropping the oldest)
+    worker: task starts  -> noted as running (a slot, no event yet)
+            flush time   -> a RUNNING event for each task still running then
+                            (short tasks never make one: their owner's event
+                            carries the worker's start and end)
     owner:  reply comes  -> FINISHED/FAILED event, with the worker's start and
                             end times (the owner outlives the worker's part:
                             a job's workers end with its driver)
-    actor:  a call ends  -> FINISHED/FAILED event with its start and end, after
-                            the reply went out (off the caller's path); calls
-                            running at a sweep (every second) -> RUNNING
+    actor:  a call ends  -> FINISHED/FAILED event recorded by the actor's worker
+                            after the reply went out (off the caller's path)
     both:   every 100 ms, and when a driver leaves -> notify("task_events", [...])
     control store: gcs/task_events.py keeps the latest state of the last
             ``Config.task_events_max`` tasks, for the state API and ``timeline()``
 
-Recording costs a dict and a deque append per event on the task's thread;
-sending is batched on the I/O thread.
+On the task's thread recording costs a tuple and a deque append (bounded,
+dropping the oldest); the events are built and sent, batched, on the I/O
+thread.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class TaskEventBuffer:
     def __init__(self, core: Any) -> None:
         self.core = core
         self.events: collections.deque = collections.deque(maxlen=CONFIG.task_events_max)
+        self.running: dict[bytes, tuple] = {}  # task id -> (name, start, func, actor id): not reported yet
         self.dropped = 0
         self._armed = False
         self.pid = os.getpid()
@@ -46,36 +49,37 @@ class TaskEventBuffer:
                func: str = "", where: tuple | None = None, kind: str = "") -> None:
         """Notes a task's new state (any thread).
 
-        ``error``: ``(type name, message)``; ``where``: ``(node id, worker id,
-        pid)`` of the worker that ran it (default: this process); ``kind``: the
-        task's type when not told by ``actor_id`` (``ACTOR_CREATION_TASK``).
+        ``start``/``end``: wall-clock seconds; ``error``: ``(type name,
+        message)``; ``where``: ``(node id, worker id, pid)`` of the worker
+        that ran it (default: this process); ``kind``: the task's type when
+        ``actor_id`` does not tell it (``ACTOR_CREATION_TASK``).
         """
         if not CONFIG.task_events_max:
             return
-        core = self.core
-        node_id, worker_id, pid = where or (core.node_id, core.worker_id, self.pid)
-        event: dict = {
-            "task_id": task_id, "name": name, "state": state, "job_id": core.job_id,
-            "node_id": node_id, "worker_id": worker_id, "pid": pid,
-        }
-        if start is not None:
-            event["start"] = start
-        if end is not None:
-            event["end"] = end
-        if actor_id:
-            event["actor_id"] = actor_id
-        if func:
-            event["func"] = func
-        if error is not None:
-            event["error_type"], event["error_message"] = error
-        if kind:
-            event["type"] = kind
-        if len(self.events) == self.events.maxlen:
+        events = self.events
+        if len(events) == events.maxlen:
             self.dropped += 1
-        self.events.append(event)
+        events.append((task_id, name, state, start, end, actor_id, error, func, where, kind))
         if not self._armed:
             self._armed = True
-            core.post(self._arm)
+            self.core.post(self._arm)
+
+    def started(self, task_id: bytes, name: str, start: float, func: str = "", actor_id: bytes | None = None) -> None:
+        """Notes that this worker started running ``task_id`` (its thread).
+
+        A RUNNING event goes out only if the task still runs at the next
+        flush; ``ended`` withdraws it.
+        """
+        if not CONFIG.task_events_max:
+            return
+        self.running[task_id] = (name, start, func, actor_id)
+        if not self._armed:
+            self._armed = True
+            self.core.post(self._arm)
+
+    def ended(self, task_id: bytes) -> None:
+        """Notes that ``task_id`` stopped running here (its owner reports how)."""
+        self.running.pop(task_id, None)
 
     def _arm(self) -> None:
         self.core.loop.call_later(FLUSH_S, self.flush)
@@ -83,13 +87,58 @@ class TaskEventBuffer:
     def flush(self) -> None:
         """Sends what is buffered (I/O thread)."""
         self._armed = False
-        if self.events and not self.core.closed:
+        if (self.events or self.running) and not self.core.closed:
             asyncio.ensure_future(self.send())
+        if self.running and not self._armed:  # tasks still run: look again later
+            self._armed = True
+            self._arm()
+
+    def take(self) -> list[dict]:
+        """The buffered events as ``TaskEvent`` dicts (emptying the buffer), plus a
+        RUNNING event for each task that started here and has not been reported."""
+        core = self.core
+        here = (core.node_id, core.worker_id, self.pid)
+        job_id = core.job_id
+        batch = []
+        events = self.events
+        while events:
+            task_id, name, state, start, end, actor_id, error, func, where, kind = events.popleft()
+            node_id, worker_id, pid = where or here
+            event: dict = {
+                "task_id": task_id, "name": name, "state": state, "job_id": job_id,
+                "node_id": node_id, "worker_id": worker_id, "pid": pid,
+            }
+            if start is not None:
+                event["start"] = start
+            if end is not None:
+                event["end"] = end
+            if actor_id:
+                event["actor_id"] = actor_id
+            if func:
+                event["func"] = func
+            if error is not None:
+                event["error_type"], event["error_message"] = error
+            if kind:
+                event["type"] = kind
+            batch.append(event)
+        if self.running:
+            for task_id, (name, start, func, actor_id) in list(self.running.items()):
+                if self.running.pop(task_id, None) is None:
+                    continue  # it ended meanwhile
+                event = {
+                    "task_id": task_id, "name": name, "state": "RUNNING", "job_id": job_id,
+                    "node_id": here[0], "worker_id": here[1], "pid": self.pid, "start": start,
+                }
+                if func:
+                    event["func"] = func
+                if actor_id:
+                    event["actor_id"] = actor_id
+                batch.append(event)
+        return batch
 
     async def send(self) -> None:
         """Sends what is buffered now (I/O thread; also at shutdown)."""
-        batch = list(self.events)
-        self.events.clear()
+        batch = self.take()
         if not batch:
             return
         try:
@@ -98,57 +147,37 @@ class TaskEventBuffer:
             pass  # the control store is gone: these events are lost
 
 
-SWEEP_S = 1.0
-
-
 class ActorCallEvents:
     """Events of the calls an actor runs (its worker's side), cheap on the call's path.
 
-    A call's start only notes ``(name, start)`` in a dict; its end, after the
-    reply went out, records one FINISHED/FAILED event with both times.  A
-    sweep on the I/O thread every ``SWEEP_S`` records RUNNING for calls still
-    running, so long calls show as running in the state API.
+    A call's start is only noted as running (a RUNNING event goes out if it
+    still runs at the next flush); its end, after the reply went out, records
+    one FINISHED/FAILED event with both times.
     """
 
     def __init__(self, core: Any) -> None:
         self.core = core
-        self.running: dict[bytes, tuple[str, float]] = {}
-        self.reported: set[bytes] = set()
-        self._sweeping = False
 
     def start(self, tid: bytes, name: str) -> float:
         """A call begins (its thread); returns its start time."""
         started = time.time()
-        self.running[tid] = (name, started)
-        if not self._sweeping:
-            self._sweeping = True
-            self.core.post(self._arm)
+        self.core.task_events.started(tid, name, started, name, self.core.executor.actor_id)
         return started
 
-    def end(self, tid: bytes, name: str, started: float, error: BaseException | None) -> None:
+    def end(self, tid: bytes, name: str, started: float, error: BaseException | None, kind: str = "") -> None:
         """A call ended, its reply sent (its thread)."""
-        self.running.pop(tid, None)
-        self.reported.discard(tid)
+        buf = self.core.task_events
+        buf.ended(tid)
         err = None
         if error is not None:
+            from skate import exceptions as exc
+            from skate._private import task_errors
+
             cause = getattr(error, "cause", None) or error
-            err = (type(cause).__name__, str(error)[:2000])
-        core = self.core
-        core.task_events.record(tid, name, "FAILED" if err else "FINISHED", start=started, end=time.time(),
-                                actor_id=core.executor.actor_id, error=err, func=name)
-
-    def _arm(self) -> None:
-        self.core.loop.call_later(SWEEP_S, self._sweep)
-
-    def _sweep(self) -> None:
-        core = self.core
-        if core.closed:
-            return
-        for tid, (name, started) in list(self.running.items()):
-            if tid not in self.reported:
-                self.reported.add(tid)
-                core.task_events.record(tid, name, "RUNNING", start=started, actor_id=core.executor.actor_id, func=name)
-        self._arm()
+            text = str(error) if isinstance(error, exc.RayError) else task_errors.user_traceback(error)
+            err = (type(cause).__name__, text[-8000:])
+        buf.record(tid, name, "FAILED" if err else "FINISHED", start=started, end=time.time(),
+                   actor_id=self.core.executor.actor_id, error=err, func=name, kind=kind)
 
 
 def now() -> float:

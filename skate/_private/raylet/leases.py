@@ -19,7 +19,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from skate._private import wire
+from skate._private import bundle_resources, wire
 from skate._private.raylet.scheduler import LeaseRequest
 from skate._private.raylet.worker_pool import Worker, tags_of_request
 from skate._private.raylet.worker_pool import signal_pid as _kill
@@ -45,6 +45,9 @@ class LeaseManager:
     """Lease handlers of the node daemon (part of ``Raylet``)."""
 
     async def on_request_lease(self, conn: wire.Connection, body: dict, bufs: list) -> dict:
+        refused = self.group_request_refused(body)  # (a removed placement group's)
+        if refused is not None:
+            return refused
         resources = body["resources"]
         req = LeaseRequest(
             resources=resources,
@@ -96,7 +99,8 @@ class LeaseManager:
                 if fut is not None and not fut.done():
                     fut.set_result({"unschedulable": arg})
             elif decision == "infeasible":
-                if not conn.closed:
+                # (a placement group's bundles not reserved yet: pending, not infeasible)
+                if not conn.closed and not bundle_resources.groups_in(req.placement):
                     conn.notify(
                         "warning",
                         f"a task or actor needs {req.placement}, but no node in the cluster has "
