@@ -208,7 +208,7 @@ def init(
                                               "address": core.address})
         # Node deaths: tasks on a node that is cut off are retried elsewhere.
         core.gcs_call("subscribe", ["logs", "node"] if log_to_driver else ["node"])
-        if runtime_env:  # the job's: packed and uploaded now, like Ray
+        if runtime_env or os.environ.get("SKATE_JOB_RUNTIME_ENV"):  # the job's: packed and uploaded now, like Ray
             from skate._private.runtime_env import submit as renv_submit
 
             renv_submit.set_job_env(core, runtime_env)

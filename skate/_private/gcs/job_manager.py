@@ -24,6 +24,7 @@ the submission's ``job_id``.  The message types are in ``job_messages``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -288,6 +289,9 @@ class JobManager:
             env.update(SKATE_ADDRESS=self.address, SKATE_CLUSTER_TOKEN=self.token.decode(),
                        SKATE_JOB_SUBMISSION_ID=sid)
             env.update((rec.get("runtime_env") or {}).get("env_vars") or {})
+            if rec.get("runtime_env"):  # the job's runtime_env reaches its tasks and actors too (like Ray)
+                env["SKATE_JOB_RUNTIME_ENV"] = json.dumps(
+                    {k: v for k, v in rec["runtime_env"].items() if k in ("env_vars", "working_dir") and v})
             fd = os.open(rec["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 proc = subprocess.Popen(
