@@ -194,6 +194,8 @@ class ActorClass:
             "t": core.new_task_id(), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id, "ns": core.namespace,
             "mcc": o.get("max_concurrency"), "detached": detached, "nr": 1,
         }
+        if o.get("enable_task_events") is False:
+            rec.spec["ne"] = 1
         if in_group is not None:
             rec.spec["pg"] = in_group[2]
         if held:
@@ -342,11 +344,14 @@ class ActorHandle:
             spec["cn"] = call_name
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, name
         rec.actor = st
-        retries, retry_exc, group = st.method_options(method_name)
+        retries, retry_exc, group, events = st.method_options(method_name)
         if over:
             retries = over.get("max_task_retries", retries)
             retry_exc = over.get("retry_exceptions", retry_exc)
             group = over.get("concurrency_group", group)
+            events = over.get("enable_task_events", events)
+        if not events:
+            spec["ne"] = 1
         rec.retries_left, rec.retry_exceptions = retries, retry_exc
         if group is not None:
             if group not in st.groups and group != "_ray_default":
@@ -393,7 +398,9 @@ def _submit_generator(core: Any, st: Any, rec: TaskRecord, nr: int, over: dict |
 
 _BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
 #: Options a call to an actor method may set (``@method`` or ``.options()``), besides num_returns.
-_CALL_OPTIONS = ("concurrency_group", "max_task_retries", "retry_exceptions", "_generator_backpressure_num_objects")
+_CALL_OPTIONS = (
+    "concurrency_group", "max_task_retries", "retry_exceptions", "_generator_backpressure_num_objects", "enable_task_events",
+)
 
 
 def _call_options(o: dict, is_async: bool) -> dict:
@@ -418,6 +425,8 @@ def _call_options(o: dict, is_async: bool) -> dict:
         out["groups"] = sorted(o["concurrency_groups"])
     if o.get("_actor_generator_backpressure_num_objects"):
         out["gen_bp"] = o["_actor_generator_backpressure_num_objects"]
+    if o.get("enable_task_events") is False:
+        out["ne"] = True
     return out
 
 

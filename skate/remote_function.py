@@ -127,6 +127,8 @@ class RemoteFunction:
         if plan.backpressure:
             spec["bp"] = plan.backpressure
         spec["a"] = blob
+        if plan.no_task_events:
+            spec["ne"] = 1
         rec.arg_bufs = arg_bufs
         rec.fn_id, rec.fn_bytes = fn_id, fn_bytes
         rec.deps = deps
@@ -179,7 +181,7 @@ class _Plan:
     """
 
     __slots__ = ("nr", "name", "what", "max_retries", "max_calls", "backpressure", "retry_exceptions",
-                 "resources", "strategy", "key", "placement_options", "runtime_env")
+                 "resources", "strategy", "key", "placement_options", "runtime_env", "no_task_events")
 
     def __init__(self, fn: RemoteFunction, o: dict) -> None:
         nr = o.get("num_returns")
@@ -201,6 +203,7 @@ class _Plan:
         self.key = (tuple(sorted(self.resources.items())), repr(self.strategy))
         self.placement_options = placement.has_options(o)
         self.runtime_env = o.get("runtime_env")
+        self.no_task_events = o.get("enable_task_events") is False
 
 
 class _OptionsWrapper:

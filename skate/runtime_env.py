@@ -2,8 +2,9 @@
 
 Both are dicts, usable wherever a ``runtime_env`` dict is: ``init``,
 ``@remote`` and ``.options``.  skate implements ``env_vars``,
-``working_dir``, ``py_modules``, ``excludes`` and ``config``; the other
-fields raise ``NotImplementedError`` naming what is supported.
+``working_dir``, ``py_modules``, ``excludes``, ``worker_process_setup_hook``
+and ``config``; the other fields raise ``NotImplementedError`` naming what
+is supported.
 """
 
 from __future__ import annotations

@@ -34,8 +34,7 @@ OPTIONS: dict[str, dict[str, tuple]] = {
         "retry_exceptions": (H, "core_worker.test_tasks::test_retry_exceptions"),
         "name": (H, "test_runtime_context::test_task_and_function_names"),
         "scheduling_strategy": (H, "test_cluster_utils::test_node_affinity_both_ways"),
-        # skate records no task events, so both values mean the same thing.
-        "enable_task_events": (H, "test_options::test_enable_task_events_is_accepted_either_way"),
+        "enable_task_events": (H, "util.test_actor_task_events::test_enable_task_events_false_records_nothing"),
         "accelerator_type": ("rejected", "A100"),
         "object_store_memory": ("rejected", 1024),
         "runtime_env": (H, "runtime_env.test_runtime_env::test_env_vars_job_and_task_merge_like_ray"),
@@ -59,7 +58,7 @@ OPTIONS: dict[str, dict[str, tuple]] = {
         "lifetime": (H, "test_options::test_detached_actor_needs_a_name"),
         "get_if_exists": (H, "test_actor::test_named_actor_get_if_exists"),
         "scheduling_strategy": (H, "test_cluster_utils::test_node_affinity_both_ways"),
-        "enable_task_events": (H, "test_options::test_enable_task_events_is_accepted_either_way"),
+        "enable_task_events": (H, "util.test_actor_task_events::test_enable_task_events_false_records_nothing"),
         "max_restarts": (H, "actors.test_actor_restart::test_os_exit_restarts_until_max_restarts_then_dies"),
         "max_task_retries": (H, "actors.test_actor_restart::test_retry_exceptions_per_class_and_per_method"),
         "max_pending_calls": (H, "actors.test_actor_class::test_max_pending_calls_raises_pending_calls_limit_exceeded"),
@@ -79,7 +78,7 @@ OPTIONS: dict[str, dict[str, tuple]] = {
     },
     "method": {
         "num_returns": (H, "test_actor::test_method_decorator_num_returns"),
-        "enable_task_events": (H, "test_options::test_enable_task_events_is_accepted_either_way"),
+        "enable_task_events": (H, "util.test_actor_task_events::test_enable_task_events_false_records_nothing"),
         "concurrency_group": (H, "actors.test_actor_concurrency::test_call_options_pick_the_group"),
         "max_task_retries": (H, "actors.test_actor_restart::test_retry_exceptions_per_class_and_per_method"),
         "retry_exceptions": (H, "actors.test_actor_restart::test_retry_exceptions_per_class_and_per_method"),

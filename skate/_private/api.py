@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import shutil
@@ -138,12 +137,6 @@ def init(
         },
         kwargs,
     )
-    job_env = os.environ.get("SKATE_JOB_RUNTIME_ENV")
-    if job_env:  # the driver of a submitted job runs in the job's runtime_env (it wins, as in Ray)
-        if runtime_env:
-            logging.getLogger(__name__).warning(
-                "this driver was submitted as a job with a runtime_env; init(runtime_env=...) is ignored for it")
-        runtime_env = json.loads(job_env)
     if runtime_env:
         from skate._private.runtime_env import spec as renv_spec
 
@@ -216,7 +209,7 @@ def init(
                                               "address": core.address})
         # Node deaths: tasks on a node that is cut off are retried elsewhere.
         core.gcs_call("subscribe", ["logs", "node"] if log_to_driver else ["node"])
-        if runtime_env:  # the job's: packed and uploaded now, like Ray
+        if runtime_env or os.environ.get("SKATE_JOB_RUNTIME_ENV"):  # the job's: packed and uploaded now, like Ray
             from skate._private.runtime_env import submit as renv_submit
 
             renv_submit.set_job_env(core, runtime_env)

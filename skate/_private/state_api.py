@@ -35,7 +35,7 @@ class TaskState(_State):
     name: str
     state: str  # RUNNING, FINISHED or FAILED
     job_id: str
-    type: str  # NORMAL_TASK or ACTOR_TASK
+    type: str  # NORMAL_TASK, ACTOR_TASK or ACTOR_CREATION_TASK
     func_or_class_name: str
     node_id: str
     worker_id: str
@@ -134,7 +134,7 @@ def _task(rec: dict) -> TaskState:
     actor = rec.get("actor_id")
     return TaskState(
         task_id=rec["task_id"].hex(), name=rec.get("name", ""), state=rec.get("state", "RUNNING"),
-        job_id=_job_hex(rec.get("job_id", 0)), type="ACTOR_TASK" if actor else "NORMAL_TASK",
+        job_id=_job_hex(rec.get("job_id", 0)), type=rec.get("type") or ("ACTOR_TASK" if actor else "NORMAL_TASK"),
         func_or_class_name=rec.get("func") or rec.get("name", ""), node_id=rec["node_id"].hex(),
         worker_id=rec["worker_id"].hex(), worker_pid=rec.get("pid", 0), actor_id=actor.hex() if actor else None,
         error_type=rec.get("error_type"), error_message=rec.get("error_message"),

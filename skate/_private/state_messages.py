@@ -80,6 +80,7 @@ class TaskEvent(TypedDict, total=False):
     end: Union[float, None]
     error_type: str
     error_message: str
+    type: str  # set for ACTOR_CREATION_TASK (otherwise told by actor_id)
 
 
 class BlockedCall(TypedDict, total=False):

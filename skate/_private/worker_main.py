@@ -25,10 +25,12 @@ def main() -> None:
         worker_id=bytes.fromhex(env["SKATE_WORKER_ID"]),
     )
     executor = core.executor
+    from skate._private.runtime_env import worker_setup
     from skate._private.runtime_env.submit import worker_env_of
 
     core.runtime_env = worker_env_of(env)
     runtime.set_current(core)
+    worker_setup.run_hook()  # the runtime_env's worker_process_setup_hook: before any work
     sys.stdout = OutputPrefixer(sys.stdout, core)
     sys.stderr = OutputPrefixer(sys.stderr, core)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

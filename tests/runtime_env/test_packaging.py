@@ -139,6 +139,14 @@ def test_a_zip_is_uploaded_as_is_and_one_top_folder_is_its_root(tree, tmp_path):
     assert open(os.path.join(root, "hello.txt")).read() == "hi"
 
 
+def test_a_packed_folder_holding_one_folder_is_not_descended(tmp_path):
+    (tmp_path / "wd" / "only").mkdir(parents=True)
+    (tmp_path / "wd" / "only" / "f.txt").write_text("x")
+    kv = MemKV()
+    path = packaging.download_and_unpack(kv, packaging.upload_path(kv, str(tmp_path / "wd")), str(tmp_path / "c"))
+    assert packaging.package_root(path) == path
+
+
 def test_file_modes_survive(tree, tmp_path):
     os.chmod(tree / "main.py", 0o755)
     kv = MemKV()
@@ -186,4 +194,6 @@ def test_concurrent_unpackers_agree(tree, tmp_path):
     for t in threads:
         t.join(30)
     assert len(set(results)) == 1 and len(results) == 6
-    assert sorted(os.listdir(cache)) == [os.path.basename(results[0])]  # no temporary folders left
+    # No temporary folders left (only the package and its "made by skate" mark).
+    name = os.path.basename(results[0])
+    assert sorted(os.listdir(cache)) == sorted([name, f".{name}.packed"])

@@ -222,6 +222,15 @@ def test_a_package_missing_from_the_cluster_is_a_setup_error(ray_start):
     missing = "gcs://_skate_pkg_" + "0" * 32 + ".zip"
     with pytest.raises(skate.exceptions.RuntimeEnvSetupError, match="not in the cluster's key-value store"):
         skate.get(pid.options(runtime_env={"working_dir": missing}).remote(), timeout=60)
+    # An actor whose environment cannot be set up dies, saying why.
+    @skate.remote
+    class A:
+        def ping(self):
+            return 1
+
+    a = A.options(runtime_env={"py_modules": [missing]}).remote()
+    with pytest.raises(skate.exceptions.ActorDiedError, match="runtime_env could not be set up"):
+        skate.get(a.ping.remote(), timeout=60)
     # The node is fine afterwards.
     assert skate.get(pid.remote(), timeout=60) > 0
 
@@ -235,3 +244,83 @@ def test_runtime_env_classes_are_dicts(ray_start):
     assert skate.get(env.options(runtime_env=renv).remote("CLS")) == {"CLS": "yes"}
     with pytest.raises(NotImplementedError, match="pip"):
         RuntimeEnv(pip=["x"])
+
+
+@pytest.mark.timeout(90)
+def test_working_dir_reaches_another_node(cluster, project, clean_modules):
+    other = cluster.add_node(num_cpus=1, resources={"other": 1})
+    skate.init(address=cluster.address, runtime_env={"working_dir": str(project), "env_vars": {"JOBV": "1"}})
+    try:
+        @skate.remote
+        def where():
+            import renv_wd_mod
+
+            ctx = skate.get_runtime_context()
+            return ctx.get_node_id(), renv_wd_mod.VALUE, open("data/input.txt").read(), os.environ["JOBV"]
+
+        here = skate.get(where.remote())
+        there = skate.get(where.options(resources={"other": 1}).remote())
+        assert there[0] == other.node_id and here[0] != other.node_id
+        assert here[1:] == there[1:] == ("from working_dir", "payload", "1")
+    finally:
+        skate.shutdown()
+
+
+def _hook_sets_a_variable():
+    os.environ["HOOK_RAN"] = f"yes in {os.getpid()}"
+
+
+def _hook_fails():
+    raise RuntimeError("hook refuses")
+
+
+def test_worker_process_setup_hook_runs_before_any_work(ray_start, tmp_path, clean_modules):
+    @skate.remote
+    def seen():
+        return os.environ.get("HOOK_RAN"), os.getpid()
+
+    ran, pid = skate.get(seen.options(runtime_env={"worker_process_setup_hook": _hook_sets_a_variable}).remote())
+    assert ran == f"yes in {pid}"
+    # A "module.function" path, importable in the worker (here through py_modules).
+    write(tmp_path, "renv_hooks/__init__.py", "import os\ndef setup():\n    os.environ['HOOK_RAN'] = 'by path'\n")
+    renv = {"py_modules": [str(tmp_path / "renv_hooks")], "worker_process_setup_hook": "renv_hooks.setup"}
+    assert skate.get(seen.options(runtime_env=renv).remote())[0] == "by path"
+    # Workers of other environments never ran it.
+    assert skate.get(seen.remote())[0] is None
+    with pytest.raises(skate.exceptions.RuntimeEnvSetupError, match="hook refuses"):
+        skate.get(seen.options(runtime_env={"worker_process_setup_hook": _hook_fails}).remote(), timeout=60)
+    with pytest.raises(TypeError, match="worker_process_setup_hook"):
+        seen.options(runtime_env={"worker_process_setup_hook": 3})
+
+
+@pytest.mark.timeout(120)
+def test_a_submitted_jobs_runtime_env_reaches_its_tasks(ray_start, project):
+    import shlex
+
+    from conftest import wait_for
+
+    from skate.job_submission import JobStatus, JobSubmissionClient
+
+    (project / "main.py").write_text(
+        "import os, skate\n"
+        "skate.init(runtime_env={'env_vars': {'FROM_INIT': 'i'}})\n"
+        "@skate.remote\n"
+        "def look():\n"
+        "    import renv_wd_mod\n"
+        "    return renv_wd_mod.VALUE, os.environ.get('FROM_JOB'), os.environ.get('FROM_INIT')\n"
+        "print('task saw', skate.get(look.remote()))\n"
+        "try:\n"
+        "    skate.shutdown(); skate.init(runtime_env={'env_vars': {'FROM_JOB': 'other'}})\n"
+        "except ValueError as e:\n"
+        "    print('conflict:', 'RAY_OVERRIDE_JOB_RUNTIME_ENV' in str(e))\n"
+    )
+    client = JobSubmissionClient(skate.get_runtime_context().gcs_address)
+    sid = client.submit_job(
+        entrypoint=f"{shlex.quote(sys.executable)} main.py",
+        runtime_env={"working_dir": str(project), "env_vars": {"FROM_JOB": "j"}},
+    )
+    wait_for(lambda: client.get_job_status(sid).is_terminal(), 90, interval=0.05, what="the job to end")
+    logs = client.get_job_logs(sid)
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED, logs
+    assert "task saw ('from working_dir', 'j', 'i')" in logs, logs
+    assert "conflict: True" in logs, logs

@@ -37,7 +37,7 @@ import cloudpickle
 
 from skate import exceptions as exc
 from skate._private import task_context, wire
-from skate._private.core_worker import streams
+from skate._private.core_worker import streams, task_events
 from skate._private.core_worker.errors import EXITED
 
 DEFAULT_GROUP = "_ray_default"
@@ -56,6 +56,7 @@ class ActorExecution:
     exec_loop: asyncio.AbstractEventLoop | None
 
     def _init_actor(self) -> None:
+        self.call_events = task_events.ActorCallEvents(self.core)
         self.actor_spec: dict | None = None
         self.actor: Any = None
         self.actor_id: bytes | None = None
@@ -212,6 +213,8 @@ class ActorExecution:
         self.actor_spec = spec
         self.reconstructed = bool(spec.get("rs"))
         current = task_context.CURRENT.set(spec)
+        started = task_events.now()
+        error: BaseException | None = None
         try:
             cls = cloudpickle.loads(bufs[0])
             self.actor_name = cls.__name__
@@ -248,12 +251,15 @@ class ActorExecution:
                 return
             self._reply(fut, {"ok": 1, "pid": os.getpid()}, [])
         except BaseException as e:  # noqa: BLE001
+            error = e
             body, out = self._error_reply(dict(spec, nr=1), e, f"{name}.__init__")
             body["ok"] = 0
             self._reply(fut, body, out)
             self.exiting = True
         finally:
             task_context.CURRENT.reset(current)
+            if not spec.get("ne"):
+                self.call_events.end(spec["t"], f"{name}.__init__", started, error, "ACTOR_CREATION_TASK")
 
     def _pool_for(self, group: str | None) -> concurrent.futures.ThreadPoolExecutor | None:
         if group is None or group == DEFAULT_GROUP:
@@ -287,6 +293,9 @@ class ActorExecution:
             self.sync_busy = True
         self.running[tid] = threading.get_ident()
         current = task_context.CURRENT.set(spec)
+        events = None if spec.get("ne") else self.call_events
+        started = events.start(tid, name) if events is not None else 0.0
+        error: BaseException | None = None
         try:
             if self.actor is None:
                 raise exc.ActorDiedError(error_msg="the actor's constructor failed")
@@ -300,8 +309,10 @@ class ActorExecution:
             self.exit_requested = True
             self.exit_thread = threading.get_ident()
         except KeyboardInterrupt:
-            body, out = self._error_reply(spec, exc.TaskCancelledError(tid.hex()), name)
+            error = exc.TaskCancelledError(tid.hex())
+            body, out = self._error_reply(spec, error, name)
         except BaseException as e:  # noqa: BLE001
+            error = e
             body, out = self._error_reply(spec, e, name)
         finally:
             task_context.CURRENT.reset(current)
@@ -312,6 +323,8 @@ class ActorExecution:
                 self.sync_busy = False
         if not (self.exit_requested and self.exit_thread == threading.get_ident()):
             self._reply(fut, body, out)
+            if events is not None:  # (after the reply: off the caller's path)
+                events.end(tid, name, started, error)
             if self.exit_requested and not self.exit_started:
                 self.exec_loop.call_soon_threadsafe(self._exit_if_idle)
             return
@@ -336,10 +349,13 @@ class ActorExecution:
             fut.send(*self._error_reply(spec, ValueError(f"the actor has no concurrency group {group!r}"), name))
             return
         task_context.CURRENT.set(spec)  # this coroutine's own context
+        events = None if spec.get("ne") else self.call_events
+        error: BaseException | None = None
         async with sem:
             if self.exiting:
                 fut.send(*self._exited_reply(spec))
                 return
+            started = events.start(spec["t"], name) if events is not None else 0.0
             try:
                 args, kwargs = self._decode_args(spec, bufs, 0)
                 method = self._method(spec)
@@ -355,13 +371,17 @@ class ActorExecution:
             except (ActorExit, exc.AsyncioActorExit):
                 self.exit_requested = True
             except asyncio.CancelledError:
-                body, out = self._error_reply(spec, exc.TaskCancelledError(spec["t"].hex()), name)
+                error = exc.TaskCancelledError(spec["t"].hex())
+                body, out = self._error_reply(spec, error, name)
             except BaseException as e:  # noqa: BLE001
+                error = e
                 body, out = self._error_reply(spec, e, name)
         if self.core.borrows_inflight:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.core.flush_borrows(), self.core.loop))
         if not self.exit_requested:
             fut.send(body, out)
+            if events is not None:  # (after the reply: off the caller's path)
+                events.end(spec["t"], name, started, error)
             return
         self.exiting = True
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._notify_exit(EXITED), self.core.loop))

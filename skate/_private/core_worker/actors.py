@@ -104,7 +104,7 @@ class ActorState:
         self.groups = list(copts.get("groups", ()))
 
     def method_options(self, name: str) -> tuple:
-        """``(max_task_retries, retry_exceptions, concurrency_group)`` of calls to ``name``."""
+        """``(max_task_retries, retry_exceptions, concurrency_group, task events on)`` of calls to ``name``."""
         c = self._mopts.get(name)
         if c is None:
             e = self.extras.get(name, {})
@@ -112,6 +112,7 @@ class ActorState:
                 e.get("max_task_retries", self.max_task_retries),
                 _norm_retry(e.get("retry_exceptions", self.retry_exceptions)),
                 e.get("concurrency_group"),
+                e.get("enable_task_events", not self.copts.get("ne")),
             )
         return c
 

@@ -190,7 +190,8 @@ class Executor(ActorExecution):
         current = task_context.CURRENT.set(spec)
         events = self.core.task_events
         started = _now()
-        events.started(tid, name, started, getattr(fn, "__qualname__", name))
+        if "ne" not in spec:  # (enable_task_events=False sets it)
+            events.started(tid, name, started, getattr(fn, "__qualname__", name))
         error: BaseException | None = None
         try:
             if tid in self.cancelled:
@@ -211,7 +212,8 @@ class Executor(ActorExecution):
             error = e
             body, out = self._error_reply(spec, e, name)
         finally:
-            body["ts"] = [started, _now()]  # the owner reports how it ended
+            if "ne" not in spec:
+                body["ts"] = [started, _now()]  # the owner reports how it ended
             if error is not None:
                 cause = getattr(error, "cause", None) or error
                 # The message with the remote traceback, as the caller's RayTaskError shows it.

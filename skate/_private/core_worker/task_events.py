@@ -9,6 +9,8 @@
     owner:  reply comes  -> FINISHED/FAILED event, with the worker's start and
                             end times (the owner outlives the worker's part:
                             a job's workers end with its driver)
+    actor:  a call ends  -> FINISHED/FAILED event recorded by the actor's worker
+                            after the reply went out (off the caller's path)
     both:   every 100 ms, and when a driver leaves -> notify("task_events", [...])
     control store: gcs/task_events.py keeps the latest state of the last
             ``Config.task_events_max`` tasks, for the state API and ``timeline()``
@@ -44,19 +46,20 @@ class TaskEventBuffer:
 
     def record(self, task_id: bytes, name: str, state: str, *, start: float | None = None,
                end: float | None = None, actor_id: bytes | None = None, error: tuple | None = None,
-               func: str = "", where: tuple | None = None) -> None:
+               func: str = "", where: tuple | None = None, kind: str = "") -> None:
         """Notes a task's new state (any thread).
 
         ``start``/``end``: wall-clock seconds; ``error``: ``(type name,
         message)``; ``where``: ``(node id, worker id, pid)`` of the worker
-        that ran it (default: this process).
+        that ran it (default: this process); ``kind``: the task's type when
+        ``actor_id`` does not tell it (``ACTOR_CREATION_TASK``).
         """
         if not CONFIG.task_events_max:
             return
         events = self.events
         if len(events) == events.maxlen:
             self.dropped += 1
-        events.append((task_id, name, state, start, end, actor_id, error, func, where))
+        events.append((task_id, name, state, start, end, actor_id, error, func, where, kind))
         if not self._armed:
             self._armed = True
             self.core.post(self._arm)
@@ -99,7 +102,7 @@ class TaskEventBuffer:
         batch = []
         events = self.events
         while events:
-            task_id, name, state, start, end, actor_id, error, func, where = events.popleft()
+            task_id, name, state, start, end, actor_id, error, func, where, kind = events.popleft()
             node_id, worker_id, pid = where or here
             event: dict = {
                 "task_id": task_id, "name": name, "state": state, "job_id": job_id,
@@ -115,6 +118,8 @@ class TaskEventBuffer:
                 event["func"] = func
             if error is not None:
                 event["error_type"], event["error_message"] = error
+            if kind:
+                event["type"] = kind
             batch.append(event)
         if self.running:
             for task_id, (name, start, func, actor_id) in list(self.running.items()):
@@ -140,6 +145,39 @@ class TaskEventBuffer:
             (await self.core.gcs()).notify("task_events", batch)
         except (ConnectionError, OSError):
             pass  # the control store is gone: these events are lost
+
+
+class ActorCallEvents:
+    """Events of the calls an actor runs (its worker's side), cheap on the call's path.
+
+    A call's start is only noted as running (a RUNNING event goes out if it
+    still runs at the next flush); its end, after the reply went out, records
+    one FINISHED/FAILED event with both times.
+    """
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+
+    def start(self, tid: bytes, name: str) -> float:
+        """A call begins (its thread); returns its start time."""
+        started = time.time()
+        self.core.task_events.started(tid, name, started, name, self.core.executor.actor_id)
+        return started
+
+    def end(self, tid: bytes, name: str, started: float, error: BaseException | None, kind: str = "") -> None:
+        """A call ended, its reply sent (its thread)."""
+        buf = self.core.task_events
+        buf.ended(tid)
+        err = None
+        if error is not None:
+            from skate import exceptions as exc
+            from skate._private import task_errors
+
+            cause = getattr(error, "cause", None) or error
+            text = str(error) if isinstance(error, exc.RayError) else task_errors.user_traceback(error)
+            err = (type(cause).__name__, text[-8000:])
+        buf.record(tid, name, "FAILED" if err else "FINISHED", start=started, end=time.time(),
+                   actor_id=self.core.executor.actor_id, error=err, func=name, kind=kind)
 
 
 def now() -> float:

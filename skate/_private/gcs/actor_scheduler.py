@@ -43,6 +43,10 @@ class Unschedulable(Exception):
     """No node can ever host the actor."""
 
 
+class EnvSetupFailed(Exception):
+    """The node could not set the actor's runtime_env up."""
+
+
 class ActorScheduler:
     """Leases workers for actors and runs their constructors (part of the control store)."""
 
@@ -145,6 +149,9 @@ class ActorScheduler:
                 got = await self._lease(aid, lease_body, via)
             except Unschedulable as e:
                 self._dead(aid, f"it can never be scheduled: {e}", unschedulable=True)
+                return
+            except EnvSetupFailed as e:
+                self._dead(aid, f"its runtime_env could not be set up: {e}")
                 return
             except Exception as e:  # noqa: BLE001
                 self._dead(aid, f"no worker could be leased for it: {e}")
@@ -252,6 +259,8 @@ class ActorScheduler:
                 node = self._node(None)
         if "unschedulable" in reply:
             raise Unschedulable(reply["unschedulable"])
+        if "env_error" in reply:
+            raise EnvSetupFailed(reply["env_error"])
         if (self.dir.actors.get(aid) or {}).get("state") == DEAD:
             raylet.notify("return_lease", {"lease_id": reply["lease_id"], "kill": True})
             return None

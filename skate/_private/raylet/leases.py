@@ -136,7 +136,10 @@ class LeaseManager:
                     continue
                 self.sched.release(req.resources)
                 if not fut.done():
-                    fut.set_exception(e)
+                    if setup is not None:  # (its setup hook may have failed)
+                        fut.set_result({"env_error": f"the worker for it could not start: {e}"})
+                    else:
+                        fut.set_exception(e)
                 return
         if fut.done() or conn.closed:
             self.sched.release(req.resources)

@@ -177,6 +177,10 @@ class WorkerPool:
         # Its workers were its children: they are gone or orphaned; stop them.
         for w in list(self._by_pid.values()):
             signal_pid(w.pid, signal.SIGKILL)
+            try:  # not lent while its exit is being recorded
+                self.idle.remove(w)
+            except ValueError:
+                pass
             asyncio.ensure_future(self._exited(w, -signal.SIGKILL))
         self._by_pid.clear()
 

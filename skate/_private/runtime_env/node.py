@@ -7,13 +7,15 @@ same fetch), unpacks them into the node's cache folder, and returns the
 *setup* the forked child applies before any user code runs (see
 ``worker_setup.apply``)::
 
-    {"env_vars": {...}, "cwd": "<cache>/_skate_pkg_<h>", "sys_path": [...], "json": "<the env>"}
+    {"env_vars": {...}, "cwd": "<cache>/_skate_pkg_<h>", "sys_path": [...], "json": "<the env>",
+     "hook": {"pickle": "<file>"} or {"path": "module.function"}}
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -89,4 +91,10 @@ class NodeEnvs:
             sys_path.append(await self._local(uri))
         if sys_path:
             out["sys_path"] = sys_path
+        hook = resolved.get("worker_process_setup_hook")
+        if hook:
+            if packaging.is_package_uri(hook):
+                out["hook"] = {"pickle": os.path.join(await self._local(hook), spec.HOOK_FILE)}
+            else:
+                out["hook"] = {"path": hook}
         return out

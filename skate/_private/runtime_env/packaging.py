@@ -45,6 +45,8 @@ KV_NAMESPACE = "runtime_env_packages"
 DEFAULT_MAX_PACKAGE_BYTES = 512 * 1024 * 1024
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+#: The comment of zips skate packs (told apart from zips users give as they are).
+_PACKED_COMMENT = b"skate runtime_env package"
 _URI_RE = re.compile(r"^gcs://_skate_pkg_([0-9a-f]{32})\.zip$")
 
 
@@ -236,6 +238,7 @@ def pack(path: str, excludes: Iterable[str] = (), include_parent_dir: bool = Fal
     limit = max_package_bytes()
     total = 0
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.comment = _PACKED_COMMENT
         if os.path.isfile(path):
             _add(zf, path, os.path.basename(path), False)
         else:
@@ -254,6 +257,18 @@ def pack(path: str, excludes: Iterable[str] = (), include_parent_dir: bool = Fal
     if len(data) > limit:
         raise PackagingError(f"the package of {path} ({len(data)} bytes) is larger than {limit} bytes")
     return data
+
+
+def pack_file_bytes(name: str, content: bytes) -> bytes:
+    """A deterministic package holding one file ``name`` with ``content``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.comment = _PACKED_COMMENT
+        info = zipfile.ZipInfo(name, _FIXED_TIME)
+        info.external_attr = (stat.S_IFREG | 0o644) << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(info, content)
+    return buf.getvalue()
 
 
 def read_zip(path: str) -> bytes:
@@ -347,6 +362,8 @@ def unpack(uri: str, data: bytes, cache_dir: str) -> str:
     try:
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                if zf.comment == _PACKED_COMMENT:  # (before the folder appears: see package_root)
+                    open(_packed_marker(target), "w").close()
                 for info in zf.infolist():
                     dest = os.path.realpath(os.path.join(tmp, info.filename))
                     if not dest.startswith(os.path.realpath(tmp) + os.sep) and dest != os.path.realpath(tmp):
@@ -368,9 +385,15 @@ def unpack(uri: str, data: bytes, cache_dir: str) -> str:
     return target
 
 
+def _packed_marker(target: str) -> str:
+    return os.path.join(os.path.dirname(target), "." + os.path.basename(target) + ".packed")
+
+
 def package_root(unpacked: str) -> str:
-    """The folder a ``working_dir`` package is used from: the unpacked folder, or its only
-    top folder when the package was a zip holding one folder."""
+    """The folder a ``working_dir`` package is used from: the unpacked folder, or, for a
+    ``.zip`` the user gave holding just one folder, that folder (like Ray)."""
+    if os.path.exists(_packed_marker(unpacked)):
+        return unpacked
     return _root_of(unpacked)
 
 

@@ -27,7 +27,9 @@ from typing import Any
 from skate._private.runtime_env import packaging
 
 #: The fields skate implements.
-SUPPORTED = ("env_vars", "working_dir", "py_modules", "excludes", "config")
+SUPPORTED = ("env_vars", "working_dir", "py_modules", "excludes", "config", "worker_process_setup_hook")
+#: The file holding a pickled ``worker_process_setup_hook`` in its package.
+HOOK_FILE = "setup_hook.pkl"
 #: The fields of Ray's runtime_env skate knows and refuses, with why.
 UNSUPPORTED = {
     "pip": "installing packages per task is not implemented",
@@ -40,7 +42,6 @@ UNSUPPORTED = {
     "nsight": "profiler plugins are not implemented",
     "rocprof_sys": "profiler plugins are not implemented",
     "mpi": "MPI plugins are not implemented",
-    "worker_process_setup_hook": "worker setup hooks are not implemented",
 }
 #: Keys of ``config`` skate takes.  ``eager_install`` (a bool) only says when
 #: packages are fetched: they are uploaded when the environment is first used
@@ -120,6 +121,12 @@ def validate(runtime_env: Any) -> dict:
             _check_path_field("py_modules", m)
             checked.append(m)
         out["py_modules"] = checked
+    hook = out.get("worker_process_setup_hook")
+    if hook is not None and not (callable(hook) or (isinstance(hook, str) and "." in hook)):
+        raise TypeError(
+            "runtime_env['worker_process_setup_hook'] must be a callable or a 'module.function' string, "
+            f"not {hook!r}"
+        )
     excludes = out.get("excludes")
     if excludes is not None:
         if not isinstance(excludes, (list, tuple)) or not all(isinstance(p, str) for p in excludes):
@@ -195,6 +202,13 @@ def resolve(env: dict, kv: packaging.KVStore) -> dict:
                 else:
                     uris.append(packaging.upload_path(kv, m, excludes, include_parent_dir=os.path.isdir(m)))
             out["py_modules"] = uris
+        hook = out.get("worker_process_setup_hook")
+        if callable(hook):  # shipped as a package holding it pickled (by value when defined in __main__)
+            import cloudpickle
+
+            data = packaging.pack_file_bytes(HOOK_FILE, cloudpickle.dumps(hook))
+            out["worker_process_setup_hook"] = packaging.uri_of(data)
+            packaging.upload(kv, out["worker_process_setup_hook"], data)
     except packaging.PackagingError as e:
         raise RuntimeEnvSetupError(f"could not package the runtime_env: {e}") from e
     return out

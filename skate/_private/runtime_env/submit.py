@@ -11,6 +11,7 @@ in the lease request, and node daemons start workers with it.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import weakref
 from typing import Any
@@ -39,15 +40,46 @@ class GcsKV:
         return bool(self.core.gcs_call("kv_keys", [packaging.KV_NAMESPACE, key]))
 
 
-def set_job_env(core: Any, runtime_env: Any) -> None:
-    """Validates, uploads and installs ``init(runtime_env=...)`` as the job's environment.
+#: Set for a submitted job's entrypoint: the job's runtime_env (JSON, packages as URIs).
+SUBMITTED_ENV_VAR = "SKATE_JOB_RUNTIME_ENV"
+
+
+def set_job_env(core: Any, runtime_env: Any, environ: dict | None = None) -> None:
+    """Validates, uploads and installs ``init(runtime_env=...)`` as the job's environment,
+    combined with the runtime_env the job was submitted with, if any (see ``combine``).
 
     Raises:
-        TypeError, ValueError, NotImplementedError: as ``spec.validate``.
+        TypeError, ValueError, NotImplementedError: as ``spec.validate``; ValueError
+            when ``init``'s and the submitted job's environments conflict.
         RuntimeEnvSetupError: a local path could not be packed.
     """
     env = spec.validate(runtime_env)
-    core.runtime_env = spec.resolve(env, GcsKV(core)) if env else {}
+    resolved = spec.resolve(env, GcsKV(core)) if env else {}
+    raw = (environ if environ is not None else os.environ).get(SUBMITTED_ENV_VAR)
+    if raw:
+        resolved = combine(json.loads(raw), resolved, environ if environ is not None else os.environ)
+    core.runtime_env = resolved
+
+
+def combine(submitted: dict, own: dict, environ: dict) -> dict:
+    """A submitted job's runtime_env with its driver's ``init(runtime_env=...)`` (follows
+    Ray): merged; a field (or environment variable) set differently in both is an error,
+    unless ``RAY_OVERRIDE_JOB_RUNTIME_ENV=1`` (or ``SKATE_...``), when the driver's wins.
+
+    Raises:
+        ValueError: a conflict, without the override.
+    """
+    override = "1" in (environ.get("RAY_OVERRIDE_JOB_RUNTIME_ENV"), environ.get("SKATE_OVERRIDE_JOB_RUNTIME_ENV"))
+    if not override:
+        clash = [k for k in own if k != "env_vars" and k in submitted and submitted[k] != own[k]]
+        a, b = submitted.get("env_vars") or {}, own.get("env_vars") or {}
+        clash += [f"env_vars[{k!r}]" for k in b if k in a and a[k] != b[k]]
+        if clash:
+            raise ValueError(
+                f"the runtime_env given to init() conflicts with the job's (submitted) runtime_env on "
+                f"{', '.join(clash)}; set RAY_OVERRIDE_JOB_RUNTIME_ENV=1 to let init()'s win"
+            )
+    return spec.merge(submitted, own)
 
 
 def for_submit(core: Any, runtime_env: Any) -> dict | None:

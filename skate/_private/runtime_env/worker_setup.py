@@ -14,6 +14,8 @@ import re
 import sys
 
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: The ``worker_process_setup_hook`` to run once the worker is connected (see ``run_hook``).
+_hook: dict | None = None
 
 
 def expand(value: str, environ: dict) -> str:
@@ -34,3 +36,24 @@ def apply(setup: dict) -> None:
     if setup.get("cwd"):
         os.chdir(setup["cwd"])
     os.environ["SKATE_RUNTIME_ENV"] = setup.get("json", "{}")
+    global _hook
+    _hook = setup.get("hook")
+
+
+def run_hook() -> None:
+    """Runs the environment's ``worker_process_setup_hook`` (in the connected worker, before
+    it takes work; follows Ray).  An exception propagates: the worker does not start."""
+    hook = _hook
+    if not hook:
+        return
+    if "pickle" in hook:
+        import cloudpickle
+
+        with open(hook["pickle"], "rb") as f:
+            fn = cloudpickle.load(f)
+    else:
+        import importlib
+
+        module, _, name = hook["path"].rpartition(".")
+        fn = getattr(importlib.import_module(module), name)
+    fn()

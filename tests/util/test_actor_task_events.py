@@ -1,0 +1,107 @@
+"""Actor calls and creations in the state API (ACTOR_TASK / ACTOR_CREATION_TASK, like Ray),
+and enable_task_events=False honoured for tasks, actors and methods."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import wait_for
+
+import skate
+from skate.util import state
+
+
+def _tasks(name: str) -> list:
+    return [t for t in state.list_tasks(limit=None) if t.name == name]
+
+
+@skate.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def inc(self):
+        self.n += 1
+        return self.n
+
+    def fail(self):
+        raise KeyError("on purpose")
+
+    def wait_for_file(self, path):
+        import os
+        import time
+
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "done"
+
+
+@skate.remote
+class AsyncCounter:
+    async def inc(self):
+        return 1
+
+
+@pytest.mark.timeout(60)
+def test_actor_calls_and_creation_are_listed(ray_start):
+    c = Counter.remote()
+    assert skate.get([c.inc.remote() for _ in range(3)]) == [1, 2, 3]
+    with pytest.raises(KeyError):
+        skate.get(c.fail.remote())
+    a = AsyncCounter.remote()
+    assert skate.get(a.inc.remote()) == 1
+    wait_for(lambda: len([t for t in _tasks("Counter.inc") if t.state == "FINISHED"]) == 3, 10, what="3 finished calls")
+    wait_for(lambda: [t.state for t in _tasks("Counter.fail")] == ["FAILED"], 10, what="the failed call")
+    wait_for(lambda: [t.state for t in _tasks("AsyncCounter.inc")] == ["FINISHED"], 10, what="the async call")
+    call = _tasks("Counter.inc")[0]
+    actor_id = c._ray_actor_id.hex()
+    assert call.type == "ACTOR_TASK" and call.actor_id == actor_id
+    assert call.func_or_class_name == "Counter.inc"
+    assert call.worker_pid > 0 and call.start_time_ms <= call.end_time_ms
+    assert call.job_id == skate.get_runtime_context().get_job_id()
+    failed = _tasks("Counter.fail")[0]
+    assert failed.error_type == "KeyError" and "on purpose" in failed.error_message
+    wait_for(lambda: [t.state for t in _tasks("Counter.__init__")] == ["FINISHED"], 10, what="the creation task")
+    created = _tasks("Counter.__init__")[0]
+    assert created.type == "ACTOR_CREATION_TASK" and created.actor_id == actor_id
+    only_actor = state.list_tasks(filters=[("type", "=", "ACTOR_TASK")], limit=None)
+    assert {t.name for t in only_actor} == {"Counter.inc", "Counter.fail", "AsyncCounter.inc"}
+
+
+@pytest.mark.timeout(60)
+def test_a_running_actor_call_is_listed_as_running(ray_start, tmp_path):
+    gate = tmp_path / "go"
+    c = Counter.remote()
+    ref = c.wait_for_file.remote(str(gate))
+    wait_for(lambda: [t.state for t in _tasks("Counter.wait_for_file")] == ["RUNNING"], 15, what="the call to show as running")
+    gate.touch()
+    assert skate.get(ref) == "done"
+    wait_for(lambda: [t.state for t in _tasks("Counter.wait_for_file")] == ["FINISHED"], 10, what="the call to finish")
+
+
+@pytest.mark.timeout(60)
+def test_enable_task_events_false_records_nothing(ray_start):
+    @skate.remote(enable_task_events=False)
+    def quiet():
+        return 1
+
+    @skate.remote
+    def loud():
+        return 2
+
+    quiet_actor = Counter.options(enable_task_events=False).remote()
+    loud_actor = Counter.remote()
+    assert skate.get([quiet.remote(), loud.options(enable_task_events=False).remote()]) == [1, 2]
+    assert skate.get(quiet_actor.inc.remote()) == 1
+    assert skate.get(loud_actor.inc.options(enable_task_events=False).remote()) == 1
+    # Recorded after the silent ones, by the same processes: once these show, the others would have.
+    assert skate.get(quiet.options(enable_task_events=True).remote()) == 1
+    assert skate.get(quiet_actor.inc.options(enable_task_events=True).remote()) == 2
+    assert skate.get(loud_actor.inc.remote()) == 2
+    wait_for(lambda: len(_tasks("quiet")) == 1 and len(_tasks("Counter.inc")) == 2, 10, what="the loud calls")
+    assert _tasks("loud") == []
+    assert sorted(t.actor_id for t in _tasks("Counter.inc")) == sorted(
+        [quiet_actor._ray_actor_id.hex(), loud_actor._ray_actor_id.hex()]
+    )
+    # The quiet actor's creation is not listed either.
+    assert [t.actor_id for t in _tasks("Counter.__init__")] == [loud_actor._ray_actor_id.hex()]
