@@ -303,13 +303,13 @@ def test_timed_out_get_can_be_retried(ray_start_4cpu):
     cdag.teardown()
 
 
-@pytest.mark.parametrize("how", ["argument", "environment"])
+@pytest.mark.parametrize("how", ["argument", "RAY_CGRAPH_", "SKATE_CGRAPH_"])
 def test_submit_timeout(ray_start_4cpu, monkeypatch, how):
     # Values larger than a shared-memory slot go through the socket; while the
     # actor sleeps, its socket fills up and execute() cannot hand the input over.
     kwargs = {"_submit_timeout": 0.3}
-    if how == "environment":
-        monkeypatch.setenv("RAY_CGRAPH_submit_timeout", "0.3")
+    if how != "argument":
+        monkeypatch.setenv(how + "submit_timeout", "0.3")
         kwargs = {}
     a = Echo.remote()
     with InputNode() as inp:

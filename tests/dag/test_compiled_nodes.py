@@ -25,10 +25,11 @@ class Stage:
 def test_actors_on_two_nodes_write_to_each_other(cluster):
     # a -> b -> a: each actor dials the other while accepting the other's
     # dial, and each dial waits for the listener's side of the handshake.
+    cluster.add_node(num_cpus=1, resources={"one": 1})
     cluster.add_node(num_cpus=1, resources={"other": 1})
-    skate.init(address=cluster.address)
+    skate.init(address=cluster.address)  # the driver is on a third node, the head
     try:
-        a = Stage.options(num_cpus=0).remote()
+        a = Stage.options(num_cpus=0, resources={"one": 1}).remote()
         b = Stage.options(num_cpus=0, resources={"other": 1}).remote()
         with InputNode() as inp:
             x = a.echo.bind(inp)

@@ -134,6 +134,39 @@ def test_point_to_point_transport_over_gloo(ray_start_4cpu, monkeypatch):
     cdag.teardown()
 
 
+@skate.remote
+class Crossed:
+    def tensor(self, n):
+        return torch.ones(n)
+
+    def size(self, t):
+        return t.numel()
+
+    def after(self, x):
+        return ("after", x)
+
+    def join(self, first, t):
+        return first, float(t.sum())
+
+
+@pytest.mark.timeout(120)
+def test_point_to_point_tensors_read_in_another_order_than_sent(ray_start_4cpu, monkeypatch):
+    # y sends its tensor to x, then feeds z; x reads z's value first.  The
+    # tensor's send waits for x to receive it, so x must receive it while it
+    # waits for z (when it reads that channel ahead), not when it gets to it.
+    monkeypatch.setenv("RAY_CGRAPH_p2p_backend", "gloo")
+    y, z, x = Crossed.remote(), Crossed.remote(), Crossed.remote()
+    with InputNode() as inp:
+        t = y.tensor.bind(inp).with_tensor_transport("nccl")
+        dag = x.join.bind(z.after.bind(y.size.bind(t)), t)
+    cdag = dag.experimental_compile()
+    try:
+        for n in (10, 100_000):
+            assert skate.get(cdag.execute(n), timeout=60) == (("after", n), float(n))
+    finally:
+        cdag.teardown()
+
+
 def test_point_to_point_transport_errors(ray_start_4cpu, monkeypatch):
     sender, r = Sender.remote(), Receiver.remote()
     with InputNode() as inp:

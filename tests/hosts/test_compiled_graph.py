@@ -2,7 +2,9 @@
 
 Each host's abstract Unix sockets, and its 127.0.0.1, are its own: the
 channels between the hosts work only if every actor listens on its node's
-address and every channel dials the peer's.  A driver on a host with no
+address and every channel dials the peer's.  An actor's listener takes a
+port of the workers' range (``--min/--max-worker-port``), like the
+actor's own server, so a firewall open on that range lets it through.  A driver on a host with no
 node of its own reaches both actors the same way.
 """
 
@@ -30,7 +32,7 @@ class Stage:
         import socket
         from skate._private.cgraph import worker
         ends = [s for ag in worker._GRAPHS.values() for s in ag.sockets()]
-        tcp = sorted({s.sock.getsockname()[0] for s in ends if hasattr(s, "sock")})
+        tcp = [s.sock.getsockname()[:2] for s in ends if hasattr(s, "sock")]
         return ray.get_runtime_context().get_node_id(), hashlib.sha256(x).hexdigest(), tcp
 
 a = Stage.options(resources={"head": 1}).remote()
@@ -48,7 +50,9 @@ for i in range(3):
         node, digest, tcp = ray.get(where, timeout=60)
         assert node == nodes["10.77.0.2"], (node, nodes)
         assert digest == hashlib.sha256(blob + bytes([i, j])).hexdigest()
-        assert tcp == ["10.77.0.2"], tcp  # b's channels to host 1 are on its node's address
+        assert {ip for ip, _ in tcp} == {"10.77.0.2"}, tcp  # b's channels to host 1 are on its node's address
+        # The connections b accepted came to its listener: a port of the workers' range.
+        assert any(12000 <= port <= 12099 for _, port in tcp), tcp
         assert ray.get(back, timeout=60) == blob + bytes([i, j])
 cdag.teardown()
 with InputNode() as inp:  # the actors take part in a new graph after teardown
@@ -63,8 +67,9 @@ print("span: ok")
 @pytest.mark.timeout(240)
 def test_compiled_graph_spans_two_hosts(hosts):
     net = hosts(3)
-    _, token = start_head(net[1], "--num-cpus", "1", "--resources", '{"head": 1}')
-    join(net[2], token, "--node-ip-address", net[2].ip, "--num-cpus", "1", "--resources", '{"other": 1}')
+    ports = ("--min-worker-port", "12000", "--max-worker-port", "12099")
+    _, token = start_head(net[1], "--num-cpus", "1", "--resources", '{"head": 1}', *ports)
+    join(net[2], token, "--node-ip-address", net[2].ip, "--num-cpus", "1", "--resources", '{"other": 1}', *ports)
     wait_for(lambda: alive_nodes(net[1], token, 2), 60, interval=0.5, what="the worker node to join")
     # From the head's host (its own node), then from host 3 (no node there).
     for h in (net[1], net[3]):

@@ -439,6 +439,10 @@ class Reader:
             while True:
                 frame = self._frame()
                 if frame is not None:
+                    if self.p2p is not None:
+                        # Its tensors' sends wait until this process receives
+                        # them: receive them now (they follow the frame at once).
+                        frame = (None, self._decode(*frame))
                     self.frames.append(frame)
                 elif not self._recv_once():
                     return
@@ -537,7 +541,9 @@ class Reader:
         else:
             pump.wait(self.sock.fileno(), select.POLLIN, deadline, skip=self)
 
-    def _decode(self, kind: int, body: memoryview) -> Any:
+    def _decode(self, kind: int | None, body: Any) -> Any:
+        if kind is None:  # decoded ahead by drain()
+            return body
         try:
             return self._decode_value(kind, body)
         except ChannelClosed:

@@ -22,8 +22,10 @@ telling the readers downstream which actor died.
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import os
+import random
 import select
 import socket
 import threading
@@ -34,7 +36,7 @@ from typing import Any
 import cloudpickle
 
 from skate import exceptions as exc
-from skate._private import runtime, serialization
+from skate._private import hostaddr, runtime, serialization
 from skate._private.cgraph import channel as ch
 from skate._private.cgraph import secure
 from skate._private.cgraph.plan import DRIVER, HELLO, ActorPlan, fill
@@ -106,12 +108,39 @@ def prepare(actor: Any, gid: bytes) -> dict:
     # one its node daemon advertises and binds, ``--node-ip-address``).
     core = runtime.current()
     ip = core.node_ip
-    tcp = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
-    tcp.bind((ip, 0))
-    tcp.listen(128)
+    tcp = _listen_tcp(ip)
     ag.listeners = [uds, tcp]
     _GRAPHS[id(actor)] = ag
     return {"uds": listen_address(gid), "tcp": tcp.getsockname()[:2], "node_id": core.node_id, "pid": os.getpid()}
+
+
+def _listen_tcp(ip: str) -> socket.socket:
+    """A TCP listener on ``ip``, on a port of the workers' range (``--min/--max-worker-port``) if set.
+
+    Raises:
+        OSError: ``EADDRINUSE`` when every port of the range is taken.
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    ports = hostaddr.worker_port_range()
+    if ports is None:
+        candidates: Any = [0]
+    else:
+        lo, n = ports[0], ports[1] - ports[0] + 1
+        start = random.randrange(n)
+        candidates = (lo + (start + i) % n for i in range(n))
+    for port in candidates:
+        s = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            s.bind((ip, port))
+        except OSError as e:
+            s.close()
+            if e.errno == errno.EADDRINUSE and port:
+                continue
+            raise
+        s.listen(128)
+        return s
+    raise OSError(errno.EADDRINUSE, f"compiled graph set-up: every worker port from {ports[0]} to {ports[1]} is in use "
+                                    "(--min/--max-worker-port)")
 
 
 def dial(address: dict, same_node: bool, gid: bytes, token: bytes, reader: int, edge: int, deadline: float) -> Any:
