@@ -22,7 +22,7 @@ Who serves what::
                    kill_worker register_worker register_client node_stats obj_reserve
                    obj_seal obj_get obj_unmapped obj_fetch obj_write obj_read obj_free flush_logs
                    pub shutdown (from the control store)
-    core worker    push_task create_actor actor_call cancel_task release_held exit_now hello
+    core worker    push_task create_actor actor_call actor_ready cancel_task release_held exit_now hello
                    gen_item gen_ack
                    borrow_add borrow_remove get_object pub warning ping
 """
@@ -499,6 +499,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "push_task": (TaskSpec, TaskReply),
     "create_actor": (TaskSpec, TaskReply),
     "actor_call": (TaskSpec, TaskReply),
+    "actor_ready": (TaskSpec, TaskReply),  # __ray_ready__ on the control endpoint (the system group)
     "cancel_task": (CancelTask, None),
     "gen_item": (GenItem, None),
     "gen_ack": (GenAck, None),

@@ -66,6 +66,7 @@ class Executor(ActorExecution):
             "gen_ack": lambda conn, body, bufs: self.acks.on_ack(body),
             "release_held": self.on_release_held,
             "exit_now": self.on_exit_now,
+            "actor_ready": self.on_actor_ready,
         }
 
     def exec_handlers(self) -> dict:
