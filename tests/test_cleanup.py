@@ -209,6 +209,24 @@ def test_segments_of_a_sigkilled_node_daemon_are_swept(cluster):
     del inner
 
 
+def test_a_sweep_leaves_live_node_daemons_alone(cluster):
+    other = cluster.add_node(num_cpus=1, resources={"other": 1})
+    skate.init(address=cluster.address)
+
+    @skate.remote(resources={"other": 1})
+    def big() -> list:
+        return [skate.put(b"s" * BIG)]
+
+    [inner] = skate.get(big.remote())
+    prefix = f"{CONFIG.shm_prefix}-{other.node_id[:12]}"
+    assert _segments(prefix)
+    # The daemon runs under its title (skate::raylet), not its module's command line.
+    assert node.sweep_dead_stores() == 0
+    assert _segments(prefix)
+    assert len(skate.get(inner)) == BIG
+    del inner
+
+
 def test_short_drivers_on_a_long_lived_cluster_leave_no_segments(cluster):
     skate.init(address=cluster.address)
     before = _stats()["store"]["objects"]

@@ -107,14 +107,44 @@ def test_free_removes_segment_and_space(store, prefix):
     assert _files(prefix) == set()
 
 
-def test_object_larger_than_capacity(store):
+def test_object_larger_than_capacity_gets_a_disk_backed_segment(store, prefix):
+    _make(store, _oid(9), 200 * KB, 9)  # an object in memory, which stays there
+    size = store.capacity + 1
+    path = _make(store, _oid(1), size, 7)
+    assert path.startswith(store.spill_dir) and not _files(prefix) - {os.path.basename(store.objects[_oid(9)].path)}
+    assert os.stat(path).st_blocks * 512 >= size  # its blocks are allocated up front
+    assert store.used == 200 * KB  # not counted against the memory store, nothing spilled for it
+    assert store.stats()["spilled"] == 0
+    assert store.stats()["disk_backed"] == 1 and store.stats()["disk_backed_bytes"] == size
+    assert store.ensure_local(_oid(1)) == path and _read(path) == bytes([7]) * size
+    assert store.read_range(_oid(1), size - 3, 10) == (size, bytes([7]) * 3)
+    # Never picked to spill, never recycled into the pool.
+    _make(store, _oid(2), store.capacity - 100 * KB, 2)
+    assert store.objects[_oid(1)].spilled_path is None and os.path.exists(path)
+    store.free(_oid(1))
+    assert not os.path.exists(path)
+    assert store.stats()["disk_backed_bytes"] == 0 and not store.pool
+
+
+def test_a_mapped_disk_backed_segment_goes_on_the_last_unmap(store):
+    path = _make(store, _oid(1), store.capacity * 2, 1)
+    store.map_added(_oid(1))
+    store.free(_oid(1))
+    assert os.path.exists(path)  # a reader still maps it
+    store.map_removed(_oid(1))
+    assert not os.path.exists(path) and store.used == 0 and not store.pool
+
+
+def test_no_disk_for_a_disk_backed_segment_is_store_full(store, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
     with pytest.raises(StoreFull) as info:
         store.reserve(_oid(1), store.capacity + 1)
     msg = str(info.value)
-    assert str(store.capacity) in msg
-    assert "object_store_memory" in msg
-    assert store.used == 0
-    assert not store.objects
+    assert str(store.capacity) in msg and "No space left" in msg
+    assert not store.objects and not os.listdir(store.spill_dir)
 
 
 def test_spill_least_recently_used_first(store, tmp_path):
@@ -269,3 +299,38 @@ def test_shm_helpers(prefix):
     shm.unlink(path)
     shm.unlink(path)  # a missing segment is fine
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("size", [1, 4096, 3 * MB + 17])
+def test_write_pieces_new_and_recycled_segments(prefix, size):
+    path = shm.segment_path(prefix, b"\xcd" * 4)
+    try:
+        shm.write_pieces(path, size, [(0, b"\x01" * size)])
+        assert _read(path) == b"\x01" * size
+        # Reused (as the store recycles segments), smaller: truncated and overwritten.
+        half = max(size // 2, 1)
+        shm.write_pieces(path, half, [(0, b"ab"[: min(2, half)]), (min(2, half), b"\x02" * (half - min(2, half)))])
+        assert os.path.getsize(path) == half
+        assert _read(path) == (b"ab" + b"\x02" * half)[:half]
+        os.chmod(path, 0o644)  # no longer owner-only: refused, as a planted file would be
+        with pytest.raises(shm.ForeignSegmentError):
+            shm.write_pieces(path, size, [(0, b"x")])
+    finally:
+        shm.unlink(path)
+
+
+def test_objects_readers_map_are_neither_dropped_nor_spilled(store):
+    # Capacity 1000 KB: a mapped secondary copy and a mapped primary, then a newcomer.
+    copy = _make(store, _oid(1), 400 * KB, 1, primary=False)
+    prim = _make(store, _oid(2), 400 * KB, 2)
+    _make(store, _oid(3), 100 * KB, 3)
+    store.map_added(_oid(1))
+    store.map_added(_oid(2))
+    with pytest.raises(StoreFull):
+        store.reserve(_oid(4), 400 * KB)  # only the unmapped 100 KB could go
+    assert os.path.exists(copy) and os.path.exists(prim) and store.objects[_oid(3)].spilled_path is None
+    store.map_removed(_oid(1))  # the reader let the copy go: it may be dropped now
+    store.reserve(_oid(4), 400 * KB)
+    assert _oid(1) not in store.objects and not os.path.exists(copy)
+    assert os.path.exists(prim) and store.objects[_oid(2)].spilled_path is None
+    store.map_removed(_oid(2))

@@ -31,8 +31,21 @@ def test_round_trip_small_and_multi_record_frames():
     assert _deliver(alice.seal(small), bob) == b"".join(bytes(p) for p in small)
     big = os.urandom(2 * MAX_RECORD + 5)
     records = alice.seal([b"head", big])
-    assert len(records) == 2 * 3  # three records, each a length and a ciphertext
+    # The small piece has its own record and the large buffer three of its
+    # own (encrypted from its memory, not joined to the header first); each
+    # record is a length and a ciphertext.
+    assert len(records) == 2 * 4
+    assert len(records[1]) == 4 + 16  # "head" and the tag
     assert _deliver(records, bob) == b"head" + big
+
+
+def test_small_pieces_share_records_and_order_is_kept():
+    alice, bob = _pair()
+    pieces = [b"a" * 10, b"b" * 20, os.urandom(MAX_RECORD // 2), b"c" * 30, b"d" * 5, bytearray(70_000)]
+    records = alice.seal(pieces)
+    assert len(records) == 2 * 4  # [a b] [large] [c d] [bytearray, a large piece on its own]
+    assert _deliver(records, bob) == b"".join(bytes(p) for p in pieces)
+    assert _deliver(alice.seal([]), bob) == b""  # an empty frame is still one record
 
 
 def test_a_flipped_bit_ends_the_connection():

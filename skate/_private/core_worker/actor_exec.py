@@ -38,6 +38,7 @@ import cloudpickle
 
 from skate import exceptions as exc
 from skate._private import task_context, wire
+from skate._private.core_worker import streams
 from skate._private.core_worker.errors import EXITED
 
 DEFAULT_GROUP = "_ray_default"
@@ -299,7 +300,10 @@ class ActorExecution:
                 raise exc.ActorDiedError(error_msg="the actor's constructor failed")
             args, kwargs = self._decode_args(spec, bufs, 0)
             result = self._method(spec)(*args, **kwargs)
-            body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+            if spec["nr"] < 0:  # a generator method: items go out as they are yielded
+                body, out = streams.stream(self, fut, spec, result, name), []
+            else:
+                body, out = self._encode_returns(spec, result, name, fut.conn.peer)
         except ActorExit:
             self.exit_requested = True
             self.exit_thread = threading.get_ident()
@@ -348,9 +352,14 @@ class ActorExecution:
                 args, kwargs = self._decode_args(spec, bufs, 0)
                 method = self._method(spec)
                 result = method(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+                if spec["nr"] < 0:  # a generator method: items go out as they are yielded
+                    body, out = await streams.stream_async(self, fut, spec, result, name), []
+                else:
+                    if inspect.isawaitable(result):
+                        result = await result
+                    elif inspect.isasyncgen(result) and spec["nr"] > 1:  # a fixed num_returns over it
+                        result = await streams.take_async(result, spec["nr"], name)
+                    body, out = self._encode_returns(spec, result, name, fut.conn.peer)
             except (ActorExit, exc.AsyncioActorExit):
                 self.exit_requested = True
             except asyncio.CancelledError:

@@ -41,6 +41,14 @@ from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
 from skate._private.core_worker.submitter import Arg
 
 
+class _Withdrawn(BaseException):
+    """Replaces an interrupt that came too late for its task (see ``Executor._finished``)."""
+
+
+def _take_pending() -> None:
+    """Does nothing; entering it is a point where CPython delivers a pending interrupt."""
+
+
 class Executor(ActorExecution):
     """Executes the work pushed to one worker."""
 
@@ -54,6 +62,7 @@ class Executor(ActorExecution):
         #: an interrupt never lands in the task that thread runs next.
         self.run_lock = threading.Lock()
         self.cancelled: set[bytes] = set()
+        self.interrupted: set[bytes] = set()  # tasks with an interrupt posted to their thread
         self.held: dict[bytes, list] = {}
         self.acks = streams.Acks()  # generator tasks' consumed counts (backpressure)
         self.streamed: dict[bytes, int] = {}  # generator tasks running: items sent so far
@@ -115,17 +124,37 @@ class Executor(ActorExecution):
                 return
             # Still this task's thread, and it cannot finish before the
             # interrupt is set: _finished takes the same lock and clears it.
+            self.interrupted.add(tid)
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running), ctypes.py_object(KeyboardInterrupt))
 
     def _finished(self, tid: bytes) -> None:
         """Marks ``tid`` done on its thread; an interrupt meant for it that was not
-        delivered yet is withdrawn, so it cannot hit the next task."""
+        delivered yet is withdrawn, so it cannot hit the next task.
+
+        CPython keeps its "asynchronous exception pending" flag raised until a
+        thread actually takes one, even when an interrupt is cleared with
+        ``PyThreadState_SetAsyncExc(ident, NULL)``; a raised flag sends every
+        later bytecode check of the process down the slow path (and, on 3.11,
+        loops forever under a profiler or tracer).  So a posted interrupt is
+        never cleared: it is replaced by a private one that this thread takes
+        here at once, which lowers the flag.
+        """
+        withdrawn = False
         while True:
             try:
-                with self.run_lock:
-                    ident = self.running.pop(tid, None)
-                    if ident is not None:
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+                if not withdrawn:
+                    with self.run_lock:
+                        ident = self.running.pop(tid, None)
+                        if ident is not None and tid in self.interrupted:
+                            self.interrupted.discard(tid)
+                            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                                ctypes.c_ulong(ident), ctypes.py_object(_Withdrawn)
+                            )
+                            withdrawn = True
+                while withdrawn:
+                    _take_pending()
+                return
+            except _Withdrawn:
                 return
             except KeyboardInterrupt:  # delivered just now: too late for the task, so dropped
                 continue
@@ -159,12 +188,12 @@ class Executor(ActorExecution):
         current = task_context.CURRENT.set(spec)
         events = self.core.task_events
         started = task_events.now()
-        events.record(tid, name, "RUNNING", start=started, func=getattr(fn, "__qualname__", name))
+        events.started(tid, name, started, getattr(fn, "__qualname__", name))
         error: BaseException | None = None
         try:
             if tid in self.cancelled:
                 raise exc.TaskCancelledError(tid.hex())
-            args, kwargs = self._decode_args(spec, bufs, pos)
+            args, kwargs = self._decode_args(spec, bufs, pos, fut.conn.peer)
             result = fn(*args, **kwargs)
             if spec["nr"] < 0:  # a generator task: items go out as they are yielded
                 body, out = streams.stream(self, fut, spec, result, name), []
@@ -183,8 +212,11 @@ class Executor(ActorExecution):
             body["ts"] = [started, task_events.now()]  # the owner reports how it ended
             if error is not None:
                 cause = getattr(error, "cause", None) or error
-                body["err"] = [type(cause).__name__, str(error)[:2000]]
+                # The message with the remote traceback, as the caller's RayTaskError shows it.
+                text = str(error) if isinstance(error, exc.RayError) else task_errors.user_traceback(error)
+                body["err"] = [type(cause).__name__, text[-8000:]]
             task_context.CURRENT.reset(current)
+            events.ended(tid)
             self._finished(tid)
             self.cancelled.discard(tid)
             ctx.task_id = ctx.lease_id = None
@@ -207,7 +239,9 @@ class Executor(ActorExecution):
         asyncio.run_coroutine_threadsafe(go(), self.core.loop)
         threading.Event().wait(5)
 
-    def _decode_args(self, spec: dict, bufs: list, pos: int) -> tuple[list, dict]:
+    def _decode_args(self, spec: dict, bufs: list, pos: int, caller: Any = None) -> tuple[list, dict]:
+        """A task's arguments; ``caller``: its submitter's address, the owner of
+        its shared-memory arguments (asked to rebuild one that is lost)."""
         core = self.core
         meta = spec.get("a")
         if meta is None:
@@ -229,7 +263,9 @@ class Executor(ActorExecution):
                 values.append(serialization.loads(bufs[pos], bufs[pos + 1 : pos + n]))
                 pos += n
             elif kind == "s":
-                values.append(core.read_shm(core.call(core.shm_path(entry[1], entry[2])), entry[1]))
+                from skate.object_ref import ObjectRef
+
+                values.append(core.materialize(ObjectRef(entry[1], caller, _register=False), (SHM, None, [], entry[2], 0)))
             else:
                 from skate.object_ref import ObjectRef
 

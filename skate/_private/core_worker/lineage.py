@@ -13,12 +13,18 @@
     more than max_lineage_entries      -> the oldest records go (their
                                             results can no longer be rebuilt)
 
+    a borrower's get finds every copy gone
+        -> recover(): reconstruct_object [oid, node it was lost on] to the
+           owner, which rebuilds it (once, however many borrowers ask: a
+           borrower naming a node the object no longer is on just waits for
+           the new copy) and answers its new place, or the error
+
 Like Ray: ``put`` objects are not rebuilt (``ObjectLostError``); a task
 that has no retries left fails with
 ``ObjectReconstructionFailedMaxAttemptsExceededError``, one whose record was
-evicted with ``ObjectReconstructionFailedLineageEvictedError``.  Actor call
-results are not rebuilt.  Only the owner rebuilds; a borrower of a lost
-object gets ``ObjectLostError``.
+evicted with ``ObjectReconstructionFailedLineageEvictedError``; a borrower
+whose owner is gone gets ``OwnerDiedError``.  Actor call results are not
+rebuilt.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import collections
 from typing import Any
 
 from skate import exceptions as exc
+from skate._private import wire
 from skate._private.config import CONFIG
 from skate._private.core_worker.memory_store import PENDING, SHM
 
@@ -119,6 +126,53 @@ class Lineage:
         if e is None:
             raise exc.ObjectLostError(oid.hex(), message=f"Object {oid.hex()} was freed while it was rebuilt.")
         return (e.state, e.data, e.bufs, e.node_id, e.size)
+
+    # --- borrowers ----------------------------------------------------------------
+    async def recover(self, oid: bytes, owner: list | None, lost_node: bytes | None, err: BaseException) -> tuple:
+        """A new snapshot of ``oid`` after reading its copy on ``lost_node`` failed with ``err``.
+
+        The owner rebuilds it itself; a borrower asks the owner to.  Raises
+        ``err`` when the object cannot be rebuilt here (a ``put`` object of
+        this process), the owner's ``ObjectLostError`` subclass when it
+        cannot rebuild it, ``OwnerDiedError`` when the owner is gone.
+        """
+        if oid in self.records or oid in self.evicted:
+            return await self.reconstruct(oid)
+        core = self.core
+        if owner is None or owner[0] == core.worker_id:
+            raise err
+        try:
+            conn = await core.conn_to(owner)
+            reply = await conn.request("reconstruct_object", [oid, lost_node])
+        except (ConnectionError, OSError, asyncio.TimeoutError):
+            raise exc.OwnerDiedError(oid.hex()) from None
+        body, bufs = reply if isinstance(reply, tuple) else (reply, [])
+        if body[0] == "lost":
+            cls = getattr(exc, body[1], None)
+            if not (isinstance(cls, type) and issubclass(cls, exc.ObjectLostError)):
+                cls = exc.ObjectLostError
+            raise cls(oid.hex(), message=body[2])
+        state, node_id, size = body
+        return (state, bufs[0] if bufs else None, bufs[1:], node_id, size)
+
+    async def on_reconstruct_object(self, conn: wire.Connection, body: list, bufs: list) -> wire.Reply:
+        """A borrower lost every copy of an object this process owns: rebuild it."""
+        oid, lost_node = body
+        core = self.core
+        e = core.store.get(oid)
+        if e is None:
+            return wire.Reply(["lost", "ObjectLostError", f"Object {oid.hex()} was already freed by its owner."])
+        try:
+            if e.state == SHM and e.node_id == lost_node:
+                snap = await self.reconstruct(oid)
+            else:  # rebuilt already, or being rebuilt: its new copy
+                snap = await core.resolve(oid, None)
+        except exc.ObjectLostError as err:
+            return wire.Reply(["lost", type(err).__name__, str(err)])
+        state, data, vbufs, node_id, size = snap
+        if state == SHM:
+            return wire.Reply([state, node_id, size])
+        return wire.Reply([state, node_id, size], [data, *vbufs])
 
     async def _alive_nodes(self) -> set:
         gcs = await self.core.gcs()

@@ -5,6 +5,13 @@ space (it frees room first, by dropping secondary copies and spilling primary
 copies to disk, least recently used first), write the segment themselves and
 ``seal`` it.  ``ensure_local`` brings a spilled object back.  The owner of an
 object decides when it dies and calls ``free``.
+
+An object larger than the whole store is not refused: it gets a
+disk-backed segment, a file in the spill folder that producers and
+readers map like any segment (``StoredObject.disk``).  It never counts in
+``used``, is never spilled, and its file goes when the object is freed.
+Its blocks are allocated up front (``posix_fallocate``), so a full disk
+is an ``StoreFull`` at reservation rather than a crash while it is written.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class StoredObject:
     created: float = field(default_factory=time.monotonic)
     spilling: bool = False  # being copied to disk (its bytes already left ``used``)
     freed: bool = False  # freed while being spilled: the copy is thrown away
+    disk: bool = False  # a disk-backed segment (larger than the store): not in ``used``
 
 
 class ObjectStore:
@@ -47,6 +55,7 @@ class ObjectStore:
         self.objects: OrderedDict[bytes, StoredObject] = OrderedDict()
         self.spilled_bytes_total = 0
         self.restored_bytes_total = 0
+        self.disk_bytes = 0  # held by disk-backed segments now
         #: Freed segments kept for reuse: their pages are already in memory, so
         #: writing a new object into one runs at memcpy speed instead of
         #: paying a page fault per 4 KiB.  They count as used until dropped.
@@ -57,6 +66,11 @@ class ObjectStore:
         #: Freed objects whose segments readers still map (released on the last unmap).
         self.zombies: dict[bytes, StoredObject] = {}
         self._pool_seq = 0
+
+    def needs_room(self, size: int) -> bool:
+        """True when reserving ``size`` bytes in memory means freeing room first
+        (an object larger than the whole store goes to disk instead)."""
+        return size <= self.capacity and self.used + size > self.capacity
 
     def _make_room(self, size: int, oid: bytes) -> None:
         victims = self.plan_room(size, oid)
@@ -91,7 +105,10 @@ class ObjectStore:
             for key, obj in list(self.objects.items()):
                 if self.used + size <= self.capacity:
                     return victims
-                if key == oid or not obj.sealed or obj.spilled_path or obj.spilling or obj.primary != want_primary:
+                if (key == oid or not obj.sealed or obj.spilled_path or obj.spilling or obj.disk
+                        or obj.primary != want_primary or self.mapped.get(key)):
+                    # (A mapped object's memory stays while readers map it, and a reader
+                    # told its path may be about to map it: it is not dropped or spilled.)
                     continue
                 if want_primary:
                     obj.spilling = True
@@ -130,12 +147,33 @@ class ObjectStore:
         """Makes room for ``size`` bytes and returns the segment path to create."""
         if oid in self.objects:
             return self.objects[oid].path
+        if size > self.capacity:
+            return self._reserve_on_disk(oid, size, primary)
         path = shm.segment_path(self.prefix, oid)
         recycled = self._take_from_pool(size, path)
         if not recycled:
             self._make_room(size, oid)
             self.used += size
         self.objects[oid] = StoredObject(size, path, primary)
+        return path
+
+    def _reserve_on_disk(self, oid: bytes, size: int, primary: bool) -> str:
+        """A disk-backed segment for an object larger than the store, its blocks allocated."""
+        os.makedirs(self.spill_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.spill_dir, f"{oid.hex()}.seg")
+        fd = shm.open_writable(path)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            os.close(fd)
+            shm.unlink(path)
+            raise StoreFull(
+                f"object of {size} bytes is larger than the object store ({self.capacity} bytes) and "
+                f"no disk-backed segment could be made for it in {self.spill_dir}: {e}"
+            ) from None
+        os.close(fd)
+        self.objects[oid] = StoredObject(size, path, primary, disk=True)
+        self.disk_bytes += size
         return path
 
     def _take_from_pool(self, size: int, path: str) -> bool:
@@ -235,6 +273,10 @@ class ObjectStore:
 
     def _release(self, obj: StoredObject) -> None:
         """Gives a freed segment's memory to the pool, or back to the system."""
+        if obj.disk:
+            self.disk_bytes -= obj.size
+            shm.unlink(obj.path)
+            return
         budget = self.capacity // 2
         if obj.sealed and self.POOL_MIN <= obj.size <= budget:
             while self.pool and self.pool_bytes + obj.size > budget:
@@ -278,7 +320,10 @@ class ObjectStore:
         for oid in list(self.objects):
             self.free(oid)
         for obj in self.zombies.values():
-            shm.unlink(obj.path)
+            if obj.disk:
+                self._release(obj)
+            else:
+                shm.unlink(obj.path)
         self.zombies.clear()
         for _, path in self.pool:
             shm.unlink(path)
@@ -293,6 +338,8 @@ class ObjectStore:
             "objects": len(self.objects),
             "pinned": len(self.mapped),  # objects some reader maps now
             "spilled": sum(1 for o in self.objects.values() if o.spilled_path),
+            "disk_backed": sum(1 for o in self.objects.values() if o.disk),
+            "disk_backed_bytes": self.disk_bytes,
             "pooled_bytes": self.pool_bytes,
             "spilled_bytes_total": self.spilled_bytes_total,
             "restored_bytes_total": self.restored_bytes_total,
@@ -302,7 +349,7 @@ class ObjectStore:
 def spill_files(spill_dir: str, victims: list[tuple[bytes, StoredObject]]) -> list[str]:
     """Copies the segments ``plan_room`` picked to files under ``spill_dir`` (file I/O
     only: safe on any thread); returns their paths, in order."""
-    os.makedirs(spill_dir, exist_ok=True)
+    os.makedirs(spill_dir, mode=0o700, exist_ok=True)
     dests = []
     for oid, obj in victims:
         dest = os.path.join(spill_dir, oid.hex())

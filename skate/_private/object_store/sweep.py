@@ -18,7 +18,7 @@ import shutil
 
 import psutil
 
-from skate._private import private_paths
+from skate._private import private_paths, proctitle
 from skate._private.object_store import shm
 
 
@@ -33,7 +33,12 @@ def record_store(session_dir: str, prefix: str, pid: int) -> str:
 def _alive_daemon(pid: int) -> bool:
     try:
         p = psutil.Process(pid)
-        return p.status() != psutil.STATUS_ZOMBIE and "skate._private.raylet" in " ".join(p.cmdline())
+        # A running node daemon shows its title (``skate::raylet``), one that is
+        # still starting its module's command line.
+        text = " ".join(p.cmdline())
+        return p.status() != psutil.STATUS_ZOMBIE and (
+            text.startswith(proctitle.PREFIX + "raylet") or "skate._private.raylet" in text
+        )
     except (psutil.Error, ValueError):
         return False
 

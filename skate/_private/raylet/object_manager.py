@@ -4,10 +4,10 @@
 
     obj_reserve -> ObjectStore makes room (spilling LRU objects) -> segment path
     obj_seal    -> readable
-    obj_get     -> here (restored from disk if spilled), or pulled from the node
+    obj_get(_many) -> here (restored from disk if spilled), or pulled from the node
                    that has it (obj_fetch, daemon to daemon); the reader is
                    counted until obj_unmapped (or its connection closes)
-    obj_fetch   -> a chunk of an object, for a node pulling it (8 MiB at a time, 4 in flight)
+    obj_fetch   -> a chunk of an object, for a node pulling it (see ``transfer``)
     obj_free    -> gone here, and on every node that pulled a copy
     owner dies  -> every primary segment it owned here is freed as by obj_free
                    (the daemon holds a connection to each owner it stores for,
@@ -27,10 +27,10 @@ from typing import Any
 from skate._private import wire
 from skate._private.object_store import shm
 from skate._private.object_store.store import StoreFull, spill_files
+from skate._private.raylet import transfer
 
-#: Bytes per chunk of an object copied between nodes, and chunks in flight.
-PULL_CHUNK = 8 << 20
-PULL_WINDOW = 4
+#: Seconds a reservation waits for readers to unmap objects before the store is full.
+ROOM_WAIT_S = 10.0
 
 
 class ObjectStoreFull(Exception):
@@ -43,11 +43,7 @@ class ObjectManager:
     def on_obj_reserve(self, conn: wire.Connection, body: dict, bufs: list) -> Any:
         store = self.store
         oid, size = body["oid"], body["size"]
-        if (
-            oid not in store.objects
-            and store.used + size > store.capacity
-            and not any(size <= psize for psize, _ in store.pool)
-        ):
+        if oid not in store.objects and store.needs_room(size) and not any(size <= psize for psize, _ in store.pool):
             return self._reserve_after_spill(conn, body)  # answered once there is room
         return self._reserve(body)
 
@@ -107,7 +103,18 @@ class ObjectManager:
     async def _spill_for(self, size: int, oid: bytes) -> None:
         """Makes room for ``size`` bytes, copying spilled segments to disk on a
         worker thread: a multi-GB spill does not stall heartbeats or requests."""
-        victims = self.store.plan_room(size, oid)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROOM_WAIT_S
+        while True:
+            try:
+                victims = self.store.plan_room(size, oid)
+                break
+            except StoreFull:
+                # Objects readers map now are neither dropped nor spilled: wait a
+                # little for them to be let go before giving up.
+                if size > self.store.capacity or loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
         if not victims:
             return
         try:
@@ -153,6 +160,29 @@ class ObjectManager:
         self._track_map(conn, oid)
         return path
 
+    async def on_obj_get_many(self, conn: wire.Connection, body: dict, bufs: list) -> list:
+        """``obj_get`` of many objects: their paths, each reader-counted as by
+        ``obj_get``; None for one that could not be had (the reader asks for it
+        alone, with ``obj_get``, to learn why)."""
+        objects = self.store.objects
+        paths: list = []
+        slow = []
+        for i, oid in enumerate(body["oids"]):
+            obj = objects.get(oid)
+            if obj is not None and obj.sealed and not obj.spilled_path:  # the common case, no await
+                objects.move_to_end(oid)
+                self._track_map(conn, oid)
+                paths.append(obj.path)
+            else:
+                slow.append(i)
+                paths.append(None)
+        if slow:
+            got = await asyncio.gather(*(self.on_obj_get(conn, {"oid": body["oids"][i], "node_id": body["node_ids"][i]}, [])
+                                         for i in slow), return_exceptions=True)
+            for i, path in zip(slow, got, strict=True):
+                paths[i] = path if isinstance(path, str) else None
+        return paths
+
     def _track_map(self, conn: wire.Connection, oid: bytes) -> None:
         maps = getattr(conn, "maps", None)
         if maps is None:
@@ -187,38 +217,23 @@ class ObjectManager:
         return await asyncio.shield(fut)
 
     async def _pull(self, oid: bytes, src: bytes) -> str:
-        """Copies an object from node ``src`` in chunks of ``PULL_CHUNK`` bytes, at most
-        ``PULL_WINDOW`` in flight, each written straight into the new segment:
-        this daemon's memory stays bounded whatever the object's size."""
+        """Copies an object from node ``src`` in chunks (see ``transfer``): this
+        daemon's memory stays bounded whatever the object's size."""
         peer = await self._peer(src)
 
-        async def chunk(offset: int) -> tuple[int, Any]:
+        async def fetch(offset: int) -> tuple[int, Any]:
             reply = await peer.request("obj_fetch", {"oid": oid, "node_id": self.node_id, "offset": offset,
-                                                     "length": PULL_CHUNK})
+                                                     "length": transfer.PULL_CHUNK})
             if not isinstance(reply, tuple) or reply[0] is False:
                 raise KeyError(f"object {oid.hex()} is gone from the node that held it")
             return reply[0], reply[1][0]
 
-        size, first = await chunk(0)
-        if oid not in self.store.objects and self.store.used + size > self.store.capacity:
-            await self._spill_for(size, oid)
-        path = self.store.reserve(oid, size, primary=False)
-        try:
-            m = shm.create(path, max(size, 1))
-            try:
-                m[: len(first)] = first
-                del first
-                offsets = list(range(PULL_CHUNK, size, PULL_CHUNK))
-                for i in range(0, len(offsets), PULL_WINDOW):
-                    for off, (_, data) in zip(offsets[i : i + PULL_WINDOW], await asyncio.gather(
-                        *(chunk(off) for off in offsets[i : i + PULL_WINDOW])
-                    ), strict=True):
-                        m[off : off + len(data)] = data
-            finally:
-                m.close()
-        except BaseException:
-            self.store.free(oid)
-            raise
+        async def reserve(size: int) -> str:
+            if oid not in self.store.objects and self.store.needs_room(size):
+                await self._spill_for(size, oid)
+            return self.store.reserve(oid, size, primary=False)
+
+        path = await transfer.pull(oid, fetch, reserve, lambda: self.store.free(oid), self.pull_budget)
         self.store.seal(oid)
         return path
 
@@ -236,8 +251,8 @@ class ObjectManager:
     def on_obj_fetch(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
         """One chunk of an object: replies its total size with ``length`` bytes from ``offset``."""
         oid = body["oid"]
-        offset, length = body.get("offset", 0), body.get("length", PULL_CHUNK)
-        got = self.store.read_range(oid, offset, min(length, PULL_CHUNK))
+        offset, length = body.get("offset", 0), body.get("length", transfer.PULL_CHUNK)
+        got = self.store.read_range(oid, offset, min(length, transfer.PULL_CHUNK))
         if got is None:
             return wire.Reply(False)
         size, data = got

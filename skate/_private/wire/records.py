@@ -2,7 +2,8 @@
 
 ::
 
-    send:    frame pieces -> join -> split in <= 1 MiB parts -> AES-256-GCM
+    send:    frame pieces (small ones joined, large ones as they are) -> split in
+             <= 1 MiB parts -> AES-256-GCM
              (key of this direction, nonce = counter) -> <u32 length><ciphertext + tag>
     receive: inbox bytes -> whole records -> decrypt and verify -> plaintext
              bytes for the ``FrameReader``
@@ -26,6 +27,8 @@ from skate._private.wire.framing import FrameReader, ProtocolError
 _LEN = struct.Struct("<I")
 TAG_LEN = 16
 MAX_RECORD = 1 << 20  # plaintext bytes per record
+_SMALL = 64 << 10  # pieces below this are joined into shared records
+_DECRYPT_INTO = hasattr(AESGCM, "decrypt_into")  # cryptography >= 46
 
 
 class RecordCipher:
@@ -38,17 +41,50 @@ class RecordCipher:
         self._recv_n = 0
 
     def seal(self, pieces: list) -> list:
-        """The records carrying ``pieces`` (call under the connection's write lock)."""
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        view = memoryview(data).cast("B")
-        out = []
+        """The records carrying ``pieces`` (call under the connection's write lock).
+
+        Small pieces (a frame's prefix and header) share records; a large
+        buffer (a chunk of an object) is encrypted straight from its memory,
+        1 MiB at a time, never copied into a joined frame first.
+        """
+        out: list = []
+        small: list = []
+        nsmall = 0
+        for p in pieces:
+            view = memoryview(p).cast("B")
+            if view.nbytes < _SMALL:
+                if nsmall + view.nbytes > MAX_RECORD:
+                    self._seal_view(memoryview(b"".join(small)), out)
+                    small, nsmall = [], 0
+                small.append(view)
+                nsmall += view.nbytes
+                continue
+            if small:
+                self._seal_view(memoryview(b"".join(small)), out)
+                small, nsmall = [], 0
+            self._seal_view(view, out)
+        if small or not out:
+            self._seal_view(memoryview(b"".join(small)), out)
+        return out
+
+    def _seal_view(self, view: memoryview, out: list) -> None:
         for start in range(0, max(len(view), 1), MAX_RECORD):
             nonce = self._send_n.to_bytes(12, "little")
             self._send_n += 1
             ct = self._send.encrypt(nonce, view[start : start + MAX_RECORD], None)
             out.append(_LEN.pack(len(ct)))
             out.append(ct)
-        return out
+
+    def rewind(self, records: int) -> None:
+        """Takes back the last ``records`` sealed, which never left this process.
+
+        Only for records of which not one byte was sent (a send that timed
+        out before it began): their nonces are used again for what is sent
+        instead, and nobody ever saw the first ciphertext.
+        """
+        if not 0 <= records <= self._send_n:
+            raise ValueError(f"cannot take back {records} records")
+        self._send_n -= records
 
     def open(self, inbox: FrameReader, plain: FrameReader) -> None:
         """Moves every whole record from ``inbox`` into ``plain``, decrypted.
@@ -66,13 +102,17 @@ class RecordCipher:
                     break
                 start = pos + _LEN.size
                 nonce = self._recv_n.to_bytes(12, "little")
+                size = n - TAG_LEN
                 try:
-                    data = self._recv.decrypt(nonce, held[start : start + n], None)
+                    if _DECRYPT_INTO:  # straight into the frame reader: one copy less
+                        self._recv.decrypt_into(nonce, held[start : start + n], None, plain.space(size)[:size])
+                    else:
+                        data = self._recv.decrypt(nonce, held[start : start + n], None)
+                        plain.space(size)[:size] = data
                 except InvalidTag:
                     raise ProtocolError("a record failed authentication (altered or injected)") from None
                 self._recv_n += 1
-                plain.space(len(data))[: len(data)] = data
-                plain.received(len(data))
+                plain.received(size)
                 pos = start + n
         finally:
             inbox.consume(pos)
