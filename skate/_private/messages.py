@@ -143,7 +143,7 @@ class ScheduleActorReply(TypedDict, total=False):
     ok: bool
     actor: Any
     cause: str
-    unschedulable: bool
+    kind: str  # why it failed, when the owner raises a specific error: "unschedulable" or "env_error"
 
 
 class _ActorUpdateRequired(TypedDict):

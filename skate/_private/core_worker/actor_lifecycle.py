@@ -89,8 +89,10 @@ class ActorLifecycle:
                 cause = f"its constructor raised:\n{err}"
             else:
                 cause = body.get("cause") or "it could not be created"
-                if body.get("unschedulable"):
+                if body.get("kind") == "unschedulable":
                     err = exc.ActorUnschedulableError(cause)
+                elif body.get("kind") == "env_error":
+                    err = exc.RuntimeEnvSetupError(cause)
             self._dead(st, cause, err, publish=False)
             return
         await self._follow(st, body["actor"], 0)

@@ -43,6 +43,10 @@ class Unschedulable(Exception):
     """No node can ever host the actor."""
 
 
+class EnvSetupFailed(Exception):
+    """The node could not set the actor's runtime_env up."""
+
+
 class ActorScheduler:
     """Leases workers for actors and runs their constructors (part of the control store)."""
 
@@ -145,7 +149,10 @@ class ActorScheduler:
             try:
                 got = await self._lease(aid, lease_body, via)
             except Unschedulable as e:
-                self._dead(aid, f"it can never be scheduled: {e}", unschedulable=True)
+                self._dead(aid, f"it can never be scheduled: {e}", kind="unschedulable")
+                return
+            except EnvSetupFailed as e:
+                self._dead(aid, f"the runtime_env could not be set up: {e}", kind="env_error")
                 return
             except Exception as e:  # noqa: BLE001
                 self._dead(aid, f"no worker could be leased for it: {e}")
@@ -202,8 +209,9 @@ class ActorScheduler:
         finally:
             conn.close()
 
-    def _dead(self, aid: bytes, cause: str, error: list | None = None, unschedulable: bool = False) -> None:
-        self._answer(aid, {"ok": False, "cause": cause, "unschedulable": unschedulable}, error or [])
+    def _dead(self, aid: bytes, cause: str, error: list | None = None, kind: str = "") -> None:
+        """Declares ``aid`` dead; ``kind``: ``unschedulable`` or ``env_error`` (the owner's error type)."""
+        self._answer(aid, {"ok": False, "cause": cause, "kind": kind}, error or [])
         actor = self.dir.actors.get(aid)
         if actor is not None and actor["state"] != DEAD:
             self.dir.update(aid, {"state": DEAD, "cause": cause})
@@ -219,7 +227,7 @@ class ActorScheduler:
         first = self.first.get(aid)
         if first is not None and not first[0].done():
             actor = self.dir.actors.get(aid) or {}
-            self._answer(aid, {"ok": False, "cause": actor.get("cause") or "it is dead", "unschedulable": False})
+            self._answer(aid, {"ok": False, "cause": actor.get("cause") or "it is dead", "kind": ""})
 
     # --- leases ------------------------------------------------------------------------
     async def _lease(self, aid: bytes, body: dict, via: bytes | None) -> tuple[dict, Any] | None:
@@ -253,6 +261,8 @@ class ActorScheduler:
                 node = self._node(None)
         if "unschedulable" in reply:
             raise Unschedulable(reply["unschedulable"])
+        if "env_error" in reply:
+            raise EnvSetupFailed(reply["env_error"])
         if (self.dir.actors.get(aid) or {}).get("state") == DEAD:
             raylet.notify("return_lease", {"lease_id": reply["lease_id"], "kill": True})
             return None
