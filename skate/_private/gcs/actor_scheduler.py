@@ -173,7 +173,7 @@ class ActorScheduler:
                 lost += 1
                 if self._gone(aid, incarnation):
                     return
-                if lost >= MAX_LOST_CREATIONS or not self.dir.restartable(self.dir.actors.get(aid)) and lost > 1:
+                if lost >= MAX_LOST_CREATIONS or not self.dir.restartable(self.dir.actors.get(aid)):
                     self._dead(aid, f"its worker died while it was being created: {e}")
                     return
                 await asyncio.sleep(0.05 * lost)
