@@ -194,6 +194,8 @@ class ActorClass:
             "t": core.new_task_id(), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id, "ns": core.namespace,
             "mcc": o.get("max_concurrency"), "detached": detached, "nr": 1,
         }
+        if getattr(core, "address", None):
+            rec.spec["ow"] = core.address[0]  # (the actor ends with its owner's connection)
         if in_group is not None:
             rec.spec["pg"] = in_group[2]
         if held:

@@ -381,6 +381,7 @@ class TaskSpec(_TaskSpecRequired, total=False):
     cg: str  # the concurrency group of an actor call (absent: the default group)
     pg: list[Any]  # [placement group id, bundle index, capture child tasks] when run in one
     gc: bool  # (creation) sent by the control store: the actor does not end with this connection
+    ow: bytes  # (creation) the owner's worker id: the actor ends when the owner's connection to it closes
 
 
 class TaskReply(TypedDict, total=False):

@@ -77,8 +77,9 @@ def test_killing_an_actor_in_its_constructor_ends_its_process(ray_start, tmp_pat
         def __init__(self):
             import time
 
-            with open(started, "w") as f:
+            with open(started + ".tmp", "w") as f:
                 f.write(str(os.getpid()))
+            os.rename(started + ".tmp", started)  # (whole, once it exists)
             while not os.path.exists(gate):
                 time.sleep(0.005)
 
@@ -86,7 +87,7 @@ def test_killing_an_actor_in_its_constructor_ends_its_process(ray_start, tmp_pat
             return 1
 
     a = Slow.remote()
-    wait_for(lambda: os.path.exists(started) and open(started).read(), 60, what="the constructor to start")
+    wait_for(lambda: os.path.exists(started), 60, what="the constructor to start")
     pid = int(open(started).read())
     skate.kill(a)
     wait_for(lambda: pid_gone(pid), 20, what="the half-built actor's process to end")

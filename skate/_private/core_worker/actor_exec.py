@@ -193,6 +193,19 @@ class ActorExecution:
             return wire.Reply(*self._exited_reply(spec))
         return wire.Reply(*self._encode_returns(spec, True, f"{self.actor_name}.__ray_ready__"))
 
+    def on_exec_hello(self, conn: wire.Connection, addr: list, bufs: list) -> None:
+        """A caller introduces itself (its address: it owns the results we write).
+
+        The owner of an actor the control store created connects after the
+        creation; the actor ends with that connection (as with the creation's
+        own connection otherwise), also when the control store lost track of
+        the owner (a restart of a durable control store).
+        """
+        conn.peer = addr
+        owner = (self.actor_spec or {}).get("ow")
+        if owner is not None and addr and addr[0] == owner and not self.detached:
+            conn.on_close.append(self._owner_gone)
+
     def on_exit_now(self, conn: wire.Connection, body: Any, bufs: list) -> None:
         # A graceful exit (all handles gone, driver shutdown) comes on the exec
         # endpoint once the caller has no call in flight: hooks run.  A kill

@@ -75,6 +75,8 @@ class ActorScheduler:
             return wire.Reply({"ok": False, "cause": "the control store does not know the actor"})
         if actor["state"] == DEAD:
             return wire.Reply({"ok": False, "cause": actor.get("cause") or "it is dead"})
+        if actor["state"] == ALIVE:  # sent again after a control-store restart that carried it on
+            return wire.Reply({"ok": True, "actor": self.dir.public(aid)})
         # (Copies: the buffers may be views of a receive buffer; restarts need them later.)
         self.specs.set(aid, [body["spec"], [bytes(b) for b in bufs], body["lease"], body.get("via")])
         fut = asyncio.get_running_loop().create_future()
