@@ -6,7 +6,7 @@ import hashlib
 import inspect
 from typing import Any
 
-from skate._private import cancellation, placement, runtime
+from skate._private import cancellation, placement, runtime, task_context
 from skate._private import options as opts
 from skate._private.config import CONFIG
 from skate._private.core_worker import streams
@@ -34,6 +34,7 @@ class RemoteFunction:
         self._name = getattr(function, "__name__", None) or "task"
         self._signature = CallSignature(function, self._name)
         self._pickled: tuple[bytes, bytes] | None = None
+        self._plan_cache: tuple[dict, _Plan] | None = None
         self.__doc__ = getattr(function, "__doc__", None)
         self.__name__ = getattr(function, "__name__", "task")
         self.__wrapped__ = function
@@ -104,59 +105,61 @@ class RemoteFunction:
             self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
         return self._pickled
 
+    def _plan(self, o: dict) -> _Plan:
+        """What ``o`` says of each call, worked out once per options dict."""
+        cached = self._plan_cache
+        if cached is not None and cached[0] is o:
+            return cached[1]
+        plan = _Plan(self, o)
+        self._plan_cache = (o, plan)
+        return plan
+
     def _submit(self, args: tuple, kwargs: dict, o: dict) -> Any:
         self._signature.check(args, kwargs)
         core = runtime.current()
         fn_id, fn_bytes = self._fn_bytes()
-        nr = o.get("num_returns")
-        if nr is None:  # like Ray: generator functions stream their items by default
-            nr = "streaming" if self._is_generator else 1
-        nr = streams.num_returns_code(nr)
-        name = o.get("name") or self._name
-        blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"task {name}")
+        plan = self._plan(o)
+        nr, name = plan.nr, plan.name
+        blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, plan.what)
         task_id = core.new_task_id()
         rec = TaskRecord()
-        max_retries = o.get("max_retries", CONFIG.task_max_retries)
-        max_calls = o.get("max_calls")
-        if max_calls is None:
-            max_calls = 1 if o.get("num_gpus") else 0
-        rec.spec = new_task_spec(core, task_id, name, fn_id, nr, max_calls, max_retries)
-        backpressure = o.get("_generator_backpressure_num_objects")
-        if backpressure and nr < 0:
-            rec.spec["bp"] = backpressure
-        rec.spec["a"] = blob
+        rec.spec = spec = new_task_spec(core, task_id, name, fn_id, nr, plan.max_calls, plan.max_retries)
+        if plan.backpressure:
+            spec["bp"] = plan.backpressure
+        spec["a"] = blob
         rec.arg_bufs = arg_bufs
         rec.fn_id, rec.fn_bytes = fn_id, fn_bytes
         rec.deps = deps
         rec.keep = keep
         rec.name = name
-        rec.retries_left = max_retries
-        re = o.get("retry_exceptions", False)
-        rec.retry_exceptions = list(re) if isinstance(re, (list, tuple)) else bool(re)
-        rec.resources = opts.resource_request(o, 1)
-        in_group = placement.apply(o, rec.resources, None, f"task {name}")
-        if in_group is not None:  # (its bundle's resources instead)
-            rec.resources, _, rec.spec["pg"] = in_group
+        rec.retries_left = plan.max_retries
+        rec.retry_exceptions = plan.retry_exceptions
+        rec.resources = plan.resources
+        rec.strategy = plan.strategy
+        rec.key = plan.key
+        in_task = core.ctx.task_id is not None
+        if plan.placement_options or task_context.CURRENT.get() is not None:
+            in_group = placement.apply(o, plan.resources, None, plan.what)
+            if in_group is not None:  # (its bundle's resources instead)
+                rec.resources, _, spec["pg"] = in_group
+                rec.key = (tuple(sorted(rec.resources.items())), repr(rec.strategy))
         if rec.resources != _DEFAULT_RESOURCES:
-            rec.spec["res"] = rec.resources
-        rec.strategy = opts.strategy_of(o)
-        renv = o.get("runtime_env")
+            spec["res"] = rec.resources
+        renv = plan.runtime_env
         if renv or core.runtime_env:
             rec.renv = renv_submit.for_submit(core, renv)
-            rec.key = (tuple(sorted(rec.resources.items())), repr(rec.strategy), renv_spec.env_hash(rec.renv))
-        else:
-            rec.key = (tuple(sorted(rec.resources.items())), repr(rec.strategy))
+            rec.key = (*rec.key[:2], renv_spec.env_hash(rec.renv))
         if nr == streams.STREAMING:
             rec.return_ids = []
-            gen = streams.ObjectRefGenerator(streams.register(core, rec, False, backpressure))
+            gen = streams.ObjectRefGenerator(streams.register(core, rec, False, plan.backpressure))
             if deps or not core.submitter.try_now(rec):
                 core.submitter.submit_threadsafe(rec)
             return gen
         refs = make_returns(core, task_id, 1 if nr == streams.DYNAMIC else nr, rec)
         if nr == streams.DYNAMIC:
-            streams.register(core, rec, True, backpressure)
+            streams.register(core, rec, True, plan.backpressure)
             nr = 1
-        if refs and getattr(core.ctx, "task_id", None) is not None:
+        if refs and in_task:
             cancellation.note_child(core, refs[0]._id)
         if deps or not core.submitter.try_now(rec):
             core.submitter.submit_threadsafe(rec)
@@ -165,6 +168,39 @@ class RemoteFunction:
         if nr == 0:
             return None
         return refs
+
+
+class _Plan:
+    """The per-call facts one options dict of a remote function implies.
+
+    Shared by every call made with that dict (``o`` is not changed once
+    validated): the record's ``resources``, ``strategy``, ``key`` and
+    ``retry_exceptions`` are read, never changed in place.
+    """
+
+    __slots__ = ("nr", "name", "what", "max_retries", "max_calls", "backpressure", "retry_exceptions",
+                 "resources", "strategy", "key", "placement_options", "runtime_env")
+
+    def __init__(self, fn: RemoteFunction, o: dict) -> None:
+        nr = o.get("num_returns")
+        if nr is None:  # like Ray: generator functions stream their items by default
+            nr = "streaming" if fn._is_generator else 1
+        self.nr = streams.num_returns_code(nr)
+        self.name = o.get("name") or fn._name
+        self.what = f"task {self.name}"
+        self.max_retries = o.get("max_retries", CONFIG.task_max_retries)
+        max_calls = o.get("max_calls")
+        if max_calls is None:
+            max_calls = 1 if o.get("num_gpus") else 0
+        self.max_calls = max_calls
+        self.backpressure = o.get("_generator_backpressure_num_objects") if self.nr < 0 else None
+        re = o.get("retry_exceptions", False)
+        self.retry_exceptions = list(re) if isinstance(re, (list, tuple)) else bool(re)
+        self.resources = opts.resource_request(o, 1)
+        self.strategy = opts.strategy_of(o)
+        self.key = (tuple(sorted(self.resources.items())), repr(self.strategy))
+        self.placement_options = placement.has_options(o)
+        self.runtime_env = o.get("runtime_env")
 
 
 class _OptionsWrapper:

@@ -24,6 +24,7 @@ from skate._private import (
 )
 from skate._private.config import CONFIG
 from skate._private.fetch_local import make_local
+from skate.object_ref import ObjectRef
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +279,6 @@ def put(value: Any, *, _owner: Any = None, _tensor_transport: str | None = None)
         TypeError: ``value`` is an ObjectRef (like Ray), or cannot be serialized.
         NotImplementedError: for ``_owner`` (another owner) or a tensor transport.
     """
-    from skate.object_ref import ObjectRef
-
     if isinstance(value, ObjectRef):
         raise TypeError("Calling 'put' on an ray.ObjectRef is not allowed. If you really want to do this, you can wrap the ray.ObjectRef in a list and call 'put' on it.")
     if _owner is not None:
@@ -302,9 +301,12 @@ def get(object_refs: Any, *, timeout: float | None = None, _use_object_store: bo
             negative ``timeout``.
     """
     cls = type(object_refs)
-    if getattr(cls, "_skate_cgraph_ref", False) or (
-        cls is list and object_refs and getattr(type(object_refs[0]), "_skate_cgraph_ref", False)
-    ):  # compiled-graph results (skate.dag)
+    if cls is list:
+        first = type(object_refs[0]) if object_refs else ObjectRef
+        cgraph = first is not ObjectRef and getattr(first, "_skate_cgraph_ref", False)
+    else:
+        cgraph = cls is not ObjectRef and getattr(cls, "_skate_cgraph_ref", False)
+    if cgraph:  # compiled-graph results (skate.dag)
         from skate.dag.compiled_dag_ref import get_compiled
 
         return get_compiled(object_refs, timeout)
@@ -351,8 +353,6 @@ def cancel(ray_waitable: Any, *, force: bool = False, recursive: bool = True) ->
             did not submit.
     """
     from skate._private.core_worker.streams import ObjectRefGenerator
-    from skate.object_ref import ObjectRef
-
     if isinstance(ray_waitable, ObjectRefGenerator):  # stops the generator task
         core = _core()
         core.post(cancellation.cancel_task, core, ray_waitable._st.rec, force, recursive)

@@ -93,6 +93,16 @@ def _fits_a_bundle(need: dict, bundles: list[dict]) -> bool:
     return any(all(b.get(k, 0.0) >= v for k, v in need.items()) for b in bundles)
 
 
+def has_options(o: dict) -> bool:
+    """Whether the options name a placement group (a strategy or the legacy options)."""
+    return (
+        ("placement_group" in o and o["placement_group"] != "default")
+        or o.get("placement_group_bundle_index", -1) != -1
+        or o.get("placement_group_capture_child_tasks") is not None
+        or o.get("scheduling_strategy") is not None
+    )
+
+
 def apply(o: dict, resources: dict, placement: dict | None, what: str) -> tuple[dict, dict | None, list] | None:
     """The resources (and actor placement resources) in the group, and the spec's ``pg`` field.
 

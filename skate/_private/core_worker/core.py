@@ -43,6 +43,19 @@ log = logging.getLogger(__name__)
 DRIVER, WORKER = "driver", "worker"
 
 
+
+class TaskThreadContext(threading.local):
+    """What the calling thread runs: set by the executor around each task or call.
+
+    The class attributes are the defaults a thread sees before it ran any (a
+    missing attribute of a ``threading.local`` is looked up by raising and
+    formatting an ``AttributeError``, a cost on every ``.remote()`` and ``get``).
+    """
+
+    task_id: bytes | None = None
+    lease_id: bytes | None = None
+    name: str | None = None
+
 class CoreWorker(ObjectAccess, RefCounting):
     """Ownership, object access and the I/O loop of one process.
 
@@ -76,7 +89,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.closing = False
         self.store = MemoryStore(self._on_free, self._on_borrow_change, lambda fn: self.post(fn))
         self.lineage = Lineage(self)
-        self.ctx = threading.local()
+        self.ctx = TaskThreadContext()
         self.conns: dict[bytes, asyncio.Future] = {}
         self.gcs_fut: asyncio.Future | None = None
         self.pid = os.getpid()

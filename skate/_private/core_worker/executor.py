@@ -39,6 +39,7 @@ from skate._private.core_worker.actor_exec import ActorExecution, ActorExit, Rep
 from skate._private.core_worker.errors import error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
 from skate._private.core_worker.submitter import Arg
+from skate.object_ref import ObjectRef
 
 
 class _Withdrawn(BaseException):
@@ -263,12 +264,8 @@ class Executor(ActorExecution):
                 values.append(serialization.loads(bufs[pos], bufs[pos + 1 : pos + n]))
                 pos += n
             elif kind == "s":
-                from skate.object_ref import ObjectRef
-
                 values.append(core.materialize(ObjectRef(entry[1], caller, _register=False), (SHM, None, [], entry[2], 0)))
             else:
-                from skate.object_ref import ObjectRef
-
                 ref = ObjectRef(entry[1], entry[2])
                 blocked = core.block(True)
                 try:

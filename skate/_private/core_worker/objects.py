@@ -29,6 +29,7 @@ from skate._private.config import CONFIG
 from skate._private.core_worker.errors import as_error
 from skate._private.core_worker.memory_store import ERROR, INLINE, PENDING, SHM
 from skate._private.object_store import shm
+from skate.object_ref import ObjectRef
 
 
 class _Gather:
@@ -93,8 +94,6 @@ class ObjectAccess:
 
     def put(self, value: Any, _owner: Any = None) -> Any:
         """Stores ``value`` and returns an ObjectRef owned by this process."""
-        from skate.object_ref import ObjectRef
-
         if isinstance(value, ObjectRef):
             raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself instead")
         data, bufs, refs = serialization.dumps(value, "the value passed to put()")
@@ -209,8 +208,6 @@ class ObjectAccess:
     # --- get ------------------------------------------------------------------------
     def get(self, refs: Any, timeout: float | None = None) -> Any:
         """Values of one ref or a list of refs (``get`` of the public API)."""
-        from skate.object_ref import ObjectRef
-
         single = isinstance(refs, ObjectRef)
         if single:
             refs = [refs]
@@ -478,8 +475,6 @@ class ObjectAccess:
     # --- wait -----------------------------------------------------------------------
     def wait(self, refs: list, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True) -> tuple[list, list]:
         """Splits ``refs`` into ready and not ready (``wait`` of the public API)."""
-        from skate.object_ref import ObjectRef
-
         if isinstance(refs, ObjectRef):
             raise TypeError("wait() takes a list of ObjectRefs, not a single ObjectRef")
         refs = list(refs)

@@ -7,6 +7,7 @@ from typing import Any
 
 from skate._private.core_worker import streams
 from skate._private.core_worker.memory_store import SHM
+from skate.object_ref import ObjectRef
 
 
 def complete_returns(core: Any, rec: Any, body: dict, bufs: list, conn: Any = None) -> None:
@@ -47,8 +48,6 @@ def complete_returns(core: Any, rec: Any, body: dict, bufs: list, conn: Any = No
 
 async def _adopt_contained(core: Any, rec: Any, held: list, conn: Any) -> None:
     """Takes over refs that returned values contain, then lets the worker drop its hold."""
-    from skate.object_ref import ObjectRef
-
     refs = [ObjectRef(oid, owner) for oid, owner in held[1]]
     for oid in rec.return_ids:
         e = core.store.get(oid)

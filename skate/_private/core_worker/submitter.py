@@ -27,6 +27,7 @@ from skate._private.core_worker import streams
 from skate._private.core_worker.errors import as_error, error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, PENDING, SHM
 from skate._private.core_worker.returns import complete_returns
+from skate.object_ref import ObjectRef
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,6 @@ def encode_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[Any, l
 
     Returns ``(blob meta, blob bufs, top-level refs, refs to keep alive)``.
     """
-    from skate.object_ref import ObjectRef
-
     if not args and not kwargs:
         return None, [], [], []
     top: list = []
@@ -111,8 +110,6 @@ def encode_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[Any, l
 
 def make_returns(core: Any, task_id: bytes, n: int, record: TaskRecord) -> list:
     """Registers the pending return objects of a task and returns their refs."""
-    from skate.object_ref import ObjectRef
-
     oids = [ids.object_id_for(task_id, i + 1) for i in range(n)]
     for oid in oids:
         core.store.create(oid).task = record
