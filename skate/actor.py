@@ -196,6 +196,8 @@ class ActorClass:
         }
         if o.get("enable_task_events") is False:
             rec.spec["ne"] = 1
+        if getattr(core, "address", None):
+            rec.spec["ow"] = core.address[0]  # (the actor ends with its owner's connection)
         if in_group is not None:
             rec.spec["pg"] = in_group[2]
         if held:

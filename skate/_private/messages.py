@@ -24,7 +24,7 @@ Who serves what::
                    kill_worker register_worker register_client node_stats obj_reserve
                    obj_seal obj_get obj_get_many obj_unmapped obj_fetch obj_write obj_read obj_free flush_logs
                    pub shutdown (from the control store)
-    core worker    push_task create_actor actor_call cancel_task release_held exit_now hello
+    core worker    push_task create_actor actor_call actor_ready cancel_task release_held exit_now hello
                    gen_item gen_ack
                    borrow_add borrow_remove get_object reconstruct_object pub warning ping
 """
@@ -143,7 +143,7 @@ class ScheduleActorReply(TypedDict, total=False):
     ok: bool
     actor: Any
     cause: str
-    unschedulable: bool
+    kind: str  # why it failed, when the owner raises a specific error: "unschedulable" or "env_error"
 
 
 class _ActorUpdateRequired(TypedDict):
@@ -382,6 +382,7 @@ class TaskSpec(_TaskSpecRequired, total=False):
     pg: list[Any]  # [placement group id, bundle index, capture child tasks] when run in one
     gc: bool  # (creation) sent by the control store: the actor does not end with this connection
     ne: int  # 1: no task events for it (enable_task_events=False)
+    ow: bytes  # (creation) the owner's worker id: the actor ends when the owner's connection to it closes
 
 
 class TaskReply(TypedDict, total=False):
@@ -502,6 +503,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "push_task": (TaskSpec, TaskReply),
     "create_actor": (TaskSpec, TaskReply),
     "actor_call": (TaskSpec, TaskReply),
+    "actor_ready": (TaskSpec, TaskReply),  # __ray_ready__ on the control endpoint (the system group)
     "cancel_task": (CancelTask, None),
     "gen_item": (GenItem, None),
     "gen_ack": (GenAck, None),

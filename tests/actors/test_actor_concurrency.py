@@ -167,3 +167,34 @@ def test_out_of_order_calls_do_not_wait_for_earlier_arguments(ray_start, tmp_pat
         assert (ready == [second]) is overtakes
     open(gate, "w").close()
     assert skate.get(firsts, timeout=30) == [1, 1]
+
+
+@skate.remote
+class Sync:
+    def blocked(self, gate):
+        _wait_file(gate)
+        return "done"
+
+
+def test_ready_and_kill_answer_while_a_sync_actor_is_busy(ray_start, tmp_path):
+    # __ray_ready__ runs in the system group: a plain (sync) actor busy in a
+    # call still answers it, and kill() ends it at once.
+    gate = str(tmp_path / "gate")
+    a = Sync.remote()
+    busy = a.blocked.remote(gate)
+    assert skate.get(a.__ray_ready__.remote(), timeout=20) is True
+    ready, _ = skate.wait([busy], timeout=0.2)
+    assert ready == []  # (the call is still running)
+    other = Sync.remote()  # a second caller of a busy actor: a task holding a passed handle
+    busy2 = other.blocked.remote(gate)
+
+    @skate.remote
+    def ask(h):
+        return skate.get(h.__ray_ready__.remote(), timeout=20)
+
+    assert skate.get(ask.remote(other), timeout=30) is True
+    skate.kill(a)
+    with pytest.raises(skate.exceptions.RayActorError):
+        skate.get(busy, timeout=20)
+    open(gate, "w").close()
+    assert skate.get(busy2, timeout=20) == "done"

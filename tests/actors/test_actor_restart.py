@@ -232,8 +232,9 @@ class SlowCtor:
     def __init__(self, started, gate):
         import time
 
-        with open(started, "w") as f:
+        with open(started + ".tmp", "w") as f:
             f.write(str(os.getpid()))
+        os.rename(started + ".tmp", started)  # (whole, once it exists)
         while not os.path.exists(gate):
             time.sleep(0.005)
 

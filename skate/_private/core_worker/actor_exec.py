@@ -8,8 +8,9 @@
                                   its group's thread pool (one pool per group)
                --> otherwise:     inline on the exec loop's thread
 
-``__ray_ready__`` of an async or threaded actor is answered at once, outside
-every group (the *system group*), so a busy actor still says it is ready.
+``__ray_ready__`` is answered at once, outside every group (the *system
+group*): callers send it to the control endpoint, served by the core
+worker's I/O thread, so even a sync actor busy in a call says it is ready.
 
 How an actor ends, and what runs::
 
@@ -185,6 +186,26 @@ class ActorExecution:
         else:
             self._inline(self._run_call, spec, bufs, fut)
         return wire.DEFER
+
+    def on_actor_ready(self, conn: wire.Connection, spec: dict, bufs: list) -> wire.Reply:
+        """``__ray_ready__`` on the control endpoint (the system group): answered
+        at once, even while a call runs on the exec endpoint."""
+        if self.exiting:
+            return wire.Reply(*self._exited_reply(spec))
+        return wire.Reply(*self._encode_returns(spec, True, f"{self.actor_name}.__ray_ready__"))
+
+    def on_exec_hello(self, conn: wire.Connection, addr: list, bufs: list) -> None:
+        """A caller introduces itself (its address: it owns the results we write).
+
+        The owner of an actor the control store created connects after the
+        creation; the actor ends with that connection (as with the creation's
+        own connection otherwise), also when the control store lost track of
+        the owner (a restart of a durable control store).
+        """
+        conn.peer = addr
+        owner = (self.actor_spec or {}).get("ow")
+        if owner is not None and addr and addr[0] == owner and not self.detached:
+            conn.on_close.append(self._owner_gone)
 
     def on_exit_now(self, conn: wire.Connection, body: Any, bufs: list) -> None:
         # A graceful exit (all handles gone, driver shutdown) comes on the exec

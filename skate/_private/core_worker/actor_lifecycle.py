@@ -74,13 +74,21 @@ class ActorLifecycle:
                 return
             gcs = await core.gcs()
             body = {"actor_id": st.actor_id, "spec": rec.spec, "lease": lease_body, "via": core.node_id}
-            reply = await gcs.request("schedule_actor", body, [cls_bytes, *rec.arg_bufs])
+            try:
+                reply = await gcs.request("schedule_actor", body, [cls_bytes, *rec.arg_bufs])
+            except (OSError, wire.ConnectionLost):
+                # The control store went away with the creation handed over: a
+                # durable one carries it on after its restart; follow the actor.
+                reply = None
         except BaseException as e:  # noqa: BLE001
             self._dead(st, f"the actor could not be created: {e}", e if isinstance(e, exc.RayError) else None)
             return
         finally:
             rec.arg_bufs = rec.base_bufs = None  # the control store keeps them
             st.creation = None
+        if reply is None:
+            await self._lookup(st)
+            return
         body, bufs = reply if isinstance(reply, tuple) else (reply, [])
         if not body.get("ok"):
             err: BaseException | None = None
@@ -89,8 +97,10 @@ class ActorLifecycle:
                 cause = f"its constructor raised:\n{err}"
             else:
                 cause = body.get("cause") or "it could not be created"
-                if body.get("unschedulable"):
+                if body.get("kind") == "unschedulable":
                     err = exc.ActorUnschedulableError(cause)
+                elif body.get("kind") == "env_error":
+                    err = exc.RuntimeEnvSetupError(cause)
             self._dead(st, cause, err, publish=False)
             return
         await self._follow(st, body["actor"], 0)

@@ -184,11 +184,24 @@ class ActorManager(ActorLifecycle):
 
     def _send(self, st: ActorState, rec: TaskRecord) -> None:
         st.inflight[rec.spec["t"]] = rec
+        if rec.spec["m"] == "__ray_ready__":
+            # The system group: answered by the actor's I/O thread, so a busy
+            # actor still says it is ready (its exec endpoint may be running a call).
+            self.core.post(lambda: asyncio.ensure_future(self._send_ready(st, rec)))
+            return
         conn = st.conn
         self.core.store.set_via(rec.return_ids, conn)
         conn.request_cb(
             "actor_call", rec.spec, rec.arg_bufs, lambda result, err: self._on_reply(st, rec, result, err), threadsafe=True
         )
+
+    async def _send_ready(self, st: ActorState, rec: TaskRecord) -> None:
+        address = st.info.get("address")
+        try:
+            conn = await self.core.conn_to(address)
+        except Exception:  # noqa: BLE001 - the actor is gone: losing its exec connection settles the call
+            return
+        conn.request_cb("actor_ready", rec.spec, [], lambda result, err: self._on_reply(st, rec, result, err), threadsafe=True)
 
     def _pump(self, st: ActorState) -> None:
         with st.lock:

@@ -77,6 +77,7 @@ class Executor(ActorExecution):
             "gen_ack": lambda conn, body, bufs: self.acks.on_ack(body),
             "release_held": self.on_release_held,
             "exit_now": self.on_exit_now,
+            "actor_ready": self.on_actor_ready,
         }
 
     def exec_handlers(self) -> dict:
@@ -87,7 +88,7 @@ class Executor(ActorExecution):
             "actor_call": self.on_actor_call,
             "release_held": self.on_release_held,
             "exit_now": self.on_exit_now,
-            "hello": _hello,
+            "hello": self.on_exec_hello,
         }
 
     def _inline(self, fn: Any, spec: dict, bufs: list, rep: Replier) -> None:
@@ -355,10 +356,6 @@ class Executor(ActorExecution):
         if m == "__ray_call__":  # fn(actor instance, *args, **kwargs), inside the actor (follows Ray)
             return lambda fn, *args, **kwargs: fn(self.actor, *args, **kwargs)
         return getattr(self.actor, m)
-
-def _hello(conn: wire.Connection, addr: list, bufs: list) -> None:
-    conn.peer = addr  # the caller's address: it owns the results we write
-
 
 class OutputPrefixer:
     """Stands in for a worker's stdout/stderr and prefixes each line with ``(name pid=N)``."""

@@ -75,7 +75,10 @@ class ActorScheduler:
             return wire.Reply({"ok": False, "cause": "the control store does not know the actor"})
         if actor["state"] == DEAD:
             return wire.Reply({"ok": False, "cause": actor.get("cause") or "it is dead"})
-        self.specs.set(aid, [body["spec"], list(bufs), body["lease"], body.get("via")])
+        if actor["state"] == ALIVE:  # sent again after a control-store restart that carried it on
+            return wire.Reply({"ok": True, "actor": self.dir.public(aid)})
+        # (Copies: the buffers may be views of a receive buffer; restarts need them later.)
+        self.specs.set(aid, [body["spec"], [bytes(b) for b in bufs], body["lease"], body.get("via")])
         fut = asyncio.get_running_loop().create_future()
         self.first[aid] = (fut, conn)
         self._start(aid)
@@ -148,7 +151,10 @@ class ActorScheduler:
             try:
                 got = await self._lease(aid, lease_body, via)
             except Unschedulable as e:
-                self._dead(aid, f"it can never be scheduled: {e}", unschedulable=True)
+                self._dead(aid, f"it can never be scheduled: {e}", kind="unschedulable")
+                return
+            except EnvSetupFailed as e:
+                self._dead(aid, f"the runtime_env could not be set up: {e}", kind="env_error")
                 return
             except EnvSetupFailed as e:
                 self._dead(aid, f"its runtime_env could not be set up: {e}")
@@ -172,7 +178,7 @@ class ActorScheduler:
                 lost += 1
                 if self._gone(aid, incarnation):
                     return
-                if lost >= MAX_LOST_CREATIONS or not self.dir.restartable(self.dir.actors.get(aid)) and lost > 1:
+                if lost >= MAX_LOST_CREATIONS or not self.dir.restartable(self.dir.actors.get(aid)):
                     self._dead(aid, f"its worker died while it was being created: {e}")
                     return
                 await asyncio.sleep(0.05 * lost)
@@ -208,8 +214,9 @@ class ActorScheduler:
         finally:
             conn.close()
 
-    def _dead(self, aid: bytes, cause: str, error: list | None = None, unschedulable: bool = False) -> None:
-        self._answer(aid, {"ok": False, "cause": cause, "unschedulable": unschedulable}, error or [])
+    def _dead(self, aid: bytes, cause: str, error: list | None = None, kind: str = "") -> None:
+        """Declares ``aid`` dead; ``kind``: ``unschedulable`` or ``env_error`` (the owner's error type)."""
+        self._answer(aid, {"ok": False, "cause": cause, "kind": kind}, error or [])
         actor = self.dir.actors.get(aid)
         if actor is not None and actor["state"] != DEAD:
             self.dir.update(aid, {"state": DEAD, "cause": cause})
@@ -225,7 +232,7 @@ class ActorScheduler:
         first = self.first.get(aid)
         if first is not None and not first[0].done():
             actor = self.dir.actors.get(aid) or {}
-            self._answer(aid, {"ok": False, "cause": actor.get("cause") or "it is dead", "unschedulable": False})
+            self._answer(aid, {"ok": False, "cause": actor.get("cause") or "it is dead", "kind": ""})
 
     # --- leases ------------------------------------------------------------------------
     async def _lease(self, aid: bytes, body: dict, via: bytes | None) -> tuple[dict, Any] | None:
