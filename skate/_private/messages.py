@@ -433,63 +433,6 @@ class ExitNow(TypedDict, total=False):
     cause: str  # (graceful) why, for the actor's record in the control store
 
 
-class TaskEvent(TypedDict, total=False):
-    """What a worker reports about a task it runs (see ``core_worker/task_events``)."""
-
-    task_id: bytes
-    name: str
-    func: str  # the function's qualified name
-    state: str  # RUNNING, FINISHED or FAILED
-    job_id: int
-    node_id: bytes
-    worker_id: bytes
-    pid: int
-    actor_id: bytes
-    start: Union[float, None]  # seconds since the epoch
-    end: Union[float, None]
-    error_type: str
-    error_message: str
-
-
-class BlockedCall(TypedDict, total=False):
-    """A ``get``/``wait`` blocked for over a second (see ``core_worker/waits``)."""
-
-    call: str  # "get" or "wait"
-    since: float  # seconds since the epoch
-    n: int  # objects still missing
-    objects: list[str]  # the first few of them (hex ids)
-    tasks: list[list[str]]  # [[hex id, name], ...]: tasks this process submitted that make them
-    task: str  # the task the blocked thread runs ("" in a driver)
-
-
-class ActorCalls(TypedDict, total=False):
-    """A process's calls to one actor that have had no reply for over a second."""
-
-    actor_id: str
-    class_name: str
-    queued: int  # not sent yet
-    inflight: int  # sent, no reply yet
-    state: str
-
-
-class WaitReport(TypedDict, total=False):
-    """What one process waits on (``report_waits``; empty lists: nothing any more)."""
-
-    pid: int
-    worker_id: bytes
-    node_id: bytes
-    job_id: int
-    driver: bool
-    what: str  # "driver", the actor's class, or "worker"
-    blocked: list[BlockedCall]
-    actors: list[ActorCalls]
-
-
-class ListTaskEvents(TypedDict, total=False):
-    filters: list[Any]  # [[key, "=" or "!=", value], ...]
-    limit: Union[int, None]
-
-
 class JobRecord(TypedDict, total=False):
     job_id: int
     driver_pid: int
@@ -530,11 +473,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "kv_del": (tuple[Any, Any], bool),
     "kv_keys": (tuple[Any, Any], list[Any]),
     "ping": (Any, str),
-    "task_events": (list[TaskEvent], None),
-    "list_task_events": (ListTaskEvents, list[TaskEvent]),
     "list_jobs": (None, list[JobRecord]),
-    "report_waits": (WaitReport, None),
-    "list_waits": (None, list[WaitReport]),
     # node daemon
     "pub": (tuple[str, Any], None),
     "shutdown": (None, None),

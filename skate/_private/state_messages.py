@@ -10,6 +10,10 @@ merges ``STATE_REQUESTS`` into its table, so strict decoding covers them too.
                   log_read LogRead -> LogChunk          a piece of one of them
     core worker   list_refs None -> [RefInfo]           the object refs this process holds or owns
                   dump_stack None -> str                every thread's Python stack, now
+    control store task_events [TaskEvent]                what processes report of their tasks
+                  list_task_events ListTaskEvents -> [TaskEvent]
+                  report_waits WaitReport               what one process waits on
+                  list_waits None -> [WaitReport]
 """
 
 from __future__ import annotations
@@ -60,7 +64,69 @@ class RefInfo(TypedDict, total=False):
     owner: Union[list[Any], None]  # the owner's address, for a borrowed ref
 
 
+class TaskEvent(TypedDict, total=False):
+    """What a worker reports about a task it runs (see ``core_worker/task_events``)."""
+
+    task_id: bytes
+    name: str
+    func: str  # the function's qualified name
+    state: str  # RUNNING, FINISHED or FAILED
+    job_id: int
+    node_id: bytes
+    worker_id: bytes
+    pid: int
+    actor_id: bytes
+    start: Union[float, None]  # seconds since the epoch
+    end: Union[float, None]
+    error_type: str
+    error_message: str
+
+
+class BlockedCall(TypedDict, total=False):
+    """A ``get``/``wait`` blocked for over a second (see ``core_worker/waits``)."""
+
+    call: str  # "get" or "wait"
+    since: float  # seconds since the epoch
+    n: int  # objects still missing
+    objects: list[str]  # the first few of them (hex ids)
+    tasks: list[list[str]]  # [[hex id, name], ...]: tasks this process submitted that make them
+    task: str  # the task the blocked thread runs ("" in a driver)
+
+
+class ActorCalls(TypedDict, total=False):
+    """A process's calls to one actor that have had no reply for over a second."""
+
+    actor_id: str
+    class_name: str
+    queued: int  # not sent yet
+    inflight: int  # sent, no reply yet
+    state: str
+
+
+class WaitReport(TypedDict, total=False):
+    """What one process waits on (``report_waits``; empty lists: nothing any more)."""
+
+    pid: int
+    worker_id: bytes
+    node_id: bytes
+    job_id: int
+    driver: bool
+    what: str  # "driver", the actor's class, or "worker"
+    blocked: list[BlockedCall]
+    actors: list[ActorCalls]
+
+
+class ListTaskEvents(TypedDict, total=False):
+    filters: list[Any]  # [[key, "=" or "!=", value], ...]
+    limit: Union[int, None]
+
+
+
 STATE_REQUESTS: dict[str, tuple[Any, Any]] = {
+    "task_events": (list[TaskEvent], None),
+    "list_task_events": (ListTaskEvents, list[TaskEvent]),
+    "report_waits": (WaitReport, None),
+    "list_waits": (None, list[WaitReport]),
     "list_workers": (None, list[WorkerInfo]),
     "log_list": (str, list[LogFile]),
     "log_read": (LogRead, LogChunk),
