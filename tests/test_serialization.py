@@ -146,6 +146,23 @@ def test_layout_pieces_write_the_same_layout(value):
     assert bytes(d1) == bytes(d2) and [bytes(b) for b in b1] == [bytes(b) for b in b2]
 
 
+def test_layout_read_from_a_head_leaves_the_region_untouched():
+    value = {"a": np.arange(5000, dtype=np.int64), "s": "text"}
+    data, bufs, _ = ser.dumps(value)
+    mem = bytearray(ser.layout_size(data, bufs))
+    ser.write_layout(memoryview(mem), data, bufs)
+    head = bytes(mem[:2048])
+    d, b = ser.read_layout(memoryview(mem), head)
+    assert d.obj is not mem and bytes(d) == data  # header and pickle from the head
+    out = ser.loads(d, b)
+    np.testing.assert_array_equal(out["a"], value["a"])
+    mem[-8:] = b"\xff" * 8  # the buffers are views of the region itself
+    assert out["a"][-1] == -1
+    # A head too short for the pickle data: read from the region.
+    d, b = ser.read_layout(memoryview(mem), head[:20])
+    assert bytes(d) == data
+
+
 def test_layout_buffers_are_aligned_and_zero_copy():
     value = [np.arange(n, dtype=np.uint8) for n in (1, 63, 64, 65, 1000)]
     data, bufs, _ = ser.dumps(value)

@@ -16,6 +16,11 @@ local cluster), timed, with the peak memory of the whole tree:
                     slow task produces, then all are got
 ==================  =========================================================
 
+Each dimension also reports the CPU time (user + system) its timed part
+used in the run's driver, daemons and workers: on a machine other work
+loads, wall time also counts waiting for a core, and a framework with more
+busy threads gets more of them; CPU time is the cost itself.
+
 Peak memory is the largest sum, over every process of the run (driver,
 daemons, workers: the run's session and all descendants), of the proportional set size (PSS: a page shared by k
 processes counts 1/k in each), sampled every 0.1 s.  A run that would
@@ -55,7 +60,7 @@ def _run_dimension(ray: object, dim: str, n: int) -> dict:
 
     r: object = ray
     out: dict = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _tree_cpu()
     if dim == "args":
 
         @r.remote
@@ -74,7 +79,7 @@ def _run_dimension(ray: object, dim: str, n: int) -> dict:
         assert r.get(refs)[-1] == n - 1
     elif dim == "get":
         refs = [r.put(np.full(128 * 1024, i % 251, dtype=np.uint8)) for i in range(n)]
-        t0 = time.perf_counter()  # the get alone
+        t0, c0 = time.perf_counter(), _tree_cpu()  # the get alone
         vals = r.get(refs)
         assert len(vals) == n and int(vals[-1][0]) == (n - 1) % 251
     elif dim == "queued":
@@ -95,11 +100,12 @@ def _run_dimension(ray: object, dim: str, n: int) -> dict:
         np.copyto(b, a)  # memcpy itself: warm pages
         out["memcpy_gbps"] = size / (time.perf_counter() - t) / 1e9
         del b
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _tree_cpu()
         ref = r.put(a)
         back = r.get(ref)
         assert back.nbytes == size and int(back[-1]) == 1
         out["seconds"] = time.perf_counter() - t0
+        out["cpu_s"] = _tree_cpu() - c0
         out["gbps"] = size / out["seconds"] / 1e9
         del back, ref
         t = time.perf_counter()  # once more: the store's memory has been touched before
@@ -134,7 +140,25 @@ def _run_dimension(ray: object, dim: str, n: int) -> dict:
     else:
         raise ValueError(f"unknown dimension {dim!r}")
     out["seconds"] = time.perf_counter() - t0
+    out["cpu_s"] = _tree_cpu() - c0
     return out
+
+
+def _tree_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process and every live
+    descendant (daemons, workers): the measure a loaded machine leaves alone,
+    where wall time also counts waiting for a core."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
 
 def worker(framework: str, dim: str, n: float, num_cpus: int) -> int:
@@ -259,10 +283,11 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 def _cell(res: dict | None) -> str:
     if res is None:
-        return f"{'-':>22}"
+        return f"{'-':>30}"
     if "error" in res:
-        return f"{'FAILED':>22}"
-    return f"{res['seconds']:>10.2f} s {res['peak_gib']:>6.2f} GiB"
+        return f"{'FAILED':>30}"
+    cpu = f"{res['cpu_s']:>6.2f} cpu" if "cpu_s" in res else " " * 10
+    return f"{res['seconds']:>8.2f} s {cpu} {res['peak_gib']:>5.2f} GiB"
 
 
 def main(argv: list[str]) -> int:
@@ -309,14 +334,17 @@ def main(argv: list[str]) -> int:
                   + (f"  {row[fw]['error']}" if "error" in row[fw] else ""), file=sys.stderr, flush=True)
         rows.append(row)
     cols = list(frameworks)
-    print(f"{'dimension':<34}" + "".join(f"{('Ray' if c == 'ray' else c):>24}" for c in cols)
-          + (f"{'Ray/skate':>11}" if len(cols) == 2 else ""))
+    two = len(cols) == 2
+    print(f"{'dimension':<40}" + "".join(f"{('Ray' if c == 'ray' else c):>32}" for c in cols)
+          + (f"{'Ray/skate':>11}{'(cpu)':>8}" if two else ""))
     for row in rows:
         n = f"{row['n']:g} GiB:" if row["dimension"] == "large" else f"{row['n']:,}"
         label = f"{n} {DIMENSIONS[row['dimension']][2]}"
-        line = f"{label:<34}" + "".join(f"{_cell(row.get(c)):>24}" for c in cols)
-        if len(cols) == 2 and "seconds" in row["skate"] and "seconds" in row["ray"]:
+        line = f"{label:<40}" + "".join(f"{_cell(row.get(c)):>32}" for c in cols)
+        if two and "seconds" in row["skate"] and "seconds" in row["ray"]:
             line += f"{row['ray']['seconds'] / row['skate']['seconds']:>10.2f}x"
+            if row["skate"].get("cpu_s") and "cpu_s" in row["ray"]:
+                line += f"{row['ray']['cpu_s'] / row['skate']['cpu_s']:>7.2f}x"
         print(line)
         if row["dimension"] == "large":
             for c in cols:

@@ -172,12 +172,19 @@ def layout_pieces(data: bytes, bufs: list) -> list[tuple[int, memoryview]]:
     return [(0, memoryview(head)), (len(head), memoryview(data)), *pieces]
 
 
-def read_layout(mem: memoryview) -> tuple[memoryview, list]:
-    """The pickle data and buffers laid out in ``mem``, as views (no copy)."""
-    dlen, n = _HEAD.unpack_from(mem, 0)
+def read_layout(mem: memoryview, head: bytes | None = None) -> tuple[memoryview, list]:
+    """The pickle data and buffers laid out in ``mem``, as views (no copy).
+
+    ``head``: the region's first bytes, read already; the header and pickle
+    data are taken from it when it holds them, so ``mem`` itself is not read.
+    """
+    src = head if head is not None and len(head) >= _HEAD.size else mem
+    dlen, n = _HEAD.unpack_from(src, 0)
+    pos = _HEAD.size + _ENTRY.size * n
+    if len(src) < pos + dlen:
+        src = mem
     bufs = []
     for i in range(n):
-        off, ln = _ENTRY.unpack_from(mem, _HEAD.size + _ENTRY.size * i)
+        off, ln = _ENTRY.unpack_from(src, _HEAD.size + _ENTRY.size * i)
         bufs.append(mem[off : off + ln])
-    pos = _HEAD.size + _ENTRY.size * n
-    return mem[pos : pos + dlen], bufs
+    return memoryview(src)[pos : pos + dlen], bufs

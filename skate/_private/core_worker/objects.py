@@ -400,12 +400,12 @@ class ObjectAccess:
         node daemon is told, so it may reuse the segment's memory.
         """
         try:
-            m = shm.open_readonly(path)
+            m, head = shm.open_readonly_with_head(path)
         except FileNotFoundError:
             self._unmapped(oid)
             raise exc.ObjectLostError(message=f"the object segment {path} is gone") from None
         weakref.finalize(m, self._unmapped, oid)
-        data, bufs = serialization.read_layout(memoryview(m))
+        data, bufs = serialization.read_layout(memoryview(m), head)
         return serialization.loads(data, bufs)
 
     def _unmapped(self, oid: bytes) -> None:

@@ -140,6 +140,22 @@ def open_readonly(path: str) -> mmap.mmap:
         os.close(fd)
 
 
+def open_readonly_with_head(path: str, head: int = 2048) -> tuple[mmap.mmap, bytes]:
+    """``open_readonly``, plus the segment's first ``head`` bytes read with ``pread``.
+
+    A reader that needs only the start of a segment (its layout header and
+    pickle data) then touches none of the mapping's pages: a ``get`` of
+    10,000 objects takes no page fault, the values' pages are faulted in
+    when (and if) they are read.
+    """
+    fd = _open(path, os.O_RDONLY)
+    size = _verify(fd, path).st_size
+    try:
+        return mmap.mmap(fd, size, access=mmap.ACCESS_READ), os.pread(fd, head, 0)
+    finally:
+        os.close(fd)
+
+
 def unlink(path: str) -> None:
     """Removes a segment; a missing one is not an error, and a file that is
     not this user's (planted under a segment's name) is left alone."""
