@@ -10,7 +10,10 @@ import cloudpickle
 from skate import exceptions as exc
 from skate._private import cancellation, ids, runtime
 from skate._private import options as opts
+from skate._private import placement as pg_placement
+from skate._private.core_worker import streams
 from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns
+from skate._private.runtime_env import submit as renv_submit
 from skate._private.signature import CallSignature
 from skate._private.source import dumps_code
 
@@ -51,7 +54,10 @@ def method_meta(cls: type) -> dict:
         static = isinstance(inspect.getattr_static(cls, name, None), staticmethod)
         # A classmethod arrives bound (no ``cls``); a plain function still has ``self``.
         drop = not static and inspect.isfunction(fn)
-        meta[name] = (o.get("num_returns", 1), CallSignature(fn, f"{cls.__name__}.{name}", drop_first=drop))
+        # Generator methods stream their items by default (like Ray).
+        gen = inspect.isgeneratorfunction(inspect.unwrap(fn)) or inspect.isasyncgenfunction(inspect.unwrap(fn))
+        nr = o.get("num_returns", "streaming" if gen else 1)
+        meta[name] = (nr, CallSignature(fn, f"{cls.__name__}.{name}", drop_first=drop))
     return meta
 
 
@@ -170,17 +176,26 @@ class ActorClass:
         if detached and not name:
             raise ValueError("a detached actor must have a name")
         copts = _call_options(o, self._is_async())
-        try:
-            self._register(core, actor_id, name, namespace, detached, o, copts)
-        except ValueError as e:  # the control store refuses a name in use
-            raise exc.ActorAlreadyExistsError(str(e)) from None
+        held = opts.resource_request(o, 0)
+        placement = dict(held) if o.get("num_cpus") is not None else dict(held, CPU=1.0)
+        in_group = pg_placement.apply(o, held, placement, f"actor {self._name}")
+        if in_group is not None:  # (its bundle's resources instead)
+            held, placement = in_group[0], in_group[1]
+        register = self._registration(core, actor_id, name, namespace, detached, o, copts)
+        if name:  # a name in use is refused here and now (follows Ray)
+            try:
+                core.gcs_call("register_actor", register[0], [register[1]])
+            except ValueError as e:  # the control store refuses a name in use
+                raise exc.ActorAlreadyExistsError(str(e)) from None
+            register = None
         blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"the constructor of {self._name}")
         rec = TaskRecord()
         rec.spec = {
             "t": core.new_task_id(), "n": self._name, "aid": actor_id, "a": blob, "r": [], "j": core.job_id, "ns": core.namespace,
             "mcc": o.get("max_concurrency"), "detached": detached, "nr": 1,
         }
-        held = opts.resource_request(o, 0)
+        if in_group is not None:
+            rec.spec["pg"] = in_group[2]
         if held:
             rec.spec["res"] = held
         if name:
@@ -189,14 +204,18 @@ class ActorClass:
             rec.spec["cgs"] = dict(o["concurrency_groups"])
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, self._name
         rec.return_ids = []
-        placement = dict(held) if o.get("num_cpus") is not None else dict(held, CPU=1.0)
         lease_body = {
             "resources": held,
             "placement": placement,
-            "strategy": opts.strategy_of(o) or "BALANCE",
+            "strategy": None if in_group is not None else (opts.strategy_of(o) or "BALANCE"),
             "actor_id": actor_id,
             "detached": detached,
         }
+        renv = o.get("runtime_env")
+        if renv or core.runtime_env:
+            resolved = renv_submit.for_submit(core, renv)
+            if resolved:
+                lease_body["runtime_env"] = resolved
         st = core.actors.state(actor_id, self._name, owned=True)
         st.detached, st.named = detached, bool(name)
         st.max_restarts = o.get("max_restarts") or 0
@@ -207,15 +226,17 @@ class ActorClass:
             anchor = core.put(None)
             core.free_hooks[anchor._id] = lambda aid=actor_id: core.actors.handle_dropped(aid)
         handle = ActorHandle(actor_id, self._name, self._meta, self._extras, copts, anchor)
-        core.post(core.actors.create, st, rec, self._pickled, lease_body)
+        # (An anonymous actor is registered on the way: no round trip per creation.)
+        core.post(core.actors.create, st, rec, self._pickled, lease_body, register)
         return handle
 
-    def _register(
+    def _registration(
         self, core: Any, actor_id: bytes, name: str | None, namespace: str, detached: bool, o: dict, copts: dict
-    ) -> None:
-        handle_meta = cloudpickle.dumps((self._name, self._meta, self._extras, copts))
-        core.gcs_call(
-            "register_actor",
+    ) -> tuple[dict, bytes]:
+        """The ``register_actor`` message and its buffer (the pickled handle metadata)."""
+        # (Only a named actor's handle is ever rebuilt from the control store.)
+        handle_meta = cloudpickle.dumps((self._name, self._meta, self._extras, copts)) if name else b""
+        return (
             {
                 "actor_id": actor_id,
                 "name": name,
@@ -226,7 +247,7 @@ class ActorClass:
                 "job_id": core.job_id,
                 "max_restarts": o.get("max_restarts", 0),
             },
-            [handle_meta],
+            handle_meta,
         )
 
 
@@ -306,8 +327,8 @@ class ActorHandle:
         core = self._core
         st = self._state
         name = call_name or f"{self._class_name}.{method_name}"
-        if not isinstance(num_returns, int):
-            raise NotImplementedError(f"generator actor methods (num_returns={num_returns!r}) are not supported yet")
+        if type(num_returns) is not int:  # "streaming" / "dynamic": a generator method
+            num_returns = streams.num_returns_code(num_returns)
         if st.max_pending > 0 and len(st.queue) + len(st.inflight) + st.waiting_args >= st.max_pending:
             raise exc.PendingCallsLimitExceeded(
                 f"The call {name} was not submitted: {st.max_pending} calls to this actor "
@@ -334,6 +355,8 @@ class ActorHandle:
                     f"{st.groups or 'none'} (its concurrency_groups option)"
                 )
             spec["cg"] = group
+        if num_returns < 0:
+            return _submit_generator(core, st, rec, num_returns, over)
         refs = make_returns(core, task_id, num_returns, rec)
         if refs and getattr(core.ctx, "task_id", None) is not None:
             cancellation.note_child(core, refs[0]._id)
@@ -345,9 +368,32 @@ class ActorHandle:
         return refs
 
 
+def _submit_generator(core: Any, st: Any, rec: TaskRecord, nr: int, over: dict | None) -> Any:
+    """Submits a call of a generator method: an ``ObjectRefGenerator`` of its items
+    (``"streaming"``), or one ref to a ``DynamicObjectRefGenerator`` (``"dynamic"``)."""
+    bp = (over or {}).get("_generator_backpressure_num_objects")
+    if bp is None:
+        bp = st.extras.get(rec.spec["m"], {}).get("_generator_backpressure_num_objects")
+    if bp is None:
+        bp = st.copts.get("gen_bp")
+    if bp is not None and bp <= 0:  # 0 or -1: no limit
+        bp = None
+    if bp:
+        rec.spec["bp"] = bp
+    if nr == streams.STREAMING:
+        rec.return_ids = []
+        gen = streams.ObjectRefGenerator(streams.register(core, rec, False, bp))
+        core.actors.submit_threadsafe(st, rec)
+        return gen
+    refs = make_returns(core, rec.spec["t"], 1, rec)
+    streams.register(core, rec, True, bp)
+    core.actors.submit_threadsafe(st, rec)
+    return refs[0]
+
+
 _BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
 #: Options a call to an actor method may set (``@method`` or ``.options()``), besides num_returns.
-_CALL_OPTIONS = ("concurrency_group", "max_task_retries", "retry_exceptions")
+_CALL_OPTIONS = ("concurrency_group", "max_task_retries", "retry_exceptions", "_generator_backpressure_num_objects")
 
 
 def _call_options(o: dict, is_async: bool) -> dict:
@@ -370,6 +416,8 @@ def _call_options(o: dict, is_async: bool) -> dict:
         out["ooo"] = True
     if o.get("concurrency_groups"):
         out["groups"] = sorted(o["concurrency_groups"])
+    if o.get("_actor_generator_backpressure_num_objects"):
+        out["gen_bp"] = o["_actor_generator_backpressure_num_objects"]
     return out
 
 

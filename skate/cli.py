@@ -6,6 +6,7 @@ token) print one line and exit with status 1, never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -13,7 +14,7 @@ import click
 
 import skate
 
-_NO_DASHBOARD = "skate has no dashboard yet, so {flag} cannot be honoured; leave it out"
+_HEAD_ONLY = "{flag} applies to a head (--head): the dashboard runs with the control store"
 
 
 class _Group(click.Group):
@@ -62,9 +63,11 @@ def main() -> None:
 @click.option("--block", is_flag=True,
               help="Stay in the foreground: exit non-zero when a daemon dies; Ctrl-C or SIGTERM stops them.")
 @click.option("--include-dashboard", type=click.BOOL, default=None,
-              help="Only false is accepted: skate has no dashboard yet.")
-@click.option("--dashboard-host", default=None, help="Not available: skate has no dashboard yet.")
-@click.option("--dashboard-port", type=int, default=None, help="Not available: skate has no dashboard yet.")
+              help="Start the dashboard with the head [default: when skate[dashboard] is installed].")
+@click.option("--dashboard-host", default=None,
+              help="Address the dashboard listens on [default: 127.0.0.1, this machine only].")
+@click.option("--dashboard-port", type=int, default=None,
+              help="Port of the dashboard [default: 8265, or any free port when 8265 is taken].")
 @click.option("--storage", default=None,
               help="Where a head's control store keeps its tables: 'memory' (default; SKATE_GCS_STORAGE) "
                    "or redis://HOST:PORT (the control store then survives restarts).")
@@ -77,16 +80,19 @@ def start(head: bool, address: str | None, node_ip_address: str | None, port: in
           storage: str | None, disable_usage_stats: bool) -> None:
     """Starts this machine's daemons for a cluster that outlives drivers (`skate stop` stops them)."""
     from skate._private import cli_support as cs
-    from skate._private import discovery, hostaddr, node, wire
+    from skate._private import dashboard_launch, discovery, hostaddr, node, wire
 
 
     if head == bool(address):
         raise click.UsageError("give exactly one of --head or --address")
-    if include_dashboard:
-        raise click.UsageError("skate has no dashboard yet: --include-dashboard=true cannot be honoured")
-    for flag, value in (("--dashboard-host", dashboard_host), ("--dashboard-port", dashboard_port)):
-        if value is not None:
-            raise click.UsageError(_NO_DASHBOARD.format(flag=flag))
+    if not head:
+        for flag, value in (("--include-dashboard", include_dashboard), ("--dashboard-host", dashboard_host),
+                            ("--dashboard-port", dashboard_port)):
+            if value:
+                raise click.UsageError(_HEAD_ONLY.format(flag=flag))
+    listener = None
+    if head and dashboard_launch.want(include_dashboard, "--include-dashboard=true"):
+        listener = dashboard_launch.bind(dashboard_host, dashboard_port)  # a busy port fails before anything starts
     if node_ip_address in ("0.0.0.0", "::", ""):
         raise click.UsageError("--node-ip-address must be an address this node is reached at, not a wildcard")
     if storage is not None and not head:
@@ -109,7 +115,16 @@ def start(head: bool, address: str | None, node_ip_address: str | None, port: in
         procs = info["processes"]
         session_dir, gcs_address = info["session_dir"], info["gcs_address"]
         cs.remember([(procs[0].proc.pid, "gcs"), (procs[1].proc.pid, "raylet")], session_dir, gcs_address)
+        dashboard_url = None
+        if listener is not None:
+            dash, where = dashboard_launch.start(info, listener, tie_to_parent=block, detach=True)
+            procs.append(dash)
+            cs.remember([(dash.proc.pid, "dashboard")], session_dir, gcs_address)
+            dashboard_url = dashboard_launch.link(where, info["token"])
+            dashboard_launch.announce(gcs_address, info["token"], where)
         click.echo(f"skate head started at {gcs_address}")
+        if dashboard_url:
+            click.echo(f"  dashboard:          {dashboard_url}")
         click.echo(f"  logs:               {info['logs_dir']}")
         click.echo(f"  token file:         {info['token_file']}  (owner-only; never printed)")
         click.echo("  connect a driver:   skate.init()   (on this machine; or skate.init(address=\"" + gcs_address + "\"))")
@@ -171,7 +186,7 @@ def stop(force: bool, grace_period: float) -> None:
 @click.option("--address", default=None,
               help="HOST:PORT of the head [default: $SKATE_ADDRESS/$RAY_ADDRESS, else the latest started here].")
 def status(address: str | None) -> None:
-    """Prints the cluster's nodes, resources, and pending and infeasible demands."""
+    """Prints the cluster's nodes, resources, pending and infeasible demands and placement groups."""
     from skate._private import cli_support as cs
 
     for line in cs.format_status(cs.cluster_status(address)):
@@ -193,29 +208,36 @@ def _print_records(records: list, fmt: str) -> None:
 
 
 @main.command("list")
-@click.argument("resource", type=click.Choice(["tasks", "actors", "nodes", "jobs"]))
+@click.argument("resource", type=click.Choice(["tasks", "actors", "nodes", "jobs", "objects", "workers",
+                                                "placement-groups"]))
 @_ADDRESS
 @click.option("--filter", "filters", multiple=True, help='"key=value" or "key!=value" (repeatable).')
 @click.option("--limit", type=int, default=100, show_default=True)
 @_FORMAT
 def list_(resource: str, address: str | None, filters: tuple, limit: int, fmt: str) -> None:
-    """Lists the cluster's tasks, actors, nodes or jobs (like `ray list`)."""
+    """Lists the cluster's tasks, actors, nodes, jobs, objects, workers or placement groups (like `ray list`)."""
     from skate._private import cli_support as cs
     from skate.util import state
 
-    fn = {"tasks": state.list_tasks, "actors": state.list_actors, "nodes": state.list_nodes, "jobs": state.list_jobs}
+    fn = {"tasks": state.list_tasks, "actors": state.list_actors, "nodes": state.list_nodes, "jobs": state.list_jobs,
+          "objects": state.list_objects, "workers": state.list_workers,
+          "placement-groups": state.list_placement_groups}
     _print_records(fn[resource](address=cs.state_address(address), filters=cs.parse_filters(filters), limit=limit), fmt)
 
 
 @main.command()
-@click.argument("resource", type=click.Choice(["tasks", "actors"]))
+@click.argument("resource", type=click.Choice(["tasks", "actors", "objects"]))
 @_ADDRESS
 @_FORMAT
 def summary(resource: str, address: str | None, fmt: str) -> None:
-    """Counts tasks by function, or actors by class, per state (like `ray summary`)."""
+    """Counts tasks by function, actors by class (per state), or objects (like `ray summary`)."""
     from skate._private import cli_support as cs
     from skate.util import state
 
+    if resource == "objects":
+        s = state.summarize_objects(address=cs.state_address(address))["cluster"]
+        _print_records([dict(call_site=k, **v) for k, v in s["summary"].items()], fmt)
+        return
     fn = state.summarize_tasks if resource == "tasks" else state.summarize_actors
     rows = [dict(name=k, **{s: n for s, n in v["state_counts"].items()})
             for k, v in fn(address=cs.state_address(address))["cluster"]["summary"].items()]
@@ -250,6 +272,11 @@ def microbenchmark(ctx: click.Context) -> None:
     from skate._private import microbenchmark as mb
 
     sys.exit(mb.main(list(ctx.args)))
+
+
+main.add_command(importlib.import_module("skate._private.cli_job").job)
+for _command in importlib.import_module("skate._private.cli_observe").COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

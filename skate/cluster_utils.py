@@ -14,8 +14,8 @@ import shutil
 import time
 from typing import Any
 
+from skate._private import dashboard_launch, wire
 from skate._private import node as _node
-from skate._private import wire
 
 
 class NodeHandle:
@@ -55,6 +55,9 @@ class Cluster:
         self.worker_nodes: list[NodeHandle] = []
         self._info: dict | None = None
         self._gcs: Any = None
+        self._dashboard: _node.DaemonProcess | None = None
+        #: The dashboard link (with its credential) when the head has a dashboard.
+        self.dashboard_url: str | None = None
         if initialize_head:
             self.add_node(**(head_node_args or {}))
             if connect:
@@ -87,14 +90,27 @@ class Cluster:
 
         ``gcs_storage`` (the head only): where the control store keeps its
         tables, e.g. ``redis://127.0.0.1:6379`` (default ``SKATE_GCS_STORAGE``,
-        else in memory).
+        else in memory).  The head only, too: ``include_dashboard`` (default
+        False: test clusters stay light), ``dashboard_host``, ``dashboard_port``;
+        the link is then ``cluster.dashboard_url``.
         """
         store = object_store_memory or 256 * 1024 * 1024
         if gcs_storage is not None and self._info is not None:
             raise ValueError("gcs_storage applies to the head node (the first add_node) only")
+        dashboard = {k: kwargs.pop(k) for k in ("include_dashboard", "dashboard_host", "dashboard_port") if k in kwargs}
+        if dashboard and self._info is not None:
+            raise ValueError("include_dashboard, dashboard_host and dashboard_port apply to the head node only")
         if self._info is None:
+            listener = None
+            if dashboard.get("include_dashboard"):
+                dashboard_launch.want(True, "Cluster(include_dashboard=True)")
+                listener = dashboard_launch.bind(dashboard.get("dashboard_host"), dashboard.get("dashboard_port"))
             # Like Ray's Cluster, its head is what init() / init("auto") join by default.
             self._info = _node.start_head(num_cpus, num_gpus, resources, store, discoverable=True, storage=gcs_storage)
+            if listener is not None:
+                self._dashboard, where = dashboard_launch.start(self._info, listener)
+                self.dashboard_url = dashboard_launch.link(where, self._info["token"])
+                dashboard_launch.announce(self._info["gcs_address"], self._info["token"], where)
             self._gcs_storage_url = gcs_storage
             gcs, raylet = self._info["processes"]
             raylet.info = self._info["raylet"]
@@ -169,6 +185,9 @@ class Cluster:
         if self.head_node is not None:
             procs.append(self.head_node._proc)
         _node.stop_processes(procs)
+        if self._dashboard is not None:
+            _node.stop_processes([self._dashboard])
+            self._dashboard = None
         if self._info is not None:
             _node.stop_processes([self._gcs_proc])
             from skate._private.object_store import sweep

@@ -6,7 +6,7 @@ import hashlib
 import inspect
 from typing import Any
 
-from skate._private import cancellation, runtime
+from skate._private import cancellation, placement, runtime
 from skate._private import options as opts
 from skate._private.config import CONFIG
 from skate._private.core_worker import streams
@@ -16,6 +16,8 @@ from skate._private.core_worker.submitter import (
     make_returns,
     new_task_spec,
 )
+from skate._private.runtime_env import spec as renv_spec
+from skate._private.runtime_env import submit as renv_submit
 from skate._private.signature import CallSignature
 from skate._private.source import dumps_code
 
@@ -60,10 +62,11 @@ class RemoteFunction:
         ``f.options(num_cpus=2).remote(1, y=2)``; libraries call this form.
 
         Raises:
-            NotImplementedError: for ``serialized_runtime_env_info`` (runtime_env is not supported yet).
+            NotImplementedError: for ``serialized_runtime_env_info`` (Ray's internal
+                serialized form; pass ``runtime_env=`` instead).
         """
         if serialized_runtime_env_info:
-            raise opts.not_supported("_remote(serialized_runtime_env_info=...)", "runtime_env is not supported yet")
+            raise opts.not_supported("_remote(serialized_runtime_env_info=...)", "pass runtime_env={...} instead")
         o = self._options
         if task_options:
             o = dict(o)
@@ -131,10 +134,18 @@ class RemoteFunction:
         re = o.get("retry_exceptions", False)
         rec.retry_exceptions = list(re) if isinstance(re, (list, tuple)) else bool(re)
         rec.resources = opts.resource_request(o, 1)
+        in_group = placement.apply(o, rec.resources, None, f"task {name}")
+        if in_group is not None:  # (its bundle's resources instead)
+            rec.resources, _, rec.spec["pg"] = in_group
         if rec.resources != _DEFAULT_RESOURCES:
             rec.spec["res"] = rec.resources
         rec.strategy = opts.strategy_of(o)
-        rec.key = (tuple(sorted(rec.resources.items())), repr(rec.strategy))
+        renv = o.get("runtime_env")
+        if renv or core.runtime_env:
+            rec.renv = renv_submit.for_submit(core, renv)
+            rec.key = (tuple(sorted(rec.resources.items())), repr(rec.strategy), renv_spec.env_hash(rec.renv))
+        else:
+            rec.key = (tuple(sorted(rec.resources.items())), repr(rec.strategy))
         if nr == streams.STREAMING:
             rec.return_ids = []
             gen = streams.ObjectRefGenerator(streams.register(core, rec, False, backpressure))

@@ -1,10 +1,9 @@
 """``get_runtime_context()``: where the calling code runs (follows Ray 2.60's ``RuntimeContext``).
 
 In a worker the values describe the task or actor call running in the
-calling thread or coroutine; in the driver, the driver.  Placement groups,
-node labels and runtime environments are not implemented, so the accessors
-for them report that truthfully (no placement group, an empty runtime
-environment).
+calling thread or coroutine; in the driver, the driver (which is in no
+placement group).  Node labels are not implemented, so the accessors for
+them report that truthfully.
 """
 
 from __future__ import annotations
@@ -218,29 +217,44 @@ class RuntimeContext:
         ex = self._core.executor
         return bool(ex is not None and getattr(ex, "reconstructed", False))
 
-    # --- placement groups and runtime environments (not implemented) ---------------------------
+    # --- placement groups and runtime environments ------------------------------------------
     def get_placement_group_id(self) -> str | None:
-        """None: placement groups are not implemented, so no task runs in one."""
-        return None
+        """The hex id of the placement group the running task or actor uses, or None."""
+        from skate._private import placement
+
+        here = placement.current()
+        return here[0].hex() if here else None
 
     @property
-    def current_placement_group_id(self) -> None:
-        """None: placement groups are not implemented."""
-        return None
+    def current_placement_group_id(self) -> Any:
+        """The ``PlacementGroupID`` of the running task's or actor's group, or None."""
+        from skate._private import placement
+        from skate._private.ids import PlacementGroupID
+
+        here = placement.current()
+        return PlacementGroupID(here[0]) if here else None
 
     @property
     def should_capture_child_tasks_in_placement_group(self) -> bool:
-        """False: placement groups are not implemented."""
-        return False
+        """Whether tasks and actors started here run in the current placement group by default."""
+        from skate._private import placement
+
+        here = placement.current()
+        return bool(here and here[2])
 
     def get_runtime_env_string(self) -> str:
-        """The runtime environment as JSON: ``"{}"`` (runtime_env is not supported yet)."""
-        return json.dumps({})
+        """The runtime environment as JSON (see ``runtime_env``)."""
+        return json.dumps(self._core.runtime_env, sort_keys=True)
 
     @property
-    def runtime_env(self) -> dict:
-        """The runtime environment: ``{}`` (runtime_env is not supported yet)."""
-        return {}
+    def runtime_env(self) -> Any:
+        """The runtime environment this code runs in, a ``RuntimeEnv`` (follows Ray):
+        in a driver the job's, in a worker the one it was started with (merged
+        with the job's); ``working_dir`` and ``py_modules`` appear as the
+        ``gcs://_skate_pkg_<hash>.zip`` packages they were uploaded as."""
+        from skate.runtime_env import RuntimeEnv
+
+        return RuntimeEnv(_validate=False, **self._core.runtime_env)
 
     # --- all of it ------------------------------------------------------------------------
     def get(self) -> dict:

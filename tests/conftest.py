@@ -21,6 +21,10 @@ os.environ.setdefault("SKATE_SHM_PREFIX", f"skt{os.getpid()}")
 # Every process of the tests' clusters refuses a message field that is not
 # declared in skate._private.messages (fields are otherwise dropped unseen).
 os.environ.setdefault("SKATE_STRICT_MESSAGES", "1")
+# init() and `skate start --head` start a dashboard process when its extra is
+# installed (like Ray); the suite's hundreds of clusters go without it, and the
+# tests of tests/dashboard ask for it (or check this default with it unset).
+os.environ.setdefault("SKATE_INCLUDE_DASHBOARD", "0")
 # A cluster named by the environment would be joined by every init() of the
 # suite instead of the embedded cluster each test starts; tests that want one
 # set these themselves.

@@ -59,6 +59,13 @@ FUNCTIONS = {
     # ray.actor
     "skate.actor:exit_actor": "()",
     "skate.actor:method": "(*args, **kwargs)",
+    # ray.runtime_env
+    "skate.runtime_env:RuntimeEnv": (
+        "(*, py_modules=None, py_executable=None, working_dir=None, pip=None, conda=None, container=None, "
+        "env_vars=None, worker_process_setup_hook=None, nsight=None, rocprof_sys=None, config=None, "
+        "_validate=True, image_uri=None, uv=None, **kwargs)"
+    ),
+    "skate.runtime_env:RuntimeEnvConfig": "(setup_timeout_seconds=600, eager_install=True, log_files=None)",
     # ray.util core helpers
     "skate.util:as_completed": "(refs, *, chunk_size=10, yield_obj_refs=False, **kwargs)",
     "skate.util:map_unordered": "(fn, items, *, backpressure_size=100, chunk_size=10, yield_obj_refs=False, **kwargs)",
@@ -129,6 +136,19 @@ UTIL_SIGNATURES = {
     "skate.util.queue:Queue.empty": "()",
     "skate.util.queue:Queue.full": "()",
     "skate.util.queue:Queue.shutdown": "(force=False, grace_period_s=5)",
+    "skate.util:placement_group": (
+        "(bundles, strategy='PACK', name='', lifetime=None, _soft_target_node_id=None, "
+        "bundle_label_selector=None, fallback_strategy=None)"
+    ),
+    "skate.util:remove_placement_group": "(placement_group)",
+    "skate.util:get_placement_group": "(placement_group_name)",
+    "skate.util:placement_group_table": "(placement_group=None)",
+    "skate.util:get_current_placement_group": "()",
+    "skate.util.placement_group:PlacementGroup.ready": "()",
+    "skate.util.placement_group:PlacementGroup.wait": "(timeout_seconds=30)",
+    "skate.util.scheduling_strategies:PlacementGroupSchedulingStrategy": (
+        "(placement_group, placement_group_bundle_index=-1, placement_group_capture_child_tasks=None)"
+    ),
 }
 
 
@@ -148,7 +168,7 @@ RUNTIME_CONTEXT_PROPERTIES = [
 # Names that must exist (classes, modules, aliases).
 NAMES = [
     "skate:ObjectRef", "skate:ObjectRefGenerator", "skate:DynamicObjectRefGenerator", "skate:ObjectID", "skate:ActorID", "skate:JobID", "skate:NodeID", "skate:TaskID",
-    "skate:WorkerID", "skate:UniqueID", "skate:exceptions", "skate:actor", "skate:util", "skate:dag", "skate:runtime_context",
+    "skate:WorkerID", "skate:UniqueID", "skate:PlacementGroupID", "skate:exceptions", "skate:actor", "skate:util", "skate:dag", "skate:runtime_context",
     "skate:error_info",
     "skate.actor:ActorClass", "skate.actor:ActorHandle", "skate.actor:ActorMethod",
     "skate.actor:ActorClassInheritanceException", "skate.remote_function:RemoteFunction",
@@ -260,7 +280,6 @@ KNOWN_GAPS = {
     "skate:client": "Ray Client",
     "skate:FunctionID": "function ids are not exposed",
     "skate:ActorClassID": "actor class ids are not exposed",
-    "skate:PlacementGroupID": "placement groups",
     "skate:Language": "cross-language calls",
     "skate:SCRIPT_MODE": "worker modes of Ray's global worker",
     "skate:WORKER_MODE": "worker modes of Ray's global worker",
@@ -268,11 +287,6 @@ KNOWN_GAPS = {
     "skate:java_actor_class": "cross-language calls",
     "skate:cpp_function": "cross-language calls",
     "skate:job_config": "JobConfig",
-    "skate.util:placement_group": "placement groups",
-    "skate.util:get_placement_group": "placement groups",
-    "skate.util:get_current_placement_group": "placement groups",
-    "skate.util:remove_placement_group": "placement groups",
-    "skate.util:placement_group_table": "placement groups",
     "skate.util:metrics": "custom metrics",
     "skate.util:collective": "collective communication",
     "skate.util:register_serializer": "custom serializers",
@@ -280,7 +294,6 @@ KNOWN_GAPS = {
     "skate.util:connect": "Ray Client",
     "skate.util:disconnect": "Ray Client",
     "skate.util:get_node_instance_id": "cloud instance ids",
-    "skate.util.scheduling_strategies:PlacementGroupSchedulingStrategy": "placement groups",
     "skate.util.scheduling_strategies:NodeLabelSchedulingStrategy": "node labels",
     "skate.runtime_context:RuntimeContext.get_node_labels": "node labels",
     "skate.object_ref:ObjectRef.job_id": "object ids do not embed the job id",

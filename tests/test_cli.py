@@ -274,9 +274,7 @@ def test_suite_environment_names_no_cluster():
 @pytest.mark.parametrize(
     "flags, needle",
     [
-        (["--include-dashboard=true"], "no dashboard"),
-        (["--dashboard-host", "0.0.0.0"], "--dashboard-host"),
-        (["--dashboard-port", "8265"], "--dashboard-port"),
+        (["--include-dashboard=maybe"], "--include-dashboard"),
         (["--labels", "novalue"], "key=value"),
         (["--labels", "ray.io/x=1"], "reserved"),
         (["--resources", "[1]"], "--resources"),
@@ -294,6 +292,51 @@ def test_flags_that_cannot_be_honoured_are_rejected(cli, flags, needle):
     assert needle in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
     assert not cli.started() and not cli.sessions()
+
+
+def test_head_starts_the_dashboard_and_prints_its_link(cli):
+    """--include-dashboard=true with --dashboard-port: the link works, and `skate stop` stops the dashboard;
+    with SKATE_INCLUDE_DASHBOARD unset (the default, like Ray's) the head starts one too."""
+    import http.client
+    import socket
+    import urllib.parse
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = cli.run("start", "--head", "--port", "0", "--num-cpus", "1", "--include-dashboard=true",
+                  "--dashboard-port", str(port))
+    link = re.search(r"dashboard:\s+(\S+)", out.stdout).group(1)
+    u = urllib.parse.urlsplit(link)
+    assert (u.hostname, u.port) == ("127.0.0.1", port)
+    cred = urllib.parse.parse_qs(u.query)["token"][0]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/api/nodes", headers={"Authorization": f"Bearer {cred}"})
+    assert conn.getresponse().status == 200
+    conn.close()
+    joined = cli.driver("""
+        import skate
+        print("URL", skate.init().dashboard_url)
+        """)
+    assert f"URL {link}" in joined.stdout
+    assert any(e["kind"] == "dashboard" for e in cli.started())
+    cli.run("stop")
+    wait_for(lambda: not any(e["kind"] == "dashboard" for e in cli.started()), 30)
+    env = {k: v for k, v in cli.env.items() if k != "SKATE_INCLUDE_DASHBOARD"}
+    out = subprocess.run([*SKATE, "start", "--head", "--port", "0", "--num-cpus", "1"], capture_output=True,
+                         text=True, timeout=120, env=env)
+    cli.note()
+    assert out.returncode == 0 and "dashboard:" in out.stdout, out.stdout + out.stderr
+    none = cli.run("start", "--head", "--port", "0", "--num-cpus", "1", "--include-dashboard=false",
+                   SKATE_INCLUDE_DASHBOARD="1")
+    assert "dashboard:" not in none.stdout
+
+
+def test_dashboard_flags_apply_to_a_head_only(cli):
+    head = cli.head()
+    for flag in (["--include-dashboard=true"], ["--dashboard-port", "8265"], ["--dashboard-host", "127.0.0.1"]):
+        out = cli.run("start", "--address", head, *flag, check=False)
+        assert out.returncode != 0 and "applies to a head" in out.stderr, out.stderr
 
 
 def test_port_is_rejected_for_a_joining_node(cli):
@@ -390,7 +433,7 @@ def test_wrong_token_is_a_one_line_error(cli):
 
 
 def test_unknown_ray_verbs_are_not_faked(cli):
-    for verb in ("logs", "job", "memory", "stack"):
+    for verb in ("up", "attach", "exec", "kuberay"):
         out = cli.run(verb, check=False)
         assert out.returncode == 2 and "No such command" in out.stderr
 
@@ -550,3 +593,22 @@ def test_list_summary_and_timeline(cli, tmp_path):
     assert len([e for e in json.loads(trace.read_text()) if e["name"] == "square"]) == 3
     bad = cli.run("list", "tasks", "--filter", "nonsense", check=False)
     _one_line_error(bad, "key=value")
+
+
+def test_list_placement_groups_and_status_shows_waiting_ones(cli):
+    address = cli.head()
+    cli.driver(
+        f"""
+        import skate
+        from skate.util import placement_group
+        skate.init(address="{address}")
+        assert placement_group([{{"CPU": 1}}], name="kept", lifetime="detached").wait(30)
+        placement_group([{{"CPU": 1000}}], name="huge", lifetime="detached")
+        skate.shutdown()
+        """
+    )
+    rows = json.loads(cli.run("list", "placement-groups", "--format", "json").stdout)
+    assert sorted((r["name"], r["state"]) for r in rows) == [("huge", "PENDING"), ("kept", "CREATED")]
+    status = cli.run("status").stdout
+    assert "placement groups waiting:" in status and "'huge' PACK" in status and "infeasible" in status
+    assert "_group_" not in status.split("demands:")[0]  # bundle resources are not listed as node resources

@@ -38,10 +38,10 @@ OPTIONS: dict[str, dict[str, tuple]] = {
         "enable_task_events": (H, "test_options::test_enable_task_events_is_accepted_either_way"),
         "accelerator_type": ("rejected", "A100"),
         "object_store_memory": ("rejected", 1024),
-        "runtime_env": ("rejected", {"env_vars": {"A": "1"}}),
-        "placement_group": ("rejected", object()),
-        "placement_group_bundle_index": ("rejected", 0),
-        "placement_group_capture_child_tasks": ("rejected", True),
+        "runtime_env": (H, "runtime_env.test_runtime_env::test_env_vars_job_and_task_merge_like_ray"),
+        "placement_group": (H, "util.test_placement_group::test_tasks_and_actors_run_in_their_bundle"),
+        "placement_group_bundle_index": (H, "util.test_placement_group::test_tasks_and_actors_run_in_their_bundle"),
+        "placement_group_capture_child_tasks": (H, "util.test_placement_group::test_capture_child_tasks"),
         "label_selector": ("rejected", {"zone": "a"}),
         "fallback_strategy": ("rejected", [{"label_selector": {"zone": "b"}}]),
         "_labels": ("rejected", {"a": "b"}),
@@ -66,13 +66,13 @@ OPTIONS: dict[str, dict[str, tuple]] = {
         "concurrency_groups": (H, "actors.test_actor_concurrency::test_threaded_groups_do_not_block_each_other"),
         "allow_out_of_order_execution": (H, "actors.test_actor_concurrency::test_out_of_order_calls_do_not_wait_for_earlier_arguments"),
         "enable_tensor_transport": ("rejected", True),
-        "_actor_generator_backpressure_num_objects": ("rejected", 2),
+        "_actor_generator_backpressure_num_objects": (H, "actors.test_actor_generators::test_backpressure_on_an_actor_method"),
         "accelerator_type": ("rejected", "A100"),
         "object_store_memory": ("rejected", 1024),
-        "runtime_env": ("rejected", {"env_vars": {"A": "1"}}),
-        "placement_group": ("rejected", object()),
-        "placement_group_bundle_index": ("rejected", 0),
-        "placement_group_capture_child_tasks": ("rejected", True),
+        "runtime_env": (H, "runtime_env.test_runtime_env::test_actor_runtime_env_and_nested_tasks_inherit"),
+        "placement_group": (H, "util.test_placement_group::test_tasks_and_actors_run_in_their_bundle"),
+        "placement_group_bundle_index": (H, "util.test_placement_group::test_tasks_and_actors_run_in_their_bundle"),
+        "placement_group_capture_child_tasks": (H, "util.test_placement_group::test_capture_child_tasks"),
         "label_selector": ("rejected", {"zone": "a"}),
         "fallback_strategy": ("rejected", [{"label_selector": {"zone": "b"}}]),
         "_labels": ("rejected", {"a": "b"}),
@@ -83,7 +83,7 @@ OPTIONS: dict[str, dict[str, tuple]] = {
         "concurrency_group": (H, "actors.test_actor_concurrency::test_call_options_pick_the_group"),
         "max_task_retries": (H, "actors.test_actor_restart::test_retry_exceptions_per_class_and_per_method"),
         "retry_exceptions": (H, "actors.test_actor_restart::test_retry_exceptions_per_class_and_per_method"),
-        "_generator_backpressure_num_objects": ("rejected", 2),
+        "_generator_backpressure_num_objects": (H, "actors.test_actor_generators::test_backpressure_on_an_actor_method"),
         "_num_objects_per_yield": ("rejected", 2),
         "tensor_transport": ("rejected", "nccl"),
     },
@@ -101,12 +101,12 @@ OPTIONS: dict[str, dict[str, tuple]] = {
         "namespace": (H, "test_options::test_init_namespace"),
         "labels": ("rejected", {"zone": "a"}),
         "local_mode": ("rejected", True),
-        "include_dashboard": ("rejected", True),
-        "dashboard_host": ("rejected", "0.0.0.0"),
-        "dashboard_port": ("rejected", 8265),
+        "include_dashboard": (H, "dashboard.test_dashboard::test_include_dashboard_false_starts_no_dashboard"),
+        "dashboard_host": (H, "dashboard.test_dashboard::test_dashboard_host_and_port"),
+        "dashboard_port": (H, "dashboard.test_dashboard::test_dashboard_host_and_port"),
         "job_config": ("rejected", object()),
         "logging_config": ("rejected", object()),
-        "runtime_env": ("rejected", {"env_vars": {"A": "1"}}),
+        "runtime_env": (H, "runtime_env.test_runtime_env::test_job_working_dir_reaches_every_task_and_actor"),
         "enable_resource_isolation": ("rejected", True),
         "cgroup_path": ("rejected", "/sys/fs/cgroup/x"),
         "system_reserved_cpu": ("rejected", 1.0),
@@ -208,15 +208,17 @@ def test_unknown_init_keyword_is_a_type_error():
         skate.init(not_a_keyword=1)
 
 
-def test_runtime_env_is_never_silently_ignored(ray_start):
+def test_runtime_env_fields_skate_lacks_are_never_silently_ignored(ray_start):
     @skate.remote
     def f():
         return 1
 
-    with pytest.raises(NotImplementedError, match="runtime_env"):
-        f.options(runtime_env={"env_vars": {"A": "1"}}).remote()
-    with pytest.raises(NotImplementedError, match="runtime_env"):
-        f._remote(runtime_env={"working_dir": "."})
+    with pytest.raises(NotImplementedError, match="runtime_env field 'pip'"):
+        f.options(runtime_env={"pip": ["requests"]}).remote()
+    with pytest.raises(NotImplementedError, match="runtime_env field 'conda'"):
+        f._remote(runtime_env={"conda": "myenv"})
+    with pytest.raises(NotImplementedError, match="serialized_runtime_env_info"):
+        f._remote(serialized_runtime_env_info="{}")
     # An empty one asks for nothing.
     assert skate.get(f.options(runtime_env={}).remote()) == 1
 

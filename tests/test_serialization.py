@@ -127,6 +127,25 @@ def test_layout_roundtrip(value):
         assert out == value
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["just a string", np.arange(12345, dtype=np.int16), [np.arange(i + 1, dtype=np.float32) for i in range(5)]],
+    ids=["no-buffers", "one-buffer", "many-odd-sizes"],
+)
+def test_layout_pieces_write_the_same_layout(value):
+    data, bufs, _ = ser.dumps(value)
+    size = ser.layout_size(data, bufs)
+    want = bytearray(size)
+    ser.write_layout(memoryview(want), data, bufs)
+    got = bytearray(b"\xee" * size)  # a reused region: the padding may hold anything
+    for off, piece in ser.layout_pieces(data, bufs):
+        assert off + piece.nbytes <= size
+        got[off : off + piece.nbytes] = piece
+    d1, b1 = ser.read_layout(memoryview(want))
+    d2, b2 = ser.read_layout(memoryview(got))
+    assert bytes(d1) == bytes(d2) and [bytes(b) for b in b1] == [bytes(b) for b in b2]
+
+
 def test_layout_buffers_are_aligned_and_zero_copy():
     value = [np.arange(n, dtype=np.uint8) for n in (1, 63, 64, 65, 1000)]
     data, bufs, _ = ser.dumps(value)

@@ -11,9 +11,11 @@ from typing import Any
 
 from skate._private import (
     cancellation,
+    dashboard_launch,
     discovery,
     error_log,
     hostaddr,
+    init_context,
     init_options,
     node,
     private_paths,
@@ -26,6 +28,8 @@ from skate._private.fetch_local import make_local
 log = logging.getLogger(__name__)
 
 _head: dict | None = None
+#: The dashboard link of the cluster this process joined (None: none).
+_dashboard_url: str | None = None
 
 
 def is_initialized() -> bool:
@@ -83,18 +87,30 @@ def init(
         log_to_driver: Print worker output on this process's stdout/stderr
             (default True).
         namespace: Namespace for named actors (default: a fresh one per job).
+        runtime_env: The job's runtime environment (``env_vars``, ``working_dir``,
+            ``py_modules``, ``excludes``, ``config``; see the README): every task
+            and actor of the job runs in it, merged with their own like Ray.
+            Local folders are packed and uploaded here.
         kwargs: ``redis_address`` (old name of ``address``); skate's own
             ``_memory`` (memory resource of the local node, bytes) and
             ``_token`` (the cluster token, hex); and, only at values that
             change nothing, the old keywords of early Ray releases.
 
     The other keywords exist for Ray programs: given a value that asks for
-    something skate does not do (a dashboard, node labels, ``local_mode``, a
-    ``runtime_env``, resource isolation, ...), ``init`` raises
+    something skate does not do (node labels, ``local_mode``, resource
+    isolation, ...), ``init`` raises
     ``NotImplementedError`` naming it rather than ignoring it.
 
     Returns:
-        The runtime context of the driver.
+        A ``RayContext`` (follows Ray's): ``dashboard_url`` (the dashboard
+        link, with its credential; None without a dashboard),
+        ``address_info``, and the driver's runtime context's accessors;
+        ``with skate.init(): ...`` shuts down at the end of the block.
+
+    Dashboard (follows Ray's defaults): ``include_dashboard=None`` starts one
+    with a new cluster when ``skate[dashboard]`` is installed; it listens on
+    ``dashboard_host`` (127.0.0.1) port ``dashboard_port`` (default 8265, or
+    any free port when that one is taken).  The link is logged at INFO.
 
     Raises:
         RuntimeError: when already initialized (unless ``ignore_reinit_error``).
@@ -104,31 +120,42 @@ def init(
             joining an existing cluster.
         UnsafePathError: (a RuntimeError) when skate's temp folder, a cluster
             record or a token file could be changed by another local user.
-        NotImplementedError: for a keyword value skate does not honour.
+        NotImplementedError: for a keyword value skate does not honour (and a
+            runtime_env field such as ``pip``).
         TypeError: for an unknown keyword.
+        RuntimeEnvSetupError: the runtime_env's local paths could not be packed.
     """
     address, memory, token_hex = init_options.check(
         address,
         {
-            "labels": labels, "local_mode": local_mode, "include_dashboard": include_dashboard,
-            "dashboard_host": dashboard_host, "dashboard_port": dashboard_port, "job_config": job_config,
-            "logging_config": logging_config, "runtime_env": runtime_env,
+            "labels": labels, "local_mode": local_mode, "job_config": job_config,
+            "logging_config": logging_config,
             "enable_resource_isolation": enable_resource_isolation, "cgroup_path": cgroup_path,
             "system_reserved_cpu": system_reserved_cpu, "system_reserved_memory": system_reserved_memory,
             "proxy_server_url": proxy_server_url,
         },
         kwargs,
     )
+    if runtime_env:
+        from skate._private.runtime_env import spec as renv_spec
+
+        runtime_env = renv_spec.validate(runtime_env)
     if configure_logging:
         init_options.configure_logging(logging_level, logging_format)
     if log_to_driver is None:
         log_to_driver = True
-    global _head
+    global _head, _dashboard_url
     if is_initialized():
         if ignore_reinit_error:
-            return get_runtime_context()
+            return init_context.RayContext(runtime.current(), _dashboard_url, shutdown)
         raise RuntimeError("skate.init() was already called; call shutdown() first, or pass ignore_reinit_error=True")
     address = discovery.resolve_address(address)
+    if address is not None:
+        init_options.check_dashboard_join(include_dashboard, dashboard_host, dashboard_port)
+    listener = None
+    if address is None and dashboard_launch.want(include_dashboard, "init(include_dashboard=True)"):
+        listener = dashboard_launch.bind(dashboard_host, dashboard_port)
+
     def load_runtime() -> None:
         # Imported while the daemons boot, on the other core.
         import skate._private.core_worker  # noqa: F401
@@ -136,17 +163,25 @@ def init(
     if address is None:
         if num_cpus is not None and num_cpus < 0:
             raise ValueError("num_cpus must be non-negative")
-        _head = node.start_head(
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            resources=resources,
-            object_store_memory=object_store_memory,
-            memory=memory,
-            while_starting=load_runtime,
-        )
+        try:
+            _head = node.start_head(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                resources=resources,
+                object_store_memory=object_store_memory,
+                memory=memory,
+                while_starting=load_runtime,
+            )
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            raise
         token = _head["token"]
         session_dir = _head["session_dir"]
         raylet_addr = _head["raylet"]["uds"]
+        if listener is not None:
+            proc, _head["dashboard"] = dashboard_launch.start(_head, listener)
+            _head["processes"].append(proc)
     else:
         if num_cpus is not None or num_gpus is not None or resources is not None or object_store_memory is not None or memory is not None:
             raise ValueError(
@@ -169,14 +204,21 @@ def init(
         raise
     runtime.set_current(core)
     try:
-        core.job_id = core.gcs_call("new_job", {"driver_pid": os.getpid(), "namespace": core.namespace})
+        core.job_id = core.gcs_call("new_job", {"driver_pid": os.getpid(), "namespace": core.namespace,
+                                              "address": core.address})
         # Node deaths: tasks on a node that is cut off are retried elsewhere.
         core.gcs_call("subscribe", ["logs", "node"] if log_to_driver else ["node"])
+        if runtime_env:  # the job's: packed and uploaded now, like Ray
+            from skate._private.runtime_env import submit as renv_submit
+
+            renv_submit.set_job_env(core, runtime_env)
     except Exception:
         shutdown()
         raise
     atexit.register(shutdown)
-    return get_runtime_context()
+    ctx = init_context.announce(core, token, _head, shutdown)
+    _dashboard_url = ctx.dashboard_url
+    return ctx
 
 
 def _find_cluster(address: str, token_hex: str | None) -> tuple[bytes, str, Any]:

@@ -315,6 +315,27 @@ for _name, _fn, _kw in [
 
 
 
+# ------------------------------------------------------ placement groups
+
+PG_CUSTOM = 100.0  # units of the "custom" resource every run's init() gives the node
+
+
+@_workload("placement_group_create/removal", "groups/s")
+def _pg_create_removal(ray: Any, b: Bench) -> float:
+    """100 single-bundle groups of a custom resource: created, waited for, removed (Ray's workload)."""
+    util = importlib.import_module(ray.__name__ + ".util")
+
+    def step() -> None:
+        pgs = [util.placement_group(bundles=[{"custom": 0.001}]) for _ in range(100)]
+        for pg in pgs:
+            if not pg.wait(timeout_seconds=30):
+                raise AssertionError("a placement group was not created within 30 s")
+        for pg in pgs:
+            util.remove_placement_group(pg)
+
+    return b.rate(step, 100)
+
+
 # ------------------------------------------------------ DAGs and compiled graphs
 
 

@@ -150,7 +150,7 @@ def stop_started(force: bool, grace_s: float) -> int:
     order = {"supervisor": 0, "raylet": 1, "gcs": 2}
     known.sort(key=lambda e: order.get(e.get("kind", "raylet"), 1))
     count = sum(1 for e in known if _live(e) is not None)
-    for kind in ("supervisor", "raylet", "gcs"):
+    for kind in ("supervisor", "dashboard", "raylet", "gcs"):
         procs = [p for e in known if e.get("kind", "raylet") == kind and (p := _live(e)) is not None]
         for p in procs:
             try:
@@ -232,7 +232,8 @@ def cluster_status(address: str | None) -> dict:
         for shape, infeasible in stats.get("demands", ()):
             key = (json.dumps(shape, sort_keys=True), bool(infeasible))
             demands[key] = demands.get(key, 0) + 1
-    return {"gcs_address": gcs_address, "nodes": nodes, "demands": demands}
+    groups = discovery.request(gcs_address, target.token, "list_placement_groups", expect=wire.GCS_IDENTITY)
+    return {"gcs_address": gcs_address, "nodes": nodes, "demands": demands, "placement_groups": groups}
 
 
 def format_status(st: dict) -> list[str]:
@@ -255,7 +256,7 @@ def format_status(st: dict) -> list[str]:
                 free[k] = free.get(k, 0.0) + v
     out.append("resources (used / total):")
     for k in sorted(total):
-        if k.startswith("node:") or total[k] <= 0:
+        if k.startswith("node:") or total[k] <= 0 or "_group_" in k:  # (placement groups: below)
             continue
         used = total[k] - max(free.get(k, 0.0), 0.0)
         if k in ("memory", "object_store_memory"):
@@ -268,6 +269,13 @@ def format_status(st: dict) -> list[str]:
     for (shape, infeasible), count in sorted(st["demands"].items(), key=lambda kv: kv[0]):
         what = "infeasible (no node has that much; waits for one that fits)" if infeasible else "pending"
         out.append(f"  {shape}: {count} {what}")
+    waiting = [g for g in st.get("placement_groups", ()) if g["state"] in ("PENDING", "RESCHEDULING")]
+    if waiting:
+        out.append("placement groups waiting:")
+    for g in waiting:
+        what = "infeasible (no set of nodes can hold it; waits for nodes that fit)" if g["infeasible"] else g["state"].lower()
+        name = f" {g['name']!r}" if g["name"] else ""
+        out.append(f"  {g['pg_id'].hex()}{name} {g['strategy']} {g['bundles']}: {what}")
     return out
 
 

@@ -82,6 +82,10 @@ class Config:
     #: Task records an owner keeps to rebuild lost shared-memory results
     #: (each pins the task's arguments while a result is referenced).
     max_lineage_entries: int = 10000
+    #: Whether a new cluster (``init()``, ``skate start --head``) gets a
+    #: dashboard when ``include_dashboard`` is not given: "" when
+    #: ``skate[dashboard]`` is installed (Ray's default), "0" never, "1" always.
+    include_dashboard: str = ""
 
     @classmethod
     def from_env(cls) -> Config:

@@ -83,3 +83,22 @@ class WorkerID(BaseID):
 
 class ObjectID(BaseID):
     """Identifies an object."""
+
+
+class PlacementGroupID(BaseID):
+    """Identifies a placement group (18 bytes, like Ray's)."""
+
+    @classmethod
+    def from_random(cls) -> PlacementGroupID:
+        """A fresh random id."""
+        return cls(new_id(18))
+
+    @classmethod
+    def from_hex(cls, hex_id: str) -> PlacementGroupID:
+        """The id with this hex form."""
+        return cls(bytes.fromhex(hex_id))
+
+    @classmethod
+    def nil(cls) -> PlacementGroupID:
+        """The empty id."""
+        return cls(bytes(18))

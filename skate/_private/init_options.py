@@ -16,12 +16,8 @@ from typing import Any
 _RAY_KEYWORDS: dict[str, tuple[Any, str]] = {
     "labels": (lambda v: not v, "node labels are not implemented"),
     "local_mode": (lambda v: not v, "local_mode is not implemented (tasks always run in worker processes)"),
-    "include_dashboard": (lambda v: not v, "skate has no dashboard"),
-    "dashboard_host": (lambda v: v == "127.0.0.1", "skate has no dashboard"),
-    "dashboard_port": (lambda v: v is None, "skate has no dashboard"),
     "job_config": (lambda v: v is None, "JobConfig is not implemented"),
     "logging_config": (lambda v: v is None, "LoggingConfig is not implemented; use logging_level/logging_format"),
-    "runtime_env": (lambda v: not v, "runtime_env is not supported yet"),
     "enable_resource_isolation": (lambda v: not v, "resource isolation (cgroups) is not implemented"),
     "cgroup_path": (lambda v: v is None, "resource isolation (cgroups) is not implemented"),
     "system_reserved_cpu": (lambda v: v is None, "resource isolation (cgroups) is not implemented"),
@@ -91,6 +87,19 @@ def check(address: str | None, ray_keywords: dict, kwargs: dict) -> tuple[str | 
                 f"accepts only as {' or '.join(repr(v) for v in legacy)}."
             )
     return address, memory, token
+
+
+def check_dashboard_join(include_dashboard: bool | None, host: str, port: int | None) -> None:
+    """Dashboard keywords when joining a running cluster: its head has (or has not) a dashboard already.
+
+    Raises:
+        ValueError: asking for a dashboard, a host or a port (give them to ``skate start --head``).
+    """
+    if include_dashboard or host != "127.0.0.1" or port is not None:
+        raise ValueError(
+            "include_dashboard, dashboard_host and dashboard_port apply to a new cluster; when connecting to "
+            "an existing one, give them to `skate start --head` instead"
+        )
 
 
 _HANDLER_NAME = "skate-init"

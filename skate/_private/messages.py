@@ -14,13 +14,15 @@ millions of times; each is documented where it is declared.
 
 Who serves what::
 
-    control store  register_node heartbeat get_nodes drain_node subscribe publish new_job gcs_info
-                   register_actor update_actor get_actor get_named_actor list_actors
+    control store  register_node heartbeat get_nodes drain_node subscribe publish new_job gcs_info gcs_stats
+                   register_actor schedule_actor update_actor get_actor get_named_actor list_actors
                    list_named_actors kv_put kv_get kv_del kv_keys ping task_events
-                   list_task_events list_jobs
+                   list_task_events list_jobs report_waits list_waits; job_* (``job_messages``)
+                   (node daemon: list_workers log_list log_read; core worker: list_refs
+                   dump_stack: ``state_messages``); placement groups (``messages_pg``)
     node daemon    request_lease return_lease lease_blocked lease_unblocked worker_exit_info
                    kill_worker register_worker register_client node_stats obj_reserve
-                   obj_seal obj_get obj_unmapped obj_fetch obj_write obj_read obj_free flush_logs
+                   obj_seal obj_get obj_get_many obj_unmapped obj_fetch obj_write obj_read obj_free flush_logs
                    pub shutdown (from the control store)
     core worker    push_task create_actor actor_call cancel_task release_held exit_now hello
                    gen_item gen_ack
@@ -32,6 +34,10 @@ from __future__ import annotations
 from typing import Any, TypedDict, Union
 
 import msgspec
+
+from skate._private.job_messages import JOB_REQUESTS
+from skate._private.messages_pg import PG_REQUESTS
+from skate._private.state_messages import STATE_REQUESTS
 
 Number = Union[int, float]
 Resources = dict[str, Number]
@@ -95,10 +101,16 @@ class _NewJobRequired(TypedDict):
 
 class NewJob(_NewJobRequired, total=False):
     job_id: int  # a driver reattaching to its job after a control-store restart
+    address: Address  # the driver's core worker (``skate memory``/``stack`` ask it)
 
 
 class GcsInfo(TypedDict):
     durable: bool  # the tables outlive the control store (clients wait for its restart)
+
+
+class GcsStats(TypedDict):
+    received: int  # requests and notifications the control store handled since it started
+    published: int  # pub/sub messages it sent to subscribers since it started
 
 
 class RegisterActor(TypedDict):
@@ -112,6 +124,26 @@ class RegisterActor(TypedDict):
     owner: Address
     job_id: int
     max_restarts: int
+
+
+class ScheduleActor(TypedDict):
+    """A registered actor handed to the control store to create (buffers: the
+    pickled class, then the constructor's argument buffers)."""
+
+    actor_id: bytes
+    spec: Any  # the creation's TaskSpec (see below), arguments resolved
+    lease: Any  # the LeaseRequest for its worker
+    via: Union[bytes, None]  # the node whose daemon is asked first (the owner's)
+
+
+class ScheduleActorReply(TypedDict, total=False):
+    """The first incarnation is up (``actor``: its record), or why not (error buffers
+    follow when the constructor raised)."""
+
+    ok: bool
+    actor: Any
+    cause: str
+    unschedulable: bool
 
 
 class _ActorUpdateRequired(TypedDict):
@@ -129,6 +161,7 @@ class ActorUpdate(_ActorUpdateRequired, total=False):
     worker_id: bytes  # with cause_if_unset: the worker that exited (ignored if the actor moved on)
     pid: Union[int, None]
     num_restarts: int  # the incarnation: 0 first, +1 per restart
+    kill: bool  # (with DEAD) end its process too, even while its constructor runs
 
 
 class ActorRecord(RegisterActor, total=False):
@@ -182,6 +215,8 @@ class LeaseRequest(_LeaseRequestRequired, total=False):
     actor_id: Union[bytes, None]  # set when the worker is for an actor
     detached: bool
     no_spill: bool  # grant here or wait: do not point elsewhere
+    runtime_env: dict[str, Any]  # resolved runtime_env (package URIs): workers are started with it
+    job: int  # the submitter's job: a worker serves one job
 
 
 class Spillback(TypedDict):
@@ -201,6 +236,7 @@ class LeaseReply(TypedDict, total=False):
     pid: int
     spill: Spillback
     unschedulable: str
+    env_error: str  # the runtime_env could not be set up on the node
 
 
 class LeaseRef(TypedDict):
@@ -265,6 +301,7 @@ class NodeStats(TypedDict):
     pids: list[int]
     demands: list[Any]  # queued lease requests: [[resources, infeasible], ...]
     owners: int  # processes whose objects this node stores
+    host: dict[str, Any]  # cpu_percent, cpu_count, mem_total, mem_used (bytes) of the node's host
 
 
 # --- objects (node daemon) ---------------------------------------------------------------
@@ -285,6 +322,13 @@ class ObjRef(TypedDict):
 class ObjGet(TypedDict):
     oid: bytes
     node_id: Union[bytes, None]  # where the primary copy is, to pull it from
+
+
+class ObjGetMany(TypedDict):
+    """``obj_get`` for many objects in one round trip (one ``get`` of many refs)."""
+
+    oids: list[bytes]
+    node_ids: list[Union[bytes, None]]  # per oid: where its primary copy is
 
 
 class _ObjFetchRequired(TypedDict):
@@ -335,6 +379,8 @@ class TaskSpec(_TaskSpecRequired, total=False):
     rs: int  # the restart this creation is (0: first creation)
     cgs: dict[str, int]  # concurrency groups: name -> max concurrency (creation)
     cg: str  # the concurrency group of an actor call (absent: the default group)
+    pg: list[Any]  # [placement group id, bundle index, capture child tasks] when run in one
+    gc: bool  # (creation) sent by the control store: the actor does not end with this connection
 
 
 class TaskReply(TypedDict, total=False):
@@ -384,29 +430,7 @@ class CancelTask(_CancelTaskRequired, total=False):
 
 class ExitNow(TypedDict, total=False):
     graceful: bool
-
-
-class TaskEvent(TypedDict, total=False):
-    """What a worker reports about a task it runs (see ``core_worker/task_events``)."""
-
-    task_id: bytes
-    name: str
-    func: str  # the function's qualified name
-    state: str  # RUNNING, FINISHED or FAILED
-    job_id: int
-    node_id: bytes
-    worker_id: bytes
-    pid: int
-    actor_id: bytes
-    start: Union[float, None]  # seconds since the epoch
-    end: Union[float, None]
-    error_type: str
-    error_message: str
-
-
-class ListTaskEvents(TypedDict, total=False):
-    filters: list[Any]  # [[key, "=" or "!=", value], ...]
-    limit: Union[int, None]
+    cause: str  # (graceful) why, for the actor's record in the control store
 
 
 class JobRecord(TypedDict, total=False):
@@ -416,6 +440,7 @@ class JobRecord(TypedDict, total=False):
     start: float
     end: Union[float, None]
     alive: bool
+    address: Address  # the driver's core worker
 
 
 #: ``[state, node_id, size]`` of an object, or None when the owner freed it.
@@ -435,7 +460,9 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "publish": (tuple[str, Any], Any),
     "new_job": (NewJob, int),
     "gcs_info": (None, GcsInfo),
+    "gcs_stats": (None, GcsStats),
     "register_actor": (RegisterActor, bool),
+    "schedule_actor": (ScheduleActor, ScheduleActorReply),
     "update_actor": (ActorUpdate, None),
     "get_actor": (GetActor, Union[ActorRecord, None]),
     "get_named_actor": (GetNamedActor, Union[ActorRecord, None]),
@@ -446,8 +473,6 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "kv_del": (tuple[Any, Any], bool),
     "kv_keys": (tuple[Any, Any], list[Any]),
     "ping": (Any, str),
-    "task_events": (list[TaskEvent], None),
-    "list_task_events": (ListTaskEvents, list[TaskEvent]),
     "list_jobs": (None, list[JobRecord]),
     # node daemon
     "pub": (tuple[str, Any], None),
@@ -464,6 +489,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "obj_reserve": (ObjReserve, str),
     "obj_seal": (ObjRef, None),
     "obj_get": (ObjGet, str),
+    "obj_get_many": (ObjGetMany, list[Union[str, None]]),  # None: ask for that one with obj_get
     "obj_unmapped": (list[bytes], None),
     "obj_fetch": (ObjFetch, Union[bool, int]),
     "obj_write": (ObjRef, bool),  # payload: the object's layout (a driver with no node on its host)
@@ -484,10 +510,14 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "borrow_add": (list[bytes], bool),
     "borrow_remove": (list[bytes], None),
     "get_object": (tuple[bytes, bool], ObjectMeta),
+    **PG_REQUESTS,  # placement groups (messages_pg)
     # [object id, node its copy was lost on] -> [state, node_id, size] (+ the value's
     # buffers unless in shared memory), or ["lost", error class name, message]
     "reconstruct_object": (tuple[bytes, Union[bytes, None]], list[Any]),
 }
+
+REQUESTS.update(JOB_REQUESTS)
+REQUESTS.update(STATE_REQUESTS)
 
 _UNTYPED = msgspec.msgpack.Decoder()
 _REQUEST_DECODERS = {m: msgspec.msgpack.Decoder(req) for m, (req, _) in REQUESTS.items()}

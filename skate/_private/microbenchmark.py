@@ -213,7 +213,7 @@ def run_worker(framework: str, names: list[str], duration: float, num_cpus: int)
         return 0
     try:
         ray = importlib.import_module(framework)
-        ray.init(num_cpus=num_cpus)
+        ray.init(num_cpus=num_cpus, resources={"custom": _W.PG_CUSTOM})
     except Exception as e:
         traceback.print_exc()
         error = "init failed: " + _one_line(e)

@@ -36,6 +36,10 @@ _TYPES: dict[str, tuple] = {
     "get_if_exists": (bool,),
     "enable_task_events": (bool,),
     "lifetime": (str, _NONE),
+    "_generator_backpressure_num_objects": (int, _NONE),
+    "_actor_generator_backpressure_num_objects": (int, _NONE),
+    "placement_group_bundle_index": (int,),
+    "placement_group_capture_child_tasks": (bool, _NONE),
 }
 
 _COMMON = {
@@ -77,15 +81,10 @@ def _empty(v: Any) -> bool:
 _UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "accelerator_type": (_empty, "accelerator types are not tracked by skate's nodes"),
     "object_store_memory": (_empty, "per-task/actor object store reservations are not implemented"),
-    "runtime_env": (_empty, "runtime_env is not supported yet"),
-    "placement_group": (lambda v: v is None or v == "default", "placement groups are not implemented"),
-    "placement_group_bundle_index": (lambda v: v == -1, "placement groups are not implemented"),
-    "placement_group_capture_child_tasks": (lambda v: not v, "placement groups are not implemented"),
     "label_selector": (_empty, "node labels are not implemented"),
     "fallback_strategy": (_empty, "node labels are not implemented"),
     "_labels": (_empty, "task labels are not implemented"),
     "_num_objects_per_yield": (lambda v: v is None or v == 1, "generator tasks are not supported yet"),
-    "_actor_generator_backpressure_num_objects": (lambda v: v is None, "generator tasks are not supported yet"),
     "enable_tensor_transport": (lambda v: not v, "tensor transports are not implemented"),
     "tensor_transport": (lambda v: v is None or str(v).lower() == "object_store", "tensor transports are not implemented"),
 }
@@ -189,6 +188,13 @@ def validate(options: dict, actor: bool, in_options: bool = False) -> dict:
         raise ValueError("The actor name must be specified to use `get_if_exists`.")
     if "scheduling_strategy" in out:
         strategy_of(out)
+    if out.get("runtime_env"):
+        from skate._private.runtime_env import spec
+
+        out["runtime_env"] = spec.validate(out["runtime_env"]) or None
+    pg = out.get("placement_group", "default")
+    if pg is not None and pg != "default" and type(pg).__name__ != "PlacementGroup":
+        raise TypeError(f"placement_group must be a PlacementGroup, 'default' or None, not {pg!r}")
     check_supported(out)
     return out
 
@@ -215,11 +221,9 @@ def validate_method(options: dict) -> dict:
     nr = out.get("num_returns")
     if nr is not None and nr not in ("streaming", "dynamic") and (not isinstance(nr, int) or nr < 0):
         raise ValueError(f"num_returns must be a non-negative integer, 'streaming' or 'dynamic', not {nr!r}")
-    if nr in ("streaming", "dynamic") or out.get("_generator_backpressure_num_objects") is not None:
-        raise not_supported(
-            f"the option num_returns={nr!r} / _generator_backpressure_num_objects on actor methods",
-            "generator actor methods are not supported yet (generator tasks are)",
-        )
+    bp = out.get("_generator_backpressure_num_objects")
+    if bp is not None and (not isinstance(bp, int) or isinstance(bp, bool) or bp < -1):
+        raise ValueError(f"_generator_backpressure_num_objects must be an int (-1 or 0: no limit), not {bp!r}")
     if out.get("retry_exceptions") is not None:
         check_retry_exceptions(out["retry_exceptions"])
     mtr = out.get("max_task_retries")
@@ -250,8 +254,11 @@ def strategy_of(options: dict) -> Any:
     """The wire form of a scheduling strategy.
 
     Raises:
-        NotImplementedError: for a placement-group or node-label strategy.
+        NotImplementedError: for a node-label strategy.
         ValueError: for anything else that is not a strategy.
+
+    A placement-group strategy is None here: the task or actor asks for its
+    bundle's resources instead (see ``placement``).
     """
     s = options.get("scheduling_strategy")
     if s is None or s == "DEFAULT":
@@ -259,8 +266,10 @@ def strategy_of(options: dict) -> Any:
     if s == "SPREAD":
         return "SPREAD"
     kind = type(s).__name__
-    if kind in ("PlacementGroupSchedulingStrategy", "NodeLabelSchedulingStrategy"):
-        raise not_supported(f"scheduling_strategy={kind}", "placement groups and node labels are not implemented")
+    if kind == "PlacementGroupSchedulingStrategy":
+        return None
+    if kind == "NodeLabelSchedulingStrategy":
+        raise not_supported(f"scheduling_strategy={kind}", "node labels are not implemented")
     node_id = getattr(s, "node_id", None)
     if node_id is not None:
         return ["node", node_id if isinstance(node_id, str) else node_id.hex(), bool(getattr(s, "soft", False))]

@@ -8,8 +8,9 @@ runs, ``skate::<ActorClass>`` once it hosts an actor and
 that run several calls at once (async actors, ``max_concurrency > 1``) keep
 ``skate::<ActorClass>``: no single call is "the" one running.
 
-Setting a title costs well under a microsecond (it rewrites the process's
-argv area), so the executor sets it around every task.
+Setting a title rewrites the process's argv area (about a microsecond), so a
+worker sets a call's title only when it differs from the one shown, and the
+idle title only when its loop is about to sleep.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ _DAEMONS = {
     "skate._private.gcs.supervisor": "gcs-supervisor",
     "skate._private.raylet.server": "raylet",
     "skate._private.raylet.zygote": "zygote",
+    "skate.dashboard.__main__": "dashboard",
 }
 
 
 def set_title(what: str) -> None:
     """Sets this process's title to ``skate::<what>``."""
+    global _shown
     if _set is not None:
+        _shown = what
         _set(PREFIX + what)
 
 
@@ -61,16 +65,35 @@ def call_title(spec: dict, actor_name: str) -> str:
     return spec.get("n") or "task"
 
 
+_shown = ""  # the title last set by run_titled/settle (without the prefix)
+_idle = "IDLE"  # the title to show once the worker waits for work
+
+
 def run_titled(executor: Any, fn: Callable[[dict, list, Any], None], spec: dict, bufs: list, rep: Any) -> None:
     """Runs ``fn(spec, bufs, rep)`` (a task, actor creation or call) under its title.
 
-    Afterwards the title goes back to the actor's class name, or ``IDLE``.
+    The title goes back to the actor's class name, or ``IDLE``, when the
+    worker's loop next waits for work (``settle``): a worker that runs the
+    same function back to back sets no title between the calls.
     """
+    global _shown, _idle
     if _set is None:
         fn(spec, bufs, rep)
         return
-    _set(PREFIX + call_title(spec, executor.actor_name))
+    title = call_title(spec, executor.actor_name)
+    if title != _shown:
+        _shown = title
+        _set(PREFIX + title)
     try:
         fn(spec, bufs, rep)
     finally:
-        _set(PREFIX + (executor.actor_name or "IDLE"))
+        _idle = executor.actor_name or "IDLE"
+
+
+def settle() -> None:
+    """Shows the idle title if a call's title is still up (the worker's loop
+    calls this before it sleeps)."""
+    global _shown
+    if _shown != _idle and _set is not None:
+        _shown = _idle
+        _set(PREFIX + _idle)

@@ -156,6 +156,22 @@ def write_layout(mem: memoryview, data: bytes, bufs: list) -> None:
         off = _align(off + ln)
 
 
+def layout_pieces(data: bytes, bufs: list) -> list[tuple[int, memoryview]]:
+    """The layout ``write_layout`` makes, as ``(offset, bytes)`` pieces to write
+    at those offsets of a zero-filled or reused file (the gaps are padding)."""
+    n = len(bufs)
+    views = [memoryview(b).cast("B") for b in bufs]
+    head = bytearray(_HEAD.size + _ENTRY.size * n)
+    _HEAD.pack_into(head, 0, len(data), n)
+    off = _align(len(head) + len(data))
+    pieces: list[tuple[int, memoryview]] = []
+    for i, mv in enumerate(views):
+        _ENTRY.pack_into(head, _HEAD.size + _ENTRY.size * i, off, mv.nbytes)
+        pieces.append((off, mv))
+        off = _align(off + mv.nbytes)
+    return [(0, memoryview(head)), (len(head), memoryview(data)), *pieces]
+
+
 def read_layout(mem: memoryview) -> tuple[memoryview, list]:
     """The pickle data and buffers laid out in ``mem``, as views (no copy)."""
     dlen, n = _HEAD.unpack_from(mem, 0)

@@ -60,6 +60,7 @@ class ActorState(_State):
     pid: int | None = None
     death_cause: str | None = None
     is_detached: bool = False
+    num_restarts: int = 0
 
 
 @dataclasses.dataclass
@@ -76,13 +77,30 @@ class NodeState(_State):
 
 @dataclasses.dataclass
 class JobState(_State):
-    job_id: str
-    type: str  # DRIVER
-    status: str  # RUNNING or SUCCEEDED (the driver ended)
-    driver_pid: int
+    job_id: str | None  # the driver's; None for a submitted job whose entrypoint has not called init()
+    type: str  # DRIVER, or SUBMISSION for a job submitted with skate.job_submission
+    status: str  # a driver's: RUNNING or SUCCEEDED (it ended); a submission's: its JobStatus
+    driver_pid: int | None
     namespace: str | None
     start_time: int
     end_time: int | None = None
+    submission_id: str | None = None
+    entrypoint: str | None = None
+    message: str | None = None
+    error_type: str | None = None
+    driver_exit_code: int | None = None
+
+
+@dataclasses.dataclass
+class PlacementGroupState(_State):
+    placement_group_id: str
+    name: str
+    creator_job_id: str
+    state: str  # PENDING, CREATED, RESCHEDULING or REMOVED
+    strategy: str
+    bundles: list  # [{"bundle_id", "node_id", "unit_resources"}]
+    is_detached: bool = False
+    stats: dict | None = None
 
 
 def _job_hex(job: int) -> str:
@@ -153,7 +171,7 @@ def _actor(a: dict) -> ActorState:
         actor_id=a["actor_id"].hex(), class_name=a.get("class_name", ""), state=a.get("state", ""),
         job_id=_job_hex(a.get("job_id", 0)), name=a.get("name") or "", ray_namespace=a.get("namespace"),
         node_id=a["node_id"].hex() if a.get("node_id") else None, pid=a.get("pid"),
-        death_cause=a.get("cause"), is_detached=bool(a.get("detached")),
+        death_cause=a.get("cause"), is_detached=bool(a.get("detached")), num_restarts=a.get("num_restarts") or 0,
     )
 
 
@@ -191,17 +209,44 @@ def get_node(id: str, address: str | None = None, timeout: int = 30, _explain: b
     return found[0] if found else None
 
 
+def _pg(r: dict) -> PlacementGroupState:
+    return PlacementGroupState(
+        placement_group_id=r["pg_id"].hex(), name=r["name"], creator_job_id=_job_hex(r.get("job_id") or 0),
+        state=r["state"], strategy=r["strategy"], is_detached=bool(r["detached"]),
+        bundles=[
+            {"bundle_id": i, "node_id": n.hex() if n else None, "unit_resources": dict(b)}
+            for i, (b, n) in enumerate(zip(r["bundles"], r["nodes"], strict=True))
+        ],
+        stats={"end_to_end_creation_latency_ms": r["latency_ms"], "infeasible": r["infeasible"]},
+    )
+
+
+def list_placement_groups(address: str | None = None, filters: list | None = None, limit: int = DEFAULT_LIMIT,
+                          timeout: int = 30, detail: bool = False, raise_on_missing_output: bool = True,
+                          _explain: bool = False) -> list[PlacementGroupState]:
+    """The cluster's placement groups, removed ones included (follows Ray's ``list_placement_groups``)."""
+    return _filter([_pg(r) for r in _call("list_placement_groups", None, address)], filters, limit)
+
+
+def get_placement_group(id: str, address: str | None = None, timeout: int = 30,
+                        _explain: bool = False) -> PlacementGroupState | None:
+    """One placement group by its id (hex), or None (follows Ray's ``get_placement_group``)."""
+    found = _filter(list_placement_groups(address, limit=None), [("placement_group_id", "=", id)], None)
+    return found[0] if found else None
+
+
 def list_jobs(address: str | None = None, filters: list | None = None, limit: int = DEFAULT_LIMIT,
               timeout: int = 30, detail: bool = False, raise_on_missing_output: bool = True,
               _explain: bool = False) -> list[JobState]:
-    """The cluster's jobs: one per driver that connected (follows Ray's ``list_jobs``)."""
+    """The cluster's jobs: submitted ones, and drivers that connected by themselves (follows Ray's ``list_jobs``)."""
     jobs = [
         JobState(
-            job_id=_job_hex(j["job_id"]), type="DRIVER", status="RUNNING" if j.get("alive") else "SUCCEEDED",
-            driver_pid=j.get("driver_pid", 0), namespace=j.get("namespace"), start_time=int(j.get("start", 0) * 1000),
-            end_time=int(j["end"] * 1000) if j.get("end") else None,
+            job_id=j.get("job_id"), type=j.get("type", "SUBMISSION"), status=j["status"],
+            driver_pid=j.get("driver_pid"), namespace=j.get("driver_namespace"), start_time=j.get("start_time") or 0,
+            end_time=j.get("end_time"), submission_id=j.get("submission_id"), entrypoint=j.get("entrypoint"),
+            message=j.get("message"), error_type=j.get("error_type"), driver_exit_code=j.get("driver_exit_code"),
         )
-        for j in _call("list_jobs", None, address)
+        for j in _call("job_list", None, address)
     ]
     return _filter(jobs, filters, limit)
 
@@ -270,3 +315,16 @@ def timeline(filename: str | None = None) -> list | None:
             json.dump(events, f)
         return None
     return events
+
+
+# Shared with the other state modules (workers and objects, logs).
+gcs_request = _call
+apply_filters = _filter
+StateRecord = _State
+job_hex = _job_hex
+
+
+def get_job(id: str, address: str | None = None, timeout: int = 30, _explain: bool = False) -> JobState | None:
+    """One job by its driver's job id (hex) or its submission id, or None (follows Ray's ``get_job``)."""
+    found = [j for j in list_jobs(address, limit=None) if id in (j.job_id, j.submission_id)]
+    return found[0] if found else None

@@ -25,6 +25,9 @@ def main() -> None:
         worker_id=bytes.fromhex(env["SKATE_WORKER_ID"]),
     )
     executor = core.executor
+    from skate._private.runtime_env.submit import worker_env_of
+
+    core.runtime_env = worker_env_of(env)
     runtime.set_current(core)
     sys.stdout = OutputPrefixer(sys.stdout, core)
     sys.stderr = OutputPrefixer(sys.stderr, core)
@@ -35,7 +38,7 @@ def main() -> None:
     # asyncio's own loop here: with two uvloop loops in one (forked) worker, one
     # was seen closing a listening socket of the other when a peer failed the
     # handshake.
-    loop = asyncio.SelectorEventLoop(wire.SpinningSelector())
+    loop = asyncio.SelectorEventLoop(wire.SpinningSelector(on_sleep=proctitle.settle))
     asyncio.set_event_loop(loop)
     executor.exec_loop = loop
     exec_uds = os.path.join(core.session_dir, f"x-{core.worker_id.hex()[:16]}.sock")

@@ -31,7 +31,7 @@ from skate import exceptions as exc
 from skate._private import runtime
 from skate._private.cgraph import channel as ch
 from skate._private.cgraph import worker
-from skate._private.cgraph.plan import DRIVER, HELLO, ActorPlan
+from skate._private.cgraph.plan import DRIVER, ActorPlan
 from skate._private.config import CONFIG
 from skate._private.core_worker.actors import DEAD
 from skate.dag.compiled_dag_ref import CompiledDAGFuture, CompiledDAGRef
@@ -123,7 +123,8 @@ class CompiledDAG:
         infos = _get_all([h.__ray_call__.remote(worker.prepare, self._gid) for h in self._actors])
         addresses = dict(enumerate(infos))
         node_of = {i: a["node_id"] for i, a in addresses.items()}
-        node_of[DRIVER] = core.node_id
+        # A driver on a host with no node of its own shares no node with anyone.
+        node_of[DRIVER] = b"off-node" if getattr(core, "off_node", False) else core.node_id
         # 2. channels, with a shared-memory segment where a reader shares the writer's node
         prefix = f"{CONFIG.shm_prefix}-cg{self._gid.hex()[:16]}-"
         edges = plan_edges(shape, node_of, lambda eid: prefix + str(eid), self._buffer_size, self._max_inflight)
@@ -145,7 +146,7 @@ class CompiledDAG:
         inp = edges[INPUT]
         socks = []
         for r in inp.readers:
-            socks.append(self._dial(addresses[r], node_of[r] == core.node_id, r, inp.edge_id, deadline))
+            socks.append(self._dial(addresses[r], node_of[r] == node_of[DRIVER], r, inp.edge_id, deadline))
         shm = ch.shm_map(inp.shm, True) if inp.shm else None
         self._input = ch.Writer(socks, inp.local, shm, inp.slot_size, inp.nslots, inp.tensor_device)
         for p in shape.outputs:
@@ -157,7 +158,11 @@ class CompiledDAG:
             s = self._dial(addresses[e.writer], local, DRIVER, e.edge_id, deadline)
             self._readers[e.edge_id] = ch.Reader(s, ch.shm_map(e.shm, False) if e.shm and local else None, e.slot_size, copy=True)
             self._queues[e.edge_id] = collections.deque()
-        self._input.pump = worker.pump_of(list(self._readers.values()))
+        pump = worker.pump_of(list(self._readers.values()))
+        self._input.pump = pump
+        if len(self._readers) > 1:
+            for r in self._readers.values():
+                r.pump = pump  # waiting for one output keeps the others read
         self._writer_of = {eid: by_id[eid].writer for eid in self._readers}
         # One output channel, read synchronously: get() reads it straight (the common case).
         self._only = next(iter(self._readers.values())) if len(self._readers) == 1 else None
@@ -182,15 +187,15 @@ class CompiledDAG:
         if backend not in ("nccl", "gloo"):
             raise ValueError(f"RAY_CGRAPH_p2p_backend must be 'nccl' or 'gloo', not {backend!r}")
         timeout = datetime.timedelta(seconds=SETUP_TIMEOUT_S)
-        self._store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timeout)
+        host = runtime.current().node_ip  # the actors may be on other nodes
+        self._store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=timeout)
         return {
-            "host": "127.0.0.1", "port": self._store.port, "prefix": f"cg{self._gid.hex()}/", "world": len(actors),
+            "host": host, "port": self._store.port, "prefix": f"cg{self._gid.hex()}/", "world": len(actors),
             "backend": backend, "timeout": SETUP_TIMEOUT_S, "ranks": {a: i for i, a in enumerate(actors)},
         }  # fmt: skip
 
     def _dial(self, address: dict, same_node: bool, reader: int, edge_id: int, deadline: float) -> Any:
-        s = worker.dial(address, same_node, deadline)
-        s.sendall(HELLO.pack(self._token, reader, edge_id))
+        s = worker.dial(address, same_node, self._gid, self._token, reader, edge_id, deadline)
         s.setblocking(False)
         return s
 

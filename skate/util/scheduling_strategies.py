@@ -7,6 +7,8 @@ accepted.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class NodeAffinitySchedulingStrategy:
     """Runs a task or actor on one node.
@@ -28,3 +30,31 @@ class NodeAffinitySchedulingStrategy:
 
     def __repr__(self) -> str:
         return f"NodeAffinitySchedulingStrategy(node_id={self.node_id!r}, soft={self.soft})"
+
+
+class PlacementGroupSchedulingStrategy:
+    """Runs a task or actor in a placement group (follows Ray).
+
+    Args:
+        placement_group: The group (a ``PlacementGroup``), or None for none.
+        placement_group_bundle_index: The bundle to use; -1: any bundle.
+        placement_group_capture_child_tasks: Whether the tasks and actors it
+            starts run in the same group by default; None: as its parent does.
+    """
+
+    def __init__(
+        self,
+        placement_group: Any,
+        placement_group_bundle_index: int = -1,
+        placement_group_capture_child_tasks: bool | None = None,
+    ) -> None:
+        self.placement_group = placement_group
+        self.placement_group_bundle_index = placement_group_bundle_index
+        self.placement_group_capture_child_tasks = placement_group_capture_child_tasks
+
+    def __repr__(self) -> str:
+        return (
+            f"PlacementGroupSchedulingStrategy(placement_group={self.placement_group!r}, "
+            f"placement_group_bundle_index={self.placement_group_bundle_index}, "
+            f"placement_group_capture_child_tasks={self.placement_group_capture_child_tasks})"
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 from conftest import pid_gone, wait_for
@@ -226,33 +227,60 @@ def test_retry_exceptions_per_class_and_per_method(ray_start, tmp_path):
     assert lines.count("k") == 3 and lines.count("m") == 2 and lines.count("v") == 4
 
 
-def test_detached_actor_whose_creator_dies_mid_construction_is_not_stranded(ray_start, tmp_path):
-    started = str(tmp_path / "started")
+@skate.remote
+class SlowCtor:
+    def __init__(self, started, gate):
+        import time
 
-    @skate.remote
-    class SlowCtor:
-        def __init__(self, path):
-            import time
+        with open(started, "w") as f:
+            f.write(str(os.getpid()))
+        while not os.path.exists(gate):
+            time.sleep(0.005)
 
-            open(path, "w").close()
-            time.sleep(60)
+    def ping(self):
+        return "pong"
 
-    @skate.remote(max_retries=0)
-    def creator(path):
-        SlowCtor.options(name="stranded", lifetime="detached").remote(path)
-        os._exit(1)
 
+@skate.remote(max_retries=0)
+def _creator(name, detached, started, gate):
+    o = {"name": name}
+    if detached:
+        o["lifetime"] = "detached"
+    SlowCtor.options(**o).remote(started, gate)
+    while not os.path.exists(started):  # the control store runs the constructor now
+        time.sleep(0.005)
+    os._exit(1)
+
+
+def _name_free(name):
+    try:
+        skate.get_actor(name)
+    except ValueError:
+        return True
+    return False
+
+
+def test_detached_actor_whose_creator_dies_mid_construction_is_still_created(ray_start, tmp_path):
+    # The control store owns the creation: the creator's death does not strand it (follows Ray).
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
     with pytest.raises(Exception):  # noqa: B017 - the creator dies, whatever its error
-        skate.get(creator.remote(started), timeout=60)
+        skate.get(_creator.remote("orphan", True, started, gate), timeout=60)
+    a = skate.get_actor("orphan")
+    open(gate, "w").close()
+    assert skate.get(a.ping.remote(), timeout=30) == "pong"
+    pid = int(open(started).read())
+    skate.kill(a)
+    wait_for(lambda: pid_gone(pid), 20, what="the killed actor's process to end")
+    wait_for(lambda: _name_free("orphan"), 20, what="the name to be freed")
 
-    def gone():
-        try:
-            skate.get_actor("stranded")
-        except ValueError:
-            return True
-        return False
 
-    wait_for(gone, 30, what="the name to be freed")
+def test_actor_whose_creator_dies_mid_construction_is_cleaned_up(ray_start, tmp_path):
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    with pytest.raises(Exception):  # noqa: B017 - the creator dies, whatever its error
+        skate.get(_creator.remote("owned", False, started, gate), timeout=60)
+    pid = int(open(started).read())
+    wait_for(lambda: pid_gone(pid), 30, what="the half-built actor's process to be killed")
+    wait_for(lambda: _name_free("owned"), 20, what="the name to be freed")
 
 
 def test_actor_restarts_when_its_node_dies(cluster, tmp_path):
@@ -272,9 +300,14 @@ def test_actor_restarts_when_its_node_dies(cluster, tmp_path):
             def node(self):
                 return skate.get_runtime_context().get_node_id()
 
+            def pid(self):
+                return os.getpid()
+
         a = Where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(other.node_id, soft=True)).remote()
         assert skate.get(a.node.remote(), timeout=60) == other.node_id
+        pid = skate.get(a.pid.remote(), timeout=60)
         cluster.remove_node(other, allow_graceful=False)
+        wait_for(lambda: pid_gone(pid), 30, what="the actor's process to end with its node")
         assert skate.get(a.node.remote(), timeout=60) == cluster.head_node.node_id
         assert _lines(log).count("init") == 2
         assert skate.get(a.node.remote(), timeout=60) == cluster.head_node.node_id

@@ -227,6 +227,32 @@ def test_memory_does_not_grow_when_objects_are_dropped(ray_start):
     wait_for(lambda: _segment_bytes() <= bound, 10, what="dropped task results' memory to be released")
 
 
+def _pinned() -> int:
+    """Objects some process maps now, as the local node daemon counts them."""
+    core = runtime.current()
+    return core.request(core.raylet, "node_stats")["store"]["pinned"]
+
+
+def test_get_of_many_shared_memory_objects(ray_start):
+    refs = [skate.put(np.full(200 * 1024, i, dtype=np.uint8)) for i in range(50)]
+    vals = skate.get(refs + refs[:3])  # one obj_get_many for all of them, duplicates included
+    assert [int(v[0]) for v in vals] == list(range(50)) + [0, 1, 2]
+    assert _pinned() == 50  # each mapped object counted, until its values are dropped
+    del vals
+    gc.collect()
+    wait_for(lambda: _pinned() == 0, 10, what="the mappings to be released")
+
+    # One of them gone from the store: that one raises, and the mappings the
+    # batch counted for the others are released all the same.
+    core = runtime.current()
+    core.raylet.notify("obj_free", [refs[7]._id])
+    wait_for(lambda: _segment_of(refs[7]) not in _segments(), 10, what="the segment to be freed")
+    with pytest.raises(exc.ObjectLostError):
+        skate.get(refs)
+    gc.collect()
+    wait_for(lambda: _pinned() == 0, 10, what="the mappings of a failed get to be released")
+
+
 def test_segment_freed_when_last_ref_dropped(ray_start):
     ref = skate.put(np.zeros(2 * MB, dtype=np.uint8))
     name = _segment_of(ref)

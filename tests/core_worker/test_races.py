@@ -84,3 +84,44 @@ def test_cancel_never_interrupts_the_next_task_on_the_same_worker(ray_start):
             skate.get(a, timeout=30)
         except skate.exceptions.TaskCancelledError:
             pass
+
+
+def test_a_profiler_started_inside_a_task_works_after_tasks_and_a_cancel(ray_start):
+    """Clearing a late interrupt must not leave CPython's pending-exception flag
+    raised: with it raised every bytecode check takes the slow path, and a
+    profiler or tracer set by user code (cProfile in a task) spins forever."""
+
+    @skate.remote(num_cpus=2)  # one worker for all of them
+    def spin_until_cancelled() -> None:
+        while True:
+            pass
+
+    @skate.remote(num_cpus=2)
+    def profiled() -> int:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        total = sum(range(1000))
+        prof.disable()
+        return total
+
+    assert skate.get([profiled.remote() for _ in range(3)], timeout=30) == [499500] * 3
+    ref = spin_until_cancelled.remote()
+    skate.wait([ref], timeout=0.3)
+    skate.cancel(ref)
+    with pytest.raises(skate.exceptions.TaskCancelledError):
+        skate.get(ref, timeout=30)
+    assert skate.get(profiled.remote(), timeout=30) == 499500
+
+    @skate.remote(num_cpus=2)
+    def traced() -> bool:
+        import sys
+
+        sys.settrace(lambda *a: None)
+        try:
+            return sum(range(10)) == 45
+        finally:
+            sys.settrace(None)
+
+    assert skate.get(traced.remote(), timeout=30) is True

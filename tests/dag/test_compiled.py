@@ -90,7 +90,7 @@ def sockets_of(actor) -> int:
 
 
 def no_loop_threads(*actors) -> bool:
-    return all(LOOP_THREAD not in threads_of(a) for a in actors)
+    return all(not any(t.startswith("skate-cgraph") for t in threads_of(a)) for a in actors)
 
 
 # --- the guide's examples --------------------------------------------------------------------

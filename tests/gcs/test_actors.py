@@ -39,7 +39,7 @@ def test_a_worker_exit_makes_a_restartable_actor_restarting_not_dead():
     assert actor["state"] == DEAD and "worker process" in actor["cause"]
 
 
-def test_a_report_while_the_owner_restarts_is_ignored_and_dead_is_final():
+def test_a_report_while_it_restarts_is_ignored_and_dead_is_final():
     d, _ = _directory(max_restarts=1)
     d.update(b"a", {"state": ALIVE, "worker_id": W1})
     d.update(b"a", {"state": RESTARTING, "num_restarts": 1})

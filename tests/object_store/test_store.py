@@ -301,6 +301,24 @@ def test_shm_helpers(prefix):
     assert not os.path.exists(path)
 
 
+@pytest.mark.parametrize("size", [1, 4096, 3 * MB + 17])
+def test_write_pieces_new_and_recycled_segments(prefix, size):
+    path = shm.segment_path(prefix, b"\xcd" * 4)
+    try:
+        shm.write_pieces(path, size, [(0, b"\x01" * size)])
+        assert _read(path) == b"\x01" * size
+        # Reused (as the store recycles segments), smaller: truncated and overwritten.
+        half = max(size // 2, 1)
+        shm.write_pieces(path, half, [(0, b"ab"[: min(2, half)]), (min(2, half), b"\x02" * (half - min(2, half)))])
+        assert os.path.getsize(path) == half
+        assert _read(path) == (b"ab" + b"\x02" * half)[:half]
+        os.chmod(path, 0o644)  # no longer owner-only: refused, as a planted file would be
+        with pytest.raises(shm.ForeignSegmentError):
+            shm.write_pieces(path, size, [(0, b"x")])
+    finally:
+        shm.unlink(path)
+
+
 def test_objects_readers_map_are_neither_dropped_nor_spilled(store):
     # Capacity 1000 KB: a mapped secondary copy and a mapped primary, then a newcomer.
     copy = _make(store, _oid(1), 400 * KB, 1, primary=False)

@@ -3,7 +3,8 @@
 An *edge* carries one node's value, once per execution, from the process
 that makes it (the driver for the graph's input, else an actor) to every
 other process that reads it.  Each reader has its own stream socket (a Unix
-socket on one node, TCP between nodes) carrying frames::
+socket on one node; between nodes a TCP connection whose bytes travel in
+the wire's encrypted records, see ``cgraph.secure``) carrying frames::
 
     <u8 kind><u64 body length> body
     VAL  <u32 n><u64 data length><u64 buffer length>*n  pickle data, buffers
@@ -120,13 +121,66 @@ def shm_unlink(name: str) -> None:
         pass
 
 
+# --- waiting -------------------------------------------------------------------------
+class Inbound:
+    """Every inbound channel of one process, kept read while the process waits on another.
+
+    A process of a compiled graph blocks in two places: writing a value to a
+    full socket, and reading a value that has not come yet.  Either way, the
+    writers of its *other* inbound channels may be blocked on it in turn (a
+    value larger than a socket's buffer goes through only as fast as it is
+    read), and they may be what the awaited room or value depends on.  So
+    every blocking wait (``wait``) also wakes on data from each inbound
+    channel and reads it ahead into whole frames (``Reader.drain``).  A
+    channel whose writer went away leaves the set (its end of stream is kept
+    for its own ``read``), so a wait never spins on it.
+    """
+
+    __slots__ = ("readers",)
+
+    def __init__(self, readers: list) -> None:
+        self.readers = list(readers)
+
+    def wait(self, fd: int, events: int, deadline: float | None, skip: Any = None) -> None:
+        """Waits until ``fd`` has ``events``, an inbound channel has data, or ``deadline``; then drains.
+
+        ``skip``: the reader that waits (it reads its own socket itself).
+        One ``poll`` call: a descriptor registered twice keeps one mask only,
+        so the masks of a descriptor that is both (a socket carrying both
+        directions) are combined.
+        """
+        masks = {fd: events}
+        others = [r for r in self.readers if r is not skip and not r.eof and r.fileno() >= 0]
+        for r in others:
+            f = r.fileno()
+            masks[f] = masks.get(f, 0) | select.POLLIN
+        p = select.poll()
+        for f, m in masks.items():
+            p.register(f, m)
+        left = remaining(deadline)
+        p.poll(None if left is None else max(int(left * 1000), 1))
+        for r in others:
+            r.drain()
+
+
+def wait_for(fd: int, events: int, deadline: float | None, inbound: Inbound | None) -> None:
+    """Waits until ``fd`` has ``events`` or ``deadline`` passes, draining ``inbound`` meanwhile (if any)."""
+    if inbound is not None:
+        inbound.wait(fd, events, deadline)
+        return
+    p = select.poll()
+    p.register(fd, events)
+    left = remaining(deadline)
+    p.poll(None if left is None else max(int(left * 1000), 1))
+
+
 # --- sending -------------------------------------------------------------------------
-def send_all(sock: socket.socket, chunks: list, deadline: float | None, pump: Any = None) -> None:
+def send_all(sock: socket.socket, chunks: list, deadline: float | None, pump: Inbound | None = None) -> None:
     """Sends ``chunks`` on a non-blocking socket, waiting for room until ``deadline``.
 
-    While it waits, ``pump`` (if given: ``(fds, drain)``) keeps this process's
-    inbound channels read, so that two processes writing to each other,
-    each blocked on a full socket, cannot wait forever.
+    While it waits, ``pump`` (this process's inbound channels, if given)
+    is kept read, so that two processes writing to each other, each blocked
+    on a full socket, cannot wait forever.
 
     Raises:
         ChannelClosed: when the reader is gone.
@@ -149,14 +203,7 @@ def send_all(sock: socket.socket, chunks: list, deadline: float | None, pump: An
         left = remaining(deadline)
         if left is not None and left <= 0:
             raise ChannelTimeout(partial=sent > 0)
-        p = select.poll()
-        p.register(sock.fileno(), select.POLLOUT)
-        if pump is not None:
-            for fd in pump[0]:
-                p.register(fd, select.POLLIN)
-        p.poll(None if left is None else max(int(left * 1000), 1))
-        if pump is not None:
-            pump[1]()
+        wait_for(sock.fileno(), select.POLLOUT, deadline, pump)
 
 
 def _advance(chunks: list, n: int) -> list:
@@ -197,9 +244,11 @@ class Writer:
         self.slot_size = slot_size
         self.nslots = nslots
         self.next_slot = 0  # slots go round-robin, one per value that uses one
-        self.single = socks[0] if len(socks) == 1 else None
-        #: ``(fds, drain)``: what to keep reading while a send waits (see ``send_all``).
-        self.pump: tuple | None = None
+        #: Per reader: the ``send_sealed`` of a channel to another node (``cgraph.secure``), else None.
+        self.sealed = [getattr(s, "send_sealed", None) for s in socks]
+        self.single = socks[0] if len(socks) == 1 and self.sealed[0] is None else None
+        #: This process's inbound channels, kept read while a send waits (see ``Inbound``).
+        self.pump: Inbound | None = None
 
     def write(self, value: Any, deadline: float | None = None) -> None:
         """Sends ``value`` (an ``ErrorValue`` travels as an error).
@@ -291,7 +340,11 @@ class Writer:
         closed = None
         for i, (s, frame) in enumerate(zip(self.socks, frames, strict=True)):
             try:
-                send_all(s, frame, deadline, self.pump)
+                seal = self.sealed[i]
+                if seal is None:
+                    send_all(s, frame, deadline, self.pump)
+                else:
+                    seal(frame, deadline, self.pump)
             except ChannelClosed as e:
                 closed = e
             except ChannelTimeout as e:
@@ -333,6 +386,8 @@ class Reader:
         self.spinning = bool(self.spin)
         self.poller = select.poll()
         self.poller.register(sock.fileno(), select.POLLIN)
+        #: This process's inbound channels, kept read while a read waits (see ``Inbound``).
+        self.pump: Inbound | None = None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -459,7 +514,7 @@ class Reader:
             left = remaining(deadline)
             if left is not None and left <= 0:
                 raise ChannelTimeout()
-            self.poller.poll(None if left is None else max(int(left * 1000), 1))
+            self._sleep(deadline)
             if self._recv_once():
                 self.spinning = bool(self.spin) and time.perf_counter() - start < self.spin
                 return None
@@ -471,7 +526,16 @@ class Reader:
             left = remaining(deadline)
             if left is not None and left <= 0:
                 raise ChannelTimeout()
+            self._sleep(deadline)
+
+    def _sleep(self, deadline: float | None) -> None:
+        """Sleeps until data comes or ``deadline``, keeping the other inbound channels read."""
+        pump = self.pump
+        if pump is None:
+            left = remaining(deadline)
             self.poller.poll(None if left is None else max(int(left * 1000), 1))
+        else:
+            pump.wait(self.sock.fileno(), select.POLLIN, deadline, skip=self)
 
     def _decode(self, kind: int, body: memoryview) -> Any:
         try:

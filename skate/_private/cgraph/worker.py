@@ -36,6 +36,7 @@ import cloudpickle
 from skate import exceptions as exc
 from skate._private import runtime, serialization
 from skate._private.cgraph import channel as ch
+from skate._private.cgraph import secure
 from skate._private.cgraph.plan import DRIVER, HELLO, ActorPlan, fill
 from skate.dag.dag_input import pick
 
@@ -101,31 +102,50 @@ def prepare(actor: Any, gid: bytes) -> dict:
     uds = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     uds.bind(listen_address(gid))
     uds.listen(128)
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.bind(("127.0.0.1", 0))
+    # Readers on other nodes reach this process at its node's address (the
+    # one its node daemon advertises and binds, ``--node-ip-address``).
+    core = runtime.current()
+    ip = core.node_ip
+    tcp = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind((ip, 0))
     tcp.listen(128)
     ag.listeners = [uds, tcp]
     _GRAPHS[id(actor)] = ag
-    core = runtime.current()
-    return {"uds": listen_address(gid), "tcp": tcp.getsockname(), "node_id": core.node_id, "pid": os.getpid()}
+    return {"uds": listen_address(gid), "tcp": tcp.getsockname()[:2], "node_id": core.node_id, "pid": os.getpid()}
 
 
-def dial(address: dict, same_node: bool, deadline: float) -> socket.socket:
-    """Connects to a process's graph listener (Unix socket on the node, else TCP)."""
+def dial(address: dict, same_node: bool, gid: bytes, token: bytes, reader: int, edge: int, deadline: float) -> Any:
+    """Connects to a process's graph listener as ``reader`` of ``edge``; returns the blocking socket.
+
+    On the node: the abstract Unix socket, then HELLO (the token, in the
+    clear: nothing leaves the host).  Between nodes: TCP to the process's
+    node address, the handshake and records of ``secure`` (a ``SealedSocket``).
+
+    Raises:
+        OSError: when the listener cannot be reached, or fails to prove it is the graph's.
+    """
     if same_node:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: Any = address["uds"]
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        target = tuple(address["tcp"])
+        s.settimeout(max(deadline - time.monotonic(), 0.001))
+        s.connect(address["uds"])
+        s.sendall(HELLO.pack(token, reader, edge))
+        return s
+    s = socket.socket(socket.AF_INET6 if ":" in address["tcp"][0] else socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.settimeout(max(deadline - time.monotonic(), 0.001))
-    s.connect(target)
-    return s
+    try:
+        s.connect(tuple(address["tcp"]))
+        return secure.client_hello(s, gid, token, reader, edge, deadline)
+    except BaseException:
+        s.close()
+        raise
 
 
-def accept(listeners: list, token: bytes, expected: set, deadline: float) -> dict:
+def accept(listeners: list, gid: bytes, token: bytes, expected: set, deadline: float) -> dict:
     """Accepts one connection per ``(reader, edge)`` in ``expected``; returns them by that key.
+
+    A connection that does not prove it holds the graph's token (the token
+    itself on the node, the handshake between nodes) is closed and ignored.
 
     Raises:
         TimeoutError: when not all came before ``deadline``.
@@ -138,33 +158,27 @@ def accept(listeners: list, token: bytes, expected: set, deadline: float) -> dic
     while len(got) < len(expected):
         left = deadline - time.monotonic()
         if left <= 0:
+            for conn in got.values():
+                conn.close()
             raise TimeoutError(f"compiled graph set-up: {len(expected) - len(got)} connection(s) never came")
         for fd, _ in poller.poll(int(left * 1000) + 1):
             conn, _ = by_fd[fd].accept()
             conn.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
-                hello = _recv_exact(conn, HELLO.size)
-            except OSError:
+                if conn.family == socket.AF_UNIX:
+                    end, hello = conn, secure.recv_exact(conn, HELLO.size)
+                else:
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    end, hello = secure.server_hello(conn, gid, token, deadline)
+            except (OSError, ValueError):  # closed, too slow, or no proof of the token (AuthError)
                 conn.close()
                 continue
             tok, reader, edge = HELLO.unpack(hello)
-            if tok != token or (reader, edge) not in expected or (reader, edge) in got:
+            if not secure.same_token(tok, token) or (reader, edge) not in expected or (reader, edge) in got:
                 conn.close()  # not one of this graph's processes
                 continue
-            if conn.family == socket.AF_INET:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            got[(reader, edge)] = conn
+            got[(reader, edge)] = end
     return got
-
-
-def _recv_exact(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = s.recv(n - len(data))
-        if not more:
-            raise OSError("closed during the handshake")
-        data += more
-    return data
 
 
 def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
@@ -179,24 +193,20 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
         raise RuntimeError("compiled graph set-up: this actor was not prepared for the graph")
     me = plan.index
     deadline = time.monotonic() + plan.connect_timeout
-    my_node = plan.addresses[me]["node_id"]
     out_socks: dict[int, list] = {}
     expected: set = set()
+    dials: list = []  # (edge id, index among its readers, reader)
     for e in plan.edges.values():
         if e.writer == me:
-            socks: list = []
-            for r in e.readers:
+            out_socks[e.edge_id] = [None] * len(e.readers)
+            for i, r in enumerate(e.readers):
                 if r == DRIVER:
-                    expected.add((DRIVER, e.edge_id))
-                    socks.append(None)
-                    continue
-                s = dial(plan.addresses[r], plan.addresses[r]["node_id"] == my_node, deadline)
-                s.sendall(HELLO.pack(plan.token, r, e.edge_id))
-                socks.append(s)
-            out_socks[e.edge_id] = socks
+                    expected.add((DRIVER, e.edge_id))  # the driver dials in
+                else:
+                    dials.append((e.edge_id, i, r))
         elif me in e.readers:
             expected.add((me, e.edge_id))
-    conns = accept(ag.listeners, plan.token, expected, deadline)
+    conns = _dial_and_accept(ag, gid, plan, dials, out_socks, expected, deadline)
     for s in ag.listeners:
         s.close()
     ag.listeners = []
@@ -211,7 +221,7 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
             socks = out_socks[e.edge_id]
             for i, r in enumerate(e.readers):
                 if r == DRIVER:
-                    socks[i] = conns[(DRIVER, e.edge_id)]
+                    socks[i] = conns.pop((DRIVER, e.edge_id))
             for s in socks:
                 s.setblocking(False)
             shm = ch.shm_map(e.shm, True) if e.shm and any(e.local) else None
@@ -225,23 +235,60 @@ def connect(actor: Any, gid: bytes, plan: ActorPlan) -> None:
             r = ag.readers[e.edge_id] = ch.Reader(s, shm, e.slot_size, copy=False)
             if e.transport == "nccl":
                 r.p2p = (ag.group, ranks[e.writer], e.edge_id, backend, e.tensor_device)
+    # Every blocking write, and every blocking read while there are other
+    # inbound channels, keeps those read (see ``channel.Inbound``).
     pump = pump_of(list(ag.readers.values()))
-    for w in ag.writers.values():
-        w.pump = pump
+    for end in [*ag.writers.values(), *(ag.readers.values() if len(ag.readers) > 1 else ())]:
+        end.pump = pump
     ag.thread = threading.Thread(target=_run, args=(ag, actor, plan), name="skate-cgraph-loop", daemon=True)
     ag.thread.start()
 
 
-def pump_of(readers: list) -> tuple | None:
-    """What a blocked writer of this process keeps reading: every inbound channel."""
-    if not readers:
-        return None
+def _dial_and_accept(ag: ActorGraph, gid: bytes, plan: ActorPlan, dials: list, out_socks: dict,
+                     expected: set, deadline: float) -> dict:
+    """Dials this actor's readers (into ``out_socks``) while it accepts its own connections.
 
-    def drain() -> None:
-        for r in readers:
-            r.drain()
+    Between nodes a dial waits for the listener's side of the handshake,
+    and that listener may be dialing this actor at the same moment: the
+    dials run on a thread of their own, so neither waits on the other.
+    On failure every socket made is closed.
 
-    return [r.fileno() for r in readers], drain
+    Raises:
+        TimeoutError: when the connections did not all come before ``deadline``.
+        OSError: when a reader could not be reached or failed the handshake.
+    """
+    my_node = plan.addresses[plan.index]["node_id"]
+    errors: list = []
+
+    def dial_all() -> None:
+        try:
+            for eid, i, r in dials:
+                same = plan.addresses[r]["node_id"] == my_node
+                out_socks[eid][i] = dial(plan.addresses[r], same, gid, plan.token, r, eid, deadline)
+        except BaseException as e:  # noqa: BLE001 - raised on the caller's thread
+            errors.append(e)
+
+    t = threading.Thread(target=dial_all, name="skate-cgraph-dial", daemon=True)
+    t.start()
+    conns: dict = {}
+    try:
+        conns = accept(ag.listeners, gid, plan.token, expected, deadline)
+    finally:
+        t.join(max(deadline - time.monotonic(), 0.0) + 5.0)
+        if errors or t.is_alive() or len(conns) < len(expected):
+            for s in [*(x for socks in out_socks.values() for x in socks), *conns.values()]:
+                if s is not None:
+                    s.close()
+    if errors:
+        raise errors[0]
+    if t.is_alive():
+        raise TimeoutError("compiled graph set-up: dialing this actor's readers did not finish in time")
+    return conns
+
+
+def pump_of(readers: list) -> ch.Inbound | None:
+    """What this process keeps reading while one of its channels waits: every inbound channel."""
+    return ch.Inbound(readers) if readers else None
 
 
 def teardown(actor: Any, gid: bytes) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from skate._private.core_worker import introspect
 from skate._private.core_worker.actors import ActorManager
 from skate._private.core_worker.core import DRIVER, WORKER, CoreWorker
 from skate._private.core_worker.executor import Executor
@@ -25,6 +26,7 @@ from skate._private.core_worker.submitter import TaskSubmitter
 
 
 def _assemble(core: CoreWorker) -> CoreWorker:
+    introspect.install(core)
     core.submitter = TaskSubmitter(core)
     core.actors = ActorManager(core)
     return core

@@ -37,9 +37,12 @@ import cloudpickle
 
 from skate import exceptions as exc
 from skate._private import task_context, wire
+from skate._private.core_worker import streams
 from skate._private.core_worker.errors import EXITED
 
 DEFAULT_GROUP = "_ray_default"
+#: The cause of death of an actor ended gracefully from outside (handles gone, owner's shutdown).
+GRACEFUL = "the actor was ended gracefully (all handles to it are gone, or its owner shut down)"
 
 
 class ActorExit(SystemExit):
@@ -131,9 +134,13 @@ class ActorExecution:
 
     async def _notify_exit(self, cause: str) -> None:
         """Marks the actor dead in the control store before anyone hears of the exit."""
-        try:
+
+        async def tell() -> None:
             gcs = await self.core.gcs()
-            await asyncio.wait_for(gcs.request("update_actor", {"actor_id": self.actor_id, "state": "DEAD", "cause": cause}), 5)
+            await gcs.request("update_actor", {"actor_id": self.actor_id, "state": "DEAD", "cause": cause})
+
+        try:
+            await asyncio.wait_for(tell(), 5)
         except Exception:  # noqa: BLE001
             pass
 
@@ -150,7 +157,8 @@ class ActorExecution:
     def on_create_actor(self, conn: wire.Connection, spec: dict, bufs: list) -> Any:
         fut = Replier(conn)
         self.detached = bool(spec.get("detached"))
-        if not self.detached:
+        if not self.detached and not spec.get("gc"):
+            # (Created by the control store: it ends the actor when its owner goes.)
             conn.on_close.append(self._owner_gone)
         self._inline(self._create_actor, spec, bufs, fut)
         return wire.DEFER
@@ -183,6 +191,8 @@ class ActorExecution:
         # comes on the control endpoint: the process ends at once.
         if body and body.get("graceful") and threading.current_thread() is threading.main_thread():
             self.exiting = True
+            if self.actor_id is not None:  # an intended end: the control store must not restart it
+                self.core.call(self._notify_exit(body.get("cause") or GRACEFUL))
             self._run_shutdown_hooks()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -282,7 +292,10 @@ class ActorExecution:
                 raise exc.ActorDiedError(error_msg="the actor's constructor failed")
             args, kwargs = self._decode_args(spec, bufs, 0)
             result = self._method(spec)(*args, **kwargs)
-            body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+            if spec["nr"] < 0:  # a generator method: items go out as they are yielded
+                body, out = streams.stream(self, fut, spec, result, name), []
+            else:
+                body, out = self._encode_returns(spec, result, name, fut.conn.peer)
         except ActorExit:
             self.exit_requested = True
             self.exit_thread = threading.get_ident()
@@ -331,9 +344,14 @@ class ActorExecution:
                 args, kwargs = self._decode_args(spec, bufs, 0)
                 method = self._method(spec)
                 result = method(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+                if spec["nr"] < 0:  # a generator method: items go out as they are yielded
+                    body, out = await streams.stream_async(self, fut, spec, result, name), []
+                else:
+                    if inspect.isawaitable(result):
+                        result = await result
+                    elif inspect.isasyncgen(result) and spec["nr"] > 1:  # a fixed num_returns over it
+                        result = await streams.take_async(result, spec["nr"], name)
+                    body, out = self._encode_returns(spec, result, name, fut.conn.peer)
             except (ActorExit, exc.AsyncioActorExit):
                 self.exit_requested = True
             except asyncio.CancelledError:

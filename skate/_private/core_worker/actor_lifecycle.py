@@ -5,25 +5,22 @@ on the core worker's I/O thread.
 
 ::
 
-    owner:   create --lease, create_actor--> ALIVE --connection lost--+
-                 ^                                                     |
-                 |        restarts left and the end was not wanted     v
-                 +--- RESTARTING (control store told; in-flight calls  decide
-                      with retries left go back to the queue's front)  |
-                                                                       v
-                                                        DEAD (cause; calls fail)
+    owner:   resolve the constructor's arguments --schedule_actor--> the
+             control store leases a worker and creates the actor; its reply
+             (the first incarnation's address) --> connect --> ALIVE
+    everyone: connection lost --> RESTARTING (calls queue) --> look the
+             actor up (bounded waits) --> the next incarnation, ALIVE: in-flight
+             calls with retries go first again --> or DEAD (cause; calls fail)
 
-    others:  look the actor up (bounded waits) --> ALIVE --connection lost-->
-             wait for the owner to publish the next incarnation, or DEAD
-
-The owner restarts the actor (``max_restarts``, -1 = forever): it leases a
-new worker and runs the constructor again (``was_current_actor_reconstructed``
-is then true in the actor).  A call in flight when the actor was lost is sent
-again if it has retries left (``max_task_retries``), else it fails with
-``ActorUnavailableError`` (the actor comes back) or ``ActorDiedError`` (it is
-gone).  Calls made meanwhile wait in the queue and keep each caller's order.
-The end is wanted (no restart) after ``exit_actor``, ``__ray_terminate__``,
-``kill(no_restart=True)`` or when every handle is gone.
+The control store restarts the actor (``max_restarts``, -1 = forever): it
+leases a new worker and runs the constructor again
+(``was_current_actor_reconstructed`` is then true in the actor).  A call in
+flight when the actor was lost is sent again if it has retries left
+(``max_task_retries``), else it fails with ``ActorUnavailableError`` (the
+actor came back) or ``ActorDiedError`` (it is gone).  Calls made meanwhile
+wait in the queue and keep each caller's order.  The end is wanted (no
+restart) after ``exit_actor``, ``__ray_terminate__``, ``kill(no_restart=True)``
+or when every handle is gone: whoever ends it tells the control store first.
 """
 
 from __future__ import annotations
@@ -46,11 +43,6 @@ LOOKUP_WAIT_S = 30.0
 SHUTDOWN_GRACE_S = 2.0
 
 
-def _worker_exit_cause(info: dict) -> bool:
-    """Whether a DEAD record's cause is a worker's unexpected exit seen by its node (not an intended end)."""
-    return (info.get("cause") or "").startswith("the actor's worker process")
-
-
 class ActorLifecycle:
     """Creation, restarts and death of actors (a part of ``ActorManager``)."""
 
@@ -58,52 +50,50 @@ class ActorLifecycle:
     actors: dict
 
     # --- creation (I/O thread) -------------------------------------------------------
-    def create(self, st: Any, rec: TaskRecord, cls_bytes: bytes, lease_body: dict) -> None:
+    def create(self, st: Any, rec: TaskRecord, cls_bytes: bytes, lease_body: dict, register: tuple | None = None) -> None:
+        """Creates the actor ``st``; ``register``: ``(record, handle metadata)`` to register it with
+        first (an anonymous actor: registered without waiting for the answer)."""
         st.creation = (rec, cls_bytes, lease_body)
-        asyncio.ensure_future(self._create(st))
+        asyncio.ensure_future(self._create(st, register))
 
-    async def _create(self, st: Any) -> None:
+    async def _create(self, st: Any, register: tuple | None = None) -> None:
+        """Resolves the constructor's arguments and hands the creation to the control store."""
         core = self.core
         rec, cls_bytes, lease_body = st.creation
-        raylet = grant = None
         try:
+            if register is not None:
+                (await core.gcs()).notify("register_actor", register[0], [register[1]])
             if rec.deps:
                 err = await resolve_deps(core, rec)
                 if err is not None:
                     raise err
+                if st.max_restarts:
+                    st.ctor_deps = rec.deps  # (kept for restarts, with the arguments)
                 rec.deps = None
-            grant, raylet = await core.submitter.acquire_lease(lease_body)
-            st.lease = (grant, raylet)
-            if st.state == DEAD:  # killed while being placed
-                raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
+            if st.state == DEAD:  # killed before it was handed over
                 return
-            conn = await core.conn_to(grant["address"], exec_=True)
-            reply = await conn.request("create_actor", rec.spec, [cls_bytes, *rec.arg_bufs])
-        except (OSError, wire.ConnectionLost) as e:
-            if st.num_restarts and self._can_restart(st) and st.state != DEAD:
-                # The new worker died during its constructor: try again.
-                await self._restart(st)
-                return
-            self._dead(st, f"the actor could not be created: {e}")
-            return
+            gcs = await core.gcs()
+            body = {"actor_id": st.actor_id, "spec": rec.spec, "lease": lease_body, "via": core.node_id}
+            reply = await gcs.request("schedule_actor", body, [cls_bytes, *rec.arg_bufs])
         except BaseException as e:  # noqa: BLE001
             self._dead(st, f"the actor could not be created: {e}", e if isinstance(e, exc.RayError) else None)
             return
+        finally:
+            rec.arg_bufs = rec.base_bufs = None  # the control store keeps them
+            st.creation = None
         body, bufs = reply if isinstance(reply, tuple) else (reply, [])
-        if st.max_restarts == 0:
-            rec.keep = None  # (a restartable actor keeps its constructor's arguments)
         if not body.get("ok"):
-            err = as_error(bufs[0], bufs[1:])
-            raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
-            self._dead(st, f"its constructor raised:\n{err}", err)
+            err: BaseException | None = None
+            if bufs:
+                err = as_error(bufs[0], bufs[1:])
+                cause = f"its constructor raised:\n{err}"
+            else:
+                cause = body.get("cause") or "it could not be created"
+                if body.get("unschedulable"):
+                    err = exc.ActorUnschedulableError(cause)
+            self._dead(st, cause, err, publish=False)
             return
-        st.info = {"address": grant["address"], "node_id": grant["node_id"], "worker_id": grant["worker_id"], "pid": body.get("pid")}
-        if st.state == DEAD:
-            conn.notify("exit_now")
-            return
-        gcs = await core.gcs()
-        gcs.notify("update_actor", dict(st.info, actor_id=st.actor_id, state=ALIVE, num_restarts=st.num_restarts))
-        self._connected(st, conn)
+        await self._follow(st, body["actor"], 0)
 
     def _connected(self, st: Any, conn: wire.Connection) -> None:
         with st.lock:
@@ -140,15 +130,25 @@ class ActorLifecycle:
                 break
             if st.state == DEAD:
                 return
+        await self._follow(st, info, min_restarts)
+
+    async def _follow(self, st: Any, info: dict, min_restarts: int) -> None:
+        """Connects to the incarnation ``info`` describes (ALIVE)."""
+        core = self.core
+        if st.state == DEAD:
+            return
         st.info = info
         if st.num_restarts < info.get("num_restarts", 0):
             st.num_restarts = info.get("num_restarts", 0)
             self._requeue_inflight(st)
+        st.reconnecting = True
         try:
             conn = await core.conn_to(info["address"], exec_=True)
         except Exception:  # noqa: BLE001 - it died again meanwhile: wait for the next one
+            st.reconnecting = False
             await self._lookup(st, st.num_restarts + 1)
             return
+        st.reconnecting = False
         self._connected(st, conn)
 
     # --- loss, restart, death -------------------------------------------------------------
@@ -167,40 +167,9 @@ class ActorLifecycle:
             return
         asyncio.ensure_future(self._after_loss(st))
 
-    def _can_restart(self, st: Any) -> bool:
-        return not st.no_restart and (st.max_restarts == -1 or st.num_restarts < st.max_restarts)
-
     async def _after_loss(self, st: Any) -> None:
-        if not st.owned:
-            await self._lookup(st, st.num_restarts + 1)
-            return
-        info = None
-        try:
-            gcs = await self.core.gcs()
-            info = await asyncio.wait_for(gcs.request("get_actor", {"actor_id": st.actor_id}), 5)
-        except Exception:  # noqa: BLE001
-            pass
-        wanted = info is not None and info.get("state") == DEAD and bool(info.get("cause")) and st.no_restart is False
-        if not self._can_restart(st):
-            await self._learn_death(st, info, spent=bool(st.max_restarts) and not st.no_restart)
-            return
-        if wanted and not _worker_exit_cause(info):
-            await self._learn_death(st, info)
-            return
-        await self._restart(st)
-
-    async def _restart(self, st: Any) -> None:
-        st.num_restarts += 1
-        self._requeue_inflight(st)
-        try:
-            gcs = await self.core.gcs()
-            gcs.notify("update_actor", {"actor_id": st.actor_id, "state": RESTARTING, "num_restarts": st.num_restarts})
-        except Exception:  # noqa: BLE001
-            pass
-        rec = st.creation[0]
-        rec.spec["rs"] = st.num_restarts
-        log.info("restarting actor %s (restart %d)", st.class_name, st.num_restarts)
-        await self._create(st)
+        # The control store restarts the actor (or declares it dead): follow it.
+        await self._lookup(st, st.num_restarts + 1)
 
     def _requeue_inflight(self, st: Any) -> None:
         """Calls lost with the old incarnation: those with retries left go first again, in order."""
@@ -220,28 +189,13 @@ class ActorLifecycle:
         for r in lost:
             self.core.submitter.fail(r, exc.ActorUnavailableError(msg, actor_id=st.actor_id.hex()))
 
-    async def _learn_death(self, st: Any, info: dict | None = None, spent: bool = False) -> None:
-        cause = (info or {}).get("cause") if info and info.get("state") == DEAD else None
-        if not cause:
-            cause = "its worker process died unexpectedly"
-            try:
-                gcs = await self.core.gcs()
-                info = await asyncio.wait_for(gcs.request("get_actor", {"actor_id": st.actor_id, "until_dead": True}), 5)
-                if info and info.get("cause"):
-                    cause = info["cause"]
-            except Exception:  # noqa: BLE001
-                pass
-        if spent:
-            cause += f" (it had been restarted {st.num_restarts} time(s): its max_restarts is spent)"
-        self._dead(st, cause)
-
-    def _dead(self, st: Any, cause: str, error: BaseException | None = None) -> None:
+    def _dead(self, st: Any, cause: str, error: BaseException | None = None, publish: bool = True) -> None:
         if st.state != DEAD:
             with st.lock:
                 st.state = DEAD
             st.cause = cause
             st.error = error
-            if st.owned:
+            if st.owned and publish:
                 asyncio.ensure_future(self._publish_dead(st, cause))
         st.creation = None
         self._fail_all(st)
@@ -249,7 +203,7 @@ class ActorLifecycle:
     async def _publish_dead(self, st: Any, cause: str) -> None:
         try:
             gcs = await self.core.gcs()
-            gcs.notify("update_actor", {"actor_id": st.actor_id, "state": DEAD, "cause": cause})
+            await gcs.request("update_actor", {"actor_id": st.actor_id, "state": DEAD, "cause": cause})
         except Exception:  # noqa: BLE001
             pass
 
@@ -279,7 +233,7 @@ class ActorLifecycle:
                 continue
             fut = asyncio.get_running_loop().create_future()
             conn.on_close.append(lambda c, f=fut: f.done() or f.set_result(None))
-            conn.notify("exit_now", {"graceful": True})
+            conn.notify("exit_now", {"graceful": True, "cause": "its owner shut down"})
             waits.append(fut)
         if waits:
             await asyncio.wait(waits, timeout=SHUTDOWN_GRACE_S)

@@ -1,10 +1,11 @@
 """The caller's side of actors: creation, ordered calls, death and kill.
 
-Creation is driven by the process that calls ``Cls.remote()`` (the owner):
-it registers the actor (and its name) with the control store, leases a
-worker for it like a task (the lease lives as long as the actor), sends the
-constructor, and publishes the actor's address.  Other processes that get a
-handle look the address up in the control store.
+The process that calls ``Cls.remote()`` (the owner) registers the actor
+(and its name) with the control store, resolves the constructor's arguments
+and hands the creation over: the control store leases a worker, runs the
+constructor and restarts the actor when it is lost (see ``actor_lifecycle``
+and ``gcs/actor_scheduler``).  The owner and every process that gets a
+handle connect to the address the control store gives.
 
 Calls from one process to one actor go over one connection, in the order
 they were submitted; a call whose ObjectRef arguments are not ready holds
@@ -40,6 +41,8 @@ from skate._private.core_worker.submitter import (
 )
 
 log = logging.getLogger(__name__)
+#: Why an anonymous actor ended once its last handle anywhere was gone.
+DROPPED = "all references to the actor were removed"
 
 
 
@@ -78,7 +81,9 @@ class ActorState:
         self.max_restarts = 0
         self.num_restarts = 0
         self.no_restart = False
-        self.creation: tuple | None = None  # (constructor record, class bytes, lease body), owner only
+        self.creation: tuple | None = None  # (constructor record, class bytes, lease body), owner only, until handed over
+        self.reconnecting = False  # the next incarnation is up: calls made now wait for the connection
+        self.ctor_deps: Any = None  # ObjectRef arguments of a restartable actor's constructor (owner)
         #: Guards queue/inflight/sending: user threads send directly when
         #: nothing is queued ahead (see ActorManager.try_now).
         self.lock = threading.RLock()
@@ -156,7 +161,7 @@ class ActorManager(ActorLifecycle):
             if state == ALIVE and not rec.deps and not st.queue and not st.resolving:
                 self._send(st, rec)
                 return
-            if state == RESTARTING and rec.retries_left == 0 and st.max_restarts != 0:
+            if state == RESTARTING and rec.retries_left == 0 and st.max_restarts != 0 and not st.reconnecting:
                 state = "FAST_FAIL"
             elif state != DEAD:
                 st.queue.append(rec)
@@ -202,7 +207,7 @@ class ActorManager(ActorLifecycle):
                     return
                 self._send(st, rec)
             if st.exit_when_idle and not st.inflight and not st.waiting_args:
-                st.conn.notify("exit_now", {"graceful": True})
+                st.conn.notify("exit_now", {"graceful": True, "cause": DROPPED})
 
     async def _resolve(self, st: ActorState, rec: TaskRecord) -> None:
         err = await resolve_deps(self.core, rec)
@@ -246,7 +251,7 @@ class ActorManager(ActorLifecycle):
             return
         complete_returns(self.core, rec, body, bufs, st.conn)
         if st.exit_when_idle and not st.inflight and not st.queue and not st.waiting_args and st.conn is not None:
-            st.conn.notify("exit_now", {"graceful": True})
+            st.conn.notify("exit_now", {"graceful": True, "cause": DROPPED})
 
     # --- kill and scope -----------------------------------------------------------
     def kill(self, st: ActorState, no_restart: bool = True) -> None:
@@ -271,7 +276,7 @@ class ActorManager(ActorLifecycle):
         address = st.info.get("address")
         try:
             gcs = await self.core.gcs()
-            await gcs.request("update_actor", {"actor_id": st.actor_id, "state": DEAD, "cause": cause})
+            await gcs.request("update_actor", {"actor_id": st.actor_id, "state": DEAD, "cause": cause, "kill": True})
             if address is None and was != ALIVE and not st.owned:
                 info = await gcs.request("get_actor", {"actor_id": st.actor_id})
                 address = info.get("address") if info else None
@@ -308,6 +313,13 @@ class ActorManager(ActorLifecycle):
             return
         st.exit_when_idle = True
         st.no_restart = True
-        asyncio.ensure_future(self._publish_dead(st, "all references to the actor were removed"))
+        if st.state != ALIVE and not st.queue and not st.inflight and not st.waiting_args:
+            # Not created yet and nothing to run: it ends now (its worker too, if it has one).
+            with st.lock:
+                st.state = DEAD
+                st.cause = DROPPED
+            self.core.post(lambda: asyncio.ensure_future(self._kill(st, PENDING)))
+            return
+        # Calls already submitted still run: the actor ends (gracefully) once they are done.
         if st.state == ALIVE and not st.inflight and not st.queue and not st.waiting_args:
-            st.conn.notify("exit_now", {"graceful": True})
+            st.conn.notify("exit_now", {"graceful": True, "cause": DROPPED})

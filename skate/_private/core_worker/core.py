@@ -35,6 +35,7 @@ from skate._private.core_worker.memory_store import MemoryStore
 from skate._private.core_worker.objects import ObjectAccess
 from skate._private.core_worker.refcount import RefCounting
 from skate._private.core_worker.task_events import TaskEventBuffer
+from skate._private.core_worker.waits import WaitReporter
 from skate._private.gcs.client import GcsClient
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.worker_id = worker_id or ids.new_id()
         self.job_id = job_id
         self.namespace = namespace
+        #: The runtime_env tasks and actors submitted here start from (resolved;
+        #: see skate._private.runtime_env.submit): the job's, or this worker's own.
+        self.runtime_env: dict = {}
         self.closed = False
         self.closing = False
         self.store = MemoryStore(self._on_free, self._on_borrow_change, lambda fn: self.post(fn))
@@ -86,6 +90,8 @@ class CoreWorker(ObjectAccess, RefCounting):
         self._borrows_idle: asyncio.Event | None = None
         self._frees: list = []
         self._frees_lock = threading.Lock()
+        self._unmaps: list = []  # segments this process stopped mapping, sent in batches
+        self._unmaps_lock = threading.Lock()
         self._wmaps: collections.OrderedDict = collections.OrderedDict()
         self._nodes: dict[bytes, dict] = {}
         self.extra_sockets: list[str] = []
@@ -110,6 +116,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         #: Generator tasks this process submitted, by task id (see ``streams``).
         self.streams: dict[bytes, Any] = {}
         self.task_events = TaskEventBuffer(self)
+        self.waits = WaitReporter(self)  # blocked calls, for the dashboard
 
     def connect(self, raylet_socket: str) -> None:
         """Connects to this node's daemon and starts serving peers (blocking)."""
@@ -344,7 +351,7 @@ class CoreWorker(ObjectAccess, RefCounting):
                 await asyncio.wait_for(self._drain_logs(), 2)
             except Exception:  # noqa: BLE001 - best effort: the cluster may be gone
                 pass
-        if self.task_events.events and self.gcs_fut is not None:
+        if (self.task_events.events or self.task_events.running) and self.gcs_fut is not None:
             try:  # how this process's tasks ended, before it goes
                 await asyncio.wait_for(self.task_events.send(), 2)
             except Exception:  # noqa: BLE001 - best effort: the cluster may be gone

@@ -41,6 +41,14 @@ from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
 from skate._private.core_worker.submitter import Arg
 
 
+class _Withdrawn(BaseException):
+    """Replaces an interrupt that came too late for its task (see ``Executor._finished``)."""
+
+
+def _take_pending() -> None:
+    """Does nothing; entering it is a point where CPython delivers a pending interrupt."""
+
+
 class Executor(ActorExecution):
     """Executes the work pushed to one worker."""
 
@@ -54,6 +62,7 @@ class Executor(ActorExecution):
         #: an interrupt never lands in the task that thread runs next.
         self.run_lock = threading.Lock()
         self.cancelled: set[bytes] = set()
+        self.interrupted: set[bytes] = set()  # tasks with an interrupt posted to their thread
         self.held: dict[bytes, list] = {}
         self.acks = streams.Acks()  # generator tasks' consumed counts (backpressure)
         self.streamed: dict[bytes, int] = {}  # generator tasks running: items sent so far
@@ -114,17 +123,37 @@ class Executor(ActorExecution):
                 return
             # Still this task's thread, and it cannot finish before the
             # interrupt is set: _finished takes the same lock and clears it.
+            self.interrupted.add(tid)
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running), ctypes.py_object(KeyboardInterrupt))
 
     def _finished(self, tid: bytes) -> None:
         """Marks ``tid`` done on its thread; an interrupt meant for it that was not
-        delivered yet is withdrawn, so it cannot hit the next task."""
+        delivered yet is withdrawn, so it cannot hit the next task.
+
+        CPython keeps its "asynchronous exception pending" flag raised until a
+        thread actually takes one, even when an interrupt is cleared with
+        ``PyThreadState_SetAsyncExc(ident, NULL)``; a raised flag sends every
+        later bytecode check of the process down the slow path (and, on 3.11,
+        loops forever under a profiler or tracer).  So a posted interrupt is
+        never cleared: it is replaced by a private one that this thread takes
+        here at once, which lowers the flag.
+        """
+        withdrawn = False
         while True:
             try:
-                with self.run_lock:
-                    ident = self.running.pop(tid, None)
-                    if ident is not None:
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+                if not withdrawn:
+                    with self.run_lock:
+                        ident = self.running.pop(tid, None)
+                        if ident is not None and tid in self.interrupted:
+                            self.interrupted.discard(tid)
+                            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                                ctypes.c_ulong(ident), ctypes.py_object(_Withdrawn)
+                            )
+                            withdrawn = True
+                while withdrawn:
+                    _take_pending()
+                return
+            except _Withdrawn:
                 return
             except KeyboardInterrupt:  # delivered just now: too late for the task, so dropped
                 continue
@@ -158,7 +187,7 @@ class Executor(ActorExecution):
         current = task_context.CURRENT.set(spec)
         events = self.core.task_events
         started = task_events.now()
-        events.record(tid, name, "RUNNING", start=started, func=getattr(fn, "__qualname__", name))
+        events.started(tid, name, started, getattr(fn, "__qualname__", name))
         error: BaseException | None = None
         try:
             if tid in self.cancelled:
@@ -182,8 +211,11 @@ class Executor(ActorExecution):
             body["ts"] = [started, task_events.now()]  # the owner reports how it ended
             if error is not None:
                 cause = getattr(error, "cause", None) or error
-                body["err"] = [type(cause).__name__, str(error)[:2000]]
+                # The message with the remote traceback, as the caller's RayTaskError shows it.
+                text = str(error) if isinstance(error, exc.RayError) else task_errors.user_traceback(error)
+                body["err"] = [type(cause).__name__, text[-8000:]]
             task_context.CURRENT.reset(current)
+            events.ended(tid)
             self._finished(tid)
             self.cancelled.discard(tid)
             ctx.task_id = ctx.lease_id = None

@@ -52,6 +52,7 @@ class StreamState:
         self.received = 0  # items stored so far (they arrive in order)
         self.total: int | None = None  # known once the task ended
         self.handed = 0  # items handed out as refs
+        self.end: tuple | None = None  # (rec, reply body, bufs): the reply, come before its last items
         self.async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
 
     def oid(self, i: int) -> bytes:
@@ -101,28 +102,54 @@ def on_item(core: Any, body: dict, bufs: list) -> None:
         _store_item(core, st.oid(i), body["r"], bufs, keep=True)
         st.received = i + 1
         st._changed()
+        end = st.end
+        if end is None or st.received < end[1].get("g", 0):
+            return
+        st.end = None
+        _end(core, st, end[1], end[2])
+    rec, body = end[0], end[1]
+    if body.get("dyn") and rec.return_ids and not body.get("r"):
+        _complete_dynamic(core, rec, body.get("g", 0))
 
 
 def finish(core: Any, rec: Any, body: dict, bufs: list) -> None:
-    """The generator task ended (its reply): the item count, or an error as the last item."""
+    """The generator task ended (its reply): the item count, or an error as the last item.
+
+    A user thread reading the reply itself hands the items (notifications)
+    to the I/O loop, so the reply can come first: the end then waits in
+    ``st.end`` until the last item is in (see ``on_item``).
+    """
     st = core.streams.get(rec.spec["t"])
-    count = body.get("g", 0)
+    dyn = bool(body.get("dyn") and rec.return_ids and not body.get("r"))
     if st is not None:
         with st.cond:
-            if body.get("r") and not body.get("dyn"):  # an error: the item after the last one sent
-                if st.received == count:
-                    _store_item(core, st.oid(count), body["r"][0], bufs, keep=True)
-                    st.received = count + 1
-                count += 1
-            st.total = count
-            st._changed()
-    if body.get("dyn") and rec.return_ids and not body.get("r"):
-        first = 2
-        refs = [_ref(core, ids.object_id_for(rec.spec["t"], i + first)) for i in range(count)]
-        value = DynamicObjectRefGenerator(refs)
-        data, vbufs, contained = serialization.dumps(value, "a dynamic generator's refs")
-        core.store.complete(rec.return_ids[0], INLINE, data, [bytes(b) for b in vbufs], contained=refs)
-        core.streams.pop(rec.spec["t"], None)
+            if st.received < body.get("g", 0):
+                st.end = (rec, body, [bytes(b) for b in bufs])
+                return
+            _end(core, st, body, bufs)
+    if dyn:
+        _complete_dynamic(core, rec, body.get("g", 0))
+
+
+def _end(core: Any, st: StreamState, body: dict, bufs: list) -> None:
+    # (under st.cond, every item in)
+    count = body.get("g", 0)
+    if body.get("r") and not body.get("dyn"):  # an error: the item after the last one sent
+        if st.received == count:
+            _store_item(core, st.oid(count), body["r"][0], bufs, keep=True)
+            st.received = count + 1
+        count += 1
+    st.total = count
+    st._changed()
+
+
+def _complete_dynamic(core: Any, rec: Any, count: int) -> None:
+    first = 2
+    refs = [_ref(core, ids.object_id_for(rec.spec["t"], i + first)) for i in range(count)]
+    value = DynamicObjectRefGenerator(refs)
+    data, vbufs, contained = serialization.dumps(value, "a dynamic generator's refs")
+    core.store.complete(rec.return_ids[0], INLINE, data, [bytes(b) for b in vbufs], contained=refs)
+    core.streams.pop(rec.spec["t"], None)
 
 
 def fail(core: Any, rec: Any, err: BaseException) -> None:
@@ -137,6 +164,13 @@ def fail(core: Any, rec: Any, err: BaseException) -> None:
             st.received += 1
             st.total = st.received
             st._changed()
+
+
+def _conn_of(rec: Any) -> Any:
+    """The connection a generator call's items come over: its lease's, or its actor's."""
+    if rec.lease is not None:
+        return getattr(rec.lease, "conn", None)
+    return getattr(rec.actor, "conn", None)
 
 
 def _ref(core: Any, oid: bytes) -> Any:
@@ -169,7 +203,7 @@ class ObjectRefGenerator:
             while st.handed >= st.received:
                 if st.total is not None and st.handed >= st.total:
                     raise StopIteration
-                conn = getattr(st.rec.lease, "conn", None)
+                conn = _conn_of(st.rec)
                 if conn is not None:
                     conn.watch_threadsafe()  # items come over it: the loop must read it
                 if not st.cond.wait(timeout_s if timeout_s is not None else 0.5) and timeout_s is not None:
@@ -181,7 +215,7 @@ class ObjectRefGenerator:
         st = self._st
         ref = _ref(st.core, st.oid(st.handed))
         st.handed += 1
-        if st.backpressure is not None and st.rec.lease is not None:
+        if st.backpressure is not None and (st.rec.lease is not None or st.rec.actor is not None):
             st.core.post(_ack, st.core, st.rec, st.handed)
         return ref
 
@@ -199,7 +233,7 @@ class ObjectRefGenerator:
                     raise StopAsyncIteration
                 fut = loop.create_future()
                 st.async_waiters.append((loop, fut))
-                conn = getattr(st.rec.lease, "conn", None)
+                conn = _conn_of(st.rec)
                 if conn is not None:
                     conn.watch_threadsafe()
             await fut
@@ -244,13 +278,16 @@ class DynamicObjectRefGenerator:
 
 
 def _ack(core: Any, rec: Any, consumed: int) -> None:
-    lease = rec.lease
-    if lease is None or not lease.address:
+    if rec.lease is not None:
+        address = rec.lease.address
+    else:  # an actor method's generator: its worker is the actor's
+        address = rec.actor.info.get("address") if rec.actor is not None else None
+    if not address:
         return
 
     async def send() -> None:
         try:
-            conn = await core.conn_to(lease.address)
+            conn = await core.conn_to(address)
             conn.notify("gen_ack", {"t": rec.spec["t"], "n": consumed})
         except (ConnectionError, OSError):
             pass
@@ -314,6 +351,51 @@ def stream(executor: Any, rep: Any, spec: dict, result: Any, name: str) -> dict:
         body["dyn"] = 1
     executor.streamed.pop(tid, None)
     return body
+
+
+async def stream_async(executor: Any, rep: Any, spec: dict, result: Any, name: str) -> dict:
+    """``stream`` for an async actor's method, on its event loop: an async
+    generator is iterated there; waits (backpressure, borrows) do not block the loop."""
+    tid = spec["t"]
+    if inspect.isgenerator(result):
+        return await asyncio.to_thread(stream, executor, rep, spec, result, name)
+    if not inspect.isasyncgen(result):
+        stream(executor, rep, spec, result, name)  # raises the TypeError
+    first = 2 if spec["nr"] == DYNAMIC else 1
+    bp = spec.get("bp")
+    acks = executor.acks
+    core = executor.core
+    if bp:
+        with acks.cond:
+            acks.consumed[tid] = 0
+    sent = 0
+    executor.streamed[tid] = 0
+    try:
+        async for value in result:
+            meta, out, _refs = executor.encode_value(tid, sent + first - 1, value, name, rep.conn.peer)
+            if core.borrows_inflight:
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(core.flush_borrows(), core.loop))
+            rep.conn.notify("gen_item", {"t": tid, "i": sent, "r": meta}, out)
+            sent += 1
+            executor.streamed[tid] = sent
+            if bp and sent - bp >= 0:
+                await asyncio.to_thread(acks.wait, tid, sent - bp + 1)
+    finally:
+        with acks.cond:
+            acks.consumed.pop(tid, None)
+    body: dict = {"r": [], "g": sent}
+    if spec["nr"] == DYNAMIC:
+        body["dyn"] = 1
+    executor.streamed.pop(tid, None)
+    return body
+
+
+async def take_async(result: Any, n: int, name: str) -> list:
+    """``take`` of an async generator, on the running loop."""
+    values = [v async for v in result]
+    if len(values) != n:
+        raise ValueError(f"{name} yielded {len(values)} values, but num_returns={n}")
+    return values
 
 
 def _items(result: Any) -> Any:

@@ -53,7 +53,7 @@ class TaskRecord:
     __slots__ = (
         "spec", "arg_bufs", "fn_id", "fn_bytes", "return_ids", "retries_left", "retry_exceptions",
         "keep", "deps", "key", "resources", "strategy", "cancelled", "lease", "name", "actor",
-        "fut", "seq", "base_bufs",
+        "fut", "seq", "base_bufs", "renv",
     )
 
     def __init__(self) -> None:
@@ -63,6 +63,7 @@ class TaskRecord:
         self.actor: Any = None
         self.fut: Any = None
         self.seq = 0
+        self.renv: Any = None  # the resolved runtime_env, None for the default one
 
 
 def encode_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[Any, list, list, list]:
@@ -233,12 +234,15 @@ class TaskSubmitter:
         rec = queue[0]
         for _ in range(max(want, 0)):
             ks.requests += 1
-            asyncio.ensure_future(self._lease_for(key, ks, rec.resources, rec.strategy))
+            asyncio.ensure_future(self._lease_for(key, ks, rec.resources, rec.strategy, rec.renv))
 
-    async def _lease_for(self, key: Any, ks: KeyState, resources: dict, strategy: Any) -> None:
+    async def _lease_for(self, key: Any, ks: KeyState, resources: dict, strategy: Any, renv: Any = None) -> None:
+        body = {"resources": resources, "strategy": strategy, "job": self.core.job_id}
+        if renv:
+            body["runtime_env"] = renv
         try:
             for attempt in range(5):
-                grant, raylet = await self.acquire_lease({"resources": resources, "strategy": strategy})
+                grant, raylet = await self.acquire_lease(body)
                 try:
                     conn = await self.core.conn_to(grant["address"], exec_=True)
                     break
@@ -298,6 +302,8 @@ class TaskSubmitter:
                         isinstance(e, wire.RemoteError) and str(e) != "cancelled"):
                     raise
                 await asyncio.sleep(0.1)
+        if "env_error" in reply:
+            raise exc.RuntimeEnvSetupError(f"the runtime_env could not be set up: {reply['env_error']}")
         if "unschedulable" in reply:
             cls = exc.ActorUnschedulableError if body.get("actor_id") else exc.TaskUnschedulableError
             raise cls(f"it can never be scheduled: {reply['unschedulable']}")

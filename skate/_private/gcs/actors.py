@@ -3,14 +3,17 @@
 ::
 
     register_actor  -> PENDING_CREATION record (+ name in its namespace)
-    update_actor    -> ALIVE (address, incarnation) / RESTARTING / DEAD (cause);
+    ActorScheduler  -> ALIVE (address, incarnation) once created
+    update_actor    -> DEAD (cause): killed, exited, constructor raised;
                        wakes who waits; publishes "actor"
-    worker or node died -> RESTARTING if the actor has restarts left (its
-                       owner brings it back), else DEAD
-    owner's connection closed -> its actors are DEAD, except detached actors
-                       already created
+    worker or node died -> RESTARTING with incarnation + 1 if the actor has
+                       restarts left (on_restart: the scheduler brings it
+                       back), else DEAD
+    owner's connection closed -> its actors are DEAD (their workers killed),
+                       except detached actors, which the scheduler still creates
     get_actor       -> the record, optionally once ALIVE (at some incarnation)
-                       or DEAD, waiting a bounded time
+                       or DEAD, waiting a bounded time (also for an actor
+                       whose registration is still on its way)
     get_named_actor -> by (namespace, name), with the pickled handle metadata
 
 A dead actor's name is free again at once.
@@ -26,6 +29,8 @@ from typing import Any
 from skate._private.gcs.storage import Storage, Table
 
 PENDING, ALIVE, RESTARTING, DEAD = "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"
+#: How long a lookup waits for an actor the control store has not heard of yet (s).
+REGISTER_WAIT_S = 10.0
 
 
 class ActorDirectory:
@@ -37,6 +42,13 @@ class ActorDirectory:
         self.publish = publish
         self.actor_waiters: dict[bytes, list[asyncio.Future]] = {}
         self.death_waiters: dict[bytes, list[asyncio.Future]] = {}
+        self.register_waiters: dict[bytes, list[asyncio.Future]] = {}
+        # Set by the scheduler (see actor_scheduler): what happens on a restart,
+        # a death, an owner gone, and whether an actor's creation was handed over.
+        self.on_restart: Callable[[bytes], None] = lambda aid: None
+        self.on_dead: Callable[[bytes], None] = lambda aid: None
+        self.on_owner_gone: Callable[[dict], None] = lambda actor: None
+        self.has_creation: Callable[[bytes], bool] = lambda aid: False
 
     def register(self, info: dict, handle: bytes) -> None:
         """Records a new actor; raises ``ValueError`` when its name is taken."""
@@ -52,53 +64,66 @@ class ActorDirectory:
                 )
             self.named.set((ns, name), info["actor_id"])
         self.actors.set(info["actor_id"], dict(info, state=PENDING, handle=handle, num_restarts=0))
+        _wake(self.register_waiters.pop(info["actor_id"], []))
 
     def owner_gone(self, actor_ids: list[bytes]) -> None:
-        """The process that created these actors is gone: they die with it,
-        except detached actors that were created (nobody is left to restart
-        those, so one being restarted dies too)."""
+        """The process that created these actors is gone: they die with it (their
+        workers are killed), except detached actors, which live on; a detached
+        actor whose constructor never reached the control store dies too."""
         for aid in actor_ids:
             actor = self.actors.get(aid)
             if actor is None or actor["state"] == DEAD:
                 continue
             if not actor.get("detached"):
                 self.update(aid, {"state": DEAD, "cause": "its owner (the process that created it) exited"})
-            elif actor["state"] != ALIVE:
-                self.update(
-                    aid, {"state": DEAD, "cause": "its creator exited before the actor was created (or restarted)"}
-                )
+                self.on_owner_gone(actor)
+            elif actor["state"] == PENDING and not self.has_creation(aid):
+                self.update(aid, {"state": DEAD, "cause": "its creator exited before the actor's constructor was sent"})
 
-    def _restartable(self, actor: dict) -> bool:
+    def restartable(self, actor: dict | None) -> bool:
+        """Whether ``actor`` has restarts left (``max_restarts``; -1: forever)."""
+        if actor is None:
+            return False
         mr = actor.get("max_restarts") or 0
         return mr == -1 or actor.get("num_restarts", 0) < mr
 
-    def update(self, aid: bytes, update: dict) -> None:
-        """Applies a change to an actor's record (the first cause of death is kept)."""
+    def lost(self, aid: bytes, cause: str) -> None:
+        """The actor's worker (or node) died: RESTARTING at the next incarnation, or DEAD."""
         actor = self.actors.get(aid)
-        if actor is None:
+        if actor is None or actor["state"] in (DEAD, RESTARTING, PENDING):
             return
+        if self.restartable(actor):
+            self.update(aid, {"state": RESTARTING, "num_restarts": actor.get("num_restarts", 0) + 1})
+            self.on_restart(aid)
+            return
+        if actor.get("max_restarts"):
+            cause += f" (it had been restarted {actor.get('num_restarts', 0)} time(s): its max_restarts is spent)"
+        self.update(aid, {"state": DEAD, "cause": cause})
+
+    def update(self, aid: bytes, update: dict) -> None:
+        """Applies a change to an actor's record (the first cause of death is kept).
+
+        A node daemon's report that the actor's worker exited
+        (``cause_if_unset``) counts only for the worker of the live
+        incarnation: the actor restarts or dies (see ``lost``).
+        """
+        actor = self.actors.get(aid)
+        if actor is None or actor["state"] == DEAD:
+            return  # dead is final; keep the first cause
         update = dict(update)
         fallback = update.pop("cause_if_unset", None)
-        if actor["state"] == DEAD:
-            return  # dead is final; keep the first cause
         if fallback is not None:
-            # A node daemon saw the actor's worker exit.
             wid = update.get("worker_id")
-            if wid is not None and actor.get("worker_id") not in (None, wid):
-                return  # an earlier incarnation's worker
-            if actor["state"] == RESTARTING:
-                return  # its owner already restarts it
-            if self._restartable(actor):
-                update, fallback = {"state": RESTARTING}, None
-        if update.get("state") == DEAD and actor["state"] == RESTARTING and not update.get("cause") and not fallback:
-            fallback = "it died and could not be restarted"
+            if actor["state"] == ALIVE and actor.get("worker_id") in (None, wid):
+                self.lost(aid, fallback)
+            return  # (an earlier incarnation's worker, or one being created: the scheduler sees it)
+        if update.get("state") == DEAD and not update.get("cause"):
+            update["cause"] = "it died and could not be restarted"
         actor.update({k: v for k, v in update.items() if k != "actor_id"})
-        if update.get("state") == ALIVE:
+        if update.get("state") in (ALIVE, RESTARTING):
             actor["cause"] = None
         if actor["state"] == DEAD:
             actor.setdefault("dead_at", time.time())  # for purging the oldest
-        if fallback and not actor.get("cause"):
-            actor["cause"] = fallback
         self.actors.set(aid, actor)
         if actor["state"] == DEAD and actor.get("name"):
             key = (actor.get("namespace"), actor["name"])
@@ -106,18 +131,21 @@ class ActorDirectory:
                 self.named.delete(key)
         if actor["state"] == DEAD:
             _wake(self.death_waiters.pop(aid, []))
+            self.on_dead(aid)
         if actor["state"] in (ALIVE, DEAD):
             _wake(self.actor_waiters.pop(aid, []))
         self.publish("actor", public(actor))
 
     def node_died(self, node_id: bytes, why: str) -> None:
-        """Every actor on ``node_id`` is dead."""
+        """Every actor on ``node_id`` is lost with it (restarted elsewhere, or dead)."""
         for aid, actor in self.actors.items():
-            if actor.get("node_id") == node_id and actor["state"] not in (DEAD, RESTARTING):
-                if self._restartable(actor):
-                    self.update(aid, {"state": RESTARTING})
-                else:
-                    self.update(aid, {"state": DEAD, "cause": f"its node died ({why})"})
+            if actor.get("node_id") == node_id and actor["state"] == ALIVE:
+                self.lost(aid, f"its node died ({why})")
+
+    def public(self, aid: bytes) -> dict | None:
+        """The public record of ``aid``."""
+        actor = self.actors.get(aid)
+        return None if actor is None else public(actor)
 
     async def get(
         self, aid: bytes, wait: bool = False, until_dead: bool = False, min_restarts: int = 0, timeout: float = 30.0
@@ -128,11 +156,25 @@ class ActorDirectory:
         DEAD, but after ``timeout`` seconds at most; ``until_dead``: once DEAD
         (5 s at most).
         """
-        actor = self.actors.get(aid)
-        if actor is None:
-            return None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        actor = self.actors.get(aid)
+        if actor is None and wait:
+            # Its registration may still be on its way (a handle can travel
+            # faster than its owner's message): wait a bounded time for it.
+            fut = loop.create_future()
+            self.register_waiters.setdefault(aid, []).append(fut)
+            try:
+                await asyncio.wait_for(fut, min(timeout, REGISTER_WAIT_S))
+            except asyncio.TimeoutError:
+                waiting = self.register_waiters.get(aid, [])
+                if fut in waiting:
+                    waiting.remove(fut)
+                if not waiting:
+                    self.register_waiters.pop(aid, None)
+            actor = self.actors.get(aid)
+        if actor is None:
+            return None
 
         def ready() -> bool:
             a = self.actors.get(aid)

@@ -20,6 +20,8 @@ class PubSub:
 
     def __init__(self) -> None:
         self.subs: dict[str, set[Any]] = {}
+        #: Messages sent to subscribers so far (``gcs_stats``).
+        self.sent = 0
 
     def subscribe(self, conn: Any, channels: list[str]) -> None:
         for ch in channels:
@@ -31,5 +33,7 @@ class PubSub:
             subs.discard(conn)
 
     def publish(self, channel: str, msg: Any) -> None:
-        for conn in list(self.subs.get(channel, ())):
+        subs = list(self.subs.get(channel, ()))
+        self.sent += len(subs)
+        for conn in subs:
             conn.notify("pub", [channel, msg])

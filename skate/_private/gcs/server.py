@@ -19,17 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from typing import Any
 
 from skate._private import daemon, private_paths, wire
 from skate._private.config import CONFIG
+from skate._private.gcs.actor_scheduler import ActorScheduler
 from skate._private.gcs.actors import DEAD, ActorDirectory, public
+from skate._private.gcs.job_manager import JobManager
 from skate._private.gcs.nodes import NodeTable
+from skate._private.gcs.placement_groups import PlacementGroupManager
 from skate._private.gcs.pubsub import PubSub
 from skate._private.gcs.storage import MemoryStorage, Storage, Table, open_storage
 from skate._private.gcs.task_events import TaskEventTable
+from skate._private.gcs.waits import WaitTable
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +42,20 @@ log = logging.getLogger(__name__)
 class GcsServer:
     """The control store's request handlers over its tables."""
 
-    def __init__(self, token: bytes, storage: Storage | None = None) -> None:
+    def __init__(self, token: bytes, storage: Storage | None = None, session_dir: str | None = None) -> None:
         self.token = token
         storage = storage if storage is not None else open_storage(None)
         self.pubsub = PubSub()
         self.actors = ActorDirectory(storage, self.pubsub.publish)
-        self.nodes = NodeTable(storage, self.pubsub.publish, self.actors.node_died)
+        self.nodes = NodeTable(storage, self.pubsub.publish, self._node_died)
+        self.pgs = PlacementGroupManager(self.nodes, self.pubsub.publish)
+        self.actor_sched = ActorScheduler(storage, self.actors, self.nodes, token)
+        self.actors.on_dead = self.actor_sched.forget
+        self.actors.has_creation = lambda aid: aid in self.actor_sched.specs
         self.jobs = Table(storage, "jobs")
         self.kv = Table(storage, "kv")
         self.task_events = TaskEventTable()
+        self.waits = WaitTable()
         self.meta = Table(storage, "meta")
         #: True when the tables outlive this process (clients then wait for
         #: a restarted control store instead of giving up).
@@ -54,13 +64,33 @@ class GcsServer:
         # until ``node_timeout_s`` to reattach, or the jobs are over.
         self.unclaimed_jobs = {job for job, r in self.jobs.items() if r.get("alive")}
         self.started = time.monotonic()
+        #: Requests and notifications received so far (``gcs_stats``).
+        self.received = 0
+        self.job_manager = JobManager(storage, self.kv, self.jobs, token, session_dir, self._head_node)
         self.handlers = {
-            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")
+            name[3:]: self._counted(getattr(self, name)) for name in dir(self) if name.startswith("on_")
         }
+        self.handlers.update({k: self._counted(h) for k, h in self.job_manager.handlers().items()})
+
+    def _head_node(self) -> dict | None:
+        return next((n for n in self.nodes.all() if n.get("is_head") and n.get("alive")), None)
+
+    def _counted(self, handler: Any) -> Any:
+        def counted(conn: wire.Connection, body: Any, bufs: list) -> Any:
+            self.received += 1
+            return handler(conn, body, bufs)
+
+        return counted
 
     # --- nodes --------------------------------------------------------------
     def on_register_node(self, conn: wire.Connection, info: dict, bufs: list) -> dict:
-        return {"nodes": self.nodes.register(conn, info)}
+        nodes = self.nodes.register(conn, info)
+        self.pgs.kick()  # waiting placement groups may fit now
+        return {"nodes": nodes}
+
+    def _node_died(self, node_id: bytes, why: str) -> None:
+        self.actors.node_died(node_id, why)
+        self.pgs.node_died(node_id)
 
     def on_heartbeat(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         self.nodes.heartbeat(body["node_id"], body.get("available"), body.get("version", 0), body.get("full", False))
@@ -89,6 +119,8 @@ class GcsServer:
             job = max(self.meta.get("last_job") or 0, len(self.jobs)) + 1
             self.meta.set("last_job", job)
             record = {"driver_pid": info["driver_pid"], "namespace": info["namespace"], "start": time.time()}
+        if info.get("address"):
+            record["address"] = info["address"]
         record.update(alive=True, end=None)
         self.jobs.set(job, record)
         self.unclaimed_jobs.discard(job)
@@ -97,6 +129,7 @@ class GcsServer:
             self._end_job(job)
 
         conn.on_close.append(ended)
+        self.job_manager.driver_started(job, info["driver_pid"])
         return job
 
     def _end_job(self, job: int) -> None:
@@ -104,9 +137,14 @@ class GcsServer:
         if record is not None and record.get("alive"):
             record.update(alive=False, end=time.time())
             self.jobs.set(job, record)
+            self.pgs.job_ended(job)
 
     def on_gcs_info(self, conn: wire.Connection, body: Any, bufs: list) -> dict:
         return {"durable": self.durable}
+
+    def on_gcs_stats(self, conn: wire.Connection, body: Any, bufs: list) -> dict:
+        """Message counts since start, for measuring the control plane's cost."""
+        return {"received": self.received, "published": self.pubsub.sent}
 
     # --- bounded history ------------------------------------------------------------
     async def keep_tidy(self) -> None:
@@ -137,8 +175,16 @@ class GcsServer:
         owned.append(info["actor_id"])
         return True
 
+    async def on_schedule_actor(self, conn: wire.Connection, body: dict, bufs: list) -> wire.Reply:
+        """Creates a registered actor (see ``actor_scheduler``); answers when it is up or failed."""
+        return await self.actor_sched.schedule(conn, body, bufs)
+
     def on_update_actor(self, conn: wire.Connection, body: dict, bufs: list) -> None:
+        before = self.actors.actors.get(body["actor_id"])
+        kill = body.pop("kill", False) and before is not None and before["state"] != DEAD
         self.actors.update(body["actor_id"], body)
+        if kill:  # skate.kill(): its process ends too, even mid-constructor
+            self.actor_sched.kill(body["actor_id"])
 
     async def on_get_actor(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:
         return await self.actors.get(
@@ -156,6 +202,22 @@ class GcsServer:
 
     def on_list_named_actors(self, conn: wire.Connection, body: dict, bufs: list) -> list:
         return self.actors.names(body.get("namespace"), bool(body.get("all_namespaces")))
+
+    # --- placement groups (placement_groups) ------------------------------------
+    def on_create_placement_group(self, conn: wire.Connection, body: dict, bufs: list) -> bool:
+        return self.pgs.create(body, conn)
+
+    def on_remove_placement_group(self, conn: wire.Connection, pg_id: bytes, bufs: list) -> bool:
+        return self.pgs.remove(pg_id)
+
+    async def on_wait_placement_group(self, conn: wire.Connection, body: dict, bufs: list) -> bool:
+        return await self.pgs.wait(body["pg_id"], body.get("timeout"))
+
+    def on_get_placement_group(self, conn: wire.Connection, body: dict, bufs: list) -> dict | None:
+        return self.pgs.get(body)
+
+    def on_list_placement_groups(self, conn: wire.Connection, body: Any, bufs: list) -> list:
+        return self.pgs.all()
 
     # --- key-value ------------------------------------------------------------
     def on_kv_put(self, conn: wire.Connection, body: list, bufs: list) -> bool:
@@ -183,6 +245,13 @@ class GcsServer:
     def on_list_task_events(self, conn: wire.Connection, body: dict, bufs: list) -> list:
         return self.task_events.query(body.get("filters"), body.get("limit"))
 
+    # --- blocked calls (the dashboard's "what is waiting on what") ----------------
+    def on_report_waits(self, conn: wire.Connection, report: dict, bufs: list) -> None:
+        self.waits.add(report)
+
+    def on_list_waits(self, conn: wire.Connection, body: Any, bufs: list) -> list:
+        return self.waits.list()
+
     def on_list_jobs(self, conn: wire.Connection, body: Any, bufs: list) -> list:
         return [dict(job, job_id=k) for k, job in self.jobs.items()]
 
@@ -203,7 +272,7 @@ async def _main(stop: asyncio.Event) -> None:
     token = private_paths.read_token(args.token_file)
     from skate._private.gcs.redis_storage import namespace_for
 
-    gcs = GcsServer(token, open_storage(args.storage, namespace_for(token)))
+    gcs = GcsServer(token, open_storage(args.storage, namespace_for(token)), os.path.dirname(args.token_file))
     if args.listen_fd >= 0:
         import socket
 
@@ -212,10 +281,17 @@ async def _main(stop: asyncio.Event) -> None:
     else:
         server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers, identity=wire.GCS_IDENTITY)
     port = server.sockets[0].getsockname()[1]
-    watcher = asyncio.gather(gcs.nodes.watch_heartbeats(), gcs.keep_tidy(), gcs.nodes.broadcast_resources())
+    gcs.job_manager.address = f"{args.host}:{port}"
+    watcher = asyncio.gather(
+        gcs.nodes.watch_heartbeats(), gcs.keep_tidy(), gcs.nodes.broadcast_resources(), gcs.pgs.run(),
+        gcs.job_manager.watch(),
+    )
+    gcs.actor_sched.resume()
     daemon.report_ready({"port": port})
     await stop.wait()
     watcher.cancel()
+    gcs.job_manager.stop_all()
+    gcs.actor_sched.close()
     for conn in list(gcs.nodes.conns.values()):
         conn.close()
     server.close()

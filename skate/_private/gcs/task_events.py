@@ -26,13 +26,19 @@ class TaskEventTable:
         self.evicted = 0
 
     def add(self, events: list[dict]) -> None:
+        """Merges a batch of ``TaskEvent`` dicts (decoded for this call: kept as they are)."""
+        tasks = self.tasks
         for ev in events:
             tid = ev["task_id"]
-            rec = self.tasks.get(tid)
+            rec = tasks.get(tid)
             if rec is None:
-                rec = self.tasks[tid] = dict(ev)
-                rec.setdefault("start", None)
-                rec.setdefault("end", None)
+                tasks[tid] = ev
+                if "end" not in ev:
+                    ev["end"] = None
+                    if "start" not in ev:
+                        ev["start"] = None
+                elif "start" not in ev:
+                    ev["start"] = None
             else:
                 start = rec.get("start")
                 if ev.get("state") == "RUNNING" and rec.get("state") in _ENDED:
@@ -41,8 +47,8 @@ class TaskEventTable:
                 rec.update(ev)
                 if start is not None and ev.get("start") is not None:
                     rec["start"] = min(start, ev["start"])  # a retry keeps the first start
-        while len(self.tasks) > self.limit:
-            self.tasks.popitem(last=False)
+        while len(tasks) > self.limit:
+            tasks.popitem(last=False)
             self.evicted += 1
 
     def query(self, filters: list | None = None, limit: int | None = None) -> list[dict]:

@@ -81,6 +81,36 @@ def create(path: str, size: int) -> mmap.mmap:
         os.close(fd)
 
 
+#: Bytes per ``pwrite`` (Linux moves at most about 2 GiB per call).
+_WRITE_CHUNK = 1 << 30
+
+
+def write_pieces(path: str, size: int, pieces: list) -> None:
+    """Creates (or reuses, when the store recycled one) segment ``path`` of
+    ``size`` bytes and writes ``(offset, bytes)`` pieces into it (``pwrite_pieces``)."""
+    fd = open_writable(path)
+    try:
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+        pwrite_pieces(fd, pieces)
+    finally:
+        os.close(fd)
+
+
+def pwrite_pieces(fd: int, pieces: list) -> None:
+    """Writes ``(offset, bytes)`` pieces into the segment open as ``fd``.
+
+    Through ``pwrite`` rather than a mapping: tmpfs then fills each new page
+    as it allocates it, with no page fault per 4 KiB and no zeroing of a page
+    about to be overwritten (about twice the speed of writing a fresh mapping).
+    """
+    for offset, piece in pieces:
+        view = memoryview(piece).cast("B")
+        done = 0
+        while done < view.nbytes:
+            done += os.pwrite(fd, view[done : done + _WRITE_CHUNK], offset + done)
+
+
 def copy_in(src: str, path: str) -> None:
     """Creates segment ``path`` exclusively and fills it with the file ``src`` (a restore)."""
     fd = open_writable(path)

@@ -14,14 +14,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from dataclasses import dataclass
 
-from skate._private import wire
+from skate._private import bundle_resources, wire
 from skate._private.raylet.scheduler import LeaseRequest
-from skate._private.raylet.worker_pool import Worker
+from skate._private.raylet.worker_pool import Worker, tags_of_request
 from skate._private.raylet.worker_pool import signal_pid as _kill
+from skate._private.runtime_env import packaging, spec
+from skate._private.runtime_env.node import NodeEnvs, SetupError, kv_value
 
 
 @dataclass
@@ -42,6 +45,9 @@ class LeaseManager:
     """Lease handlers of the node daemon (part of ``Raylet``)."""
 
     async def on_request_lease(self, conn: wire.Connection, body: dict, bufs: list) -> dict:
+        refused = self.group_request_refused(body)  # (a removed placement group's)
+        if refused is not None:
+            return refused
         resources = body["resources"]
         req = LeaseRequest(
             resources=resources,
@@ -93,7 +99,8 @@ class LeaseManager:
                 if fut is not None and not fut.done():
                     fut.set_result({"unschedulable": arg})
             elif decision == "infeasible":
-                if not conn.closed:
+                # (a placement group's bundles not reserved yet: pending, not infeasible)
+                if not conn.closed and not bundle_resources.groups_in(req.placement):
                     conn.notify(
                         "warning",
                         f"a task or actor needs {req.placement}, but no node in the cluster has "
@@ -104,17 +111,26 @@ class LeaseManager:
 
     async def _grant(self, req: LeaseRequest, fut: asyncio.Future) -> None:
         conn, body = req.payload
-        w = None
-        while self.pool.idle:
-            cand = self.pool.idle.pop()
-            if cand.exit_info is None:
-                w = cand
-                break
+        renv = body.get("runtime_env")
+        want = tags_of_request(body, spec.env_hash(renv) if renv else None)
+        w = self.pool.take_idle(want)
+        setup = None
+        if w is None:
+            self._make_room()
+            if want.env is not None:
+                try:
+                    setup = await self._node_envs().prepare(renv)
+                except SetupError as e:
+                    self.sched.release(req.resources)
+                    if not fut.done():
+                        fut.set_result({"env_error": str(e)})
+                    self._schedule()
+                    return
         for attempt in range(3):  # a worker killed while it starts is replaced
             if w is not None:
                 break
             try:
-                w = await self.pool.start()
+                w = await self.pool.start(setup, want.env)
             except Exception as e:
                 if attempt < 2 and not self.stopping.is_set() and not fut.done():
                     continue
@@ -128,6 +144,7 @@ class LeaseManager:
             self.pool.idle.append(w)
             self._schedule()
             return
+        w.tags.job, w.tags.gpu, w.tags.actor = want.job, want.gpu, want.actor
         lease_id = req.id
         actor_id = body.get("actor_id")
         lease = Lease(lease_id, w, req.resources, conn, actor_id, bool(body.get("detached")))
@@ -143,6 +160,22 @@ class LeaseManager:
         fut.set_result(
             {"lease_id": lease_id, "worker_id": w.worker_id, "address": w.address, "node_id": self.node_id, "pid": w.pid}
         )
+
+    def _make_room(self) -> None:
+        """With as many idle workers as CPUs and none of them fitting, the oldest goes
+        (it would otherwise stay until the idle reaper finds the pool too big)."""
+        idle = self.pool.idle
+        if idle and len(idle) >= max(int(self.resources.get("CPU", 1)), 1):
+            _kill(idle.popleft().pid, signal.SIGTERM)
+
+    def _node_envs(self) -> NodeEnvs:
+        envs = getattr(self, "_envs", None)
+        if envs is None:
+            async def fetch(uri: str) -> bytes | None:
+                return kv_value(await self.gcs.request("kv_get", [packaging.KV_NAMESPACE, uri]))
+
+            envs = self._envs = NodeEnvs(os.path.join(self.session_dir, "runtime_resources"), fetch)
+        return envs
 
     def on_return_lease(self, conn: wire.Connection, body: dict, bufs: list) -> None:
         lease = self.leases.pop(body["lease_id"], None)

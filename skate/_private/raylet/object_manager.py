@@ -4,7 +4,7 @@
 
     obj_reserve -> ObjectStore makes room (spilling LRU objects) -> segment path
     obj_seal    -> readable
-    obj_get     -> here (restored from disk if spilled), or pulled from the node
+    obj_get(_many) -> here (restored from disk if spilled), or pulled from the node
                    that has it (obj_fetch, daemon to daemon); the reader is
                    counted until obj_unmapped (or its connection closes)
     obj_fetch   -> a chunk of an object, for a node pulling it (see ``transfer``)
@@ -159,6 +159,29 @@ class ObjectManager:
             path = await self._fetch(oid, body.get("node_id"))
         self._track_map(conn, oid)
         return path
+
+    async def on_obj_get_many(self, conn: wire.Connection, body: dict, bufs: list) -> list:
+        """``obj_get`` of many objects: their paths, each reader-counted as by
+        ``obj_get``; None for one that could not be had (the reader asks for it
+        alone, with ``obj_get``, to learn why)."""
+        objects = self.store.objects
+        paths: list = []
+        slow = []
+        for i, oid in enumerate(body["oids"]):
+            obj = objects.get(oid)
+            if obj is not None and obj.sealed and not obj.spilled_path:  # the common case, no await
+                objects.move_to_end(oid)
+                self._track_map(conn, oid)
+                paths.append(obj.path)
+            else:
+                slow.append(i)
+                paths.append(None)
+        if slow:
+            got = await asyncio.gather(*(self.on_obj_get(conn, {"oid": body["oids"][i], "node_id": body["node_ids"][i]}, [])
+                                         for i in slow), return_exceptions=True)
+            for i, path in zip(slow, got, strict=True):
+                paths[i] = path if isinstance(path, str) else None
+        return paths
 
     def _track_map(self, conn: wire.Connection, oid: bytes) -> None:
         maps = getattr(conn, "maps", None)

@@ -33,6 +33,8 @@ from skate._private.config import CONFIG
 from skate._private.gcs.client import GcsClient
 from skate._private.object_store import sweep
 from skate._private.object_store.store import ObjectStore
+from skate._private.raylet import log_files
+from skate._private.raylet.bundles import BundleManager
 from skate._private.raylet.leases import Lease, LeaseManager
 from skate._private.raylet.object_manager import ObjectManager
 from skate._private.raylet.scheduler import LocalScheduler
@@ -43,11 +45,12 @@ from skate._private.raylet.worker_pool import signal_pid as _kill
 log = logging.getLogger(__name__)
 
 
-class Raylet(LeaseManager, ObjectManager):
+class Raylet(LeaseManager, ObjectManager, BundleManager):
     """The node daemon: its state, start-up, registration and logs.
 
-    Leases (``leases``) and objects (``object_manager``) are parts of this
-    class, split by concern; its handler table is every ``on_*`` method.
+    Leases (``leases``), objects (``object_manager``) and placement-group
+    bundles (``bundles``) are parts of this class, split by concern; its
+    handler table is every ``on_*`` method.
     """
 
     def __init__(self, args: argparse.Namespace, token: bytes) -> None:
@@ -89,7 +92,9 @@ class Raylet(LeaseManager, ObjectManager):
         self.pool = WorkerPool({}, logs.tee_worker_output(self._on_output))
         self.pool.on_exit = self._on_worker_exit
         self.handlers = {name[3:]: getattr(self, name) for name in dir(self) if name.startswith("on_")}
-        self.gcs_handlers = {"pub": self._on_pub, "shutdown": lambda c, b, bufs: self.stopping.set()}
+        self.gcs_handlers = {
+            "pub": self._on_pub, "shutdown": lambda c, b, bufs: self.stopping.set(), **self.bundle_handlers(),
+        }
 
     # --- start / stop -------------------------------------------------------------
     async def start(self) -> None:
@@ -276,7 +281,19 @@ class Raylet(LeaseManager, ObjectManager):
             # Queued lease requests: [resources, infeasible (no node has that much)].
             "demands": [[req.placement, req.warned] for req in self.sched.queue],
             "owners": len(self.owned),
+            "host": _host_stats(),
         }
+
+    def on_list_workers(self, conn: wire.Connection, body: Any, bufs: list) -> list:
+        return [{"worker_id": w.worker_id, "pid": w.pid, "address": w.address, "actor_id": w.actor_id,
+                 "leased": w.lease is not None, "alive": w.exit_info is None}
+                for w in self.pool.workers.values()]
+
+    def on_log_list(self, conn: wire.Connection, glob: str, bufs: list) -> list:
+        return log_files.list_files(os.environ.get(logs.ENV), glob)
+
+    def on_log_read(self, conn: wire.Connection, body: dict, bufs: list) -> dict:
+        return log_files.read(os.environ.get(logs.ENV), body)
 
     # --- logs -----------------------------------------------------------------------------
     def _on_output(self, w: Worker, line: bytes, is_err: bool) -> None:
@@ -332,6 +349,15 @@ async def _main(stop: asyncio.Event) -> None:
     await raylet.stop()
 
 
+def _host_stats() -> dict:
+    """This host's CPU use (percent since the last call) and memory (bytes), for the dashboard."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return {"cpu_percent": psutil.cpu_percent(None), "cpu_count": os.cpu_count() or 1,
+            "mem_total": vm.total, "mem_used": vm.total - vm.available}
+
+
 _EARLY_ZYGOTE = None
 
 if __name__ == "__main__":
@@ -340,3 +366,4 @@ if __name__ == "__main__":
     daemon.raise_fd_limit()  # before the zygote forks: workers inherit it
     _EARLY_ZYGOTE = zygote.fork_early()
     daemon.run(_main)
+

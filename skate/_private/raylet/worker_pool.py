@@ -44,6 +44,39 @@ class Worker:
     idle_since: float = 0.0
     pumps: list = field(default_factory=list)
     out_fds: list = field(default_factory=list)  # its stdout/stderr pipes
+    #: What the worker is kept to (see ``fits``): its runtime_env's hash (fixed at
+    #: start), and, once first leased, its job, GPU use and actor use.
+    tags: WorkerTags = field(default_factory=lambda: WorkerTags())
+
+
+@dataclass
+class WorkerTags:
+    """What a worker may be lent for (like Ray's worker pool: a worker serves one job,
+    one runtime_env, GPU or non-GPU work, and actors or tasks, never both kinds)."""
+
+    env: str | None = None  # hash of its runtime_env; None: the default environment
+    job: int | None = None  # None until first leased
+    gpu: bool | None = None
+    actor: bool | None = None
+
+
+def fits(have: WorkerTags, want: WorkerTags) -> bool:
+    """Whether a worker tagged ``have`` may take a lease asking for ``want``.
+
+    The environment must be the same; job, GPU use and actor use must match
+    where the worker already has one (a fresh worker takes any).
+    """
+    return (
+        have.env == want.env
+        and (have.job is None or have.job == want.job)
+        and (have.gpu is None or have.gpu == want.gpu)
+        and (have.actor is None or have.actor == want.actor)
+    )
+
+
+def tags_of_request(body: dict, env_hash: str | None) -> WorkerTags:
+    """The tags a lease request asks for."""
+    return WorkerTags(env_hash, body.get("job"), bool(body["resources"].get("GPU")), body.get("actor_id") is not None)
 
 
 def describe_exit(code: int | None) -> str:
@@ -147,8 +180,22 @@ class WorkerPool:
             asyncio.ensure_future(self._exited(w, -signal.SIGKILL))
         self._by_pid.clear()
 
-    async def start(self) -> Worker:
-        """Forks a worker process and waits until it registers."""
+    def take_idle(self, want: WorkerTags) -> Worker | None:
+        """The most recently idle live worker that fits ``want`` (taken out of the pool)."""
+        idle = self.idle
+        for i in range(len(idle) - 1, -1, -1):
+            w = idle[i]
+            if w.exit_info is None and fits(w.tags, want):
+                del idle[i]
+                return w
+        return None
+
+    async def start(self, setup: dict | None = None, env_hash: str | None = None) -> Worker:
+        """Forks a worker process and waits until it registers.
+
+        ``setup``: what the child applies for its runtime_env (``NodeEnvs.prepare``),
+        whose hash is ``env_hash``.
+        """
         worker_id = os.urandom(16)
         loop = asyncio.get_running_loop()
         self.starting += 1
@@ -159,9 +206,11 @@ class WorkerPool:
             env["SKATE_WORKER_ID"] = worker_id.hex()
             # Known before the fork: the worker may register before the fork's answer is read.
             w = Worker(worker_id, 0, registered=loop.create_future(), exited=loop.create_future())
+            w.tags.env = env_hash
             self.workers[worker_id] = w
+            request = {"env": env, "setup": setup} if setup else {"env": env}
             try:
-                await self._ask_fork(sock, fut, json.dumps({"env": env}).encode())
+                await self._ask_fork(sock, fut, json.dumps(request).encode())
                 pid, fds = await fut
             except BaseException:
                 self.workers.pop(worker_id, None)

@@ -8,7 +8,7 @@ request in about a millisecond.
 
 Protocol on a SOCK_SEQPACKET socket pair (one message per packet, JSON):
 
-    daemon -> zygote : {"env": {...}}                      fork a worker
+    daemon -> zygote : {"env": {...}, "setup": {...}}      fork a worker (setup: its runtime_env)
     zygote -> daemon : {"pid": N}  + fds [stdout, stderr]  read ends of its pipes
     zygote -> daemon : {"exit": N, "code": C}              a worker exited
 
@@ -108,6 +108,10 @@ def _fork(sock: socket.socket, req: dict, wake: tuple[int, int]) -> None:
                 os.close(fd)
             os.setsid()
             os.environ.update(req["env"])
+            if req.get("setup"):  # the runtime_env: before any user code
+                from skate._private.runtime_env import worker_setup
+
+                worker_setup.apply(req["setup"])
             from skate._private import worker_main
 
             worker_main.main()

@@ -75,6 +75,17 @@ class RecordCipher:
             out.append(_LEN.pack(len(ct)))
             out.append(ct)
 
+    def rewind(self, records: int) -> None:
+        """Takes back the last ``records`` sealed, which never left this process.
+
+        Only for records of which not one byte was sent (a send that timed
+        out before it began): their nonces are used again for what is sent
+        instead, and nobody ever saw the first ciphertext.
+        """
+        if not 0 <= records <= self._send_n:
+            raise ValueError(f"cannot take back {records} records")
+        self._send_n -= records
+
     def open(self, inbox: FrameReader, plain: FrameReader) -> None:
         """Moves every whole record from ``inbox`` into ``plain``, decrypted.
 

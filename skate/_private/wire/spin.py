@@ -12,6 +12,7 @@ import os
 import selectors
 import threading
 import time
+from collections.abc import Callable
 
 from skate._private.config import CONFIG
 
@@ -41,9 +42,11 @@ class SpinningSelector(selectors.EpollSelector):
     costs no wake-up from sleep.  An idle loop polls once per message.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_sleep: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._busy = False
+        self._on_sleep = on_sleep  # called before each wait that may sleep
+
 
     def select(self, timeout: float | None = None) -> list:
         if self._busy and SPIN_S and (timeout is None or timeout > 0):
@@ -56,6 +59,8 @@ class SpinningSelector(selectors.EpollSelector):
                 if time.perf_counter() >= end:
                     break
                 os.sched_yield()
+        if self._on_sleep is not None and (timeout is None or timeout > 0):
+            self._on_sleep()
         ready = super().select(timeout)
         self._busy = bool(ready)
         return ready
