@@ -189,6 +189,26 @@ def test_object_larger_than_the_store_goes_to_a_disk_backed_segment():
         skate.shutdown()
 
 
+def test_a_put_that_no_spilling_can_make_room_for_goes_to_disk():
+    skate.init(num_cpus=1, object_store_memory=100 * MB)
+    try:
+        core = runtime.current()
+
+        def store() -> dict:
+            return core.request(core.raylet, "node_stats")["store"]
+
+        a = skate.put(np.full(60 * MB, 1, dtype=np.uint8))
+        held = skate.get(a)  # mapped by this reader: it cannot be spilled
+        b = skate.put(np.full(60 * MB, 2, dtype=np.uint8))  # waits a little, then a disk-backed segment
+        st = store()
+        assert st["disk_backed"] == 1 and st["spilled"] == 0
+        assert held[-1] == 1 and skate.get(b)[-1] == 2
+        del held, a, b
+        wait_for(lambda: store()["disk_backed_bytes"] == 0, 10, what="the disk-backed segment to be freed")
+    finally:
+        skate.shutdown()
+
+
 def _segment_bytes() -> int:
     prefix = runtime.current().store_prefix + "-"
     total = 0

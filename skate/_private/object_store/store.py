@@ -6,7 +6,8 @@ copies to disk, least recently used first), write the segment themselves and
 ``seal`` it.  ``ensure_local`` brings a spilled object back.  The owner of an
 object decides when it dies and calls ``free``.
 
-An object larger than the whole store is not refused: it gets a
+An object larger than the whole store, or one that no spilling can make
+room for (readers map what is there), is not refused: it gets a
 disk-backed segment, a file in the spill folder that producers and
 readers map like any segment (``StoredObject.disk``).  It never counts in
 ``used``, is never spilled, and its file goes when the object is freed.
@@ -143,11 +144,15 @@ class ObjectStore:
         self.used -= obj.size
         del self.objects[oid]
 
-    def reserve(self, oid: bytes, size: int, primary: bool = True) -> str:
-        """Makes room for ``size`` bytes and returns the segment path to create."""
+    def reserve(self, oid: bytes, size: int, primary: bool = True, disk: bool = False) -> str:
+        """Makes room for ``size`` bytes and returns the segment path to create.
+
+        ``disk``: a disk-backed segment even though the object would fit (no
+        room can be made in memory now).  Raises ``StoreFull``.
+        """
         if oid in self.objects:
             return self.objects[oid].path
-        if size > self.capacity:
+        if size > self.capacity or disk:
             return self._reserve_on_disk(oid, size, primary)
         path = shm.segment_path(self.prefix, oid)
         recycled = self._take_from_pool(size, path)
@@ -168,7 +173,7 @@ class ObjectStore:
             os.close(fd)
             shm.unlink(path)
             raise StoreFull(
-                f"object of {size} bytes is larger than the object store ({self.capacity} bytes) and "
+                f"object of {size} bytes does not fit in the object store ({self.capacity} bytes) and "
                 f"no disk-backed segment could be made for it in {self.spill_dir}: {e}"
             ) from None
         os.close(fd)

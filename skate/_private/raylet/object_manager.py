@@ -29,8 +29,9 @@ from skate._private.object_store import shm
 from skate._private.object_store.store import StoreFull, spill_files
 from skate._private.raylet import transfer
 
-#: Seconds a reservation waits for readers to unmap objects before the store is full.
-ROOM_WAIT_S = 10.0
+#: Seconds a reservation waits for readers to unmap objects (or writers to seal
+#: theirs) before it settles for a disk-backed segment.
+ROOM_WAIT_S = 2.0
 
 
 class ObjectStoreFull(Exception):
@@ -50,13 +51,21 @@ class ObjectManager:
     async def _reserve_after_spill(self, conn: wire.Connection, body: dict) -> str:
         try:
             await self._spill_for(body["size"], body["oid"])
-        except StoreFull as e:
-            raise ObjectStoreFull(str(e)) from None
+        except StoreFull:
+            # Nothing more can leave memory now (readers map the rest, or it is
+            # being written): like Ray's fallback allocation, the object goes to disk.
+            return self._reserve(body, disk=True)
         return self._reserve(body)
 
-    def _reserve(self, body: dict) -> str:
+    def _reserve(self, body: dict, disk: bool = False) -> str:
+        oid, size, primary = body["oid"], body["size"], body.get("primary", True)
         try:
-            path = self.store.reserve(body["oid"], body["size"], body.get("primary", True))
+            try:
+                path = self.store.reserve(oid, size, primary, disk=disk)
+            except StoreFull:
+                if disk:
+                    raise
+                path = self.store.reserve(oid, size, primary, disk=True)
         except StoreFull as e:
             raise ObjectStoreFull(str(e)) from None
         owner = body.get("owner")
@@ -229,9 +238,13 @@ class ObjectManager:
             return reply[0], reply[1][0]
 
         async def reserve(size: int) -> str:
+            disk = False
             if oid not in self.store.objects and self.store.needs_room(size):
-                await self._spill_for(size, oid)
-            return self.store.reserve(oid, size, primary=False)
+                try:
+                    await self._spill_for(size, oid)
+                except StoreFull:
+                    disk = True  # no room can be made: a disk-backed segment
+            return self.store.reserve(oid, size, primary=False, disk=disk)
 
         path = await transfer.pull(oid, fetch, reserve, lambda: self.store.free(oid), self.pull_budget)
         self.store.seal(oid)
