@@ -156,9 +156,6 @@ class ActorScheduler:
             except EnvSetupFailed as e:
                 self._dead(aid, f"the runtime_env could not be set up: {e}", kind="env_error")
                 return
-            except EnvSetupFailed as e:
-                self._dead(aid, f"its runtime_env could not be set up: {e}")
-                return
             except Exception as e:  # noqa: BLE001
                 self._dead(aid, f"no worker could be leased for it: {e}")
                 return
