@@ -88,6 +88,8 @@ def run_titled(executor: Any, fn: Callable[[dict, list, Any], None], spec: dict,
         fn(spec, bufs, rep)
     finally:
         _idle = executor.actor_name or "IDLE"
+        if "aid" in spec:  # a creation: an async actor's calls run on another loop, so settle now
+            settle()
 
 
 def settle() -> None:

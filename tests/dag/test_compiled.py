@@ -101,6 +101,9 @@ def test_hello_world(ray_start_4cpu):
     with InputNode() as inp:
         dag = a.echo.bind(inp)
     assert skate.get(dag.execute("hello")) == "hello"  # uncompiled: ordinary actor call
+    # The actor's link to the control store (task events use it) opens on first
+    # use: open it now, so the counts below see only the graph's channels.
+    assert skate.get(a.__ray_call__.remote(lambda self: len(skate.nodes())), timeout=30) >= 1
     actor_socks, driver_socks = sockets_of(a), _sockets()
     cdag = dag.experimental_compile()
     assert LOOP_THREAD in threads_of(a)

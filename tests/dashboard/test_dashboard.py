@@ -200,7 +200,10 @@ def test_views_show_nodes_actors_tasks_with_tracebacks_and_jobs(dash):
 
 def test_metrics_have_rays_names_and_the_right_values(dash):
     counter = _workload()  # noqa: F841
-    wait_for(lambda: len([t for t in get_json(dash, "/api/tasks") if t["state"] != "RUNNING"]) >= 4, 20)
+    wait_for(lambda: {"Counter.incr", "fails"} <= {t["name"] for t in get_json(dash, "/api/tasks")
+                                                  if t["state"] != "RUNNING"} and
+             len([t for t in get_json(dash, "/api/tasks") if t["name"] == "square" and t["state"] == "FINISHED"]) == 3,
+             20)
     status, headers, body = request(dash, "/metrics", {"Authorization": f"Bearer {_split(dash)[2]}"})
     assert status == 200 and headers["content-type"].startswith("text/plain")
     samples = {}
@@ -216,6 +219,7 @@ def test_metrics_have_rays_names_and_the_right_values(dash):
     assert value("ray_tasks", Name="square", State="FINISHED") == 3
     assert value("ray_tasks", Name="fails", State="FAILED") == 1
     assert value("ray_actors", Name="Counter", State="ALIVE") == 1
+    assert value("ray_tasks", Name="Counter.incr", State="FINISHED") == 1  # actor calls count too
     assert value("ray_resources", Name="CPU", State="AVAILABLE") + value("ray_resources", Name="CPU", State="USED") == 2
     # The actor holds no CPU once created (Ray's default for actors), so all 2 are free.
     assert value("ray_resources", Name="CPU", State="AVAILABLE") == 2

@@ -231,8 +231,12 @@ ray.shutdown()
 """
     driver = net[2].popen([sys.executable, "-c", code], env=net[2].env(SKATE_CLUSTER_TOKEN=token),
                           stdin=subprocess.PIPE)
-    line = driver.stdout.readline()
-    assert "ips ['10.77.0.1', '10.77.0.2']" in line, line + driver.stdout.read()
+    seen = []
+    for line in driver.stdout:  # log lines ("Connected to skate cluster ...") come first
+        seen.append(line)
+        if line.startswith("ips "):
+            break
+    assert "ips ['10.77.0.1', '10.77.0.2']" in seen[-1], "".join(seen)
     for h, nm_port, extra, drivers in ((net[1], 6390, {6380}, 0), (net[2], 6391, set(), 1)):
         listening = _listeners(h)
         assert {ip for ip, _ in listening} == {h.ip}, listening

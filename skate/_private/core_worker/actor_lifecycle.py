@@ -152,6 +152,7 @@ class ActorLifecycle:
             st.num_restarts = info.get("num_restarts", 0)
             self._requeue_inflight(st)
         st.reconnecting = True
+        self.send_ready_now(st)
         try:
             conn = await core.conn_to(info["address"], exec_=True)
         except Exception:  # noqa: BLE001 - it died again meanwhile: wait for the next one

@@ -162,6 +162,9 @@ class ActorManager(ActorLifecycle):
             if state == ALIVE and not rec.deps and not st.queue and not st.resolving:
                 self._send(st, rec)
                 return
+            if st.reconnecting and rec.spec["m"] == "__ray_ready__" and not rec.deps:
+                self._send(st, rec)  # (the system group needs no exec connection)
+                return
             if state == RESTARTING and rec.retries_left == 0 and st.max_restarts != 0 and not st.reconnecting:
                 state = "FAST_FAIL"
             elif state != DEAD:
@@ -202,6 +205,15 @@ class ActorManager(ActorLifecycle):
         except Exception:  # noqa: BLE001 - the actor is gone: losing its exec connection settles the call
             return
         conn.request_cb("actor_ready", rec.spec, [], lambda result, err: self._on_reply(st, rec, result, err), threadsafe=True)
+
+    def send_ready_now(self, st: ActorState) -> None:
+        """Sends the queued ``__ray_ready__`` calls at once (the incarnation's address is
+        known): the exec connection may wait for a call running in a sync actor."""
+        with st.lock:
+            ready = [r for r in st.queue if r.spec["m"] == "__ray_ready__" and not r.deps]
+            for r in ready:
+                st.queue.remove(r)
+                self._send(st, r)
 
     def _pump(self, st: ActorState) -> None:
         with st.lock:
