@@ -346,10 +346,15 @@ def stream(executor: Any, rep: Any, spec: dict, result: Any, name: str) -> dict:
     finally:
         with acks.cond:
             acks.consumed.pop(tid, None)
+    return _ended(executor, spec, sent)
+
+
+def _ended(executor: Any, spec: dict, sent: int) -> dict:
+    """The reply that ends a stream of ``sent`` items."""
     body: dict = {"r": [], "g": sent}
     if spec["nr"] == DYNAMIC:
         body["dyn"] = 1
-    executor.streamed.pop(tid, None)
+    executor.streamed.pop(spec["t"], None)
     return body
 
 
@@ -383,11 +388,7 @@ async def stream_async(executor: Any, rep: Any, spec: dict, result: Any, name: s
     finally:
         with acks.cond:
             acks.consumed.pop(tid, None)
-    body: dict = {"r": [], "g": sent}
-    if spec["nr"] == DYNAMIC:
-        body["dyn"] = 1
-    executor.streamed.pop(tid, None)
-    return body
+    return _ended(executor, spec, sent)
 
 
 async def take_async(result: Any, n: int, name: str) -> list:
