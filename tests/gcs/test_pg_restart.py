@@ -39,6 +39,10 @@ def test_groups_survive_a_control_store_restart(redis_url):
             assert kept.wait(60)
             waiting = placement_group([{"other": 5}])
             hexid = kept.id.hex()
+            # (An unnamed group's creation is a one-way message: the test kills the
+            # control store once it has stored it.)
+            wait_for(lambda: placement_group_table(waiting).get("state") == "PENDING", 30,
+                     what="the waiting group in the control store")
             old = gcs_server_pid(c)
             os.kill(old, signal.SIGKILL)
             wait_for(lambda: gcs_server_pid(c) not in (0, old), 15, what="a new control store")

@@ -135,6 +135,9 @@ def _end(core: Any, st: StreamState, body: dict, bufs: list) -> None:
     # (under st.cond, every item in)
     count = body.get("g", 0)
     if body.get("r") and not body.get("dyn"):  # an error: the item after the last one sent
+        # (An interrupt can land between an item's send and the worker's count
+        # of it: the error then goes after the items that did arrive.)
+        count = max(count, st.received)
         if st.received == count:
             _store_item(core, st.oid(count), body["r"][0], bufs, keep=True)
             st.received = count + 1
