@@ -40,8 +40,8 @@ def dump_stack() -> str:
     me = threading.get_ident()
     parts = []
     for ident, frame in sys._current_frames().items():
-        if ident == me:
-            continue  # this thread is only answering the request
+        if ident == me and ident != threading.main_thread().ident:
+            continue  # this thread is only answering the request (the main thread always shows)
         parts.append(f"Thread {names.get(ident, ident)!r} (ident {ident}):\n"
                      + "".join(traceback.format_stack(frame)))
     return "\n".join(parts)
