@@ -293,3 +293,15 @@ def gcs_server_pid(cluster) -> int:
         except psutil.Error:  # a dead one not reaped yet
             pass
     return 0
+
+
+@pytest.fixture
+def cli():
+    """A temp dir for `skate start` clusters, stopped (and checked for leftovers) after the test."""
+    from test_cli import CliHost
+
+    host = CliHost()
+    try:
+        yield host
+    finally:
+        host.close()

@@ -93,15 +93,6 @@ class CliHost:
         assert not left, f"skate stop left session folders: {left}"
 
 
-@pytest.fixture
-def cli():
-    host = CliHost()
-    try:
-        yield host
-    finally:
-        host.close()
-
-
 def _one_line_error(out: subprocess.CompletedProcess, needle: str) -> None:
     assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
     assert "Traceback" not in out.stderr, out.stderr

@@ -9,19 +9,9 @@ import sys
 
 import pytest
 from conftest import wait_for
-from test_cli import SKATE, CliHost, _one_line_error
+from test_cli import SKATE, _one_line_error
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def host():
-    """A temp dir for `skate start` clusters, stopped (and checked for leftovers) after the test."""
-    h = CliHost()
-    try:
-        yield h
-    finally:
-        h.close()
 
 PY = sys.executable
 
@@ -30,8 +20,8 @@ def _sid(out: str) -> str:
     return re.search(r"Job '(\S+)' submitted successfully", out).group(1)
 
 
-def test_submit_waits_and_streams_the_output(host, tmp_path):
-    host.head()
+def test_submit_waits_and_streams_the_output(cli, tmp_path):
+    cli.head()
     wd = tmp_path / "wd"
     wd.mkdir()
     (wd / "helper.py").write_text("WORD = 'from-the-working-dir'\n")
@@ -45,37 +35,37 @@ def test_submit_waits_and_streams_the_output(host, tmp_path):
     )
     env_file = tmp_path / "env.json"
     env_file.write_text(json.dumps({"env_vars": {"GREETING": "hello"}}))
-    out = host.run("job", "submit", "--working-dir", str(wd), "--runtime-env", str(env_file), "--", PY, "main.py")
+    out = cli.run("job", "submit", "--working-dir", str(wd), "--runtime-env", str(env_file), "--", PY, "main.py")
     assert "value 40 from-the-working-dir hello" in out.stdout, out.stdout
     sid = _sid(out.stdout)
     assert f"Job '{sid}' succeeded" in out.stdout
-    assert "SUCCEEDED" in host.run("job", "status", sid).stdout
-    assert "value 40" in host.run("job", "logs", sid).stdout
-    jobs = json.loads(host.run("job", "list", "--format", "json").stdout)
+    assert "SUCCEEDED" in cli.run("job", "status", sid).stdout
+    assert "value 40" in cli.run("job", "logs", sid).stdout
+    jobs = json.loads(cli.run("job", "list", "--format", "json").stdout)
     assert [j["status"] for j in jobs if j["submission_id"] == sid] == ["SUCCEEDED"]
-    assert "deleted" in host.run("job", "delete", sid).stdout
-    _one_line_error(host.run("job", "status", sid, check=False), "does not exist")
+    assert "deleted" in cli.run("job", "delete", sid).stdout
+    _one_line_error(cli.run("job", "status", sid, check=False), "does not exist")
 
 
-def test_failed_job_exits_1(host):
-    host.head()
-    out = host.run("job", "submit", "--runtime-env-json", '{"env_vars": {"CODE": "7"}}', "--",
+def test_failed_job_exits_1(cli):
+    cli.head()
+    out = cli.run("job", "submit", "--runtime-env-json", '{"env_vars": {"CODE": "7"}}', "--",
                   PY, "-c", "'import os, sys; print(\"failing\"); sys.exit(int(os.environ[\"CODE\"]))'", check=False)
     assert out.returncode == 1, out
     assert "failing" in out.stdout and "exit code 7" in out.stderr, (out.stdout, out.stderr)
 
 
-def test_no_wait_then_follow_and_stop(host):
-    host.head()
-    out = host.run("job", "submit", "--no-wait", "--submission-id", "long-one", "--",
+def test_no_wait_then_follow_and_stop(cli):
+    cli.head()
+    out = cli.run("job", "submit", "--no-wait", "--submission-id", "long-one", "--",
                   PY, "-c", "'import time; print(\"tick\", flush=True); time.sleep(600)'")
     assert _sid(out.stdout) == "long-one"
-    wait_for(lambda: "tick" in host.run("job", "logs", "long-one").stdout, 30, what="the job's output")
+    wait_for(lambda: "tick" in cli.run("job", "logs", "long-one").stdout, 30, what="the job's output")
     follower = subprocess.Popen([*SKATE, "job", "logs", "long-one", "--follow"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=host.env)
+                                stderr=subprocess.PIPE, text=True, env=cli.env)
     try:
-        assert "RUNNING" in host.run("job", "status", "long-one").stdout
-        stopped = host.run("job", "stop", "long-one")
+        assert "RUNNING" in cli.run("job", "status", "long-one").stdout
+        stopped = cli.run("job", "stop", "long-one")
         assert "has ended: STOPPED" in stopped.stdout, stopped.stdout
         text, _ = follower.communicate(timeout=60)  # --follow returns once the job has ended
         assert "tick" in text
@@ -83,14 +73,14 @@ def test_no_wait_then_follow_and_stop(host):
         if follower.poll() is None:
             follower.kill()
             follower.wait()
-    assert "already ended" in host.run("job", "stop", "long-one").stdout
+    assert "already ended" in cli.run("job", "stop", "long-one").stdout
 
 
-def test_job_errors_are_one_line(host):
-    host.head()
-    _one_line_error(host.run("job", "submit", "--entrypoint-num-cpus", "-1", "--", "true", check=False),
+def test_job_errors_are_one_line(cli):
+    cli.head()
+    _one_line_error(cli.run("job", "submit", "--entrypoint-num-cpus", "-1", "--", "true", check=False),
                     "entrypoint_num_cpus")
-    _one_line_error(host.run("job", "submit", "--runtime-env-json", '{"conda": "x"}', "--", "true", check=False),
+    _one_line_error(cli.run("job", "submit", "--runtime-env-json", '{"conda": "x"}', "--", "true", check=False),
                     "conda")
-    _one_line_error(host.run("job", "list", check=False, SKATE_CLUSTER_TOKEN="wrong"), "rejected")
-    _one_line_error(host.run("job", "logs", "missing", check=False), "does not exist")
+    _one_line_error(cli.run("job", "list", check=False, SKATE_CLUSTER_TOKEN="wrong"), "rejected")
+    _one_line_error(cli.run("job", "logs", "missing", check=False), "does not exist")
