@@ -1,7 +1,7 @@
 """Shared fixtures: a local cluster per test and a leak check after every test.
 
-The leak check fails a test that leaves behind a child process, a
-``/dev/shm/skate-*`` segment, a session folder (sockets, spilled objects) or
+The leak check fails a test that leaves behind a child process, a thread,
+a ``/dev/shm/skate-*`` segment, a session folder (sockets, spilled objects) or
 an initialized runtime.  It waits for things to go away with a deadline
 rather than sleeping.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 
 # Before skate reads its configuration: this test run gets its own session
@@ -114,6 +115,7 @@ def no_leaks(request):
     shm_before = _shm()
     sessions_before = _sessions()
     me = psutil.Process()
+    threads_before = set(threading.enumerate())
     yield
     if skate.is_initialized():
         try:
@@ -133,6 +135,14 @@ def no_leaks(request):
         raise AssertionError(f"test leaked shared memory: {sorted(_shm() - shm_before)}") from None
     leaked = _sessions() - sessions_before
     assert not leaked, f"test leaked session folders: {leaked}"
+
+    def new_threads() -> list:
+        return [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+
+    try:
+        wait_for(lambda: not new_threads(), 10, what="threads the test started to end")
+    except AssertionError:
+        raise AssertionError(f"test leaked threads: {new_threads()}") from None
 
 
 def _stores_in_use() -> dict:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 import skate
 from skate import exceptions as exc
 from skate._private import runtime
+from skate.util import state
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,5 +91,7 @@ def test_a_borrower_whose_owner_died_gets_owner_died_error(cluster):
     [ref] = skate.get(owner.make.remote(), timeout=60)
     assert skate.get(get_first.remote([ref]), timeout=60) == 8.0
     skate.kill(owner)
+    # kill() returns at once (as in Ray): read the ref once the owner is gone.
+    wait_for(lambda: state.get_actor(owner._actor_id.hex()).state == "DEAD", 30, what="the owner to die")
     with pytest.raises(exc.OwnerDiedError):
         skate.get(ref, timeout=60)

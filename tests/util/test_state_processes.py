@@ -110,8 +110,12 @@ def test_stacks_show_what_each_process_runs(ray_start, tmp_path):
 
         text = wait_for(napping, 20, what="the actor's stack to show nap()")
         assert "MainThread" in text
-        mine = [text for p, text in state_workers.stacks() if p.pid == os.getpid()]
-        assert len(mine) == 1 and "test_stacks_show_what_each_process_runs" in mine[0]
+        def mine() -> str | None:
+            texts = [text for p, text in state_workers.stacks() if p.pid == os.getpid()]
+            assert len(texts) == 1
+            return texts[0] if "test_stacks_show_what_each_process_runs" in texts[0] else None
+
+        assert "MainThread" in wait_for(mine, 10, what="this driver's stack to show this test")
     finally:
         gate.touch()
     assert skate.get(ref) == "awake"

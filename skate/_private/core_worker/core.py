@@ -139,6 +139,9 @@ class CoreWorker(ObjectAccess, RefCounting):
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
+        # The loop's default executor (name lookups) ends with it: a process
+        # that starts and shuts down many times keeps no idle threads.
+        self.loop.run_until_complete(self.loop.shutdown_default_executor())
 
     def post(self, fn: Callable, *args: Any) -> None:
         """Runs ``fn(*args)`` on the I/O thread soon."""
