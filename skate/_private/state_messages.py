@@ -10,7 +10,7 @@ merges ``STATE_REQUESTS`` into its table, so strict decoding covers them too.
                   log_read LogRead -> LogChunk          a piece of one of them
     core worker   list_refs None -> [RefInfo]           the object refs this process holds or owns
                   dump_stack None -> str                every thread's Python stack, now
-    control store task_events [TaskEvent]                what processes report of their tasks
+    control store task_events TaskEventBatch             what processes report of their tasks
                   list_task_events ListTaskEvents -> [TaskEvent]
                   report_waits WaitReport               what one process waits on
                   list_waits None -> [WaitReport]
@@ -83,6 +83,26 @@ class TaskEvent(TypedDict, total=False):
     type: str  # set for ACTOR_CREATION_TASK (otherwise told by actor_id)
 
 
+#: One task event as it travels: ``(task_id, name, state, start, end,
+#: actor_id, (error type, message) | None, func, (node_id, worker_id, pid) |
+#: None, type)``; a missing ``(node_id, worker_id, pid)`` means the sender's.
+TaskEventRow = tuple[
+    bytes, str, str, Union[float, None], Union[float, None], Union[bytes, None],
+    Union[tuple[str, str], None], str, Union[tuple[bytes, bytes, int], None], str,
+]
+
+
+class TaskEventBatch(TypedDict):
+    """What one process reports of its tasks since its last report (rows: no
+    per-event dicts, so a busy actor's calls cost little to send and keep)."""
+
+    job_id: int
+    node_id: bytes
+    worker_id: bytes
+    pid: int
+    rows: list[TaskEventRow]
+
+
 class BlockedCall(TypedDict, total=False):
     """A ``get``/``wait`` blocked for over a second (see ``core_worker/waits``)."""
 
@@ -124,7 +144,7 @@ class ListTaskEvents(TypedDict, total=False):
 
 
 STATE_REQUESTS: dict[str, tuple[Any, Any]] = {
-    "task_events": (list[TaskEvent], None),
+    "task_events": (TaskEventBatch, None),
     "list_task_events": (ListTaskEvents, list[TaskEvent]),
     "report_waits": (WaitReport, None),
     "list_waits": (None, list[WaitReport]),

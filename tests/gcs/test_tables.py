@@ -126,14 +126,35 @@ def test_a_dead_node_takes_its_actors_with_it():
     assert "its node died (removed)" in d.actors.get(b"a")["cause"]
 
 
+def _rows(*rows):
+    """A ``TaskEventBatch`` from one worker: (task id, state, start, end, func) per row."""
+    return {"job_id": 1, "node_id": b"n", "worker_id": b"w", "pid": 7,
+            "rows": [(tid, "f", state, start, end, None, None, func, None, "") for tid, state, start, end, func in rows]}
+
+
 def test_task_events_merge_and_a_late_running_report_does_not_undo_the_end():
     from skate._private.gcs.task_events import TaskEventTable
 
     t = TaskEventTable(limit=2)
-    t.add([{"task_id": b"a", "name": "f", "state": "FINISHED", "start": 1.0, "end": 2.0}])
-    t.add([{"task_id": b"a", "name": "f", "state": "RUNNING", "start": 1.0, "func": "mod.f"}])
+    t.add(_rows((b"a", "FINISHED", 1.0, 2.0, "")))
+    assert t.query()[0] == {"task_id": b"a", "name": "f", "state": "FINISHED", "job_id": 1, "node_id": b"n",
+                            "worker_id": b"w", "pid": 7, "start": 1.0, "end": 2.0}
+    t.add(_rows((b"a", "RUNNING", 0.5, None, "mod.f")))
     rec = t.query()[0]
-    assert (rec["state"], rec["end"], rec["func"]) == ("FINISHED", 2.0, "mod.f")
-    t.add([{"task_id": b"b", "state": "RUNNING"}, {"task_id": b"c", "state": "RUNNING"}])
+    assert (rec["state"], rec["start"], rec["end"], rec["func"]) == ("FINISHED", 0.5, 2.0, "mod.f")
+    t.add(_rows((b"b", "RUNNING", None, None, ""), (b"c", "RUNNING", None, None, "")))
     assert [r["task_id"] for r in t.query()] == [b"b", b"c"] and t.evicted == 1  # bounded: oldest out
     assert [r["task_id"] for r in t.query([["task_id", "=", b"c".hex()]])] == [b"c"]
+    assert t.query()[0]["start"] is None
+
+
+def test_task_event_rows_name_the_worker_that_ran_them():
+    from skate._private.gcs.task_events import TaskEventTable
+
+    t = TaskEventTable()
+    batch = _rows((b"a", "FINISHED", 1.0, 2.0, ""))
+    batch["rows"] = [batch["rows"][0][:6] + (("ValueError", "boom"), "", (b"n2", b"w2", 9), "")]
+    t.add(batch)
+    rec = t.query()[0]
+    assert (rec["node_id"], rec["worker_id"], rec["pid"]) == (b"n2", b"w2", 9)
+    assert (rec["error_type"], rec["error_message"]) == ("ValueError", "boom")

@@ -11,7 +11,8 @@
                             a job's workers end with its driver)
     actor:  a call ends  -> FINISHED/FAILED event recorded by the actor's worker
                             after the reply went out (off the caller's path)
-    both:   every 100 ms, and when a driver leaves -> notify("task_events", [...])
+    both:   every 100 ms, and when a driver leaves -> notify("task_events", batch)
+            (a batch: the sender's ids once, then one tuple per event)
     control store: gcs/task_events.py keeps the latest state of the last
             ``Config.task_events_max`` tasks, for the state API and ``timeline()``
 
@@ -93,53 +94,32 @@ class TaskEventBuffer:
             self._armed = True
             self._arm()
 
-    def take(self) -> list[dict]:
-        """The buffered events as ``TaskEvent`` dicts (emptying the buffer), plus a
-        RUNNING event for each task that started here and has not been reported."""
-        core = self.core
-        here = (core.node_id, core.worker_id, self.pid)
-        job_id = core.job_id
-        batch = []
+    def take(self) -> dict | None:
+        """The buffered events as one ``TaskEventBatch`` (emptying the buffer),
+        plus a RUNNING row for each task that started here and has not been
+        reported; None when there is nothing to send.
+
+        The buffer's tuples are the rows as they are: nothing is built per
+        event here (a busy actor records tens of thousands a second).
+        """
         events = self.events
-        while events:
-            task_id, name, state, start, end, actor_id, error, func, where, kind = events.popleft()
-            node_id, worker_id, pid = where or here
-            event: dict = {
-                "task_id": task_id, "name": name, "state": state, "job_id": job_id,
-                "node_id": node_id, "worker_id": worker_id, "pid": pid,
-            }
-            if start is not None:
-                event["start"] = start
-            if end is not None:
-                event["end"] = end
-            if actor_id:
-                event["actor_id"] = actor_id
-            if func:
-                event["func"] = func
-            if error is not None:
-                event["error_type"], event["error_message"] = error
-            if kind:
-                event["type"] = kind
-            batch.append(event)
+        rows = list(events)
+        events.clear()
         if self.running:
             for task_id, (name, start, func, actor_id) in list(self.running.items()):
                 if self.running.pop(task_id, None) is None:
                     continue  # it ended meanwhile
-                event = {
-                    "task_id": task_id, "name": name, "state": "RUNNING", "job_id": job_id,
-                    "node_id": here[0], "worker_id": here[1], "pid": self.pid, "start": start,
-                }
-                if func:
-                    event["func"] = func
-                if actor_id:
-                    event["actor_id"] = actor_id
-                batch.append(event)
-        return batch
+                rows.append((task_id, name, "RUNNING", start, None, actor_id, None, func, None, ""))
+        if not rows:
+            return None
+        core = self.core
+        return {"job_id": core.job_id, "node_id": core.node_id, "worker_id": core.worker_id, "pid": self.pid,
+                "rows": rows}
 
     async def send(self) -> None:
         """Sends what is buffered now (I/O thread; also at shutdown)."""
         batch = self.take()
-        if not batch:
+        if batch is None:
             return
         try:
             (await self.core.gcs()).notify("task_events", batch)

@@ -239,8 +239,8 @@ class GcsServer:
         return [k for (n, k), _ in self.kv.items() if n == ns and k.startswith(prefix)]
 
     # --- task events ------------------------------------------------------------
-    def on_task_events(self, conn: wire.Connection, events: list, bufs: list) -> None:
-        self.task_events.add(events)
+    def on_task_events(self, conn: wire.Connection, batch: dict, bufs: list) -> None:
+        self.task_events.add(batch)
 
     def on_list_task_events(self, conn: wire.Connection, body: dict, bufs: list) -> list:
         return self.task_events.query(body.get("filters"), body.get("limit"))
