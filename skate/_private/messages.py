@@ -524,6 +524,9 @@ REQUESTS.update(STATE_REQUESTS)
 
 _UNTYPED = msgspec.msgpack.Decoder()
 _REQUEST_DECODERS = {m: msgspec.msgpack.Decoder(req) for m, (req, _) in REQUESTS.items()}
+#: Method -> the decoder of its requests (what ``request_decoder`` looks up;
+#: for a receive loop that looks it up once per frame).
+REQUEST_DECODERS = _REQUEST_DECODERS
 _REPLY_DECODERS = {m: msgspec.msgpack.Decoder(rep) for m, (_, rep) in REQUESTS.items() if rep is not None}
 
 

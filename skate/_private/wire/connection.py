@@ -66,6 +66,8 @@ _IOV_CHUNK = 512
 
 
 _STRICT = bool(CONFIG.strict_messages)
+_request_decoders = messages.REQUEST_DECODERS
+_untyped = messages.UNTYPED
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -190,7 +192,7 @@ class Connection(asyncio.BufferedProtocol):
         return self._reader.buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._reader.received(nbytes)
+        self._reader.n += nbytes  # (FrameReader.received, inlined)
         try:
             self._consume()
         except AuthError as e:
@@ -440,7 +442,7 @@ class Connection(asyncio.BufferedProtocol):
             body = messages.UNTYPED.decode(raw)
         else:
             try:
-                body = messages.request_decoder(method).decode(raw)
+                body = _request_decoders.get(method, _untyped).decode(raw)  # (messages.request_decoder)
                 if _STRICT:
                     messages.check_declared(body, raw, repr(method))
             except msgspec.DecodeError as e:
@@ -457,7 +459,12 @@ class Connection(asyncio.BufferedProtocol):
                     return
             self.loop.call_soon_threadsafe(self._dispatch_on_loop, kind, rid, method, body, bufs)
             return
-        self._dispatch_on_loop(kind, rid, method, body, bufs)
+        if kind == REPLY or kind == ERROR:  # (_dispatch_on_loop, inlined: the loop thread reads)
+            entry = self.pending.pop(rid, None)
+            if entry is not None:
+                dispatch.complete(entry.target, kind, body, bufs)
+            return
+        dispatch.handle(self, kind, rid, method, body, bufs)
 
     def _dispatch_on_loop(self, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
         if kind == REPLY or kind == ERROR:

@@ -97,7 +97,9 @@ class FrameReader:
 
     def buffer(self) -> memoryview:
         """Free space to receive into (at least 64 KiB)."""
-        return self.space(65536)
+        if len(self._buf) - self.n < 65536:
+            self._grow(max(len(self._buf) * 2, self.n + 65536))
+        return self._view[self.n :]
 
     def space(self, nbytes: int) -> memoryview:
         """Free space of at least ``nbytes`` to write received bytes into."""
@@ -155,7 +157,12 @@ class FrameReader:
                         self._grow(need + 65536)
                     return
                 hstart = pos + psize
-                kind, rid, method, body, lens = decode_header(view[hstart : hstart + hlen])
+                try:  # (decode_header, inlined: once per frame)
+                    kind, rid, method, body, lens = _header.decode(view[hstart : hstart + hlen])
+                except msgspec.DecodeError as e:
+                    raise ProtocolError(f"malformed frame header: {e}") from None
+                if not REQUEST <= kind <= NOTIFY:
+                    raise ProtocolError(f"unknown frame kind {kind!r}")
                 if sum(lens) != plen:
                     raise ProtocolError("frame buffer lengths do not add up to its payload length")
                 bufs = []
