@@ -180,9 +180,9 @@ def init(
         token = _head["token"]
         session_dir = _head["session_dir"]
         raylet_addr = _head["raylet"]["uds"]
-        if listener is not None:
-            proc, _head["dashboard"] = dashboard_launch.start(_head, listener)
-            _head["processes"].append(proc)
+        if listener is not None:  # its process starts when a client first connects
+            lazy = dashboard_launch.LazyDashboard(_head, listener)
+            _head["dashboard"], _head["dashboard_launch"] = lazy.address, lazy
     else:
         if num_cpus is not None or num_gpus is not None or resources is not None or object_store_memory is not None or memory is not None:
             raise ValueError(
@@ -263,6 +263,9 @@ def _stop_head() -> None:
     head, _head = _head, None
     if head is None:
         return
+    lazy = head.get("dashboard_launch")
+    if lazy is not None:
+        lazy.close()
     node.stop_processes(head["processes"])
     node.forget_cluster(head["gcs_address"])
     shutil.rmtree(head["session_dir"], ignore_errors=True)

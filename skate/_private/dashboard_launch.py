@@ -9,11 +9,14 @@
 
 The head does not wait for the dashboard to be ready: the socket listens
 before the process starts, so a browser that follows the link at once is
-answered as soon as the process is up, and ``init()`` pays only a fork and
-exec.  The process imports its web server only when the first client
-connects (see ``skate/dashboard/__main__.py``), runs at a lower CPU
-priority, dies with the head (an embedded cluster's driver, or ``skate
-stop``) and exits when the control store goes away.
+answered as soon as the process is up.  ``skate start --head`` starts the
+process at once (the command exits); ``init()`` of an embedded cluster
+starts it only when the first client connects (``LazyDashboard``: a
+thread of the driver waits on the socket), so an idle embedded cluster has
+no dashboard process at all.  The process imports its web server only when
+the first client connects (see ``skate/dashboard/__main__.py``), runs at
+a lower CPU priority, dies with the head (an embedded cluster's driver, or
+``skate stop``) and exits when the control store goes away.
 
 Access needs a credential derived from the cluster token (an HMAC of it,
 never the token itself): the link carries it once, and the page trades it
@@ -26,7 +29,9 @@ import hashlib
 import hmac
 import importlib.util
 import os
+import select
 import socket
+import threading
 from typing import Any
 
 from skate._private import node
@@ -126,6 +131,56 @@ def start(head: dict, listener: socket.socket, tie_to_parent: bool = True,
         listener.close()
     os.close(proc.ready_fd)  # type: ignore[attr-defined]  # never waited for: see the module doc
     return proc, address
+
+
+def address_of(listener: socket.socket) -> str:
+    """``host:port`` a listening socket is bound to."""
+    host, port = listener.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+class LazyDashboard:
+    """An embedded cluster's dashboard: the process starts when the first
+    client connects to ``listener`` (held in the socket's backlog meanwhile).
+
+    Until then this process holds the socket and one thread of it waits on
+    it; ``close()`` (the head's shutdown) ends that wait.  The process, once
+    started, joins ``head["processes"]`` (stopped with the head).
+    """
+
+    def __init__(self, head: dict, listener: socket.socket) -> None:
+        self.head = head
+        self.listener = listener
+        self.address = address_of(listener)
+        self.proc: node.DaemonProcess | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._wait, name="skate-dashboard-launch", daemon=True)
+        self._thread.start()
+
+    def _wait(self) -> None:
+        fd = self.listener.fileno()
+        try:
+            ready, _, _ = select.select([fd, self._wake_r], [], [])
+        except (OSError, ValueError):
+            return
+        with self._lock:
+            if self._closed or fd not in ready:
+                return
+            self.proc, _ = start(self.head, self.listener)  # (closes our copy of the socket)
+            self.head["processes"].insert(0, self.proc)
+
+    def close(self) -> None:
+        """Stops waiting (the head stops); a started process is stopped with the head's."""
+        with self._lock:
+            self._closed = True
+            os.write(self._wake_w, b"x")
+        self._thread.join(5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self.proc is None:
+            self.listener.close()
 
 
 def announce(gcs_address: str, token: bytes, address: str) -> None:

@@ -301,20 +301,31 @@ def test_include_dashboard_false_starts_no_dashboard():
 
 
 def test_default_starts_one_like_ray_and_logs_the_link(tmp_path):
-    """With skate[dashboard] installed and nothing said, init() starts a dashboard (Ray's default)."""
+    """With skate[dashboard] installed and nothing said, init() starts a dashboard (Ray's default).
+
+    An embedded cluster's dashboard process starts when its first client
+    connects: until then the idle cluster has none."""
     env = {k: v for k, v in os.environ.items() if k != "SKATE_INCLUDE_DASHBOARD"}
     code = textwrap.dedent("""
-        import psutil, skate
+        import psutil, skate, socket, time
         ctx = skate.init(num_cpus=1)
-        kids = [" ".join(p.cmdline()) for p in psutil.Process().children()]
+        def dash():
+            return any("dashboard" in " ".join(p.cmdline()) for p in psutil.Process().children())
         print("URL", ctx.dashboard_url)
-        print("DASH", any("dashboard" in k for k in kids))
+        print("IDLE", dash())
+        host, port = ctx.dashboard_url.split("//")[1].split("/")[0].rsplit(":", 1)
+        client = socket.create_connection((host, int(port)), timeout=30)  # a first client
+        deadline = time.monotonic() + 30
+        while not dash() and time.monotonic() < deadline:  # (a condition, with a deadline)
+            time.sleep(0.02)
+        print("DASH", dash())
+        client.close()
         skate.shutdown()
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
                          cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert "DASH True" in out.stdout
+    assert "IDLE False" in out.stdout and "DASH True" in out.stdout
     url = out.stdout.split("URL ", 1)[1].split()[0]
     assert url.startswith("http://127.0.0.1:") and "?token=" in url
     assert f"View the dashboard at {url}" in out.stderr
@@ -341,9 +352,10 @@ def test_dashboard_host_and_port():
 def test_dashboard_ends_with_the_cluster():
     ctx = skate.init(num_cpus=1, include_dashboard=True, dashboard_port=0)
     try:
+        assert dashboard_pids() == []  # an embedded cluster's starts with its first client
+        get_json(ctx.dashboard_url, "/api/summary")  # its web server is up
         pids = dashboard_pids()
         assert len(pids) == 1
-        get_json(ctx.dashboard_url, "/api/summary")  # its web server is up
     finally:
         skate.shutdown()
     wait_for(lambda: pid_gone(pids[0]), 15, what="the dashboard to exit")

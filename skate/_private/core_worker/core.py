@@ -262,7 +262,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         of a control store with durable tables)."""
         fut = self.gcs_fut
         if fut is None or (fut.done() and (fut.exception() or fut.result().given_up)):
-            client = GcsClient(self.gcs_address, self.token, self.handlers)
+            client = GcsClient(self.gcs_address, self.token, self.handlers, session_dir=self.session_dir)
             fut = self.gcs_fut = asyncio.ensure_future(client.connect(timeout=10.0))
         return await asyncio.shield(fut)
 

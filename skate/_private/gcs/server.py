@@ -28,6 +28,7 @@ from skate._private import daemon, private_paths, wire
 from skate._private.config import CONFIG
 from skate._private.gcs.actor_scheduler import ActorScheduler
 from skate._private.gcs.actors import DEAD, ActorDirectory, public
+from skate._private.gcs.client import gcs_socket
 from skate._private.gcs.job_manager import JobManager
 from skate._private.gcs.nodes import NodeTable
 from skate._private.gcs.placement_groups import PlacementGroupManager
@@ -281,6 +282,9 @@ async def _main(stop: asyncio.Event) -> None:
     else:
         server = await wire.serve_tcp(args.host, args.port, token, gcs.handlers, identity=wire.GCS_IDENTITY)
     port = server.sockets[0].getsockname()[1]
+    # This host's clients dial the Unix socket (see gcs/client.py).
+    uds = gcs_socket(os.path.dirname(args.token_file))
+    uds_server = await wire.serve_unix(uds, token, gcs.handlers, identity=wire.GCS_IDENTITY)
     gcs.job_manager.address = f"{args.host}:{port}"
     watcher = asyncio.gather(
         gcs.nodes.watch_heartbeats(), gcs.keep_tidy(), gcs.nodes.broadcast_resources(), gcs.pgs.run(),
@@ -295,6 +299,11 @@ async def _main(stop: asyncio.Event) -> None:
     for conn in list(gcs.nodes.conns.values()):
         conn.close()
     server.close()
+    uds_server.close()
+    try:
+        os.unlink(uds)
+    except FileNotFoundError:
+        pass
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ class Raylet(LeaseManager, ObjectManager, BundleManager):
         # reconnects, and we register again; otherwise losing it ends us.
         self.gcs = GcsClient(
             self.args.gcs_address, self.token, self.gcs_handlers,
-            on_reconnect=self._gcs_reconnected, on_lost=self._gcs_lost,
+            on_reconnect=self._gcs_reconnected, on_lost=self._gcs_lost, session_dir=self.session_dir,
         )
         await self.gcs.connect(timeout=15.0)
         reply = await self.gcs.request("register_node", self.info())

@@ -19,22 +19,23 @@ from __future__ import annotations
 
 import struct
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from skate._private.wire.framing import FrameReader, ProtocolError
 
 _LEN = struct.Struct("<I")
 TAG_LEN = 16
 MAX_RECORD = 1 << 20  # plaintext bytes per record
 _SMALL = 64 << 10  # pieces below this are joined into shared records
-_DECRYPT_INTO = hasattr(AESGCM, "decrypt_into")  # cryptography >= 46
 
 
 class RecordCipher:
     """The two directions of one connection."""
 
     def __init__(self, send_key: bytes, recv_key: bytes) -> None:
+        # Imported here: a process whose connections all stay on Unix
+        # sockets (a local cluster's) never loads OpenSSL (about 7 MB each).
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._decrypt_into = hasattr(AESGCM, "decrypt_into")  # cryptography >= 46
         self._send = AESGCM(send_key)
         self._recv = AESGCM(recv_key)
         self._send_n = 0
@@ -91,6 +92,8 @@ class RecordCipher:
 
         Raises ``ProtocolError`` on a record that is too long or fails its tag.
         """
+        from cryptography.exceptions import InvalidTag
+
         held = inbox.held()
         pos = 0
         try:
@@ -104,7 +107,7 @@ class RecordCipher:
                 nonce = self._recv_n.to_bytes(12, "little")
                 size = n - TAG_LEN
                 try:
-                    if _DECRYPT_INTO:  # straight into the frame reader: one copy less
+                    if self._decrypt_into:  # straight into the frame reader: one copy less
                         self._recv.decrypt_into(nonce, held[start : start + n], None, plain.space(size)[:size])
                     else:
                         data = self._recv.decrypt(nonce, held[start : start + n], None)
