@@ -523,11 +523,29 @@ REQUESTS.update(JOB_REQUESTS)
 REQUESTS.update(STATE_REQUESTS)
 
 _UNTYPED = msgspec.msgpack.Decoder()
-_REQUEST_DECODERS = {m: msgspec.msgpack.Decoder(req) for m, (req, _) in REQUESTS.items()}
+class _Decoders(dict):
+    """Method -> its decoder, built on first use (a process uses a few dozen of
+    the methods; building every decoder at import cost each process about a
+    megabyte and ten milliseconds)."""
+
+    def __init__(self, reply: bool) -> None:
+        super().__init__()
+        self.reply = reply
+
+    def __missing__(self, method: str) -> msgspec.msgpack.Decoder:
+        declared = REQUESTS.get(method)
+        kind = None if declared is None else declared[1 if self.reply else 0]
+        # (A request declared with no body type decodes untyped, as a reply with none does.)
+        decoder = _UNTYPED if declared is None or (self.reply and kind is None) else msgspec.msgpack.Decoder(kind)
+        self[method] = decoder
+        return decoder
+
+
+_REQUEST_DECODERS = _Decoders(reply=False)
+_REPLY_DECODERS = _Decoders(reply=True)
 #: Method -> the decoder of its requests (what ``request_decoder`` looks up;
-#: for a receive loop that looks it up once per frame).
+#: index it: a method nobody declared gets the untyped decoder).
 REQUEST_DECODERS = _REQUEST_DECODERS
-_REPLY_DECODERS = {m: msgspec.msgpack.Decoder(rep) for m, (_, rep) in REQUESTS.items() if rep is not None}
 
 
 class UndeclaredFields(ValueError):
@@ -566,12 +584,12 @@ def request_decoder(method: str) -> msgspec.msgpack.Decoder:
 
     Methods not declared here (tests' own) decode untyped.
     """
-    return _REQUEST_DECODERS.get(method, _UNTYPED)
+    return _REQUEST_DECODERS[method]
 
 
 def reply_decoder(method: str) -> msgspec.msgpack.Decoder:
     """The decoder that validates the reply to a ``method`` request."""
-    return _REPLY_DECODERS.get(method, _UNTYPED)
+    return _REPLY_DECODERS[method]
 
 
 UNTYPED = _UNTYPED

@@ -67,7 +67,6 @@ _IOV_CHUNK = 512
 
 _STRICT = bool(CONFIG.strict_messages)
 _request_decoders = messages.REQUEST_DECODERS
-_untyped = messages.UNTYPED
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -442,7 +441,7 @@ class Connection(asyncio.BufferedProtocol):
             body = messages.UNTYPED.decode(raw)
         else:
             try:
-                body = _request_decoders.get(method, _untyped).decode(raw)  # (messages.request_decoder)
+                body = _request_decoders[method].decode(raw)  # (messages.request_decoder)
                 if _STRICT:
                     messages.check_declared(body, raw, repr(method))
             except msgspec.DecodeError as e:
