@@ -112,7 +112,11 @@ def test_logs_reach_the_driver_after_a_restart(redis_cluster, capfd):
 
     skate.get(say.remote("before-restart"))
     wait_printed(capfd, "before-restart")
+    client = runtime.current().gcs_fut.result()
+    before = client.reconnects
     _kill_control_store(redis_cluster)
+    # Lines published while the driver is away have no subscriber: print once it is back.
+    wait_for(lambda: client.reconnects > before, 30, what="the driver to reconnect and subscribe again")
     skate.get(say.remote("after-restart"))  # the subscription was renewed
     wait_printed(capfd, "after-restart")
 

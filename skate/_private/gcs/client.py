@@ -116,7 +116,10 @@ class GcsClient:
                 if time.monotonic() + delay > deadline:
                     raise GcsUnavailableError(f"cannot reach the control store at {self.address}: {e!r}") from None
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            # A refused Unix socket (the control store restarting) is tried
+            # often: nothing holds connections in a backlog meanwhile, as the
+            # supervisor does for the TCP port, and a local try costs little.
+            delay = min(delay * 2, 0.02 if target == self.uds else 0.5)
 
     def _attach(self, conn: wire.Connection) -> None:
         self.conn = conn

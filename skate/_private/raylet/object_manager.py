@@ -95,6 +95,8 @@ class ObjectManager:
             return
         self.owner_conns[wid] = conn
         conn.on_close.append(lambda c: self._owner_gone(wid))
+        if conn.closed:  # it went while the handshake ended: the callback came too late
+            self._owner_gone(wid)
 
     def _owner_gone(self, wid: bytes) -> None:
         self.owner_watches.pop(wid, None)
