@@ -121,7 +121,7 @@ def start(head: bool, address: str | None, node_ip_address: str | None, port: in
             procs.append(dash)
             cs.remember([(dash.proc.pid, "dashboard")], session_dir, gcs_address)
             dashboard_url = dashboard_launch.link(where, info["token"])
-            dashboard_launch.announce(gcs_address, info["token"], where)
+            dashboard_launch.announce(gcs_address, info["token"], where, session_dir)
         click.echo(f"skate head started at {gcs_address}")
         if dashboard_url:
             click.echo(f"  dashboard:          {dashboard_url}")

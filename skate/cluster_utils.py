@@ -112,7 +112,8 @@ class Cluster:
             if listener is not None:
                 self._dashboard, where = dashboard_launch.start(self._info, listener)
                 self.dashboard_url = dashboard_launch.link(where, self._info["token"])
-                dashboard_launch.announce(self._info["gcs_address"], self._info["token"], where)
+                dashboard_launch.announce(self._info["gcs_address"], self._info["token"], where,
+                                          self._info["session_dir"])
             self._gcs_storage_url = gcs_storage
             gcs, raylet = self._info["processes"]
             raylet.info = self._info["raylet"]

@@ -183,14 +183,16 @@ class LazyDashboard:
             self.listener.close()
 
 
-def announce(gcs_address: str, token: bytes, address: str) -> None:
-    """Records the dashboard's address in the control store, where drivers that join find it."""
+def announce(gcs_address: str, token: bytes, address: str, session_dir: str | None = None) -> None:
+    """Records the dashboard's address in the control store, where drivers that join find it
+    (``session_dir``: the cluster's session folder, for its control store's Unix socket)."""
     import asyncio
 
     from skate._private import wire
+    from skate._private.gcs.client import gcs_target
 
     async def go() -> None:
-        conn = await wire.connect(gcs_address, token, {}, expect=wire.GCS_IDENTITY)
+        conn = await wire.connect(gcs_target(gcs_address, session_dir), token, {}, expect=wire.GCS_IDENTITY)
         try:
             await conn.request("kv_put", [KV_NAMESPACE, KV_KEY, True], [address.encode()])
         finally:

@@ -118,8 +118,11 @@ def _call(method: str, body: Any = None, address: str | None = None) -> Any:
     gcs_address = discovery.resolve_address(address)
     if gcs_address is None:
         raise ConnectionError("no running skate cluster found")
+    from skate._private.gcs.client import gcs_target
+
     target = discovery.credentials(gcs_address)
-    return discovery.request(gcs_address, target.token, method, body, expect=wire.GCS_IDENTITY)
+    return discovery.request(gcs_target(gcs_address, target.session_dir), target.token, method, body,
+                             expect=wire.GCS_IDENTITY)
 
 
 def _filter(records: list, filters: list | None, limit: int | None) -> list:

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from skate._private import daemon, dashboard_launch, logs, private_paths, wire
 from skate._private.config import CONFIG
+from skate._private.gcs.client import gcs_target
 from skate.dashboard import collect, metrics
 
 COOKIE = "skate_dashboard"
@@ -213,8 +214,9 @@ async def _main(stop: asyncio.Event) -> None:
     runner = web.AppRunner(dash.app(dashboard_launch.credential(token)), access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock).start()
-    conn = await _announce(args.gcs_address, token, args.address)
-    watch = asyncio.ensure_future(_watch_gcs(conn, args.gcs_address, token, args.address, stop))
+    target = gcs_target(args.gcs_address, args.session_dir)  # this host's: its Unix socket
+    conn = await _announce(target, token, args.address)
+    watch = asyncio.ensure_future(_watch_gcs(conn, target, token, args.address, stop))
     try:
         await stop.wait()
     finally:

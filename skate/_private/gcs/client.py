@@ -45,6 +45,16 @@ def gcs_socket(session_dir: str) -> str:
     return os.path.join(session_dir, "gcs.sock")
 
 
+def gcs_target(address: str, session_dir: str | None) -> Any:
+    """Where to dial the control store at ``address``: its Unix socket when it
+    runs on this host and ``session_dir`` (its session folder) has one, else
+    ``address``."""
+    if not session_dir:
+        return address
+    host, port = wire.split_address(address)
+    return hostaddr.local_target(gcs_socket(session_dir), host, port)
+
+
 class GcsUnavailableError(ConnectionError):
     """The control store could not be reached within the reconnect grace period."""
 
@@ -106,7 +116,7 @@ class GcsClient:
                 target: Any = self.address
                 if self.uds:
                     host, port = wire.split_address(self.address)
-                    target = hostaddr.local_target(self.uds, host, port)
+                    target = hostaddr.local_target(self.uds, host, port)  # (gcs_target)
                 return await wire.connect(
                     target, self.token, self.handlers, timeout=max(min(left, 10.0), 0.05), expect=wire.GCS_IDENTITY
                 )
