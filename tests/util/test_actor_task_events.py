@@ -105,3 +105,55 @@ def test_enable_task_events_false_records_nothing(ray_start):
     )
     # The quiet actor's creation is not listed either.
     assert [t.actor_id for t in _tasks("Counter.__init__")] == [loud_actor._ray_actor_id.hex()]
+
+
+@skate.remote
+class BrokenCtor:
+    def __init__(self):
+        raise ValueError("constructor on purpose")
+
+    def ok(self):
+        return 1
+
+
+def test_tasks_that_end_without_a_reply_are_listed_as_failed(ray_start, tmp_path):
+    """A force-cancelled task, a crashed worker's task, a call to an actor whose
+    constructor raised, and that constructor: each shows FAILED with its error
+    (Ray lists them as failed too), not RUNNING forever or nothing."""
+    import os
+
+    @skate.remote
+    def napper(path):
+        open(path, "w").close()
+        import time
+
+        time.sleep(60)
+
+    @skate.remote(max_retries=0)
+    def crasher():
+        os._exit(3)
+
+    started = tmp_path / "started"
+    ref = napper.remote(str(started))
+    wait_for(started.exists, 20, what="the task to start")
+    skate.cancel(ref, force=True)
+    with pytest.raises(skate.exceptions.TaskCancelledError):
+        skate.get(ref)
+    with pytest.raises(skate.exceptions.WorkerCrashedError):
+        skate.get(crasher.remote())
+    broken = BrokenCtor.remote()
+    with pytest.raises(skate.exceptions.ActorDiedError):
+        skate.get(broken.ok.remote())
+    want = {
+        "napper": ("NORMAL_TASK", "TaskCancelledError"),
+        "crasher": ("NORMAL_TASK", "WorkerCrashedError"),
+        "BrokenCtor.__init__": ("ACTOR_CREATION_TASK", "ValueError"),
+        "BrokenCtor.ok": ("ACTOR_TASK", "ActorDiedError"),
+    }
+
+    def listed() -> dict | None:
+        got = {n: [(t.type, t.state, t.error_type) for t in _tasks(n)] for n in want}
+        done = all(got[n] == [(kind, "FAILED", err)] for n, (kind, err) in want.items())
+        return got if done else None
+
+    wait_for(listed, 20, what=f"each of {sorted(want)} to be listed once as FAILED with its error")

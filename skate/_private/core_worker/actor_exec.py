@@ -276,11 +276,18 @@ class ActorExecution:
             error = e
             body, out = self._error_reply(dict(spec, nr=1), e, f"{name}.__init__")
             body["ok"] = 0
+            if not spec.get("ne"):
+                # The reply ends this process soon: its creation event goes out first.
+                self.call_events.end(spec["t"], f"{name}.__init__", started, error, "ACTOR_CREATION_TASK")
+                try:
+                    self.core.call(self.core.task_events.send(), timeout=2)
+                except Exception:  # noqa: BLE001 - best effort: the control store may be gone
+                    pass
             self._reply(fut, body, out)
             self.exiting = True
         finally:
             task_context.CURRENT.reset(current)
-            if not spec.get("ne"):
+            if not spec.get("ne") and error is None:
                 self.call_events.end(spec["t"], f"{name}.__init__", started, error, "ACTOR_CREATION_TASK")
 
     def _pool_for(self, group: str | None) -> concurrent.futures.ThreadPoolExecutor | None:

@@ -23,7 +23,7 @@ from typing import Any
 from skate import exceptions as exc
 from skate._private import hostaddr, ids, serialization, wire
 from skate._private.config import CONFIG
-from skate._private.core_worker import streams
+from skate._private.core_worker import streams, task_events
 from skate._private.core_worker.errors import as_error, error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, PENDING, SHM
 from skate._private.core_worker.returns import complete_returns
@@ -442,6 +442,15 @@ class TaskSubmitter:
         if rec.spec.get("nr", 1) < 0:
             streams.fail(self.core, rec, err)
         rec.keep = None
+        if not rec.spec.get("ne"):  # no reply will tell how it ended: its owner does (cancelled, worker died, ...)
+            lease, actor = rec.lease, rec.actor
+            where = (lease.node_id, lease.worker_id, lease.pid or 0) if lease is not None else task_events.UNKNOWN_WHERE
+            name = getattr(rec, "name", None) or rec.spec.get("n", "")
+            self.core.task_events.record(
+                rec.spec["t"], name, "FAILED", end=task_events.now(), error=(type(err).__name__, str(err)[-8000:]),
+                func=name if actor is not None else rec.spec.get("n", ""), where=where,
+                actor_id=actor.actor_id if actor is not None else None,
+            )
 
     # --- lease life ---------------------------------------------------------------
     def _idle(self, lease: Lease) -> None:

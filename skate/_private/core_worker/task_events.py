@@ -32,6 +32,9 @@ from typing import Any
 from skate._private.config import CONFIG
 
 FLUSH_S = 0.1
+#: ``where`` of an event whose worker is not known (a call that failed before
+#: any worker ran it): the control store keeps the ids it already has.
+UNKNOWN_WHERE = (b"", b"", 0)
 
 
 class TaskEventBuffer:

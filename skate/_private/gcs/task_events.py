@@ -77,8 +77,9 @@ def _event(sender: tuple, row: tuple) -> dict:
     job_id, node_id, worker_id, pid = sender
     if where:
         node_id, worker_id, pid = where
-    ev: dict = {"task_id": task_id, "name": name, "state": state, "job_id": job_id,
-                "node_id": node_id, "worker_id": worker_id, "pid": pid}
+    ev: dict = {"task_id": task_id, "name": name, "state": state, "job_id": job_id}
+    if node_id:  # (empty: the sender does not know which worker; a record keeps what it has)
+        ev["node_id"], ev["worker_id"], ev["pid"] = node_id, worker_id, pid
     if start is not None:
         ev["start"] = start
     if end is not None:
@@ -99,6 +100,9 @@ def _record(sender: tuple, row: tuple) -> dict:
     rec = _event(sender, row)
     rec.setdefault("start", None)
     rec.setdefault("end", None)
+    rec.setdefault("node_id", b"")
+    rec.setdefault("worker_id", b"")
+    rec.setdefault("pid", 0)
     return rec
 
 
