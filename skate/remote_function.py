@@ -32,6 +32,7 @@ class RemoteFunction:
         self._options = opts.validate(options, actor=False)
         # The task's default name is the function's own name, like Ray (not its qualname).
         self._name = getattr(function, "__name__", None) or "task"
+        self._qualname = getattr(function, "__qualname__", None) or self._name
         self._signature = CallSignature(function, self._name)
         self._pickled: tuple[bytes, bytes] | None = None
         self._plan_cache: tuple[dict, _Plan] | None = None
@@ -134,6 +135,7 @@ class RemoteFunction:
         rec.deps = deps
         rec.keep = keep
         rec.name = name
+        rec.func = self._qualname
         rec.retries_left = plan.max_retries
         rec.retry_exceptions = plan.retry_exceptions
         rec.resources = plan.resources

@@ -51,6 +51,14 @@ def test_tasks_are_listed_with_their_state_times_worker_and_error(ray_start):
 
 
 @pytest.mark.timeout(60)
+def test_a_named_task_keeps_its_function_name(ray_start):
+    """options(name=...) names the task; func_or_class_name stays the function's (like Ray)."""
+    assert skate.get(square.options(name="custom-name").remote(5)) == 25
+    [task] = wait_for(lambda: [t for t in _states("custom-name") if t.state == "FINISHED"], 10, what="the named task")
+    assert task.func_or_class_name.endswith("square")
+
+
+@pytest.mark.timeout(60)
 def test_a_running_task_is_listed_as_running(ray_start, tmp_path):
     gate = tmp_path / "go"
 

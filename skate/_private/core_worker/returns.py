@@ -31,7 +31,8 @@ def complete_returns(core: Any, rec: Any, body: dict, bufs: list, conn: Any = No
         lease = rec.lease
         core.task_events.record(
             rec.spec["t"], rec.name, "FAILED" if "err" in body else "FINISHED", start=ts[0], end=ts[1],
-            error=body.get("err"), func=rec.spec.get("n", ""), where=(lease.node_id, lease.worker_id, lease.pid or 0),
+            error=body.get("err"), func=rec.func or rec.spec.get("n", ""),
+            where=(lease.node_id, lease.worker_id, lease.pid or 0),
         )
     if "g" in body:  # a generator task ended
         streams.finish(core, rec, body, bufs[k:])

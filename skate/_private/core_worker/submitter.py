@@ -54,7 +54,7 @@ class TaskRecord:
     __slots__ = (
         "spec", "arg_bufs", "fn_id", "fn_bytes", "return_ids", "retries_left", "retry_exceptions",
         "keep", "deps", "key", "resources", "strategy", "cancelled", "lease", "name", "actor",
-        "fut", "seq", "base_bufs", "renv",
+        "fut", "seq", "base_bufs", "renv", "func",
     )
 
     def __init__(self) -> None:
@@ -65,6 +65,7 @@ class TaskRecord:
         self.fut: Any = None
         self.seq = 0
         self.renv: Any = None  # the resolved runtime_env, None for the default one
+        self.func = ""  # the function's qualified name (its task events' func_or_class_name)
 
 
 def encode_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[Any, list, list, list]:
@@ -448,7 +449,7 @@ class TaskSubmitter:
             name = getattr(rec, "name", None) or rec.spec.get("n", "")
             self.core.task_events.record(
                 rec.spec["t"], name, "FAILED", end=task_events.now(), error=(type(err).__name__, str(err)[-8000:]),
-                func=name if actor is not None else rec.spec.get("n", ""), where=where,
+                func=name if actor is not None else (rec.func or rec.spec.get("n", "")), where=where,
                 actor_id=actor.actor_id if actor is not None else None,
             )
 
