@@ -226,7 +226,7 @@ def init(
 def _find_cluster(address: str, token_hex: str | None) -> tuple[bytes, str, Any]:
     target = discovery.credentials(address, token_hex)
     all_nodes = discovery.request(gcs_target(target.gcs_address, target.session_dir), target.token, "get_nodes",
-                                  expect=wire.GCS_IDENTITY)
+                                  expect=wire.GCS_IDENTITY, fallback=target.gcs_address)
     alive = [n for n in all_nodes if n["alive"]]
     if not alive:
         raise ConnectionError(f"the cluster at {target.gcs_address} has no live node")

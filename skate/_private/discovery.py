@@ -119,11 +119,15 @@ async def _request(address: Any, token: bytes, method: str, body: Any, timeout: 
 
 
 def request(
-    address: Any, token: bytes, method: str, body: Any = None, timeout: float = 10.0, expect: bytes | None = None
+    address: Any, token: bytes, method: str, body: Any = None, timeout: float = 10.0, expect: bytes | None = None,
+    fallback: Any = None,
 ) -> Any:
     """One request to a daemon (control store or node daemon) from a process with no runtime.
 
     ``expect``: the identity the daemon must prove (``wire.GCS_IDENTITY``, a node id).
+    ``fallback``: where to try when ``address`` (a Unix socket) cannot be
+    reached: its TCP address (a restarting control store's port keeps
+    connections in its backlog; its Unix socket refuses them).
 
     Raises:
         ConnectionError: one line saying whether the peer was unreachable or
@@ -139,5 +143,7 @@ def request(
             f"the cluster at {where} rejected this process's token; check SKATE_CLUSTER_TOKEN"
         ) from None
     except (OSError, EOFError, asyncio.TimeoutError) as e:
+        if fallback is not None and fallback != address:
+            return request(fallback, token, method, body, timeout, expect)
         why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
         raise ConnectionError(f"cannot reach a skate cluster at {where}: {why}") from None

@@ -543,9 +543,11 @@ class _Decoders(dict):
 
 _REQUEST_DECODERS = _Decoders(reply=False)
 _REPLY_DECODERS = _Decoders(reply=True)
-#: Method -> the decoder of its requests (what ``request_decoder`` looks up;
-#: index it: a method nobody declared gets the untyped decoder).
+#: Method -> the decoder of its requests / of its replies (what
+#: ``request_decoder`` / ``reply_decoder`` look up; index them: a method
+#: nobody declared gets the untyped decoder).
 REQUEST_DECODERS = _REQUEST_DECODERS
+REPLY_DECODERS = _REPLY_DECODERS
 
 
 class UndeclaredFields(ValueError):

@@ -122,7 +122,7 @@ def _call(method: str, body: Any = None, address: str | None = None) -> Any:
 
     target = discovery.credentials(gcs_address)
     return discovery.request(gcs_target(gcs_address, target.session_dir), target.token, method, body,
-                             expect=wire.GCS_IDENTITY)
+                             expect=wire.GCS_IDENTITY, fallback=gcs_address)
 
 
 def _filter(records: list, filters: list | None, limit: int | None) -> list:

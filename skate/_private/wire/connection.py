@@ -67,6 +67,7 @@ _IOV_CHUNK = 512
 
 _STRICT = bool(CONFIG.strict_messages)
 _request_decoders = messages.REQUEST_DECODERS
+_reply_decoders = messages.REPLY_DECODERS
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -108,6 +109,7 @@ class Connection(asyncio.BufferedProtocol):
         self.rsock: socket.socket | None = None
         self._rlock = threading.Lock()  # held by whoever reads and parses frames
         self.loop_reading = False  # the loop watches rsock (loop thread only)
+        self._loop_thread: threading.Thread | None = None  # (loop_thread(self.loop), once known)
         self.leader: int | None = None  # ident of a user thread reading, if any
         #: A user thread has read it itself: from then on the loop reads it
         #: only while replies are owed that no thread reads for.
@@ -576,15 +578,24 @@ class Connection(asyncio.BufferedProtocol):
             self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
             return
         rid = next(self._rids)
-        self.pending[rid] = Pending(callback, messages.reply_decoder(method), threadsafe)
+        self.pending[rid] = Pending(callback, _reply_decoders[method], threadsafe)
         if threadsafe:
-            if not self.loop_reading and self.rsock is not None and threading.current_thread() is loop_thread(self.loop):
+            if not self.loop_reading and self.rsock is not None and self._on_loop_thread():
                 self.watch()  # sent by the loop itself: no thread is about to wait for it
         elif not self.loop_reading and self.rsock is not None:
             self.watch_threadsafe()  # only the loop may run this callback
         self._send(encode(REQUEST, rid, method, body, bufs))
         if self.closed and self.pending.pop(rid, None) is not None:
             self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
+
+    def _on_loop_thread(self) -> bool:
+        """Whether the calling thread runs this connection's loop."""
+        lt = self._loop_thread
+        if lt is None:
+            lt = self._loop_thread = loop_thread(self.loop)  # (learnt when the loop itself asks)
+            if lt is None:
+                return False
+        return threading.get_ident() == lt.ident
 
     def notify(self, method: str, body: Any = None, bufs: Any = ()) -> None:
         """Sends a one-way message (any thread)."""
