@@ -111,11 +111,6 @@ def encode_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[Any, l
 
 def make_returns(core: Any, task_id: bytes, n: int, record: TaskRecord) -> list:
     """Registers the pending return objects of a task and returns their refs."""
-    if n == 1:  # (the common case, without the comprehensions)
-        oid = ids.object_id_for(task_id, 1)
-        core.store.create(oid).task = record
-        record.return_ids = [oid]
-        return [ObjectRef(oid, core.address)]
     oids = [ids.object_id_for(task_id, i + 1) for i in range(n)]
     for oid in oids:
         core.store.create(oid).task = record

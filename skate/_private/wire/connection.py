@@ -245,8 +245,7 @@ class Connection(asyncio.BufferedProtocol):
             if self._backlog:
                 self._backlog.extend(memoryview(p).cast("B") for p in pieces)
                 return
-            # sendmsg takes at most IOV_MAX (1024 here) pieces at once: a
-            # frame with more (a task with thousands of returns) goes in parts.
+            # sendmsg takes at most IOV_MAX (1024) pieces: a frame with more (thousands of returns) goes in parts.
             i = 0
             while i < len(pieces):
                 chunk = pieces if (not i and len(pieces) <= _IOV_CHUNK) else pieces[i : i + _IOV_CHUNK]
@@ -460,12 +459,7 @@ class Connection(asyncio.BufferedProtocol):
                     return
             self.loop.call_soon_threadsafe(self._dispatch_on_loop, kind, rid, method, body, bufs)
             return
-        if kind == REPLY or kind == ERROR:  # (_dispatch_on_loop, inlined: the loop thread reads)
-            entry = self.pending.pop(rid, None)
-            if entry is not None:
-                dispatch.complete(entry.target, kind, body, bufs)
-            return
-        dispatch.handle(self, kind, rid, method, body, bufs)
+        self._dispatch_on_loop(kind, rid, method, body, bufs)
 
     def _dispatch_on_loop(self, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
         if kind == REPLY or kind == ERROR:
@@ -590,12 +584,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def _on_loop_thread(self) -> bool:
         """Whether the calling thread runs this connection's loop."""
-        lt = self._loop_thread
-        if lt is None:
-            lt = self._loop_thread = loop_thread(self.loop)  # (learnt when the loop itself asks)
-            if lt is None:
-                return False
-        return threading.get_ident() == lt.ident
+        lt = self._loop_thread or loop_thread(self.loop)  # (learnt when the loop itself asks)
+        self._loop_thread = lt
+        return lt is not None and threading.get_ident() == lt.ident
 
     def notify(self, method: str, body: Any = None, bufs: Any = ()) -> None:
         """Sends a one-way message (any thread)."""
