@@ -20,11 +20,9 @@ from skate._private import (
     node,
     private_paths,
     runtime,
-    wire,
 )
 from skate._private.config import CONFIG
 from skate._private.fetch_local import make_local
-from skate._private.gcs.client import gcs_target
 from skate.object_ref import ObjectRef
 
 log = logging.getLogger(__name__)
@@ -225,8 +223,7 @@ def init(
 
 def _find_cluster(address: str, token_hex: str | None) -> tuple[bytes, str, Any]:
     target = discovery.credentials(address, token_hex)
-    all_nodes = discovery.request(gcs_target(target.gcs_address, target.session_dir), target.token, "get_nodes",
-                                  expect=wire.GCS_IDENTITY, fallback=target.gcs_address)
+    all_nodes = discovery.request_gcs(target, "get_nodes")
     alive = [n for n in all_nodes if n["alive"]]
     if not alive:
         raise ConnectionError(f"the cluster at {target.gcs_address} has no live node")

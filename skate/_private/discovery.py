@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from skate._private import node, private_paths, wire
+from skate._private.gcs.client import gcs_target
 
 ENV_VARS = ("SKATE_ADDRESS", "RAY_ADDRESS")
 
@@ -147,3 +148,14 @@ def request(
             return request(fallback, token, method, body, timeout, expect)
         why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
         raise ConnectionError(f"cannot reach a skate cluster at {where}: {why}") from None
+
+
+def request_gcs(cluster: Cluster, method: str, body: Any = None, timeout: float = 10.0) -> Any:
+    """One request to ``cluster``'s control store: through its Unix socket when
+    it runs on this host (else, or when the socket refuses, its TCP port).
+
+    Raises:
+        ConnectionError: as ``request``.
+    """
+    return request(gcs_target(cluster.gcs_address, cluster.session_dir), cluster.token, method, body, timeout,
+                   wire.GCS_IDENTITY, fallback=cluster.gcs_address)

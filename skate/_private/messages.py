@@ -523,6 +523,8 @@ REQUESTS.update(JOB_REQUESTS)
 REQUESTS.update(STATE_REQUESTS)
 
 _UNTYPED = msgspec.msgpack.Decoder()
+
+
 class _Decoders(dict):
     """Method -> its decoder, built on first use (a process uses a few dozen of
     the methods; building every decoder at import cost each process about a
@@ -543,11 +545,6 @@ class _Decoders(dict):
 
 _REQUEST_DECODERS = _Decoders(reply=False)
 _REPLY_DECODERS = _Decoders(reply=True)
-#: Method -> the decoder of its requests / of its replies (what
-#: ``request_decoder`` / ``reply_decoder`` look up; index them: a method
-#: nobody declared gets the untyped decoder).
-REQUEST_DECODERS = _REQUEST_DECODERS
-REPLY_DECODERS = _REPLY_DECODERS
 
 
 class UndeclaredFields(ValueError):

@@ -55,7 +55,7 @@ def dumps(value: Any, what: str = "value") -> tuple[bytes, list, list]:
         raise SerializationError(explain(value, what, e)) from e
     finally:
         _local.refs = prev
-    return data, ([b.raw() for b in bufs] if bufs else bufs), refs
+    return data, [b.raw() for b in bufs], refs
 
 
 def loads(data: bytes | memoryview, buffers: list | None = None) -> Any:

@@ -111,18 +111,14 @@ def _call(method: str, body: Any = None, address: str | None = None) -> Any:
     core = runtime.current_or_none()
     if core is not None and address is None:
         return core.gcs_call(method, body)
-    from skate._private import discovery, wire
+    from skate._private import discovery
 
     if core is None and address is None:
         raise RuntimeError("not connected to a cluster: call skate.init() first, or pass address=")
     gcs_address = discovery.resolve_address(address)
     if gcs_address is None:
         raise ConnectionError("no running skate cluster found")
-    from skate._private.gcs.client import gcs_target
-
-    target = discovery.credentials(gcs_address)
-    return discovery.request(gcs_target(gcs_address, target.session_dir), target.token, method, body,
-                             expect=wire.GCS_IDENTITY, fallback=gcs_address)
+    return discovery.request_gcs(discovery.credentials(gcs_address), method, body)
 
 
 def _filter(records: list, filters: list | None, limit: int | None) -> list:

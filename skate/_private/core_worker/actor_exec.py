@@ -58,7 +58,6 @@ class ActorExecution:
 
     def _init_actor(self) -> None:
         self.call_events = task_events.ActorCallEvents(self.core)
-        self.main_ident = threading.main_thread().ident  # (this process's, after the fork)
         self.actor_spec: dict | None = None
         self.actor: Any = None
         self.actor_id: bytes | None = None
@@ -297,7 +296,7 @@ class ActorExecution:
 
     # --- calls -----------------------------------------------------------------------
     def _run_call(self, spec: dict, bufs: list, fut: Replier) -> None:
-        inline = threading.get_ident() == self.main_ident
+        inline = threading.current_thread() is threading.main_thread()
         if inline:
             self._run_call_here(spec, bufs, fut, True)
             return

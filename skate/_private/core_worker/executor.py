@@ -318,7 +318,7 @@ class Executor(ActorExecution):
         as object ``object_id_for(tid, index + 1)``, owned by ``owner`` (the caller).
         """
         data, vbufs, refs = serialization.dumps(value, f"the return value of {name}")
-        size = len(data) + sum(b.nbytes for b in vbufs) if vbufs else len(data)
+        size = len(data) + sum(b.nbytes for b in vbufs)
         if size <= CONFIG.max_inline_bytes:
             return [INLINE, len(vbufs) + 1], [data, *vbufs], refs
         self.core.write_shm(ids.object_id_for(tid, index + 1), data, vbufs, owner)  # the caller owns it

@@ -227,8 +227,6 @@ class ObjectAccess:
     def _materialize_all(self, refs: list, resolved: list) -> list:
         """``materialize`` of each ref, with one ``obj_get_many`` round trip to the
         node daemon for all the shared-memory ones instead of one each."""
-        if len(refs) == 1:  # (the common case, without the comprehensions)
-            return [self.materialize(refs[0], resolved[0])]
         shm_at = [i for i, snap in enumerate(resolved) if snap[0] == SHM]
         if len(shm_at) < 2 or self.off_node:
             return [self.materialize(r, snap) for r, snap in zip(refs, resolved, strict=True)]

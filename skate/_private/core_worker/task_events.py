@@ -144,20 +144,13 @@ class ActorCallEvents:
     def start(self, tid: bytes, name: str) -> float:
         """A call begins (its thread); returns its start time."""
         started = time.time()
-        if CONFIG.task_events_max:  # (TaskEventBuffer.started, inlined: once per call)
-            buf = self.core.task_events
-            buf.running[tid] = (name, started, name, self.core.executor.actor_id)
-            if not buf._armed:
-                buf._armed = True
-                self.core.post(buf._arm)
+        self.core.task_events.started(tid, name, started, name, self.core.executor.actor_id)
         return started
 
     def end(self, tid: bytes, name: str, started: float, error: BaseException | None, kind: str = "") -> None:
         """A call ended, its reply sent (its thread)."""
         buf = self.core.task_events
-        buf.running.pop(tid, None)
-        if not CONFIG.task_events_max:
-            return
+        buf.ended(tid)
         err = None
         if error is not None:
             from skate import exceptions as exc
@@ -166,15 +159,8 @@ class ActorCallEvents:
             cause = getattr(error, "cause", None) or error
             text = str(error) if isinstance(error, exc.RayError) else task_errors.user_traceback(error)
             err = (type(cause).__name__, text[-8000:])
-        # (TaskEventBuffer.record, inlined: once per call)
-        events = buf.events
-        if len(events) == events.maxlen:
-            buf.dropped += 1
-        events.append((tid, name, "FAILED" if err else "FINISHED", started, time.time(),
-                       self.core.executor.actor_id, err, name, None, kind))
-        if not buf._armed:
-            buf._armed = True
-            self.core.post(buf._arm)
+        buf.record(tid, name, "FAILED" if err else "FINISHED", start=started, end=time.time(),
+                   actor_id=self.core.executor.actor_id, error=err, func=name, kind=kind)
 
 
 def now() -> float:

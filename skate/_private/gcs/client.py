@@ -77,7 +77,7 @@ class GcsClient:
         """``session_dir``: this process's session folder, where the control
         store of this host (if it is this host's) has its Unix socket."""
         self.address = address
-        self.uds = gcs_socket(session_dir) if session_dir else None
+        self.session_dir = session_dir
         self.token = token
         self.handlers = handlers
         self.on_reconnect = on_reconnect
@@ -113,10 +113,7 @@ class GcsClient:
         while True:
             left = deadline - time.monotonic()
             try:
-                target: Any = self.address
-                if self.uds:
-                    host, port = wire.split_address(self.address)
-                    target = hostaddr.local_target(self.uds, host, port)  # (gcs_target)
+                target = gcs_target(self.address, self.session_dir)
                 return await wire.connect(
                     target, self.token, self.handlers, timeout=max(min(left, 10.0), 0.05), expect=wire.GCS_IDENTITY
                 )
@@ -129,7 +126,8 @@ class GcsClient:
             # A refused Unix socket (the control store restarting) is tried
             # often: nothing holds connections in a backlog meanwhile, as the
             # supervisor does for the TCP port, and a local try costs little.
-            delay = min(delay * 2, 0.02 if target == self.uds else 0.5)
+            local = self.session_dir is not None and target == gcs_socket(self.session_dir)
+            delay = min(delay * 2, 0.02 if local else 0.5)
 
     def _attach(self, conn: wire.Connection) -> None:
         self.conn = conn

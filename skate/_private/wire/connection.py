@@ -66,8 +66,6 @@ _IOV_CHUNK = 512
 
 
 _STRICT = bool(CONFIG.strict_messages)
-_request_decoders = messages.REQUEST_DECODERS
-_reply_decoders = messages.REPLY_DECODERS
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -109,7 +107,6 @@ class Connection(asyncio.BufferedProtocol):
         self.rsock: socket.socket | None = None
         self._rlock = threading.Lock()  # held by whoever reads and parses frames
         self.loop_reading = False  # the loop watches rsock (loop thread only)
-        self._loop_thread: threading.Thread | None = None  # (loop_thread(self.loop), once known)
         self.leader: int | None = None  # ident of a user thread reading, if any
         #: A user thread has read it itself: from then on the loop reads it
         #: only while replies are owed that no thread reads for.
@@ -193,7 +190,7 @@ class Connection(asyncio.BufferedProtocol):
         return self._reader.buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._reader.n += nbytes  # (FrameReader.received, inlined)
+        self._reader.received(nbytes)
         try:
             self._consume()
         except AuthError as e:
@@ -245,7 +242,8 @@ class Connection(asyncio.BufferedProtocol):
             if self._backlog:
                 self._backlog.extend(memoryview(p).cast("B") for p in pieces)
                 return
-            # sendmsg takes at most IOV_MAX (1024) pieces: a frame with more (thousands of returns) goes in parts.
+            # sendmsg takes at most IOV_MAX (1024 here) pieces at once: a
+            # frame with more (a task with thousands of returns) goes in parts.
             i = 0
             while i < len(pieces):
                 chunk = pieces if (not i and len(pieces) <= _IOV_CHUNK) else pieces[i : i + _IOV_CHUNK]
@@ -442,7 +440,7 @@ class Connection(asyncio.BufferedProtocol):
             body = messages.UNTYPED.decode(raw)
         else:
             try:
-                body = _request_decoders[method].decode(raw)  # (messages.request_decoder)
+                body = messages.request_decoder(method).decode(raw)
                 if _STRICT:
                     messages.check_declared(body, raw, repr(method))
             except msgspec.DecodeError as e:
@@ -572,21 +570,15 @@ class Connection(asyncio.BufferedProtocol):
             self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
             return
         rid = next(self._rids)
-        self.pending[rid] = Pending(callback, _reply_decoders[method], threadsafe)
+        self.pending[rid] = Pending(callback, messages.reply_decoder(method), threadsafe)
         if threadsafe:
-            if not self.loop_reading and self.rsock is not None and self._on_loop_thread():
+            if not self.loop_reading and self.rsock is not None and threading.current_thread() is loop_thread(self.loop):
                 self.watch()  # sent by the loop itself: no thread is about to wait for it
         elif not self.loop_reading and self.rsock is not None:
             self.watch_threadsafe()  # only the loop may run this callback
         self._send(encode(REQUEST, rid, method, body, bufs))
         if self.closed and self.pending.pop(rid, None) is not None:
             self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
-
-    def _on_loop_thread(self) -> bool:
-        """Whether the calling thread runs this connection's loop."""
-        lt = self._loop_thread or loop_thread(self.loop)  # (learnt when the loop itself asks)
-        self._loop_thread = lt
-        return lt is not None and threading.get_ident() == lt.ident
 
     def notify(self, method: str, body: Any = None, bufs: Any = ()) -> None:
         """Sends a one-way message (any thread)."""

@@ -97,9 +97,7 @@ class FrameReader:
 
     def buffer(self) -> memoryview:
         """Free space to receive into (at least 64 KiB)."""
-        if len(self._buf) - self.n < 65536:
-            self._grow(max(len(self._buf) * 2, self.n + 65536))
-        return self._view[self.n :]
+        return self.space(65536)
 
     def space(self, nbytes: int) -> memoryview:
         """Free space of at least ``nbytes`` to write received bytes into."""
@@ -157,12 +155,7 @@ class FrameReader:
                         self._grow(need + 65536)
                     return
                 hstart = pos + psize
-                try:  # (decode_header, inlined: once per frame)
-                    kind, rid, method, body, lens = _header.decode(view[hstart : hstart + hlen])
-                except msgspec.DecodeError as e:
-                    raise ProtocolError(f"malformed frame header: {e}") from None
-                if not REQUEST <= kind <= NOTIFY:
-                    raise ProtocolError(f"unknown frame kind {kind!r}")
+                kind, rid, method, body, lens = decode_header(view[hstart : hstart + hlen])
                 if sum(lens) != plen:
                     raise ProtocolError("frame buffer lengths do not add up to its payload length")
                 bufs = []
