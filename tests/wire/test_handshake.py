@@ -84,7 +84,9 @@ def test_a_server_answer_cannot_be_replayed_as_a_client_answer():
 
 def _decoded(reader: framing.FrameReader) -> list:
     # A body is a view of the receive buffer: decoded before the next frame.
-    return [(k, rid, m, msgspec.msgpack.decode(raw), bufs) for k, rid, m, raw, bufs in reader.frames()]
+    out = [(k, rid, m, msgspec.msgpack.decode(raw), bufs) for k, rid, m, raw, bufs in reader.frames()]
+    reader.release()
+    return out
 
 
 def test_frame_reader_yields_frames_split_anywhere():

@@ -176,7 +176,7 @@ class ActorExecution:
             task.add_done_callback(lambda t, tid=spec["t"]: self.running.pop(tid, None))
         elif self.actor_pool is not None or self.group_pools:
             if spec["m"] == "__ray_ready__":
-                self._inline(self._run_call, spec, bufs, fut)
+                self._inline(self._run_call_inline, spec, bufs, fut)
                 return wire.DEFER
             pool = self._pool_for(spec.get("cg"))
             if pool is None:
@@ -184,7 +184,7 @@ class ActorExecution:
             else:
                 pool.submit(self._run_call, spec, bufs, fut)
         else:
-            self._inline(self._run_call, spec, bufs, fut)
+            self._inline(self._run_call_inline, spec, bufs, fut)
         return wire.DEFER
 
     def on_actor_ready(self, conn: wire.Connection, spec: dict, bufs: list) -> wire.Reply:
@@ -295,11 +295,12 @@ class ActorExecution:
         return self.group_pools.get(group)
 
     # --- calls -----------------------------------------------------------------------
+    def _run_call_inline(self, spec: dict, bufs: list, fut: Replier) -> None:
+        """A call on the exec loop's own thread (a sync actor's, or ``__ray_ready__``)."""
+        self._run_call_here(spec, bufs, fut, True)
+
     def _run_call(self, spec: dict, bufs: list, fut: Replier) -> None:
-        inline = threading.current_thread() is threading.main_thread()
-        if inline:
-            self._run_call_here(spec, bufs, fut, True)
-            return
+        """A call on a thread of the actor's pool (``max_concurrency > 1``, concurrency groups)."""
         with self.pool_idle:
             self.pool_active += 1
         try:

@@ -2,8 +2,8 @@
 
 Workers send batches (``task_events``: rows, see ``TaskEventBatch``); each
 task's events merge into one record (its first start, its last state, its
-end and error).  At most
-``Config.task_events_max`` tasks are kept: the oldest go first, like Ray's
+end and error) when someone asks.  The events of about the last
+``Config.task_events_max`` are kept: the oldest go first, like Ray's
 bounded task-event storage.  ``list_task_events`` answers the state API and
 ``timeline()``.
 """
@@ -19,56 +19,70 @@ _ENDED = ("FINISHED", "FAILED")
 
 
 class TaskEventTable:
-    """Recent tasks by id, oldest first.
+    """Recent task events, as the batches they came in, oldest first.
 
-    A task seen once (most of them: an actor call's one FINISHED row, a
-    task's owner report) is kept as the row it came in, with its sender's
-    ids; a second event for it turns it into a merged dict.  Queries build
-    the dicts: the table costs little per event to fill.
+    Adding a batch costs no work per event (a busy actor's worker reports
+    tens of thousands of calls a second): the batch is kept as it was
+    decoded, and the oldest batches go once the rest hold ``limit`` events.
+    Queries merge the rows into one record per task, in the order the
+    tasks were first seen, and return at most the newest ``limit`` tasks.
     """
 
     def __init__(self, limit: int | None = None) -> None:
         self.limit = CONFIG.task_events_max if limit is None else limit
-        self.tasks: collections.OrderedDict[bytes, tuple | dict] = collections.OrderedDict()
-        self.evicted = 0
+        self.batches: collections.deque[tuple[tuple, list]] = collections.deque()
+        self.rows = 0
+        self.evicted = 0  # events dropped to stay within the limit
 
     def add(self, batch: dict) -> None:
-        """Merges one ``TaskEventBatch`` (decoded for this call: kept as it is)."""
-        sender = (batch["job_id"], batch["node_id"], batch["worker_id"], batch["pid"])
-        tasks = self.tasks
-        for row in batch["rows"]:
-            tid = row[0]
-            rec = tasks.get(tid)
-            if rec is None:
-                tasks[tid] = (sender, row)
-                continue
-            if type(rec) is tuple:
-                rec = tasks[tid] = _record(*rec)
-            ev = _event(sender, row)
-            start = rec.get("start")
-            if ev["state"] == "RUNNING" and rec.get("state") in _ENDED:
-                # The worker's report came after the owner's: the task has ended.
-                ev = {k: v for k, v in ev.items() if k not in ("state", "end")}
-            rec.update(ev)
-            if start is not None and ev.get("start") is not None:
-                rec["start"] = min(start, ev["start"])  # a retry keeps the first start
+        """Keeps one ``TaskEventBatch`` (decoded for this call: kept as it is)."""
+        rows = batch["rows"]
+        if not rows:
+            return
+        self.batches.append(((batch["job_id"], batch["node_id"], batch["worker_id"], batch["pid"]), rows))
+        self.rows += len(rows)
+        batches = self.batches
+        while self.rows - len(batches[0][1]) >= self.limit:
+            n = len(batches.popleft()[1])
+            self.rows -= n
+            self.evicted += n
+
+    def records(self) -> collections.OrderedDict:
+        """Each task's record (a ``TaskEvent`` dict), by task id, in the order first seen."""
+        tasks: collections.OrderedDict[bytes, dict] = collections.OrderedDict()
+        for sender, rows in self.batches:
+            for row in rows:
+                rec = tasks.get(row[0])
+                if rec is None:
+                    tasks[row[0]] = _record(sender, row)
+                else:
+                    _merge(rec, _event(sender, row))
         while len(tasks) > self.limit:
             tasks.popitem(last=False)
-            self.evicted += 1
+        return tasks
 
     def query(self, filters: list | None = None, limit: int | None = None) -> list[dict]:
         """Records (``TaskEvent`` dicts) matching every ``[key, "=" or "!=",
         value]`` filter, newest last."""
         out = []
-        for rec in self.tasks.values():
-            if type(rec) is tuple:
-                rec = _record(*rec)
+        for rec in self.records().values():
             if filters and not all(_match(rec, f) for f in filters):
                 continue
             out.append(rec)
         if limit is not None and len(out) > limit:
             out = out[-limit:]
         return out
+
+
+def _merge(rec: dict, ev: dict) -> None:
+    """A task's later event into its record."""
+    start = rec.get("start")
+    if ev["state"] == "RUNNING" and rec.get("state") in _ENDED:
+        # The worker's report came after the owner's: the task has ended.
+        ev = {k: v for k, v in ev.items() if k not in ("state", "end")}
+    rec.update(ev)
+    if start is not None and ev.get("start") is not None:
+        rec["start"] = min(start, ev["start"])  # a retry keeps the first start
 
 
 def _event(sender: tuple, row: tuple) -> dict:

@@ -52,7 +52,7 @@ from skate._private.wire.framing import (
     REQUEST,
     FrameReader,
     ProtocolError,
-    encode,
+    encode_sized,
 )
 from skate._private.wire.handshake import AuthError, ClientHandshake, ServerHandshake
 from skate._private.wire.records import RecordCipher
@@ -227,18 +227,25 @@ class Connection(asyncio.BufferedProtocol):
         if self._cipher is not None:
             self._cipher.open(reader, self._plain)
             reader = self._plain
-        for kind, rid, method, body, bufs in reader.frames():
-            self._dispatch(kind, rid, method, body, bufs)
-            if self.closed:
-                return
+        frames = reader.frames()
+        try:
+            for kind, rid, method, body, bufs in frames:
+                self._dispatch(kind, rid, method, body, bufs)
+                if self.closed:
+                    return
+        finally:
+            reader.release()
 
     # --- sending (any thread) -------------------------------------------------
-    def _send(self, pieces: list) -> None:
+    def _send(self, pieces: list, nbytes: int = -1) -> None:
+        """Writes ``pieces`` (``nbytes`` in all, when known) now, or queues
+        what the socket does not take yet (any thread)."""
         with self._wlock:
             if self.closed:
                 return
             if self._cipher is not None:
                 pieces = self._cipher.seal(pieces)
+                nbytes = -1
             if self._backlog:
                 self._backlog.extend(memoryview(p).cast("B") for p in pieces)
                 return
@@ -255,6 +262,8 @@ class Connection(asyncio.BufferedProtocol):
                 except OSError as e:
                     self.loop.call_soon_threadsafe(self._fail, e)
                     return
+                if n == nbytes:
+                    return  # all of it (the usual case)
                 for p in chunk:
                     mv = memoryview(p).cast("B")
                     if n >= mv.nbytes:
@@ -299,7 +308,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def send_frame(self, kind: int, rid: int, method: str | None, body: Any, bufs: Any = ()) -> None:
         """Sends one frame (any thread)."""
-        self._send(encode(kind, rid, method, body, bufs))
+        self._send(*encode_sized(kind, rid, method, body, bufs))
 
     # --- raw-mode reading (loop, or a leading user thread) ---------------------------
     def _on_readable(self) -> None:
@@ -483,7 +492,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def reply(self, rid: int, body: Any, bufs: Any = ()) -> None:
         """Answers request ``rid`` (any thread); for handlers that return ``DEFER``."""
-        self._send(encode(REPLY, rid, None, body, bufs))
+        self._send(*encode_sized(REPLY, rid, None, body, bufs))
 
     # --- closing ---------------------------------------------------------------
     def _fail_threadsafe(self, exc: BaseException) -> None:
@@ -550,7 +559,7 @@ class Connection(asyncio.BufferedProtocol):
         self.pending[rid] = Pending(fut, messages.reply_decoder(method), False)
         if not self.loop_reading and self.rsock is not None:
             self.watch()
-        self._send(encode(REQUEST, rid, method, body, bufs))
+        self._send(*encode_sized(REQUEST, rid, method, body, bufs))
         return fut
 
     def request_cb(
@@ -576,13 +585,13 @@ class Connection(asyncio.BufferedProtocol):
                 self.watch()  # sent by the loop itself: no thread is about to wait for it
         elif not self.loop_reading and self.rsock is not None:
             self.watch_threadsafe()  # only the loop may run this callback
-        self._send(encode(REQUEST, rid, method, body, bufs))
+        self._send(*encode_sized(REQUEST, rid, method, body, bufs))
         if self.closed and self.pending.pop(rid, None) is not None:
             self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
 
     def notify(self, method: str, body: Any = None, bufs: Any = ()) -> None:
         """Sends a one-way message (any thread)."""
-        self._send(encode(NOTIFY, 0, method, body, bufs))
+        self._send(*encode_sized(NOTIFY, 0, method, body, bufs))
 
     def close(self) -> None:
         """Closes the connection; pending requests fail with ConnectionLost."""

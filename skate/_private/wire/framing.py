@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import numbers
 import struct
-from collections.abc import Iterator
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import msgspec
 
@@ -52,7 +51,8 @@ def _enc_hook(obj: Any) -> Any:
 
 
 _packb = msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode
-_header = msgspec.msgpack.Decoder(tuple[int, int, Union[str, None], msgspec.Raw, list[int]])
+#: kind (one of the four), request id, method, body (left encoded), buffer lengths.
+_header = msgspec.msgpack.Decoder(tuple[Literal[0, 1, 2, 3], int, Union[str, None], msgspec.Raw, list[int]])
 
 
 class ProtocolError(ValueError):
@@ -61,11 +61,20 @@ class ProtocolError(ValueError):
 
 def encode(kind: int, rid: int, method: str | None, body: object, bufs: list | tuple = ()) -> list:
     """The frame for one message, as a list of byte-like pieces to write."""
-    lens = [memoryview(b).nbytes for b in bufs] if bufs else []
-    header = _packb([kind, rid, method, body, lens])
-    out = [PREFIX.pack(len(header), sum(lens)), header]
-    out.extend(bufs)
-    return out
+    return encode_sized(kind, rid, method, body, bufs)[0]
+
+
+def encode_sized(kind: int, rid: int, method: str | None, body: object, bufs: list | tuple = ()) -> tuple[list, int]:
+    """``encode``, and the frame's length in bytes."""
+    if bufs:
+        lens = [memoryview(b).nbytes for b in bufs]
+        plen = sum(lens)
+        header = _packb([kind, rid, method, body, lens])
+        out = [PREFIX.pack(len(header), plen), header]
+        out.extend(bufs)
+        return out, PREFIX.size + len(header) + plen
+    header = _packb([kind, rid, method, body, ()])
+    return [PREFIX.pack(len(header), 0), header], PREFIX.size + len(header)
 
 
 def decode_header(data: bytes | memoryview) -> tuple:
@@ -77,12 +86,9 @@ def decode_header(data: bytes | memoryview) -> tuple:
     ``ProtocolError`` when ``data`` is not a frame header.
     """
     try:
-        header = _header.decode(data)
+        return _header.decode(data)
     except msgspec.DecodeError as e:
         raise ProtocolError(f"malformed frame header: {e}") from None
-    if not REQUEST <= header[0] <= NOTIFY:
-        raise ProtocolError(f"unknown frame kind {header[0]!r}")
-    return header
 
 
 class FrameReader:
@@ -94,6 +100,7 @@ class FrameReader:
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
         self.n = 0  # bytes held
+        self._taken = 0  # bytes of the frames last returned by frames()
 
     def buffer(self) -> memoryview:
         """Free space to receive into (at least 64 KiB)."""
@@ -128,34 +135,38 @@ class FrameReader:
         self._buf = new
         self._view = memoryview(new)
 
-    def frames(self) -> Iterator[tuple]:
-        """Yields each complete frame as ``(kind, rid, method, body, bufs)``.
+    def frames(self) -> list[tuple]:
+        """Each complete frame held, as ``(kind, rid, method, body, bufs)``.
 
-        What it yielded is consumed when the iteration ends (or is closed),
-        in one move of the bytes left over.
+        ``body`` is a view of this buffer: decode it, then call ``release()``
+        to drop the frames returned (one move of the bytes left over), before
+        the next ``frames()``.  Raises ``ProtocolError`` on a frame over the
+        limits or one that does not add up.
         """
         prefix = PREFIX
         psize = prefix.size
+        n = self.n
+        view = self._view
+        out = []
         pos = 0
-        try:
-            while self.n - pos >= psize:
-                view = self._view
-                hlen, plen = prefix.unpack_from(view, pos)
-                if hlen > MAX_HEADER_BYTES or plen > self.max_payload:
-                    raise ProtocolError(
-                        f"a frame of {hlen} header and {plen} payload bytes is over the limit "
-                        f"({MAX_HEADER_BYTES} and {self.max_payload}; SKATE_MAX_FRAME_BYTES)"
-                    )
-                end = pos + psize + hlen + plen
-                if end > self.n:
-                    need = end - pos
-                    if need > len(self._buf):
-                        self.consume(pos)
-                        pos = 0
-                        self._grow(need + 65536)
-                    return
-                hstart = pos + psize
-                kind, rid, method, body, lens = decode_header(view[hstart : hstart + hlen])
+        while n - pos >= psize:
+            hlen, plen = prefix.unpack_from(view, pos)
+            if hlen > MAX_HEADER_BYTES or plen > self.max_payload:
+                raise ProtocolError(
+                    f"a frame of {hlen} header and {plen} payload bytes is over the limit "
+                    f"({MAX_HEADER_BYTES} and {self.max_payload}; SKATE_MAX_FRAME_BYTES)"
+                )
+            end = pos + psize + hlen + plen
+            if end > n:
+                need = end - pos
+                if need > len(self._buf) and not out:  # make room for all of it at once
+                    self.consume(pos)
+                    pos = 0
+                    self._grow(need + 65536)
+                break
+            hstart = pos + psize
+            kind, rid, method, body, lens = decode_header(view[hstart : hstart + hlen])
+            if lens:
                 if sum(lens) != plen:
                     raise ProtocolError("frame buffer lengths do not add up to its payload length")
                 bufs = []
@@ -163,7 +174,15 @@ class FrameReader:
                 for ln in lens:
                     bufs.append(bytes(view[off : off + ln]))
                     off += ln
-                pos = end
-                yield kind, rid, method, body, bufs
-        finally:
-            self.consume(pos)
+                lens = bufs
+            elif plen:
+                raise ProtocolError("frame buffer lengths do not add up to its payload length")
+            out.append((kind, rid, method, body, lens))
+            pos = end
+        self._taken = pos
+        return out
+
+    def release(self) -> None:
+        """Drops the frames the last ``frames()`` returned."""
+        self.consume(self._taken)
+        self._taken = 0
