@@ -330,7 +330,9 @@ class ActorHandle:
     ) -> Any:
         core = self._core
         st = self._state
-        name = call_name or f"{self._class_name}.{method_name}"
+        retries, retry_exc, group, events, name = st.method_options(method_name)
+        if call_name:
+            name = call_name
         if type(num_returns) is not int:  # "streaming" / "dynamic": a generator method
             num_returns = streams.num_returns_code(num_returns)
         if st.max_pending > 0 and len(st.queue) + len(st.inflight) + st.waiting_args >= st.max_pending:
@@ -338,7 +340,7 @@ class ActorHandle:
                 f"The call {name} was not submitted: {st.max_pending} calls to this actor "
                 "are already pending (the actor's max_pending_calls option)"
             )
-        blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, f"actor method {name}")
+        blob, arg_bufs, deps, keep = encode_args(core, args, kwargs, ("actor method ", name))
         task_id = core.new_task_id()
         rec = TaskRecord()
         rec.spec = spec = {"t": task_id, "m": method_name, "nr": num_returns, "j": core.job_id, "a": blob, "r": []}
@@ -346,7 +348,6 @@ class ActorHandle:
             spec["cn"] = call_name
         rec.arg_bufs, rec.deps, rec.keep, rec.name = arg_bufs, deps, keep, name
         rec.actor = st
-        retries, retry_exc, group, events = st.method_options(method_name)
         if over:
             retries = over.get("max_task_retries", retries)
             retry_exc = over.get("retry_exceptions", retry_exc)

@@ -32,8 +32,9 @@ def contained_refs() -> list | None:
     return getattr(_local, "refs", None)
 
 
-def dumps(value: Any, what: str = "value") -> tuple[bytes, list, list]:
-    """Serializes ``value``.
+def dumps(value: Any, what: str | tuple[str, str] = "value") -> tuple[bytes, list, list]:
+    """Serializes ``value``; ``what`` names it in an error (a ``(prefix, name)``
+    pair is joined only then: no string is built per call).
 
     Returns:
         ``(data, buffers, refs)``: the pickle stream, its out-of-band buffers
@@ -52,10 +53,15 @@ def dumps(value: Any, what: str = "value") -> tuple[bytes, list, list]:
         else:
             data = cloudpickle.dumps(value, 5, buffer_callback=bufs.append)
     except Exception as e:
-        raise SerializationError(explain(value, what, e)) from e
+        raise SerializationError(explain(value, what_text(what), e)) from e
     finally:
         _local.refs = prev
     return data, [b.raw() for b in bufs], refs
+
+
+def what_text(what: str | tuple[str, str]) -> str:
+    """``what`` as ``dumps`` names it (see there)."""
+    return what if isinstance(what, str) else what[0] + what[1]
 
 
 def loads(data: bytes | memoryview, buffers: list | None = None) -> Any:

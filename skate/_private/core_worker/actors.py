@@ -104,7 +104,8 @@ class ActorState:
         self.groups = list(copts.get("groups", ()))
 
     def method_options(self, name: str) -> tuple:
-        """``(max_task_retries, retry_exceptions, concurrency_group, task events on)`` of calls to ``name``."""
+        """``(max_task_retries, retry_exceptions, concurrency_group, task events
+        on, call name)`` of calls to ``name`` (worked out once per method)."""
         c = self._mopts.get(name)
         if c is None:
             e = self.extras.get(name, {})
@@ -113,6 +114,7 @@ class ActorState:
                 _norm_retry(e.get("retry_exceptions", self.retry_exceptions)),
                 e.get("concurrency_group"),
                 e.get("enable_task_events", not self.copts.get("ne")),
+                f"{self.class_name}.{name}",
             )
         return c
 

@@ -317,7 +317,7 @@ class Executor(ActorExecution):
         Small values travel inline; large ones go to this node's shared memory
         as object ``object_id_for(tid, index + 1)``, owned by ``owner`` (the caller).
         """
-        data, vbufs, refs = serialization.dumps(value, f"the return value of {name}")
+        data, vbufs, refs = serialization.dumps(value, ("the return value of ", name))
         size = len(data) + sum(b.nbytes for b in vbufs)
         if size <= CONFIG.max_inline_bytes:
             return [INLINE, len(vbufs) + 1], [data, *vbufs], refs

@@ -68,8 +68,8 @@ class TaskRecord:
         self.func = ""  # the function's qualified name (its task events' func_or_class_name)
 
 
-def encode_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[Any, list, list, list]:
-    """Pickles a task's arguments, pulling top-level ObjectRefs out.
+def encode_args(core: Any, args: tuple, kwargs: dict, what: str | tuple[str, str]) -> tuple[Any, list, list, list]:
+    """Pickles a task's arguments, pulling top-level ObjectRefs out (``what``: see ``serialization.dumps``).
 
     Returns ``(blob meta, blob bufs, top-level refs, refs to keep alive)``.
     """
@@ -92,6 +92,7 @@ def encode_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[Any, l
         data, bufs, nested = serialization.dumps((pa, kw), what)
     except serialization.SerializationError:
         # Name the argument that fails.
+        what = serialization.what_text(what)
         for i, a in enumerate(args):
             serialization.dumps(a, f"argument {i} of {what}")
         for k, v in kwargs.items():

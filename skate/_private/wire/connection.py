@@ -456,17 +456,22 @@ class Connection(asyncio.BufferedProtocol):
                 body = ProtocolError(f"bad {method!r} message: {e}")
             except messages.UndeclaredFields as e:
                 body = ProtocolError(str(e))
-        if self.leader is not None and self.leader == threading.get_ident():
+        if self.leader == threading.get_ident():
             # Read by a user thread: only thread-safe reply callbacks run here.
             if kind == REPLY or kind == ERROR:
                 entry = self.pending.get(rid)
                 if entry is not None and entry.threadsafe:
                     del self.pending[rid]
-                    dispatch.complete(entry.target, kind, body, bufs)
+                    if kind == REPLY:  # (a thread-safe target is a callback, never a future)
+                        entry.target((body, bufs) if bufs else body, None)
+                    else:
+                        dispatch.complete(entry.target, kind, body, bufs)
                     return
             self.loop.call_soon_threadsafe(self._dispatch_on_loop, kind, rid, method, body, bufs)
-            return
-        self._dispatch_on_loop(kind, rid, method, body, bufs)
+        elif kind == REQUEST or kind == NOTIFY:
+            dispatch.handle(self, kind, rid, method, body, bufs)
+        else:
+            self._dispatch_on_loop(kind, rid, method, body, bufs)
 
     def _dispatch_on_loop(self, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
         if kind == REPLY or kind == ERROR:
