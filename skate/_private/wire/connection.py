@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 #: Pieces per sendmsg call (the kernel takes at most IOV_MAX, 1024 on Linux).
 _IOV_CHUNK = 512
 
-
 _STRICT = bool(CONFIG.strict_messages)
 
 
@@ -91,8 +90,7 @@ class Connection(asyncio.BufferedProtocol):
         self.on_close: list[Callable[[Connection], None]] = []
         self.peer: Any = None  # set by handlers, e.g. the peer's worker id
         self.current_rid = 0  # the request being handled (for handlers that DEFER)
-        #: Requests sent and not answered yet.
-        self.pending: dict[int, Pending] = {}
+        self.pending: dict[int, Pending] = {}  # requests sent and not answered yet
         self._rids = itertools.count(1)
         self._reader = FrameReader(max_payload=CONFIG.max_frame_bytes)
         self._hs = ServerHandshake(token, identity) if server else ClientHandshake(token, expect)
@@ -103,14 +101,11 @@ class Connection(asyncio.BufferedProtocol):
         self._wlock = threading.Lock()
         self._backlog: collections.deque = collections.deque()
         self._wsock: socket.socket | None = None
-        #: Raw mode (client connections): the socket read by _on_readable.
-        self.rsock: socket.socket | None = None
+        self.rsock: socket.socket | None = None  # raw mode (clients): read by _on_readable
         self._rlock = threading.Lock()  # held by whoever reads and parses frames
         self.loop_reading = False  # the loop watches rsock (loop thread only)
         self.leader: int | None = None  # ident of a user thread reading, if any
-        #: A user thread has read it itself: from then on the loop reads it
-        #: only while replies are owed that no thread reads for.
-        self.led = False
+        self.led = False  # a user thread read it: the loop then reads only for replies no thread awaits
         self._poller: Any = None  # a poll object on rsock, for leading threads
         self.off_since = 0.0
         self.owed_mark = 0
@@ -238,8 +233,7 @@ class Connection(asyncio.BufferedProtocol):
 
     # --- sending (any thread) -------------------------------------------------
     def _send(self, pieces: list, nbytes: int = -1) -> None:
-        """Writes ``pieces`` (``nbytes`` in all, when known) now, or queues
-        what the socket does not take yet (any thread)."""
+        """Writes ``pieces`` (``nbytes`` in all, if known), queuing what the socket won't take (any thread)."""
         with self._wlock:
             if self.closed:
                 return
