@@ -40,13 +40,18 @@ def main() -> None:
     # asyncio's own loop here: with two uvloop loops in one (forked) worker, one
     # was seen closing a listening socket of the other when a peer failed the
     # handshake.
-    loop = asyncio.SelectorEventLoop(wire.SpinningSelector(on_sleep=proctitle.settle))
+    loop = wire.SpinningLoop(on_sleep=proctitle.settle)
     asyncio.set_event_loop(loop)
     executor.exec_loop = loop
+    read_on = wire.ReadOn(loop, executor.serves_inline)  # a caller's next request, read where it ran the last
     exec_uds = os.path.join(core.session_dir, f"x-{core.worker_id.hex()[:16]}.sock")
-    loop.run_until_complete(wire.serve_unix(exec_uds, core.token, executor.exec_handlers(), identity=core.worker_id))
+    loop.run_until_complete(
+        wire.serve_unix(exec_uds, core.token, executor.exec_handlers(), identity=core.worker_id, read_on=read_on)
+    )
     tcp = loop.run_until_complete(hostaddr.serve_in_range(
-        lambda port: wire.serve_tcp(core.node_ip, port, core.token, executor.exec_handlers(), identity=core.worker_id),
+        lambda port: wire.serve_tcp(
+            core.node_ip, port, core.token, executor.exec_handlers(), identity=core.worker_id, read_on=read_on
+        ),
         hostaddr.worker_port_range(),
     ))
     core.address = [*core.address, tcp.sockets[0].getsockname()[1], exec_uds]

@@ -80,6 +80,11 @@ class ActorExecution:
         self.pool_active = 0
         self.pool_idle = threading.Condition()
 
+    def serves_inline(self) -> bool:
+        """Requests run in the exec loop's thread as they arrive (a task worker or a
+        sync actor; a threaded or async actor hands them on, and is exiting)."""
+        return self.actor_loop is None and self.actor_pool is None and not self.group_pools and not self.exiting
+
     # --- exit_actor() ------------------------------------------------------------
     def request_exit(self) -> None:
         """``exit_actor()`` in this actor: ends it once the current call (or constructor) returns."""

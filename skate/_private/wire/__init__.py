@@ -6,7 +6,8 @@ Layers, bottom up (each module opens with its own data flow)::
     handshake   mutual HMAC challenge on the cluster token (pure state machines)
     records     every frame on TCP in an encrypted, authenticated record
     dispatch    a decoded frame -> a handler, a waiting future or a callback
-    watch/spin  who reads a socket: the I/O loop or a thread waiting on it
+    watch/spin  who reads a socket: the I/O loop, a thread waiting on it, or
+                a worker's loop reading on after a request
     connection  one authenticated connection, writable from any thread
     endpoints   listen (TCP, Unix) and connect
 
@@ -18,7 +19,7 @@ from skate._private.wire.dispatch import DEFER, ConnectionLost, Handler, RemoteE
 from skate._private.wire.endpoints import connect, serve_tcp, serve_unix, split_address
 from skate._private.wire.framing import ProtocolError
 from skate._private.wire.handshake import AuthError
-from skate._private.wire.spin import SpinningSelector
+from skate._private.wire.spin import ReadOn, SpinningLoop, SpinningSelector
 
 #: What the control store proves it is in the handshake (nodes and workers use their ids).
 GCS_IDENTITY = b"gcs"
@@ -31,8 +32,10 @@ __all__ = [
     "ConnectionLost",
     "Handler",
     "ProtocolError",
+    "ReadOn",
     "RemoteError",
     "Reply",
+    "SpinningLoop",
     "SpinningSelector",
     "connect",
     "serve_tcp",

@@ -78,8 +78,10 @@ class Connection(asyncio.BufferedProtocol):
         gate: Gate | None = None,
         identity: bytes = b"",
         expect: bytes | None = None,
+        read_on: Any = None,
     ) -> None:
-        """``identity``: what a server proves it is; ``expect``: what a client insists on (None: any)."""
+        """``identity``: what a server proves it is; ``expect``: what a client insists on (None:
+        any); ``read_on``: a ``spin.ReadOn`` that reads on after each request (an exec endpoint)."""
         self.token = token
         self.handlers = handlers
         self.server = server
@@ -109,6 +111,8 @@ class Connection(asyncio.BufferedProtocol):
         self._poller: Any = None  # a poll object on rsock, for leading threads
         self.off_since = 0.0
         self.owed_mark = 0
+        self.read_on = read_on
+        self.fd = -1  # the socket's descriptor
         self._gate = gate  # the listener's count of unauthenticated connections
         self._deadline: asyncio.TimerHandle | None = None  # of the handshake
 
@@ -128,7 +132,8 @@ class Connection(asyncio.BufferedProtocol):
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._secure = True
-        self._wsock = socket.socket(fileno=os.dup(sock.fileno()))
+        self.fd = sock.fileno()
+        self._wsock = socket.socket(fileno=os.dup(self.fd))
         self._wsock.setblocking(False)
         if self.server and not self._admit():
             return
@@ -146,13 +151,9 @@ class Connection(asyncio.BufferedProtocol):
         """
         gate, self._gate = self._gate, None
         if gate is not None:
-            if gate.pending >= gate.cap:
-                gate.refused += 1
-                if gate.refused == 1:
-                    log.warning("more than %d connections waiting to authenticate: closing new ones", gate.cap)
+            if not gate.take():
                 self._fail(ConnectionRefusedError("too many connections waiting to authenticate"))
                 return False
-            gate.pending += 1
             self._gate = gate
         self._deadline = self.loop.call_later(CONFIG.handshake_timeout_s, self._handshake_expired)
         return True
@@ -168,13 +169,8 @@ class Connection(asyncio.BufferedProtocol):
             self._deadline.cancel()
             self._deadline = None
         if self._gate is not None:
-            self._gate.pending -= 1
+            self._gate.give_back()
             self._gate = None
-
-    @property
-    def peer_identity(self) -> bytes:
-        """The server's identity as it proved it (client side, once authenticated)."""
-        return getattr(self._hs, "identity", b"")
 
     @property
     def challenged(self) -> bool:
@@ -197,6 +193,8 @@ class Connection(asyncio.BufferedProtocol):
         except Exception as e:  # a broken frame: drop the connection
             log.exception("bad frame")
             self._fail_threadsafe(e)
+        if self.read_on is not None:
+            self.read_on.run(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ConnectionLost("connection closed"))
@@ -312,7 +310,7 @@ class Connection(asyncio.BufferedProtocol):
             self._stop_watching()
             return
         try:
-            self._read_some()
+            self.read_some()
         except Exception:  # never out of a reader callback: the loop would drop its watch
             log.exception("reading a connection failed")
             self._fail(ConnectionLost("reading failed"))
@@ -353,13 +351,13 @@ class Connection(asyncio.BufferedProtocol):
         if not self.loop_reading and not self.closed:
             self.loop.call_soon_threadsafe(self.watch)
 
-    def _read_some(self) -> int:
-        """Reads what the socket has and handles the frames.
+    def read_some(self) -> int:
+        """Reads what the socket has and handles the frames (the reading thread).
 
         Returns the bytes read: 0 when there was nothing, -1 at EOF or error.
         """
         try:
-            n = self.rsock.recv_into(self._reader.buffer())
+            n = (self.rsock or self._wsock).recv_into(self._reader.buffer())
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as e:
@@ -396,7 +394,7 @@ class Connection(asyncio.BufferedProtocol):
             # comes quickly then costs no wake-up (see Config.spin_us).
             spin_until = time.perf_counter() + SPIN_S if SPIN_S else 0.0
             while not done() and not self.closed:
-                n = self._read_some()
+                n = self.read_some()
                 if n < 0:
                     break
                 if n:
@@ -411,7 +409,7 @@ class Connection(asyncio.BufferedProtocol):
                     if left <= 0:
                         break
                     wait_ms = min(200, int(left * 1000) + 1)
-                if poller.poll(wait_ms) and self._read_some() < 0:
+                if poller.poll(wait_ms) and self.read_some() < 0:
                     break
         finally:
             self.leader = None

@@ -18,9 +18,9 @@ from skate._private.wire.dispatch import ConnectionLost, Handler
 from skate._private.wire.handshake import AuthError
 
 
-def _server_side(token: bytes, handlers: dict[str, Handler], identity: bytes) -> Callable[[], Connection]:
+def _server_side(token: bytes, handlers: dict[str, Handler], identity: bytes, read_on: Any) -> Callable[[], Connection]:
     gate = Gate(CONFIG.max_pending_handshakes)
-    return lambda: Connection(token, handlers, server=True, gate=gate, identity=identity)
+    return lambda: Connection(token, handlers, server=True, gate=gate, identity=identity, read_on=read_on)
 
 
 async def serve_tcp(
@@ -30,26 +30,28 @@ async def serve_tcp(
     handlers: dict[str, Handler],
     sock: socket.socket | None = None,
     identity: bytes = b"",
+    read_on: Any = None,
 ) -> asyncio.base_events.Server:
     """Starts a TCP server on ``host:port`` (port 0 picks a free one), or on a bound ``sock``.
 
-    ``identity`` is what it proves it is to clients (a node or worker id).
+    ``identity`` is what it proves it is to clients (a node or worker id);
+    ``read_on``: a ``spin.ReadOn`` for its connections (a worker's exec endpoint).
     """
     loop = asyncio.get_running_loop()
-    factory = _server_side(token, handlers, identity)
+    factory = _server_side(token, handlers, identity, read_on)
     if sock is not None:
         return await loop.create_server(factory, sock=sock)
     return await loop.create_server(factory, host, port, reuse_address=True)
 
 
 async def serve_unix(
-    path: str, token: bytes, handlers: dict[str, Handler], identity: bytes = b""
+    path: str, token: bytes, handlers: dict[str, Handler], identity: bytes = b"", read_on: Any = None
 ) -> asyncio.base_events.Server:
-    """Starts a Unix-socket server at ``path`` (owner-only permissions)."""
+    """Starts a Unix-socket server at ``path`` (owner-only permissions); see ``serve_tcp``."""
     loop = asyncio.get_running_loop()
     if os.path.exists(path):
         os.unlink(path)
-    srv = await loop.create_unix_server(_server_side(token, handlers, identity), path)
+    srv = await loop.create_unix_server(_server_side(token, handlers, identity, read_on), path)
     os.chmod(path, 0o600)
     return srv
 

@@ -1,8 +1,18 @@
-"""Polling before sleeping, and knowing which thread runs a loop.
+"""Polling before sleeping, reading on after a request, and knowing which
+thread runs a loop.
 
 On this kind of machine a wake-up from sleep costs tens of microseconds per
 side; a reply that arrives within ``Config.spin_us`` of the last message is
-caught by polling instead, at no wake-up at all.
+caught by polling instead, at no wake-up at all.  A worker's execution loop
+goes one step further (``ReadOn``): after it answered a request, it reads the
+same connection on, in the handler's thread, while the next request follows
+within that window and nothing else is ready, so a caller's loop of sync
+calls costs no pass through the event loop per call::
+
+    request -> loop: select, transport read -> Connection.buffer_updated -> handler -> reply
+                                                   `-> ReadOn.run: read_some -> handler -> reply ...
+                                                       (back to the loop when idle for spin_us, when
+                                                        another descriptor or callback is ready, or after budget_s)
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import selectors
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from skate._private.config import CONFIG
 
@@ -48,6 +59,10 @@ class SpinningSelector(selectors.EpollSelector):
         self._on_sleep = on_sleep  # called before each wait that may sleep
 
 
+    def ready_now(self) -> list[tuple[int, int]]:
+        """``(fd, events)`` of each registered descriptor ready now (no wait)."""
+        return self._selector.poll(0)  # the epoll object (EpollSelector's)
+
     def select(self, timeout: float | None = None) -> list:
         if self._busy and SPIN_S and (timeout is None or timeout > 0):
             poll = super().select
@@ -64,3 +79,59 @@ class SpinningSelector(selectors.EpollSelector):
         ready = super().select(timeout)
         self._busy = bool(ready)
         return ready
+
+
+class SpinningLoop(asyncio.SelectorEventLoop):
+    """An event loop on a ``SpinningSelector`` that can tell whether callbacks wait to run."""
+
+    def __init__(self, on_sleep: Callable[[], None] | None = None) -> None:
+        self.selector = SpinningSelector(on_sleep)
+        super().__init__(self.selector)
+
+    def has_ready_callbacks(self) -> bool:
+        """Callbacks are scheduled to run at the loop's next pass (``call_soon``)."""
+        return bool(self._ready)  # asyncio's queue of ready handles (a base class attribute)
+
+
+class ReadOn:
+    """Reads a connection on after a request, in the loop's thread (see the module's
+    docstring); ``serving()`` says whether requests are still handled where they
+    arrive (a sync actor or a task worker, not a threaded or async actor)."""
+
+    def __init__(
+        self, loop: SpinningLoop, serving: Callable[[], bool], budget_s: float = 0.002, spin_s: float = SPIN_S
+    ) -> None:
+        """``budget_s``: the longest it reads on at a time; ``spin_s``: how long it
+        waits for the next request (``Config.spin_us``)."""
+        self.loop = loop
+        self.serving = serving
+        self.budget_s = budget_s
+        self.spin_s = spin_s
+        self.active = False  # reading on now (a handler that runs sees True)
+
+    def run(self, conn: Any) -> None:
+        """After ``conn`` handled what it read (its ``buffer_updated``; loop thread)."""
+        if self.active or not self.spin_s or not self.serving() or self.loop.has_ready_callbacks():
+            return
+        self.active = True
+        try:
+            ready_now = self.loop.selector.ready_now
+            fd = conn.fd
+            clock = time.perf_counter
+            start = last = clock()
+            while not conn.closed:
+                n = conn.read_some()
+                if n:
+                    if n < 0 or self.loop.has_ready_callbacks():
+                        return  # (a handler that hands work on schedules it: back to the loop)
+                    last = clock()
+                    continue
+                now = clock()
+                if now - last > self.spin_s or now - start > self.budget_s:
+                    return
+                ready = ready_now()
+                if ready and (len(ready) > 1 or ready[0][0] != fd):
+                    return  # something else waits for the loop
+                os.sched_yield()
+        finally:
+            self.active = False
