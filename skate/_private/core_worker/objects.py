@@ -227,7 +227,9 @@ class ObjectAccess:
     def _materialize_all(self, refs: list, resolved: list) -> list:
         """``materialize`` of each ref, with one ``obj_get_many`` round trip to the
         node daemon for all the shared-memory ones instead of one each."""
-        shm_at = [i for i, snap in enumerate(resolved) if snap[0] == SHM] if len(resolved) > 1 else ()
+        if len(refs) == 1:
+            return [self.materialize(refs[0], resolved[0])]
+        shm_at = [i for i, snap in enumerate(resolved) if snap[0] == SHM]
         if len(shm_at) < 2 or self.off_node:
             return [self.materialize(r, snap) for r, snap in zip(refs, resolved, strict=True)]
         body = {"oids": [refs[i]._id for i in shm_at], "node_ids": [resolved[i][3] for i in shm_at]}

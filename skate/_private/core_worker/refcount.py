@@ -22,7 +22,7 @@ from typing import Any
 from skate import exceptions as exc
 from skate._private import error_log, serialization, wire
 from skate._private.core_worker.errors import as_error
-from skate._private.core_worker.memory_store import ERROR, SHM
+from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
 
 
 class RefCounting:
@@ -120,9 +120,12 @@ class RefCounting:
             hook = self.free_hooks.pop(oid, None)
             if hook is not None and not self.closed:
                 self.post(hook)
-        if e.state == SHM and self.lineage.records:
+        state = e.state
+        if state == INLINE:
+            return
+        if state == SHM and self.lineage.records:
             self.lineage.forget(oid)
-        if e.state == SHM or (e.state == ERROR and not e.retrieved):
+        if state == SHM or (state == ERROR and not e.retrieved):
             with self._frees_lock:
                 self._frees.append((oid, e))
                 first = len(self._frees) == 1

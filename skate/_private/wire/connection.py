@@ -56,7 +56,7 @@ from skate._private.wire.framing import (
 )
 from skate._private.wire.handshake import AuthError, ClientHandshake, ServerHandshake
 from skate._private.wire.records import RecordCipher
-from skate._private.wire.spin import SPIN_S, loop_thread
+from skate._private.wire.spin import SPIN_S
 from skate._private.wire.watch import watch_of
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class Connection(asyncio.BufferedProtocol):
         self._cipher: RecordCipher | None = None
         self._plain: FrameReader | None = None  # decrypted bytes, for TCP
         self.loop = asyncio.get_running_loop()
+        self.loop_ident = threading.get_ident()  # of the thread that runs it (connections are made there)
         self._wlock = threading.Lock()
         self._backlog: collections.deque = collections.deque()
         self._wsock: socket.socket | None = None
@@ -267,7 +268,7 @@ class Connection(asyncio.BufferedProtocol):
                     self._backlog.extend(memoryview(p).cast("B") for p in pieces[i:])
                     break
             if self._backlog:
-                if threading.current_thread() is loop_thread(self.loop):
+                if threading.get_ident() == self.loop_ident:
                     self._arm()
                 else:
                     self.loop.call_soon_threadsafe(self._arm)
@@ -493,7 +494,7 @@ class Connection(asyncio.BufferedProtocol):
 
     # --- closing ---------------------------------------------------------------
     def _fail_threadsafe(self, exc: BaseException) -> None:
-        if threading.current_thread() is loop_thread(self.loop):
+        if threading.get_ident() == self.loop_ident:
             self._fail(exc)
         else:
             self.loop.call_soon_threadsafe(self._fail, exc)
@@ -578,7 +579,7 @@ class Connection(asyncio.BufferedProtocol):
         rid = next(self._rids)
         self.pending[rid] = Pending(callback, messages.reply_decoder(method), threadsafe)
         if threadsafe:
-            if not self.loop_reading and self.rsock is not None and threading.current_thread() is loop_thread(self.loop):
+            if not self.loop_reading and self.rsock is not None and threading.get_ident() == self.loop_ident:
                 self.watch()  # sent by the loop itself: no thread is about to wait for it
         elif not self.loop_reading and self.rsock is not None:
             self.watch_threadsafe()  # only the loop may run this callback

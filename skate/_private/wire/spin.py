@@ -1,5 +1,4 @@
-"""Polling before sleeping, reading on after a request, and knowing which
-thread runs a loop.
+"""Polling before sleeping, and reading on after a request.
 
 On this kind of machine a wake-up from sleep costs tens of microseconds per
 side; a reply that arrives within ``Config.spin_us`` of the last message is
@@ -20,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import selectors
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,21 +26,6 @@ from typing import Any
 from skate._private.config import CONFIG
 
 SPIN_S = CONFIG.spin_us / 1e6
-
-_LOOP_THREADS: dict = {}
-
-
-def loop_thread(loop: asyncio.AbstractEventLoop) -> threading.Thread | None:
-    """The thread that runs ``loop`` (learnt the first time it asks), or None."""
-    t = _LOOP_THREADS.get(id(loop))
-    if t is None:
-        try:
-            if asyncio.get_running_loop() is loop:
-                t = _LOOP_THREADS[id(loop)] = threading.current_thread()
-        except RuntimeError:
-            return None
-    return t
-
 
 class SpinningSelector(selectors.EpollSelector):
     """An epoll selector that, right after handling events, polls for a little
