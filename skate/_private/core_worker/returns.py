@@ -29,10 +29,10 @@ def complete_returns(core: Any, rec: Any, body: dict, bufs: list, conn: Any = No
     ts = body.get("ts")
     if ts is not None and rec.lease is not None:
         lease = rec.lease
-        core.task_events.record(
-            rec.spec["t"], rec.name, "FAILED" if "err" in body else "FINISHED", start=ts[0], end=ts[1],
-            error=body.get("err"), func=rec.func or rec.spec.get("n", ""),
-            where=(lease.node_id, lease.worker_id, lease.pid or 0),
+        err = body.get("err")
+        core.task_events.record(  # (start, end, actor id, error, func, where)
+            rec.spec["t"], rec.name, "FAILED" if err else "FINISHED", ts[0], ts[1], None, err,
+            rec.func or rec.spec.get("n", ""), (lease.node_id, lease.worker_id, lease.pid or 0),
         )
     if "g" in body:  # a generator task ended
         streams.finish(core, rec, body, bufs[k:])
