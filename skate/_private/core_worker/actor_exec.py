@@ -76,8 +76,9 @@ class ActorExecution:
         self.reconstructed = False
         self.sync_busy = False
         self.exit_thread = 0  # the thread whose call asked to exit
-        #: Calls running on pool threads, to let them finish when the actor exits.
-        self.pool_active = 0
+        #: One entry per call on a pool thread (counted before it checks ``exiting``);
+        #: once the actor exits, each one that ends notifies ``pool_idle``.
+        self.pool_calls: list[None] = []
         self.pool_idle = threading.Condition()
 
     def serves_inline(self) -> bool:
@@ -118,7 +119,7 @@ class ActorExecution:
             # Threaded actor: calls already running on other threads finish and
             # reply first; calls not started yet fail (follows Ray).
             with self.pool_idle:
-                self.pool_idle.wait_for(lambda: self.pool_active == 0, timeout=60)
+                self.pool_idle.wait_for(lambda: not self.pool_calls, timeout=60)
         self._run_shutdown_hooks()
         self._exit_after_reply()
 
@@ -306,14 +307,14 @@ class ActorExecution:
 
     def _run_call(self, spec: dict, bufs: list, fut: Replier) -> None:
         """A call on a thread of the actor's pool (``max_concurrency > 1``, concurrency groups)."""
-        with self.pool_idle:
-            self.pool_active += 1
+        self.pool_calls.append(None)  # (list append and pop: atomic, no lock per call)
         try:
             self._run_call_here(spec, bufs, fut, False)
         finally:
-            with self.pool_idle:
-                self.pool_active -= 1
-                self.pool_idle.notify_all()
+            self.pool_calls.pop()
+            if self.exiting:  # the exit waits for the calls still running (see _begin_exit)
+                with self.pool_idle:
+                    self.pool_idle.notify_all()
 
     def _run_call_here(self, spec: dict, bufs: list, fut: Replier, inline: bool) -> None:
         if self.exiting:  # queued behind an exit: fails (follows Ray)

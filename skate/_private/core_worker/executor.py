@@ -112,10 +112,15 @@ class Executor(ActorExecution):
         tid = body["t"]
         sent = cancellation.cancel_children(self.core, tid) if body.get("r", True) else 0
         with self.run_lock:
+            # Marked first, then looked up: a task that ends meanwhile sees the
+            # mark and waits for this lock (see _finished).
+            self.interrupted.add(tid)
             running = self.running.get(tid)
             self.cancelled.add(tid)
-            if running is None:
-                return
+            if running is None or isinstance(running, asyncio.Task):
+                self.interrupted.discard(tid)
+                if running is None:
+                    return
             if body.get("force"):
                 if sent:  # let the children's cancels go out first
                     self.core.loop.call_later(0.1, os._exit, 1)
@@ -126,7 +131,6 @@ class Executor(ActorExecution):
                 return
             # Still this task's thread, and it cannot finish before the
             # interrupt is set: _finished takes the same lock and clears it.
-            self.interrupted.add(tid)
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(running), ctypes.py_object(KeyboardInterrupt))
 
     def _finished(self, tid: bytes) -> None:
@@ -144,13 +148,14 @@ class Executor(ActorExecution):
         withdrawn = False
         while True:
             try:
-                if not withdrawn:
+                # No lock unless a cancel is under way: a canceller marks
+                # ``interrupted`` before it looks at ``running`` (on_cancel_task).
+                if not withdrawn and self.running.pop(tid, None) is not None and self.interrupted:
                     with self.run_lock:
-                        ident = self.running.pop(tid, None)
-                        if ident is not None and tid in self.interrupted:
+                        if tid in self.interrupted:
                             self.interrupted.discard(tid)
                             ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                                ctypes.c_ulong(ident), ctypes.py_object(_Withdrawn)
+                                ctypes.c_ulong(threading.get_ident()), ctypes.py_object(_Withdrawn)
                             )
                             withdrawn = True
                 while withdrawn:
