@@ -103,8 +103,11 @@ class ReadOn:
             clock = time.perf_counter
             start = last = clock()
             while not conn.closed:
-                n = conn.read_some()
-                if n:
+                ready = ready_now()
+                if ready:
+                    if len(ready) > 1 or ready[0][0] != fd:
+                        return  # something else waits for the loop
+                    n = conn.read_some()
                     if n < 0 or self.loop.has_ready_callbacks():
                         return  # (a handler that hands work on schedules it: back to the loop)
                     last = clock()
@@ -112,9 +115,6 @@ class ReadOn:
                 now = clock()
                 if now - last > self.spin_s or now - start > self.budget_s:
                     return
-                ready = ready_now()
-                if ready and (len(ready) > 1 or ready[0][0] != fd):
-                    return  # something else waits for the loop
                 os.sched_yield()
         finally:
             self.active = False
