@@ -9,7 +9,7 @@ within that window and nothing else is ready, so a caller's loop of sync
 calls costs no pass through the event loop per call::
 
     request -> loop: select, transport read -> Connection.buffer_updated -> handler -> reply
-                                                   `-> ReadOn.run: read_some -> handler -> reply ...
+                                                   `-> ReadOn.run: poll, read_some -> handler -> reply ...
                                                        (back to the loop when idle for spin_us, when
                                                         another descriptor or callback is ready, or after budget_s)
 """
