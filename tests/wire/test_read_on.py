@@ -9,6 +9,7 @@ client whose replies the test's thread reads itself (as a driver's ``get``).
 from __future__ import annotations
 
 import os
+import select
 import tempfile
 import threading
 import time
@@ -85,7 +86,11 @@ def _served(path: str, serving: bool = True, budget_s: float = 1.0):
         seen.append(ex.read_on.active)
         return body
 
-    ex = ExecLoop(path, {"note": note}, serving, budget_s)
+    def busy(conn, body, bufs):  # 300 us of I/O-like work (off the GIL, so the caller keeps sending)
+        select.select([], [], [], 0.0003)
+        return note(conn, body, bufs)
+
+    ex = ExecLoop(path, {"note": note, "busy": busy}, serving, budget_s)
     return ex, seen
 
 
@@ -153,3 +158,37 @@ def test_other_work_gets_the_loop_while_a_caller_keeps_calling(sock_dir):
         client.close()
         ex.close()
 
+
+
+def test_a_caller_that_keeps_requests_queued_still_lets_timers_run(sock_dir):
+    path = os.path.join(sock_dir, "x.sock")
+    ex, seen = _served(path, budget_s=0.05)
+    client = LoopThread()
+    conn = client.run(wire.connect(path, TOKEN))
+    stop = threading.Event()
+    answered = [0]
+
+    def again(value, error):  # on the client's loop: one more request for each reply
+        answered[0] += 1
+        if not stop.is_set() and error is None:
+            conn.request_cb("busy", 0, (), again)
+
+    def start():
+        for _ in range(8):  # eight requests in flight at all times
+            conn.request_cb("busy", 0, (), again)
+
+    client.loop.call_soon_threadsafe(start)
+    try:
+        wait_for(lambda: sum(seen) > 50, timeout=10, what="the caller read on")
+        fired = threading.Event()
+        t0 = time.monotonic()
+        ex.loop.call_soon_threadsafe(ex.loop.call_later, 0.01, fired.set)
+        assert fired.wait(5), "a timer waited for the caller to stop"
+        assert time.monotonic() - t0 < 2
+        assert not stop.is_set() and answered[0] > 0
+    finally:
+        stop.set()
+        wait_for(lambda: not conn.pending, timeout=10, what="the last replies")
+        client.loop.call_soon_threadsafe(conn.close)
+        client.close()
+        ex.close()

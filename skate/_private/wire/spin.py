@@ -11,7 +11,8 @@ calls costs no pass through the event loop per call::
     request -> loop: select, transport read -> Connection.buffer_updated -> handler -> reply
                                                    `-> ReadOn.run: poll, read_some -> handler -> reply ...
                                                        (back to the loop when idle for spin_us, when
-                                                        another descriptor or callback is ready, or after budget_s)
+                                                        another descriptor, callback or timer is ready,
+                                                        or after budget_s)
 """
 
 from __future__ import annotations
@@ -71,9 +72,11 @@ class SpinningLoop(asyncio.SelectorEventLoop):
         self.selector = SpinningSelector(on_sleep)
         super().__init__(self.selector)
 
-    def has_ready_callbacks(self) -> bool:
-        """Callbacks are scheduled to run at the loop's next pass (``call_soon``)."""
-        return bool(self._ready)  # asyncio's queue of ready handles (a base class attribute)
+    def has_work(self) -> bool:
+        """Callbacks wait for the loop's next pass: ready ones (``call_soon``) or
+        timers that are due (``call_later``)."""
+        # asyncio's queue of ready handles and heap of timers (base class attributes)
+        return bool(self._ready) or bool(self._scheduled) and self._scheduled[0].when() <= self.time()
 
 
 class ReadOn:
@@ -94,11 +97,12 @@ class ReadOn:
 
     def run(self, conn: Any) -> None:
         """After ``conn`` handled what it read (its ``buffer_updated``; loop thread)."""
-        if self.active or not self.spin_s or not self.serving() or self.loop.has_ready_callbacks():
+        loop = self.loop
+        if self.active or not self.spin_s or not conn.authed or not self.serving() or loop.has_work():
             return
         self.active = True
         try:
-            ready_now = self.loop.selector.ready_now
+            ready_now = loop.selector.ready_now
             fd = conn.fd
             clock = time.perf_counter
             start = last = clock()
@@ -107,10 +111,11 @@ class ReadOn:
                 if ready:
                     if len(ready) > 1 or ready[0][0] != fd:
                         return  # something else waits for the loop
-                    n = conn.read_some()
-                    if n < 0 or self.loop.has_ready_callbacks():
+                    if conn.read_some() < 0 or loop.has_work() or not self.serving():
                         return  # (a handler that hands work on schedules it: back to the loop)
                     last = clock()
+                    if last - start > self.budget_s:
+                        return  # a caller that keeps requests queued still lets the loop pass
                     continue
                 now = clock()
                 if now - last > self.spin_s or now - start > self.budget_s:
