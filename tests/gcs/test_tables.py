@@ -143,9 +143,29 @@ def test_task_events_merge_and_a_late_running_report_does_not_undo_the_end():
     rec = t.query()[0]
     assert (rec["state"], rec["start"], rec["end"], rec["func"]) == ("FINISHED", 0.5, 2.0, "mod.f")
     t.add(_rows((b"b", "RUNNING", None, None, ""), (b"c", "RUNNING", None, None, "")))
-    assert [r["task_id"] for r in t.query()] == [b"b", b"c"] and t.evicted == 2  # bounded: oldest events out
+    assert [r["task_id"] for r in t.query()] == [b"b", b"c"]  # bounded: the newest tasks
     assert [r["task_id"] for r in t.query([["task_id", "=", b"c".hex()]])] == [b"c"]
     assert t.query()[0]["start"] is None
+
+
+def test_an_evicted_end_keeps_a_later_running_report_from_reviving_the_task():
+    from skate._private.gcs.task_events import TaskEventTable
+
+    t = TaskEventTable(limit=2)
+    t.add(_rows((b"x", "FINISHED", 1.0, 2.0, "")))
+    t.add(_rows((b"x", "RUNNING", 1.0, None, "")))  # the worker's report, after the owner's
+    t.add(_rows(*[(b"y", "RUNNING", 3.0, None, "")] * 3))
+    assert t.evicted == 1  # x's FINISHED batch went
+    recs = {r["task_id"]: r for r in t.query()}
+    assert (recs[b"x"]["state"], recs[b"x"]["end"]) == ("FINISHED", 2.0)
+
+
+def test_a_table_that_keeps_nothing_takes_batches_without_error():
+    from skate._private.gcs.task_events import TaskEventTable
+
+    t = TaskEventTable(limit=0)
+    t.add(_rows((b"a", "FINISHED", 1.0, 2.0, "")))
+    assert t.query() == []
 
 
 def test_task_event_rows_name_the_worker_that_ran_them():

@@ -2,8 +2,8 @@
 
 Workers send batches (``task_events``: rows, see ``TaskEventBatch``); each
 task's events merge into one record (its first start, its last state, its
-end and error) when someone asks.  The events of about the last
-``Config.task_events_max`` are kept: the oldest go first, like Ray's
+end and error) when someone asks.  About the last
+``Config.task_events_max`` tasks are kept: the oldest go first, like Ray's
 bounded task-event storage.  ``list_task_events`` answers the state API and
 ``timeline()``.
 """
@@ -23,9 +23,12 @@ class TaskEventTable:
 
     Adding a batch costs no work per event (a busy actor's worker reports
     tens of thousands of calls a second): the batch is kept as it was
-    decoded, and the oldest batches go once the rest hold ``limit`` events.
-    Queries merge the rows into one record per task, in the order the
-    tasks were first seen, and return at most the newest ``limit`` tasks.
+    decoded, and the oldest batches go once the rest hold ``2 * limit``
+    events (most tasks have one or two).  An evicted task's end is
+    remembered (the last ``limit`` of them) so that a report of it
+    running that came later never brings it back to RUNNING.  Queries
+    merge the rows into one record per task, in the order the tasks were
+    first seen, and return at most the newest ``limit`` tasks.
     """
 
     def __init__(self, limit: int | None = None) -> None:
@@ -33,30 +36,40 @@ class TaskEventTable:
         self.batches: collections.deque[tuple[tuple, list]] = collections.deque()
         self.rows = 0
         self.evicted = 0  # events dropped to stay within the limit
+        self.ended: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()  # evicted ends
 
     def add(self, batch: dict) -> None:
         """Keeps one ``TaskEventBatch`` (decoded for this call: kept as it is)."""
         rows = batch["rows"]
-        if not rows:
+        if not rows or self.limit <= 0:
             return
         self.batches.append(((batch["job_id"], batch["node_id"], batch["worker_id"], batch["pid"]), rows))
         self.rows += len(rows)
-        batches = self.batches
-        while self.rows - len(batches[0][1]) >= self.limit:
-            n = len(batches.popleft()[1])
-            self.rows -= n
-            self.evicted += n
+        batches, ended = self.batches, self.ended
+        while self.rows - len(batches[0][1]) >= 2 * self.limit:
+            sender, old = batches.popleft()
+            self.rows -= len(old)
+            self.evicted += len(old)
+            for row in old:
+                if row[2] in _ENDED:
+                    ended[row[0]] = (sender, row)
+            while len(ended) > self.limit:
+                ended.popitem(last=False)
 
     def records(self) -> collections.OrderedDict:
         """Each task's record (a ``TaskEvent`` dict), by task id, in the order first seen."""
         tasks: collections.OrderedDict[bytes, dict] = collections.OrderedDict()
+        ended = self.ended
         for sender, rows in self.batches:
             for row in rows:
                 rec = tasks.get(row[0])
-                if rec is None:
-                    tasks[row[0]] = _record(sender, row)
-                else:
+                if rec is not None:
                     _merge(rec, _event(sender, row))
+                elif row[0] in ended:  # its end was evicted: it goes first, as it came
+                    rec = tasks[row[0]] = _record(*ended[row[0]])
+                    _merge(rec, _event(sender, row))
+                else:
+                    tasks[row[0]] = _record(sender, row)
         while len(tasks) > self.limit:
             tasks.popitem(last=False)
         return tasks
