@@ -38,9 +38,9 @@ _DAEMONS = {
 
 def set_title(what: str) -> None:
     """Sets this process's title to ``skate::<what>``."""
-    global _shown
+    global _shown, _shown_method
     if _set is not None:
-        _shown = what
+        _shown, _shown_method = what, None
         _set(PREFIX + what)
 
 
@@ -66,6 +66,7 @@ def call_title(spec: dict, actor_name: str) -> str:
 
 
 _shown = ""  # the title last set by run_titled/settle (without the prefix)
+_shown_method: str | None = None  # the actor method whose call title is up, if one is
 _idle = "IDLE"  # the title to show once the worker waits for work
 
 
@@ -76,14 +77,16 @@ def run_titled(executor: Any, fn: Callable[[dict, list, Any], None], spec: dict,
     worker's loop next waits for work (``settle``): a worker that runs the
     same function back to back sets no title between the calls.
     """
-    global _shown, _idle
-    if _set is None:
-        fn(spec, bufs, rep)
+    global _shown, _shown_method, _idle
+    method = spec.get("m")
+    if _set is None or (method is not None and method == _shown_method):
+        fn(spec, bufs, rep)  # (the same method again: its title is still up)
         return
     title = call_title(spec, executor.actor_name)
     if title != _shown:
         _shown = title
         _set(PREFIX + title)
+    _shown_method = method
     try:
         fn(spec, bufs, rep)
     finally:
@@ -95,7 +98,7 @@ def run_titled(executor: Any, fn: Callable[[dict, list, Any], None], spec: dict,
 def settle() -> None:
     """Shows the idle title if a call's title is still up (the worker's loop
     calls this before it sleeps)."""
-    global _shown
+    global _shown, _shown_method
     if _shown != _idle and _set is not None:
-        _shown = _idle
+        _shown, _shown_method = _idle, None
         _set(PREFIX + _idle)

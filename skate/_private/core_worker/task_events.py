@@ -46,6 +46,7 @@ class TaskEventBuffer:
         self.running: dict[bytes, tuple] = {}  # task id -> (name, start, func, actor id): not reported yet
         self.dropped = 0
         self._armed = False
+        self.on = CONFIG.task_events_max > 0  # recording at all (SKATE_TASK_EVENTS_MAX=0: off)
         self.pid = os.getpid()
 
     def record(self, task_id: bytes, name: str, state: str, start: float | None = None,
@@ -59,7 +60,7 @@ class TaskEventBuffer:
         that ran it (default: this process); ``kind``: the task's type when
         ``actor_id`` does not tell it (``ACTOR_CREATION_TASK``).
         """
-        if not CONFIG.task_events_max:
+        if not self.on:
             return
         events = self.events
         if len(events) == events.maxlen:
@@ -75,7 +76,7 @@ class TaskEventBuffer:
         A RUNNING event goes out only if the task still runs at the next
         flush; ``ended`` withdraws it.
         """
-        if not CONFIG.task_events_max:
+        if not self.on:
             return
         self.running[task_id] = (name, start, func, actor_id)
         if not self._armed:
