@@ -73,8 +73,12 @@ def _measure(nodes: int) -> dict:
         s1, cpu1 = _stats(), _cpu(gcs)
         burst_in, burst_out = _rates(s0, s1)
         burst = (cpu1 - cpu0) / (s1[0] - s0[0])
-        wait_for(lambda: skate.available_resources().get("CPU") == nodes, 30, interval=0.2,
-                 what="every CPU to be free again")
+        # Idle: every CPU free, and no lease request of the burst still out (one
+        # granted late would take and give back a CPU inside the window).
+        submitter = runtime.current_or_none().submitter
+        wait_for(lambda: all(not ks.requests and not ks.leases for ks in list(submitter.keys.values()))
+                 and skate.available_resources().get("CPU") == nodes, 30, interval=0.2,
+                 what="every CPU to be free again and no lease request out")
         s2 = _stats()
         idle = _busy(gcs, 5.0)
         idle_in, idle_out = _rates(s2, _stats())
