@@ -8,6 +8,7 @@ client whose replies the test's thread reads itself (as a driver's ``get``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import tempfile
@@ -33,15 +34,11 @@ class ExecLoop:
         self.read_on = wire.ReadOn(self.loop, lambda: self.serving, budget_s=budget_s, spin_s=0.05)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        import asyncio
-
         self.srv = asyncio.run_coroutine_threadsafe(
             wire.serve_unix(path, TOKEN, handlers, read_on=self.read_on), self.loop
         ).result(10)
 
     def close(self) -> None:
-        import asyncio
-
         async def stop():
             self.srv.close()
             await self.srv.wait_closed()
@@ -69,68 +66,77 @@ def call(conn: wire.Connection, method: str, body) -> object:
     return value
 
 
+class Served:
+    """A server (``ExecLoop``) whose handlers note whether they ran while reading
+    on (``seen``), and clients of it on a ``LoopThread``; ``served`` closes all."""
+
+    def __init__(self, path: str, serving: bool, budget_s: float) -> None:
+        self.path = path
+        self.seen: list[bool] = []
+
+        def note(conn, body, bufs):
+            self.seen.append(self.ex.read_on.active)
+            return body
+
+        def busy(conn, body, bufs):  # 300 us of I/O-like work (off the GIL, so the caller keeps sending)
+            select.select([], [], [], 0.0003)
+            return note(conn, body, bufs)
+
+        self.ex = ExecLoop(path, {"note": note, "busy": busy}, serving, budget_s)
+        self.client = LoopThread()
+        self.conns: list[wire.Connection] = []
+
+    def connect(self) -> wire.Connection:
+        conn = self.client.run(wire.connect(self.path, TOKEN))
+        self.conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        for c in self.conns:
+            self.client.loop.call_soon_threadsafe(c.close)
+        self.client.close()
+        self.ex.close()
+
+
 @pytest.fixture
-def sock_dir():
+def served():
+    """``served(serving=True, budget_s=1.0)`` -> a ``Served`` (closed after the test)."""
     d = tempfile.mkdtemp(prefix="skt")
-    yield d
+    made: list[Served] = []
+
+    def make(serving: bool = True, budget_s: float = 1.0) -> Served:
+        made.append(Served(os.path.join(d, "x.sock"), serving, budget_s))
+        return made[-1]
+
+    yield make
+    for sv in made:
+        sv.close()
     for name in os.listdir(d):
         os.unlink(os.path.join(d, name))
     os.rmdir(d)
 
 
-def _served(path: str, serving: bool = True, budget_s: float = 1.0):
-    seen: list[bool] = []
-    ex: ExecLoop | None = None
-
-    def note(conn, body, bufs):
-        seen.append(ex.read_on.active)
-        return body
-
-    def busy(conn, body, bufs):  # 300 us of I/O-like work (off the GIL, so the caller keeps sending)
-        select.select([], [], [], 0.0003)
-        return note(conn, body, bufs)
-
-    ex = ExecLoop(path, {"note": note, "busy": busy}, serving, budget_s)
-    return ex, seen
+def test_a_request_that_follows_quickly_is_read_on_where_the_last_one_ran(served):
+    sv = served()
+    conn = sv.connect()
+    for i in range(50):
+        assert call(conn, "note", i) == i
+    # Each request right behind the last one was read on, not taken by the loop.
+    assert sum(sv.seen) >= 40, sv.seen
 
 
-def test_a_request_that_follows_quickly_is_read_on_where_the_last_one_ran(sock_dir):
-    path = os.path.join(sock_dir, "x.sock")
-    ex, seen = _served(path)
-    client = LoopThread()
-    conn = client.run(wire.connect(path, TOKEN))
-    try:
-        for i in range(50):
-            assert call(conn, "note", i) == i
-        # Each request right behind the last one was read on, not taken by the loop.
-        assert sum(seen) >= 40, seen
-    finally:
-        client.loop.call_soon_threadsafe(conn.close)
-        client.close()
-        ex.close()
+def test_no_reading_on_where_requests_are_handed_on(served):
+    sv = served(serving=False)
+    conn = sv.connect()
+    for i in range(20):
+        call(conn, "note", i)
+    assert sv.seen == [False] * 20
 
 
-def test_no_reading_on_where_requests_are_handed_on(sock_dir):
-    path = os.path.join(sock_dir, "x.sock")
-    ex, seen = _served(path, serving=False)
-    client = LoopThread()
-    conn = client.run(wire.connect(path, TOKEN))
-    try:
-        for i in range(20):
-            call(conn, "note", i)
-        assert seen == [False] * 20
-    finally:
-        client.loop.call_soon_threadsafe(conn.close)
-        client.close()
-        ex.close()
-
-
-def test_other_work_gets_the_loop_while_a_caller_keeps_calling(sock_dir):
-    path = os.path.join(sock_dir, "x.sock")
-    ex, seen = _served(path, budget_s=30.0)  # only yielding can serve the others in time
-    client = LoopThread()
-    a = client.run(wire.connect(path, TOKEN))
-    b = client.run(wire.connect(path, TOKEN))
+def test_other_work_gets_the_loop_while_a_caller_keeps_calling(served):
+    sv = served(budget_s=30.0)  # only yielding can serve the others in time
+    seen = sv.seen
+    a, b = sv.connect(), sv.connect()
     stop = threading.Event()
 
     def keep_calling():
@@ -145,7 +151,7 @@ def test_other_work_gets_the_loop_while_a_caller_keeps_calling(sock_dir):
         # run while the first caller goes on (reading on yields to them).
         ran = threading.Event()
         t0 = time.monotonic()
-        ex.loop.call_soon_threadsafe(ran.set)
+        sv.ex.loop.call_soon_threadsafe(ran.set)
         assert ran.wait(5)
         assert call(b, "note", "b") == "b"
         assert time.monotonic() - t0 < 3
@@ -153,18 +159,11 @@ def test_other_work_gets_the_loop_while_a_caller_keeps_calling(sock_dir):
     finally:
         stop.set()
         caller.join(10)
-        for c in (a, b):
-            client.loop.call_soon_threadsafe(c.close)
-        client.close()
-        ex.close()
 
 
-
-def test_a_caller_that_keeps_requests_queued_still_lets_timers_run(sock_dir):
-    path = os.path.join(sock_dir, "x.sock")
-    ex, seen = _served(path, budget_s=0.05)
-    client = LoopThread()
-    conn = client.run(wire.connect(path, TOKEN))
+def test_a_caller_that_keeps_requests_queued_still_lets_timers_run(served):
+    sv = served(budget_s=0.05)
+    conn = sv.connect()
     stop = threading.Event()
     answered = [0]
 
@@ -177,18 +176,15 @@ def test_a_caller_that_keeps_requests_queued_still_lets_timers_run(sock_dir):
         for _ in range(8):  # eight requests in flight at all times
             conn.request_cb("busy", 0, (), again)
 
-    client.loop.call_soon_threadsafe(start)
+    sv.client.loop.call_soon_threadsafe(start)
     try:
-        wait_for(lambda: sum(seen) > 50, timeout=10, what="the caller read on")
+        wait_for(lambda: sum(sv.seen) > 50, timeout=10, what="the caller read on")
         fired = threading.Event()
         t0 = time.monotonic()
-        ex.loop.call_soon_threadsafe(ex.loop.call_later, 0.01, fired.set)
+        sv.ex.loop.call_soon_threadsafe(sv.ex.loop.call_later, 0.01, fired.set)
         assert fired.wait(5), "a timer waited for the caller to stop"
         assert time.monotonic() - t0 < 2
         assert not stop.is_set() and answered[0] > 0
     finally:
         stop.set()
         wait_for(lambda: not conn.pending, timeout=10, what="the last replies")
-        client.loop.call_soon_threadsafe(conn.close)
-        client.close()
-        ex.close()

@@ -82,8 +82,8 @@ class ActorExecution:
         self.pool_idle = threading.Condition()
 
     def serves_inline(self) -> bool:
-        """Requests run in the exec loop's thread as they arrive (a task worker or a
-        sync actor; a threaded or async actor hands them on, and is exiting)."""
+        """Requests run in the exec loop's thread as they arrive: a task worker or a
+        sync actor that is not exiting (a threaded or async actor hands them on)."""
         return self.actor_loop is None and self.actor_pool is None and not self.group_pools and not self.exiting
 
     # --- exit_actor() ------------------------------------------------------------

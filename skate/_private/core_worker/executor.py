@@ -117,16 +117,16 @@ class Executor(ActorExecution):
             self.interrupted.add(tid)
             running = self.running.get(tid)
             self.cancelled.add(tid)
-            if running is None or isinstance(running, asyncio.Task):
+            if running is None:
                 self.interrupted.discard(tid)
-                if running is None:
-                    return
+                return
             if body.get("force"):
                 if sent:  # let the children's cancels go out first
                     self.core.loop.call_later(0.1, os._exit, 1)
                     return
                 os._exit(1)
             if isinstance(running, asyncio.Task):  # an async actor call: cancel the coroutine
+                self.interrupted.discard(tid)
                 self.actor_loop.call_soon_threadsafe(running.cancel)
                 return
             # Still this task's thread, and it cannot finish before the

@@ -56,7 +56,7 @@ from skate._private.wire.framing import (
 )
 from skate._private.wire.handshake import AuthError, ClientHandshake, ServerHandshake
 from skate._private.wire.records import RecordCipher
-from skate._private.wire.spin import SPIN_S
+from skate._private.wire.spin import SPIN_S, ReadOn
 from skate._private.wire.watch import watch_of
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class Connection(asyncio.BufferedProtocol):
         gate: Gate | None = None,
         identity: bytes = b"",
         expect: bytes | None = None,
-        read_on: Any = None,
+        read_on: ReadOn | None = None,
     ) -> None:
         """``identity``: what a server proves it is; ``expect``: what a client insists on (None:
         any); ``read_on``: a ``spin.ReadOn`` that reads on after each request (an exec endpoint)."""

@@ -16,9 +16,12 @@ from skate._private.wire.admission import Gate
 from skate._private.wire.connection import Connection
 from skate._private.wire.dispatch import ConnectionLost, Handler
 from skate._private.wire.handshake import AuthError
+from skate._private.wire.spin import ReadOn
 
 
-def _server_side(token: bytes, handlers: dict[str, Handler], identity: bytes, read_on: Any) -> Callable[[], Connection]:
+def _server_side(
+    token: bytes, handlers: dict[str, Handler], identity: bytes, read_on: ReadOn | None
+) -> Callable[[], Connection]:
     gate = Gate(CONFIG.max_pending_handshakes)
     return lambda: Connection(token, handlers, server=True, gate=gate, identity=identity, read_on=read_on)
 
@@ -30,7 +33,7 @@ async def serve_tcp(
     handlers: dict[str, Handler],
     sock: socket.socket | None = None,
     identity: bytes = b"",
-    read_on: Any = None,
+    read_on: ReadOn | None = None,
 ) -> asyncio.base_events.Server:
     """Starts a TCP server on ``host:port`` (port 0 picks a free one), or on a bound ``sock``.
 
@@ -45,7 +48,7 @@ async def serve_tcp(
 
 
 async def serve_unix(
-    path: str, token: bytes, handlers: dict[str, Handler], identity: bytes = b"", read_on: Any = None
+    path: str, token: bytes, handlers: dict[str, Handler], identity: bytes = b"", read_on: ReadOn | None = None
 ) -> asyncio.base_events.Server:
     """Starts a Unix-socket server at ``path`` (owner-only permissions); see ``serve_tcp``."""
     loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ from skate._private.config import CONFIG
 
 SPIN_S = CONFIG.spin_us / 1e6
 
+
 class SpinningSelector(selectors.EpollSelector):
     """An epoll selector that, right after handling events, polls for a little
     while (``Config.spin_us``) before it sleeps.
@@ -41,7 +42,6 @@ class SpinningSelector(selectors.EpollSelector):
         super().__init__()
         self._busy = False
         self._on_sleep = on_sleep  # called before each wait that may sleep
-
 
     def ready_now(self) -> list[tuple[int, int]]:
         """``(fd, events)`` of each registered descriptor ready now (no wait)."""
