@@ -164,9 +164,7 @@ def start(head: bool, address: str | None, node_ip_address: str | None, port: in
     if head:
         node.forget_cluster(gcs_address)
     if head or own_session:
-        import shutil
-
-        shutil.rmtree(session_dir, ignore_errors=True)
+        node.remove_session(session_dir)
     sys.exit(code)
 
 

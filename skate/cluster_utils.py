@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import Any
 
@@ -194,11 +193,8 @@ class Cluster:
             self._dashboard = None
         if self._info is not None:
             _node.stop_processes([self._gcs_proc])
-            from skate._private.object_store import sweep
-
-            sweep.sweep_session(self._info["session_dir"])  # nodes removed with SIGKILL
             _node.forget_cluster(self._info["gcs_address"])
-            shutil.rmtree(self._info["session_dir"], ignore_errors=True)
+            _node.remove_session(self._info["session_dir"])  # (sweeps nodes removed with SIGKILL)
         self.worker_nodes = []
         self.head_node = None
         self._info = None

@@ -246,3 +246,23 @@ def test_short_drivers_on_a_long_lived_cluster_leave_no_segments(cluster):
         out, err = d.communicate(timeout=60)
         assert "exiting" in out, err
     wait_for(lambda: _stats()["store"]["objects"] == before, 15, what="the drivers' objects to be freed")
+
+
+def test_segments_of_an_embedded_node_daemon_killed_before_shutdown_are_swept():
+    """``shutdown()`` of a local cluster whose node daemon was SIGKILLed removes
+    the daemon's segments with the session folder (which held their only record)."""
+    from skate._private import api
+
+    skate.init(num_cpus=1)
+    try:
+        keep = skate.put(b"k" * BIG)
+        prefix = f"{CONFIG.shm_prefix}-{runtime.current().node_id.hex()[:12]}"
+        assert _segments(prefix)
+        [raylet] = [d for d in api._head["processes"] if d.name == "node daemon"]
+        raylet.proc.send_signal(signal.SIGKILL)
+        raylet.proc.wait(timeout=10)
+        assert _segments(prefix), "the segment outlived its daemon (nothing swept yet)"
+        del keep
+    finally:
+        skate.shutdown()
+    assert not _segments(prefix)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import shutil
 import uuid
 from typing import Any
 
@@ -267,7 +266,7 @@ def _stop_head() -> None:
         lazy.close()
     node.stop_processes(head["processes"])
     node.forget_cluster(head["gcs_address"])
-    shutil.rmtree(head["session_dir"], ignore_errors=True)
+    node.remove_session(head["session_dir"])
 
 
 def _core() -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -166,7 +165,7 @@ def stop_started(force: bool, grace_s: float) -> int:
         psutil.wait_procs(alive, timeout=5)
     node.sweep_dead_stores()  # what daemons killed with --force left in /dev/shm
     for e in known:
-        shutil.rmtree(e["session_dir"], ignore_errors=True)
+        node.remove_session(e["session_dir"])
         if e.get("gcs_address"):
             node.forget_cluster(e["gcs_address"])
     forget({e["pid"] for e in known})

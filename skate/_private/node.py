@@ -337,9 +337,7 @@ def start_head(
         info = wait_ready(raylet)
     except BaseException:
         stop_processes([gcs, raylet])
-        import shutil
-
-        shutil.rmtree(session_dir, ignore_errors=True)
+        remove_session(session_dir)
         raise
     record_cluster(gcs_address, session_dir, token_file, gcs_pid=gcs.proc.pid, discoverable=discoverable)
     return {
@@ -401,6 +399,19 @@ def sweep_dead_stores() -> int:
     except (FileNotFoundError, private_paths.UnsafePathError):
         return 0
     return sweep.sweep_all(CONFIG.temp_dir)
+
+
+def remove_session(session_dir: str) -> None:
+    """Deletes a session folder once its daemons are stopped, sweeping first the
+    segments of any node daemon of it that died without deleting them (killed,
+    or stopped with SIGKILL after the grace period): the folder holds the only
+    record of which /dev/shm segments were theirs."""
+    import shutil
+
+    from skate._private.object_store import sweep
+
+    sweep.sweep_session(session_dir)
+    shutil.rmtree(session_dir, ignore_errors=True)
 
 
 def stop_processes(procs: list[DaemonProcess], grace: float = 5.0) -> None:

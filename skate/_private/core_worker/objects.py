@@ -128,6 +128,11 @@ class ObjectAccess:
         should its owner die without freeing it.
         """
         size = serialization.layout_size(data, bufs)
+        # What this thread let go of goes first, so the node daemon can hand a
+        # just-freed warm segment to this reserve: the values' mappings dropped
+        # (a freed segment still mapped is not reused), then the frees.
+        if self._unmaps:
+            self._flush_unmapped()
         self._send_local_frees()
         if self.off_node:
             # This host has no node daemon: send the bytes to the node.
