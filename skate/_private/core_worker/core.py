@@ -37,6 +37,7 @@ from skate._private.core_worker.refcount import RefCounting
 from skate._private.core_worker.task_events import TaskEventBuffer
 from skate._private.core_worker.waits import WaitReporter
 from skate._private.gcs.client import GcsClient
+from skate._private.object_store import slab
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         self._unmaps: list = []  # segments this process stopped mapping, sent in batches
         self._unmaps_lock = threading.Lock()
         self._wmaps: collections.OrderedDict = collections.OrderedDict()
+        self.slab_reader = slab.SlabReader()
         self._nodes: dict[bytes, dict] = {}
         self.extra_sockets: list[str] = []
         #: object id -> callback (I/O thread) run once the object is freed everywhere.

@@ -16,6 +16,7 @@ core worker's loop, connections and memory store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -28,7 +29,7 @@ from skate._private import serialization, wire
 from skate._private.config import CONFIG
 from skate._private.core_worker.errors import as_error
 from skate._private.core_worker.memory_store import ERROR, INLINE, PENDING, SHM
-from skate._private.object_store import shm
+from skate._private.object_store import shm, slab
 from skate.object_ref import ObjectRef
 
 
@@ -174,6 +175,9 @@ class ObjectAccess:
         writes large objects in a loop keeps writing into mappings it already
         has: no page-table set-up or tear-down per object.
         """
+        if "@" in path:  # a slot of a slab (``slab.location``)
+            slab.write(path, serialization.layout_pieces(data, bufs))
+            return None
         cache = self._wmaps
         for key, (m, fd) in list(cache.items()):
             if os.fstat(fd).st_nlink == 0:  # dropped by the store: let the memory go
@@ -244,10 +248,11 @@ class ObjectAccess:
             paths = {}
         values = []
         try:
-            for i, (r, snap) in enumerate(zip(refs, resolved, strict=True)):
-                path = paths.pop(i, None)
-                # No path: obj_get alone says why (lost, store full) and recovers what it can.
-                values.append(self.read_shm(path, r._id) if path is not None else self.materialize(r, snap))
+            with serialization.gc_paused() if len(shm_at) >= 100 else contextlib.nullcontext():
+                for i, (r, snap) in enumerate(zip(refs, resolved, strict=True)):
+                    path = paths.pop(i, None)
+                    # No path: obj_get alone says why (lost, store full) and recovers what it can.
+                    values.append(self.read_shm(path, r._id) if path is not None else self.materialize(r, snap))
         finally:
             unused = [refs[i]._id for i, path in paths.items() if path is not None]
             if unused:  # counted as mapped by obj_get_many, never mapped: let them go
@@ -407,12 +412,16 @@ class ObjectAccess:
         node daemon is told, so it may reuse the segment's memory.
         """
         try:
-            m, head = shm.open_readonly_with_head(path)
+            if "@" in path:  # a slot of a slab (``slab.location``)
+                m, view, head = self.slab_reader.view(path)
+            else:
+                m, head = shm.open_readonly_with_head(path)
+                view = memoryview(m)
         except FileNotFoundError:
             self._unmapped(oid)
             raise exc.ObjectLostError(message=f"the object segment {path} is gone") from None
         weakref.finalize(m, self._unmapped, oid)
-        data, bufs = serialization.read_layout(memoryview(m), head)
+        data, bufs = serialization.read_layout(view, head)
         return serialization.loads(data, bufs)
 
     def _unmapped(self, oid: bytes) -> None:

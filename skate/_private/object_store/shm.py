@@ -54,6 +54,18 @@ def _open(path: str, flags: int) -> int:
         raise
 
 
+def open_verified(path: str, flags: int) -> tuple[int, int]:
+    """``(descriptor, size)`` of an existing segment or slab, opened with ``flags``
+    (``os.O_RDONLY`` or ``os.O_RDWR``) after checking it is this user's owner-only file.
+
+    Raises:
+        ForeignSegmentError: when it is not.
+        FileNotFoundError: when it is gone.
+    """
+    fd = _open(path, flags)
+    return fd, _verify(fd, path).st_size
+
+
 def open_writable(path: str) -> int:
     """A read-write descriptor of a new segment, or of this user's own recycled one.
 

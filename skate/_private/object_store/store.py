@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from skate._private.object_store import shm
+from skate._private.object_store import shm, slab
 
 
 class StoreFull(Exception):
@@ -43,6 +43,17 @@ class StoredObject:
     spilling: bool = False  # being copied to disk (its bytes already left ``used``)
     freed: bool = False  # freed while being spilled: the copy is thrown away
     disk: bool = False  # a disk-backed segment (larger than the store): not in ``used``
+    slab: slab.Slab | None = None  # in a slot of this slab (at ``offset``) rather than a segment
+    offset: int = 0
+    held: int = 0  # bytes it counts in ``used`` while in memory (its slot's, or ``size``)
+
+    def __post_init__(self) -> None:
+        self.held = self.held or self.size
+
+    @property
+    def location(self) -> str:
+        """Where readers find it: its segment's path, or its slot's location."""
+        return slab.location(self.path, self.offset, self.size) if self.slab is not None else self.path
 
 
 class ObjectStore:
@@ -67,6 +78,8 @@ class ObjectStore:
         #: Freed objects whose segments readers still map (released on the last unmap).
         self.zombies: dict[bytes, StoredObject] = {}
         self._pool_seq = 0
+        #: Slots for objects of up to ``slab.MAX_SIZE`` bytes (``reserve(slot=True)``).
+        self.slabs = slab.SlabAllocator(os.path.join(shm.SHM_DIR or "/tmp", prefix))
 
     def needs_room(self, size: int) -> bool:
         """True when reserving ``size`` bytes in memory means freeing room first
@@ -113,14 +126,14 @@ class ObjectStore:
                     continue
                 if want_primary:
                     obj.spilling = True
-                    self.used -= obj.size
+                    self.used -= obj.held
                     victims.append((key, obj))
                 else:
                     self._drop(key, obj)
         if self.used + size > self.capacity:
             for _key, obj in victims:  # nothing gained: keep them in memory
                 obj.spilling = False
-                self.used += obj.size
+                self.used += obj.held
             raise StoreFull(
                 f"object store is full: {self.used} of {self.capacity} bytes in use by objects "
                 f"still being written; cannot fit {size} bytes"
@@ -129,31 +142,53 @@ class ObjectStore:
 
     def finish_spill(self, victims: list[tuple[bytes, StoredObject]], dests: list[str]) -> None:
         """Completes ``plan_room``'s spills once ``spill_files`` copied them to ``dests``."""
-        for (_oid, obj), dest in zip(victims, dests, strict=True):
+        for (oid, obj), dest in zip(victims, dests, strict=True):
             obj.spilling = False
             if obj.freed:  # freed meanwhile: the copy is not needed
                 _remove(dest)
-                shm.unlink(obj.path)
+                self.drop_memory(obj)
                 continue
-            shm.unlink(obj.path)
+            if obj.slab is not None:  # restored (if ever) into a segment of its own
+                self.drop_memory(obj)
+                obj.path = shm.segment_path(self.prefix, oid)
+            else:
+                shm.unlink(obj.path)
             obj.spilled_path = dest
             self.spilled_bytes_total += obj.size
 
     def _drop(self, oid: bytes, obj: StoredObject) -> None:
-        shm.unlink(obj.path)
-        self.used -= obj.size
+        self.drop_memory(obj)
+        self.used -= obj.held
         del self.objects[oid]
 
-    def reserve(self, oid: bytes, size: int, primary: bool = True, disk: bool = False) -> str:
-        """Makes room for ``size`` bytes and returns the segment path to create.
+    def drop_memory(self, obj: StoredObject) -> None:
+        """Gives an object's memory back: its segment unlinked, or its slot
+        released (it then counts ``size`` bytes, as a segment would)."""
+        if obj.slab is None:
+            shm.unlink(obj.path)
+            return
+        self.slabs.release(obj.slab, obj.offset)
+        obj.slab, obj.offset, obj.held = None, 0, obj.size
+
+    def reserve(self, oid: bytes, size: int, primary: bool = True, disk: bool = False, slot: bool = False) -> str:
+        """Makes room for ``size`` bytes and returns where to write them: a
+        segment path to create, or (``slot``: the writer takes slots, and the
+        object is small enough) a slot's location (``slab.location``).
 
         ``disk``: a disk-backed segment even though the object would fit (no
         room can be made in memory now).  Raises ``StoreFull``.
         """
         if oid in self.objects:
-            return self.objects[oid].path
+            return self.objects[oid].location
         if size > self.capacity or disk:
             return self._reserve_on_disk(oid, size, primary)
+        if slot and self.slabs.fits(size):
+            held = slab.size_class(size)
+            self._make_room(held, oid)
+            where, offset = self.slabs.alloc(size)
+            self.used += held
+            obj = self.objects[oid] = StoredObject(size, where.path, primary, slab=where, offset=offset, held=held)
+            return obj.location
         path = shm.segment_path(self.prefix, oid)
         recycled = self._take_from_pool(size, path)
         if not recycled:
@@ -212,7 +247,7 @@ class ObjectStore:
         return obj is not None and obj.sealed
 
     def ensure_local(self, oid: bytes) -> str | None:
-        """The segment path of a sealed object, restoring it from disk if spilled."""
+        """The location of a sealed object (``StoredObject.location``), restoring it from disk if spilled."""
         obj = self.objects.get(oid)
         if obj is None or not obj.sealed:
             return None
@@ -222,7 +257,7 @@ class ObjectStore:
             self.used += obj.size
             shm.copy_in(obj.spilled_path, obj.path)
             self.finish_restore(oid, obj)
-        return obj.path
+        return obj.location
 
     def finish_restore(self, oid: bytes, obj: StoredObject) -> None:
         """The spilled copy of ``obj`` was copied back into its segment (``used`` counts it already)."""
@@ -238,8 +273,8 @@ class ObjectStore:
         obj = self.objects.get(oid)
         if obj is None or not obj.sealed:
             return None
-        with open(obj.spilled_path or obj.path, "rb") as f:
-            return f.read()
+        got = self.read_range(oid, 0, obj.size)
+        return None if got is None else got[1]
 
     def read_range(self, oid: bytes, offset: int, length: int) -> tuple[int, bytes] | None:
         """``(size, bytes offset..offset+length)`` of a sealed object (in memory or
@@ -251,8 +286,9 @@ class ObjectStore:
             fd = os.open(obj.spilled_path or obj.path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
+        base = 0 if obj.spilled_path else obj.offset
         try:
-            return obj.size, os.pread(fd, max(min(length, obj.size - offset), 0), offset)
+            return obj.size, _pread_all(fd, max(min(length, obj.size - offset), 0), base + offset)
         finally:
             os.close(fd)
 
@@ -278,6 +314,10 @@ class ObjectStore:
 
     def _release(self, obj: StoredObject) -> None:
         """Gives a freed segment's memory to the pool, or back to the system."""
+        if obj.slab is not None:
+            self.used -= obj.held
+            self.drop_memory(obj)
+            return
         if obj.disk:
             self.disk_bytes -= obj.size
             shm.unlink(obj.path)
@@ -328,8 +368,9 @@ class ObjectStore:
             if obj.disk:
                 self._release(obj)
             else:
-                shm.unlink(obj.path)
+                self.drop_memory(obj)
         self.zombies.clear()
+        self.slabs.clear()
         for _, path in self.pool:
             shm.unlink(path)
         self.pool.clear()
@@ -348,6 +389,7 @@ class ObjectStore:
             "pooled_bytes": self.pool_bytes,
             "spilled_bytes_total": self.spilled_bytes_total,
             "restored_bytes_total": self.restored_bytes_total,
+            **self.slabs.stats(),
         }
 
 
@@ -358,9 +400,34 @@ def spill_files(spill_dir: str, victims: list[tuple[bytes, StoredObject]]) -> li
     dests = []
     for oid, obj in victims:
         dest = os.path.join(spill_dir, oid.hex())
-        shutil.copyfile(obj.path, dest)
+        if obj.slab is None:
+            shutil.copyfile(obj.path, dest)
+        else:  # its slot's bytes
+            fd = os.open(obj.path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                data = _pread_all(fd, obj.size, obj.offset)
+            finally:
+                os.close(fd)
+            with open(dest, "wb") as f:
+                f.write(data)
         dests.append(dest)
     return dests
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset`` (``pread`` may return fewer in one call)."""
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def _remove(path: str | None) -> None:

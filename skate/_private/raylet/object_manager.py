@@ -2,7 +2,8 @@
 
 ::
 
-    obj_reserve -> ObjectStore makes room (spilling LRU objects) -> segment path
+    obj_reserve -> ObjectStore makes room (spilling LRU objects) -> segment path,
+                   or a slot's location for objects of up to 1 MiB (``slab``)
     obj_seal    -> readable
     obj_get(_many) -> here (restored from disk if spilled), or pulled from the node
                    that has it (obj_fetch, daemon to daemon); the reader is
@@ -61,7 +62,7 @@ class ObjectManager:
         oid, size, primary = body["oid"], body["size"], body.get("primary", True)
         try:
             try:
-                path = self.store.reserve(oid, size, primary, disk=disk)
+                path = self.store.reserve(oid, size, primary, disk=disk, slot=True)
             except StoreFull:
                 if disk:
                     raise
@@ -134,9 +135,9 @@ class ObjectManager:
             for _key, obj in victims:  # still in memory after all
                 obj.spilling = False
                 if not obj.freed:
-                    self.store.used += obj.size
+                    self.store.used += obj.held
                 else:
-                    shm.unlink(obj.path)
+                    self.store.drop_memory(obj)
             raise
         self.store.finish_spill(victims, dests)
 
@@ -183,7 +184,7 @@ class ObjectManager:
             if obj is not None and obj.sealed and not obj.spilled_path:  # the common case, no await
                 objects.move_to_end(oid)
                 self._track_map(conn, oid)
-                paths.append(obj.path)
+                paths.append(obj.location)
             else:
                 slow.append(i)
                 paths.append(None)

@@ -1,0 +1,249 @@
+"""Slabs: many medium-sized objects in one shared-memory file.
+
+A segment per object costs a reader an ``open``, ``fstat``, ``mmap`` and
+``close`` per object, and the kernel a new mapping; for objects of a few
+hundred KiB that is most of a ``get``.  Objects of up to ``MAX_SIZE``
+bytes therefore live in slots of slab files instead: a reader
+maps each slab once (``SlabReader``) and slices its objects out of that
+mapping, zero-copy as before.
+
+::
+
+    size -> size class (page multiple, at most 1/16 above the size)
+         -> a slab of that class with a free slot, or a new slab file
+            (``<prefix>-slab<n>``, sparse: memory is used as slots are written)
+    free -> the slot's pages are given back (``FALLOC_FL_PUNCH_HOLE``) and the
+            slot reused; a slab with no object left is unlinked
+
+A location names a slot: ``<slab path>@<offset>+<size>``; a plain path is a
+whole segment.  The store decides when a slot may be reused (no reader maps
+its object); this module only hands slots out and takes them back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import weakref
+from dataclasses import dataclass, field
+
+from skate._private.object_store import shm
+
+PAGE = 4096
+#: Objects up to this size go to slabs (above it each gets a segment, recycled warm).
+MAX_SIZE = 1 << 20
+#: Bytes of slots per slab file (rounded down to whole slots).
+SLAB_BYTES = 32 << 20
+
+
+def size_class(size: int) -> int:
+    """The slot size for an object of ``size`` bytes: a page multiple at most
+    1/16 larger (plus a page) than ``size``."""
+    step = max(PAGE, (1 << max(size - 1, 1).bit_length()) // 16)
+    return -(-size // step) * step
+
+
+def location(path: str, offset: int, size: int) -> str:
+    """The location of ``size`` bytes at ``offset`` of slab file ``path``."""
+    return f"{path}@{offset}+{size}"
+
+
+def parse(loc: str) -> tuple[str, int, int] | None:
+    """``(slab path, offset, size)`` of a slot's location; None for a segment's plain path."""
+    path, at, rest = loc.rpartition("@")
+    if not at:
+        return None
+    offset, _, size = rest.partition("+")
+    return path, int(offset), int(size)
+
+
+@dataclass(eq=False)
+class Slab:
+    """One slab file: ``count`` slots of ``slot`` bytes."""
+
+    path: str
+    slot: int
+    count: int
+    free: list[int] = field(default_factory=list)  # offsets of free slots
+    live: int = 0
+
+
+class SlabAllocator:
+    """Hands out and takes back slots of slab files named ``<prefix>-slab<n>``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.by_class: dict[int, list[Slab]] = {}
+        self._seq = 0
+
+    @staticmethod
+    def fits(size: int) -> bool:
+        """True when an object of ``size`` bytes belongs in a slab."""
+        return 0 < size <= MAX_SIZE
+
+    def alloc(self, size: int) -> tuple[Slab, int]:
+        """A free slot for ``size`` bytes: ``(slab, offset)`` (its bytes: ``slab.slot``)."""
+        cls = size_class(size)
+        slabs = self.by_class.setdefault(cls, [])
+        for slab in slabs:
+            if slab.free:
+                break
+        else:
+            slab = self._new_slab(cls)
+            slabs.append(slab)
+        slab.live += 1
+        return slab, slab.free.pop()
+
+    def _new_slab(self, cls: int) -> Slab:
+        self._seq += 1
+        count = max(SLAB_BYTES // cls, 1)
+        path = f"{self.prefix}-slab{self._seq}"
+        fd = shm.open_writable(path)
+        try:
+            os.ftruncate(fd, count * cls)  # sparse: no memory until written
+        finally:
+            os.close(fd)
+        return Slab(path, cls, count, free=[i * cls for i in range(count - 1, -1, -1)])
+
+    def release(self, slab: Slab, offset: int) -> None:
+        """Takes a slot back: its memory goes back to the system; an empty slab is unlinked."""
+        slab.live -= 1
+        if slab.live == 0:
+            self.by_class[slab.slot].remove(slab)
+            shm.unlink(slab.path)
+            return
+        slab.free.append(offset)
+        try:
+            fd = os.open(slab.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            _punch_hole(fd, offset, slab.slot)
+        finally:
+            os.close(fd)
+
+    def clear(self) -> None:
+        """Unlinks every slab (the store is going away)."""
+        for slabs in self.by_class.values():
+            for slab in slabs:
+                shm.unlink(slab.path)
+        self.by_class.clear()
+
+    def stats(self) -> dict:
+        """Slab files and the slots in use, for ``node_stats``."""
+        slabs = [s for ss in self.by_class.values() for s in ss]
+        return {"slabs": len(slabs), "slab_slots_used": sum(s.live for s in slabs)}
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = None
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Gives the pages of ``offset..offset+length`` of a tmpfs file back (no-op where unsupported)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
+
+
+def write(loc: str, pieces: list) -> None:
+    """Writes ``(offset, bytes)`` pieces into the slot at ``loc`` (offsets within the object).
+
+    Raises:
+        shm.ForeignSegmentError: when the slab file is not this user's own.
+    """
+    path, base, _size = parse(loc)  # type: ignore[misc]
+    fd, _ = shm.open_verified(path, os.O_RDWR)
+    try:
+        shm.pwrite_pieces(fd, [(base + off, piece) for off, piece in pieces])
+    finally:
+        os.close(fd)
+
+
+# --- readers -----------------------------------------------------------------------------------
+class _PyBuffer(ctypes.Structure):
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]  # fmt: skip
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_release_buffer.restype = None
+
+
+class _Mapping:
+    """One read-only mapping of a slab file, alive while any view into it is.
+
+    Holds a buffer export of its ``mmap`` for its whole life, so the mapping
+    cannot be closed under a view; the address the views start from is the
+    export's.
+    """
+
+    __slots__ = ("mm", "fd", "addr", "_buf", "__weakref__")
+
+    def __init__(self, path: str) -> None:
+        self.fd, size = shm.open_verified(path, os.O_RDONLY)  # kept: slots' heads are read with pread
+        try:
+            self.mm = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self._buf = _PyBuffer()
+        _get_buffer(self.mm, ctypes.byref(self._buf), 0)
+        self.addr: int = self._buf.buf
+
+    def __del__(self) -> None:
+        buf = getattr(self, "_buf", None)
+        if buf is None:  # __init__ failed before the mapping was made
+            return
+        _release_buffer(ctypes.byref(buf))
+        self.mm.close()
+        os.close(self.fd)
+
+
+class SlabReader:
+    """A process's read-only views of slots: each slab is mapped once while any
+    value read from it is alive, then unmapped."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, weakref.ref] = {}
+
+    def view(self, loc: str, head: int = 2048) -> tuple[object, memoryview, bytes]:
+        """``(owner, view, first bytes)`` of the slot at ``loc``: ``view`` is a
+        read-only memoryview of its bytes (no copy); ``owner`` lives exactly as
+        long as some view derived from it does (watch it with
+        ``weakref.finalize``); the slot's first ``head`` bytes are read with
+        ``pread``, so a reader that needs only its header and pickle data
+        touches none of the mapping's pages (no page fault).
+
+        Raises:
+            FileNotFoundError: when the slab is gone (the object was freed).
+            shm.ForeignSegmentError: when the slab file is not this user's own.
+        """
+        path, offset, size = parse(loc)  # type: ignore[misc]
+        ref = self._maps.get(path)
+        m = ref() if ref is not None else None
+        if m is None:
+            m = _Mapping(path)
+            self._maps[path] = weakref.ref(m, self._forget(path))
+        if offset + size > len(m.mm):
+            raise ValueError(f"slot {loc} lies outside its slab ({len(m.mm)} bytes)")
+        owner = (ctypes.c_char * size).from_address(m.addr + offset)
+        owner._mapping = m  # the mapping stays while the slot's views do
+        return owner, memoryview(owner).cast("B").toreadonly(), os.pread(m.fd, min(head, size), offset)
+
+    def _forget(self, path: str):  # noqa: ANN202
+        def gone(ref: weakref.ref) -> None:
+            if self._maps.get(path) is ref:
+                del self._maps[path]
+
+        return gone

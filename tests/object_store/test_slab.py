@@ -1,0 +1,225 @@
+"""Slabs: objects of up to 1 MiB in slots of shared files (``object_store.slab``).
+
+Unit tests drive the allocator and the store directly; the end-to-end tests
+put, get, pass and free such objects on a real local cluster and across two
+node daemons.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import uuid
+import weakref
+
+import pytest
+from conftest import wait_for
+
+from skate._private.object_store import shm, slab
+from skate._private.object_store.store import ObjectStore
+
+KB = 1024
+pytestmark = pytest.mark.timeout(120)
+
+
+def _oid(i: int) -> bytes:
+    return i.to_bytes(4, "little") * 5
+
+
+@pytest.fixture
+def prefix():
+    p = f"skatetest{uuid.uuid4().hex[:12]}"
+    yield p
+    for name in os.listdir(shm.SHM_DIR or "/tmp"):
+        if name.startswith(p):
+            os.unlink(os.path.join(shm.SHM_DIR or "/tmp", name))
+
+
+def _files(prefix: str) -> set[str]:
+    return {n for n in os.listdir(shm.SHM_DIR or "/tmp") if n.startswith(prefix)}
+
+
+def _make(store: ObjectStore, oid: bytes, size: int, fill: int) -> str:
+    """Reserves a slot, writes and seals it, as a producer does."""
+    loc = store.reserve(oid, size, slot=True)
+    slab.write(loc, [(0, bytes([fill]) * size)])
+    store.seal(oid)
+    return loc
+
+
+def _read(reader: slab.SlabReader, loc: str) -> bytes:
+    _owner, view, _head = reader.view(loc)
+    return bytes(view)
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 100 * KB, 131_264, 300 * KB, 1 << 20])
+def test_size_classes_are_page_multiples_close_above_the_size(size):
+    c = slab.size_class(size)
+    assert c >= size and c % slab.PAGE == 0
+    assert c <= size + max(slab.PAGE, size // 8)
+
+
+def test_location_round_trip():
+    loc = slab.location("/dev/shm/p-slab3", 4096, 77)
+    assert slab.parse(loc) == ("/dev/shm/p-slab3", 4096, 77)
+    assert slab.parse("/dev/shm/p-abcdef") is None
+
+
+def test_slots_are_reused_their_memory_returned_and_empty_slabs_unlinked(prefix):
+    alloc = slab.SlabAllocator(os.path.join(shm.SHM_DIR or "/tmp", prefix))
+    size = 200 * KB
+    (s1, off1), (s2, off2) = alloc.alloc(size), alloc.alloc(size)
+    assert s1 is s2 and off1 != off2, "one slab holds both"
+    for off, fill in ((off1, 1), (off2, 2)):
+        slab.write(slab.location(s1.path, off, size), [(0, bytes([fill]) * size)])
+    blocks = os.stat(s1.path).st_blocks
+    alloc.release(s1, off1)
+    assert os.stat(s1.path).st_blocks < blocks, "a released slot's pages go back"
+    s3, off3 = alloc.alloc(size)
+    assert (s3, off3) == (s1, off1), "a released slot is reused"
+    assert alloc.stats() == {"slabs": 1, "slab_slots_used": 2}
+    alloc.release(s1, off3)
+    alloc.release(s1, off2)
+    assert not os.path.exists(s1.path), "a slab with no object left is unlinked"
+    assert alloc.stats() == {"slabs": 0, "slab_slots_used": 0}
+
+
+def test_store_puts_small_objects_in_slots_and_large_ones_in_segments(prefix, tmp_path):
+    store = ObjectStore(prefix, 64 << 20, str(tmp_path / "spill"))
+    reader = slab.SlabReader()
+    try:
+        loc = _make(store, _oid(1), 200 * KB, 7)
+        assert slab.parse(loc) is not None
+        assert store.reserve(_oid(1), 200 * KB, slot=True) == loc, "reserving again names the same slot"
+        assert store.used == slab.size_class(200 * KB), "a slot counts its whole size"
+        big = store.reserve(_oid(2), 2 << 20, slot=True)
+        assert slab.parse(big) is None, "above 1 MiB: a segment of its own"
+        assert store.reserve(_oid(3), 200 * KB) == shm.segment_path(prefix, _oid(3)), "no slot unless asked"
+        assert _read(reader, loc) == bytes([7]) * 200 * KB
+        assert store.read_bytes(_oid(1)) == bytes([7]) * 200 * KB
+        assert store.read_range(_oid(1), 100, 10) == (200 * KB, bytes([7]) * 10)
+        store.free(_oid(1))
+        assert store.stats()["slabs"] == 0
+    finally:
+        store.clear()
+    assert _files(prefix) == set()
+
+
+def test_a_slot_a_reader_still_views_is_not_reused(prefix, tmp_path):
+    store = ObjectStore(prefix, 64 << 20, str(tmp_path / "spill"))
+    reader = slab.SlabReader()
+    size = 150 * KB
+    try:
+        _make(store, _oid(0), size, 9)  # keeps the slab alive throughout
+        loc = _make(store, _oid(1), size, 1)
+        store.map_added(_oid(1))
+        owner, view, head = reader.view(loc)
+        assert head == b"\x01" * 2048
+        store.free(_oid(1))
+        loc2 = _make(store, _oid(2), size, 2)
+        assert loc2 != loc, "the freed slot is still viewed: not handed out"
+        assert bytes(view[:1]) == b"\x01" and bytes(view[-1:]) == b"\x01"
+        released = []
+        weakref.finalize(owner, released.append, True)
+        del owner, view
+        gc.collect()
+        assert released == [True], "the owner lives exactly as long as its views"
+        store.map_removed(_oid(1))
+        loc3 = _make(store, _oid(3), size, 3)
+        assert loc3 == loc, "once unmapped, the slot is reused"
+        assert _read(reader, loc3) == b"\x03" * size
+    finally:
+        store.clear()
+    assert _files(prefix) == set()
+
+
+def test_slot_objects_spill_and_come_back_as_segments(prefix, tmp_path):
+    size = 300 * KB  # a 320 KiB slot: 3 fit in 1000 KiB
+    store = ObjectStore(prefix, 1000 * KB, str(tmp_path / "spill"))
+    reader = slab.SlabReader()
+    try:
+        for i in range(5):
+            _make(store, _oid(i), size, i + 1)
+            assert store.used <= store.capacity
+        st = store.stats()
+        assert st["spilled"] == 2 and st["slab_slots_used"] == 3
+        for i in range(5):
+            loc = store.ensure_local(_oid(i))
+            assert store.used <= store.capacity
+            data = _read(reader, loc) if slab.parse(loc) else shm.open_readonly(loc)[:]
+            assert data == bytes([i + 1]) * size, f"object {i} came back intact"
+        spilled = [o for o, obj in store.objects.items() if obj.spilled_path]
+        assert spilled and store.read_bytes(spilled[0]) == bytes([int.from_bytes(spilled[0][:4], "little") + 1]) * size
+    finally:
+        store.clear()
+    assert _files(prefix) == set()
+    assert not os.path.exists(tmp_path / "spill")
+
+
+def test_a_planted_slab_file_is_refused(prefix):
+    path = os.path.join(shm.SHM_DIR or "/tmp", f"{prefix}-slab1")
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)  # readable by others: not skate's
+    os.ftruncate(fd, 8192)
+    os.close(fd)
+    with pytest.raises(shm.ForeignSegmentError):
+        slab.SlabReader().view(slab.location(path, 0, 100))
+    with pytest.raises(shm.ForeignSegmentError):
+        slab.write(slab.location(path, 0, 4), [(0, b"evil")])
+
+
+# --- end to end -----------------------------------------------------------------------------------
+def _node_store() -> dict:
+    from skate._private import runtime
+
+    core = runtime.current()
+
+    async def go() -> dict:
+        return await core.raylet.request("node_stats")
+
+    return core.call(go(), timeout=10)["store"]
+
+
+def test_values_in_slots_read_zero_copy_in_drivers_and_workers(ray_start):
+    np = pytest.importorskip("numpy")
+    ray = ray_start
+    arrays = [np.full(50_000, i, dtype=np.int32) for i in range(20)]  # 200 KB each
+    refs = [ray.put(a) for a in arrays]
+    st = _node_store()
+    assert st["slab_slots_used"] == 20 and st["slabs"] >= 1
+    got = ray.get(refs)
+    for i, g in enumerate(got):
+        assert g.dtype == np.int32 and g.shape == (50_000,) and int(g[0]) == i and int(g[-1]) == i
+        assert not g.flags.writeable, "a value read from the store is read-only, as in Ray"
+
+    @ray.remote
+    def total(*xs):
+        return sum(int(x.sum()) for x in xs)
+
+    assert ray.get(total.remote(*refs)) == sum(50_000 * i for i in range(20))
+
+    @ray.remote
+    def make(i):
+        return np.full(50_000, i, dtype=np.int32)
+
+    made = ray.get([make.remote(i) for i in range(5)])
+    assert [int(m[7]) for m in made] == list(range(5))
+    del got, made, refs, g
+    gc.collect()
+    wait_for(lambda: _node_store()["slabs"] == 0, 10, what="every slab to be unlinked once its objects are freed")
+
+
+def test_slot_objects_move_between_nodes(cluster):
+    np = pytest.importorskip("numpy")
+    import skate
+
+    cluster.add_node(num_cpus=1, resources={"other": 1})
+    skate.init(address=cluster.address)
+
+    @skate.remote(resources={"other": 1})
+    def there(x):
+        return int(x.sum()), np.full(60_000, 3, dtype=np.int32)  # made on the other node
+
+    ref = skate.put(np.full(60_000, 2, dtype=np.int32))  # 240 KB, in a slot here
+    s, back = skate.get(there.remote(ref))
+    assert s == 120_000 and int(back.sum()) == 180_000
+    del back, ref
