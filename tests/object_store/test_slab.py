@@ -223,3 +223,34 @@ def test_slot_objects_move_between_nodes(cluster):
     s, back = skate.get(there.remote(ref))
     assert s == 120_000 and int(back.sum()) == 180_000
     del back, ref
+
+
+@pytest.mark.parametrize("freed", [False, True])
+def test_a_slot_read_while_it_is_spilled_stays_in_memory(prefix, tmp_path, freed):
+    """A reader told a slot's location while the slot is copied to disk keeps
+    reading that slot: the spill is dropped (and, if the object was freed
+    meanwhile, the slot goes on the reader's last unmap)."""
+    from skate._private.object_store.store import spill_files
+
+    size = 300 * KB
+    store = ObjectStore(prefix, 1000 * KB, str(tmp_path / "spill"))
+    reader = slab.SlabReader()
+    try:
+        locs = [_make(store, _oid(i), size, i + 1) for i in range(3)]
+        victims = store.plan_room(slab.size_class(size), _oid(9))
+        assert [oid for oid, _ in victims] == [_oid(0)]
+        store.map_added(_oid(0))  # obj_get answered while the copy is made
+        if freed:
+            store.free(_oid(0))
+        store.finish_spill(victims, spill_files(store.spill_dir, victims))
+        assert _read(reader, locs[0]) == b"\x01" * size
+        assert store.stats()["spilled"] == 0 and os.listdir(store.spill_dir) == []
+        assert store.used == 3 * slab.size_class(size)
+        store.map_removed(_oid(0))
+        if freed:
+            assert store.used == 2 * slab.size_class(size) and store.stats()["slab_slots_used"] == 2
+        else:
+            assert store.ensure_local(_oid(0)) == locs[0]
+    finally:
+        store.clear()
+    assert _files(prefix) == set()

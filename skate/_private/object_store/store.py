@@ -81,9 +81,12 @@ class ObjectStore:
         #: Slots for objects of up to ``slab.MAX_SIZE`` bytes (``reserve(slot=True)``).
         self.slabs = slab.SlabAllocator(os.path.join(shm.SHM_DIR or "/tmp", prefix))
 
-    def needs_room(self, size: int) -> bool:
-        """True when reserving ``size`` bytes in memory means freeing room first
-        (an object larger than the whole store goes to disk instead)."""
+    def needs_room(self, size: int, slot: bool = False) -> bool:
+        """True when reserving ``size`` bytes in memory (in a slot, when ``slot``
+        and it fits one) means freeing room first (an object larger than the
+        whole store goes to disk instead)."""
+        if slot and self.slabs.fits(size):
+            size = slab.size_class(size)
         return size <= self.capacity and self.used + size > self.capacity
 
     def _make_room(self, size: int, oid: bytes) -> None:
@@ -144,6 +147,14 @@ class ObjectStore:
         """Completes ``plan_room``'s spills once ``spill_files`` copied them to ``dests``."""
         for (oid, obj), dest in zip(victims, dests, strict=True):
             obj.spilling = False
+            if obj.slab is not None and self.mapped.get(oid):
+                # A reader was told its slot while it was copied: the slot stays
+                # (released once unmapped, should the object be freed).
+                _remove(dest)
+                self.used += obj.held
+                if obj.freed:
+                    self.zombies[oid] = obj
+                continue
             if obj.freed:  # freed meanwhile: the copy is not needed
                 _remove(dest)
                 self.drop_memory(obj)

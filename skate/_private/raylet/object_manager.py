@@ -26,7 +26,7 @@ import os
 from typing import Any
 
 from skate._private import wire
-from skate._private.object_store import shm
+from skate._private.object_store import shm, slab
 from skate._private.object_store.store import StoreFull, spill_files
 from skate._private.raylet import transfer
 
@@ -45,13 +45,14 @@ class ObjectManager:
     def on_obj_reserve(self, conn: wire.Connection, body: dict, bufs: list) -> Any:
         store = self.store
         oid, size = body["oid"], body["size"]
-        if oid not in store.objects and store.needs_room(size) and not any(size <= psize for psize, _ in store.pool):
+        if oid not in store.objects and store.needs_room(size, slot=True) and not any(size <= psize for psize, _ in store.pool):
             return self._reserve_after_spill(conn, body)  # answered once there is room
         return self._reserve(body)
 
     async def _reserve_after_spill(self, conn: wire.Connection, body: dict) -> str:
+        size = body["size"]
         try:
-            await self._spill_for(body["size"], body["oid"])
+            await self._spill_for(slab.size_class(size) if self.store.slabs.fits(size) else size, body["oid"])
         except StoreFull:
             # Nothing more can leave memory now (readers map the rest, or it is
             # being written): like Ray's fallback allocation, the object goes to disk.
