@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import os
 import uuid
-import weakref
 
 import pytest
 from conftest import wait_for
@@ -48,7 +47,7 @@ def _make(store: ObjectStore, oid: bytes, size: int, fill: int) -> str:
 
 
 def _read(reader: slab.SlabReader, loc: str) -> bytes:
-    _owner, view, _head = reader.view(loc)
+    view, _head = reader.view(loc, lambda _arg: None, None)
     return bytes(view)
 
 
@@ -113,17 +112,19 @@ def test_a_slot_a_reader_still_views_is_not_reused(prefix, tmp_path):
         _make(store, _oid(0), size, 9)  # keeps the slab alive throughout
         loc = _make(store, _oid(1), size, 1)
         store.map_added(_oid(1))
-        owner, view, head = reader.view(loc)
+        released = []
+        view, head = reader.view(loc, released.append, _oid(1))
         assert head == b"\x01" * 2048
         store.free(_oid(1))
         loc2 = _make(store, _oid(2), size, 2)
         assert loc2 != loc, "the freed slot is still viewed: not handed out"
-        assert bytes(view[:1]) == b"\x01" and bytes(view[-1:]) == b"\x01"
-        released = []
-        weakref.finalize(owner, released.append, True)
-        del owner, view
+        part = view[-10:]
+        del view
         gc.collect()
-        assert released == [True], "the owner lives exactly as long as its views"
+        assert released == [] and bytes(part) == b"\x01" * 10, "a view derived from the slot keeps it"
+        del part
+        gc.collect()
+        assert released == [_oid(1)], "released once its last view is gone"
         store.map_removed(_oid(1))
         loc3 = _make(store, _oid(3), size, 3)
         assert loc3 == loc, "once unmapped, the slot is reused"
@@ -162,7 +163,7 @@ def test_a_planted_slab_file_is_refused(prefix):
     os.ftruncate(fd, 8192)
     os.close(fd)
     with pytest.raises(shm.ForeignSegmentError):
-        slab.SlabReader().view(slab.location(path, 0, 100))
+        slab.SlabReader().view(slab.location(path, 0, 100), lambda _arg: None, None)
     with pytest.raises(shm.ForeignSegmentError):
         slab.write(slab.location(path, 0, 4), [(0, b"evil")])
 
@@ -254,3 +255,23 @@ def test_a_slot_read_while_it_is_spilled_stays_in_memory(prefix, tmp_path, freed
     finally:
         store.clear()
     assert _files(prefix) == set()
+
+
+def test_a_slab_is_mapped_once_and_unmapped_with_its_last_view(prefix, tmp_path):
+    store = ObjectStore(prefix, 64 << 20, str(tmp_path / "spill"))
+    reader = slab.SlabReader()
+
+    def mapped() -> int:
+        with open("/proc/self/maps") as f:
+            return sum(1 for line in f if f"{prefix}-slab" in line)
+
+    try:
+        locs = [_make(store, _oid(i), 120 * KB, i) for i in range(50)]
+        views = [reader.view(loc, lambda _arg: None, None)[0] for loc in locs]
+        assert mapped() == 1, "50 objects of one slab: one mapping"
+        assert [bytes(v[:1]) for v in views] == [bytes([i]) for i in range(50)]
+        del views
+        gc.collect()
+        assert mapped() == 0, "no view left: the slab is unmapped"
+    finally:
+        store.clear()

@@ -413,14 +413,14 @@ class ObjectAccess:
         """
         try:
             if "@" in path:  # a slot of a slab (``slab.location``)
-                m, view, head = self.slab_reader.view(path)
+                view, head = self.slab_reader.view(path, self._unmapped, oid)
             else:
                 m, head = shm.open_readonly_with_head(path)
+                weakref.finalize(m, self._unmapped, oid)
                 view = memoryview(m)
         except FileNotFoundError:
             self._unmapped(oid)
             raise exc.ObjectLostError(message=f"the object segment {path} is gone") from None
-        weakref.finalize(m, self._unmapped, oid)
         data, bufs = serialization.read_layout(view, head)
         return serialization.loads(data, bufs)
 

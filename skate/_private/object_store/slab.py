@@ -26,7 +26,9 @@ import ctypes
 import mmap
 import os
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from skate._private.object_store import shm
 
@@ -188,12 +190,13 @@ class _Mapping:
     export's.
     """
 
-    __slots__ = ("mm", "fd", "addr", "_buf", "__weakref__")
+    __slots__ = ("mm", "fd", "addr", "size", "_buf", "__weakref__")
 
     def __init__(self, path: str) -> None:
         self.fd, size = shm.open_verified(path, os.O_RDONLY)  # kept: slots' heads are read with pread
         try:
             self.mm = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ)
+            self.size = size
         except BaseException:
             os.close(self.fd)
             raise
@@ -210,36 +213,45 @@ class _Mapping:
         os.close(self.fd)
 
 
+def _released(on_release: Callable[[Any], None], arg: Any, _mapping: _Mapping) -> None:
+    on_release(arg)
+
+
 class SlabReader:
     """A process's read-only views of slots: each slab is mapped once while any
     value read from it is alive, then unmapped."""
 
     def __init__(self) -> None:
         self._maps: dict[str, weakref.ref] = {}
+        self._types: dict[int, type] = {}  # slot size -> ctypes array type
 
-    def view(self, loc: str, head: int = 2048) -> tuple[object, memoryview, bytes]:
-        """``(owner, view, first bytes)`` of the slot at ``loc``: ``view`` is a
-        read-only memoryview of its bytes (no copy); ``owner`` lives exactly as
-        long as some view derived from it does (watch it with
-        ``weakref.finalize``); the slot's first ``head`` bytes are read with
-        ``pread``, so a reader that needs only its header and pickle data
-        touches none of the mapping's pages (no page fault).
+    def view(self, loc: str, on_release: Callable[[Any], None], arg: Any, head: int = 2048) -> tuple[memoryview, bytes]:
+        """``(view, first bytes)`` of the slot at ``loc``: ``view`` is a
+        read-only memoryview of its bytes (no copy); ``on_release(arg)`` runs
+        once the last view derived from it is gone.  The slot's first ``head``
+        bytes are read with ``pread``, so a reader that needs only its header
+        and pickle data touches none of the mapping's pages (no page fault).
 
         Raises:
             FileNotFoundError: when the slab is gone (the object was freed).
             shm.ForeignSegmentError: when the slab file is not this user's own.
         """
-        path, offset, size = parse(loc)  # type: ignore[misc]
+        path, _, rest = loc.rpartition("@")
+        offset, _, size = rest.partition("+")
+        offset, size = int(offset), int(size)
         ref = self._maps.get(path)
         m = ref() if ref is not None else None
         if m is None:
             m = _Mapping(path)
             self._maps[path] = weakref.ref(m, self._forget(path))
-        if offset + size > len(m.mm):
-            raise ValueError(f"slot {loc} lies outside its slab ({len(m.mm)} bytes)")
-        owner = (ctypes.c_char * size).from_address(m.addr + offset)
-        owner._mapping = m  # the mapping stays while the slot's views do
-        return owner, memoryview(owner).cast("B").toreadonly(), os.pread(m.fd, min(head, size), offset)
+        if offset + size > m.size:
+            raise ValueError(f"slot {loc} lies outside its slab ({m.size} bytes)")
+        array = self._types.get(size)
+        if array is None:
+            array = self._types[size] = ctypes.c_char * size
+        owner = array.from_address(m.addr + offset)
+        weakref.finalize(owner, _released, on_release, arg, m)  # (m: the mapping stays while views do)
+        return memoryview(owner).cast("B").toreadonly(), os.pread(m.fd, min(head, size), offset)
 
     def _forget(self, path: str):  # noqa: ANN202
         def gone(ref: weakref.ref) -> None:
