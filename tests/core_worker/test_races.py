@@ -125,3 +125,46 @@ def test_a_profiler_started_inside_a_task_works_after_tasks_and_a_cancel(ray_sta
             sys.settrace(None)
 
     assert skate.get(traced.remote(), timeout=30) is True
+
+
+class _SlowToPickle(Exception):
+    """An error whose pickling (in the worker's error reply, after the task's
+    own code ended) takes long enough for a cancel to arrive meanwhile."""
+
+    def __reduce__(self):
+        import os
+        import time
+
+        open(os.environ["SKATE_TEST_MARK"], "w").close()
+        time.sleep(1.0)
+        return (_SlowToPickle, self.args)
+
+
+def test_a_cancel_arriving_after_the_tasks_code_ended_leaves_the_worker_serving(ray_start, tmp_path, monkeypatch):
+    """A cancel that reaches a worker while it builds the reply of a task whose
+    code already ended (here: pickling the task's error) does not interrupt
+    skate's own code: the task ends with its own outcome and the same worker
+    runs the next task."""
+    import os
+
+    from conftest import wait_for
+
+    mark = tmp_path / "pickling"
+    monkeypatch.setenv("SKATE_TEST_MARK", str(mark))
+
+    @skate.remote(num_cpus=2, max_retries=0, runtime_env={"env_vars": {"SKATE_TEST_MARK": str(mark)}})
+    def fails() -> None:
+        raise _SlowToPickle("boom")
+
+    @skate.remote(num_cpus=2)
+    def pid() -> int:
+        return os.getpid()
+
+    first = skate.get(pid.remote())
+    ref = fails.remote()
+    wait_for(mark.exists, 30, what="the error reply to be under way")
+    skate.cancel(ref)
+    with pytest.raises((skate.exceptions.RayTaskError, skate.exceptions.TaskCancelledError)) as info:
+        skate.get(ref, timeout=30)
+    assert not isinstance(info.value, skate.exceptions.WorkerCrashedError)
+    assert skate.get(pid.remote(), timeout=30) == first, "the same worker still serves"

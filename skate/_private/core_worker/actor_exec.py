@@ -326,20 +326,23 @@ class ActorExecution:
         ctx.task_id, ctx.name = tid, self.actor_name
         if inline:
             self.sync_busy = True
-        self.running[tid] = threading.get_ident()
         current = task_context.CURRENT.set(spec)
         events = None if spec.get("ne") else self.call_events
         started = events.start(tid, name) if events is not None else 0.0
         error: BaseException | None = None
         try:
-            if self.actor is None:
-                raise exc.ActorDiedError(error_msg="the actor's constructor failed")
-            args, kwargs = self._decode_args(spec, bufs, 0)
-            result = self._method(spec)(*args, **kwargs)
-            if spec["nr"] < 0:  # a generator method: items go out as they are yielded
-                body, out = streams.stream(self, fut, spec, result, name), []
-            else:
-                body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+            try:
+                self.running[tid] = threading.get_ident()  # (cancels interrupt from here to _finished)
+                if self.actor is None:
+                    raise exc.ActorDiedError(error_msg="the actor's constructor failed")
+                args, kwargs = self._decode_args(spec, bufs, 0)
+                result = self._method(spec)(*args, **kwargs)
+                if spec["nr"] < 0:  # a generator method: items go out as they are yielded
+                    body, out = streams.stream(self, fut, spec, result, name), []
+                else:
+                    body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+            finally:
+                self._finished(tid)  # no interrupt lands after this (see Executor._run_task)
         except ActorExit:
             self.exit_requested = True
             self.exit_thread = threading.get_ident()
@@ -351,7 +354,6 @@ class ActorExecution:
             body, out = self._error_reply(spec, e, name)
         finally:
             task_context.CURRENT.reset(current)
-            self._finished(tid)
             self.cancelled.discard(tid)
             ctx.task_id = None
             if inline:

@@ -192,7 +192,6 @@ class Executor(ActorExecution):
             self._reply(fut, *self._error_reply(spec, e, name, "loading the function"))
             return
         ctx.task_id, ctx.name, ctx.lease_id = tid, name, spec.get("l")
-        self.running[tid] = threading.get_ident()
         current = task_context.CURRENT.set(spec)
         events = self.core.task_events
         started = _now()
@@ -200,14 +199,21 @@ class Executor(ActorExecution):
             events.started(tid, name, started, getattr(fn, "__qualname__", name))
         error: BaseException | None = None
         try:
-            if tid in self.cancelled:
-                raise exc.TaskCancelledError(tid.hex())
-            args, kwargs = self._decode_args(spec, bufs, pos, fut.conn.peer)
-            result = fn(*args, **kwargs)
-            if spec["nr"] < 0:  # a generator task: items go out as they are yielded
-                body, out = streams.stream(self, fut, spec, result, name), []
-            else:
-                body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+            try:
+                # From here to _finished (and only here) a cancel interrupts this thread.
+                self.running[tid] = threading.get_ident()
+                if tid in self.cancelled:
+                    raise exc.TaskCancelledError(tid.hex())
+                args, kwargs = self._decode_args(spec, bufs, pos, fut.conn.peer)
+                result = fn(*args, **kwargs)
+                if spec["nr"] < 0:  # a generator task: items go out as they are yielded
+                    body, out = streams.stream(self, fut, spec, result, name), []
+                else:
+                    body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+            finally:
+                # First thing once the task's code is done: a cancel's interrupt
+                # can no longer land (in the handlers below, say) after this.
+                self._finished(tid)
         except KeyboardInterrupt:
             error = exc.TaskCancelledError(tid.hex())
             body, out = self._error_reply(spec, error, name)
@@ -227,7 +233,6 @@ class Executor(ActorExecution):
                 body["err"] = [type(cause).__name__, text[-8000:]]
             task_context.CURRENT.reset(current)
             events.ended(tid)
-            self._finished(tid)
             self.cancelled.discard(tid)
             ctx.task_id = ctx.lease_id = None
             ctx.name = None
