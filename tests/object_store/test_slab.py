@@ -65,22 +65,43 @@ def test_location_round_trip():
 
 
 def test_slots_are_reused_their_memory_returned_and_empty_slabs_unlinked(prefix):
-    alloc = slab.SlabAllocator(os.path.join(shm.SHM_DIR or "/tmp", prefix))
+    alloc = slab.SlabAllocator(os.path.join(shm.SHM_DIR or "/tmp", prefix))  # no warm slots
     size = 200 * KB
-    (s1, off1), (s2, off2) = alloc.alloc(size), alloc.alloc(size)
+    (s1, off1, w1), (s2, off2, w2) = alloc.alloc(size), alloc.alloc(size)
     assert s1 is s2 and off1 != off2, "one slab holds both"
+    assert not w1 and not w2, "a new slab's slots have no memory yet"
     for off, fill in ((off1, 1), (off2, 2)):
         slab.write(slab.location(s1.path, off, size), [(0, bytes([fill]) * size)])
     blocks = os.stat(s1.path).st_blocks
-    alloc.release(s1, off1)
+    assert alloc.release(s1, off1) == s1.slot
     assert os.stat(s1.path).st_blocks < blocks, "a released slot's pages go back"
-    s3, off3 = alloc.alloc(size)
+    s3, off3, _ = alloc.alloc(size)
     assert (s3, off3) == (s1, off1), "a released slot is reused"
-    assert alloc.stats() == {"slabs": 1, "slab_slots_used": 2}
+    assert alloc.stats() == {"slabs": 1, "slab_slots_used": 2, "slab_warm_bytes": 0}
     alloc.release(s1, off3)
     alloc.release(s1, off2)
     assert not os.path.exists(s1.path), "a slab with no object left is unlinked"
-    assert alloc.stats() == {"slabs": 0, "slab_slots_used": 0}
+    assert alloc.stats() == {"slabs": 0, "slab_slots_used": 0, "slab_warm_bytes": 0}
+
+
+def test_released_slots_stay_warm_up_to_the_limit_until_trimmed(prefix):
+    size = 200 * KB
+    cls = slab.size_class(size)
+    alloc = slab.SlabAllocator(os.path.join(shm.SHM_DIR or "/tmp", prefix), warm_limit=cls)
+    (s, a, _), (_, b, _) = alloc.alloc(size), alloc.alloc(size)
+    for off in (a, b):
+        slab.write(slab.location(s.path, off, size), [(0, b"w" * size)])
+    blocks = os.stat(s.path).st_blocks
+    assert alloc.release(s, a) == 0, "kept warm: no memory given back"
+    assert os.stat(s.path).st_blocks == blocks and alloc.warm_bytes == cls
+    assert alloc.release(s, b) == cls, "over the limit: given back"
+    assert alloc.has_warm(size) and not alloc.has_warm(4 * size)
+    s2, off, warm = alloc.alloc(size)
+    assert (s2, off, warm) == (s, a, True), "a warm slot is taken first"
+    assert alloc.release(s, a) == 0
+    assert os.path.exists(s.path), "a slab with a warm slot stays"
+    assert alloc.trim() == cls and alloc.warm_bytes == 0
+    assert not os.path.exists(s.path), "trimmed and empty: unlinked"
 
 
 def test_store_puts_small_objects_in_slots_and_large_ones_in_segments(prefix, tmp_path):
@@ -97,8 +118,14 @@ def test_store_puts_small_objects_in_slots_and_large_ones_in_segments(prefix, tm
         assert _read(reader, loc) == bytes([7]) * 200 * KB
         assert store.read_bytes(_oid(1)) == bytes([7]) * 200 * KB
         assert store.read_range(_oid(1), 100, 10) == (200 * KB, bytes([7]) * 10)
+        used = store.used
         store.free(_oid(1))
-        assert store.stats()["slabs"] == 0
+        st = store.stats()
+        assert st["slab_slots_used"] == 0 and st["slab_warm_bytes"] == slab.size_class(200 * KB)
+        assert store.used == used, "a warm slot's memory is still counted"
+        again = store.reserve(_oid(4), 199 * KB, slot=True)
+        assert slab.parse(again)[:2] == slab.parse(loc)[:2], "the warm slot takes the next object of its class"
+        assert store.used == used
     finally:
         store.clear()
     assert _files(prefix) == set()
@@ -206,7 +233,7 @@ def test_values_in_slots_read_zero_copy_in_drivers_and_workers(ray_start):
     assert [int(m[7]) for m in made] == list(range(5))
     del got, made, refs, g
     gc.collect()
-    wait_for(lambda: _node_store()["slabs"] == 0, 10, what="every slab to be unlinked once its objects are freed")
+    wait_for(lambda: _node_store()["slab_slots_used"] == 0, 10, what="every slot to be freed")
 
 
 def test_slot_objects_move_between_nodes(cluster):
@@ -275,3 +302,21 @@ def test_a_slab_is_mapped_once_and_unmapped_with_its_last_view(prefix, tmp_path)
         assert mapped() == 0, "no view left: the slab is unmapped"
     finally:
         store.clear()
+
+
+def test_warm_slots_give_their_memory_back_before_anything_is_spilled(prefix, tmp_path):
+    size = 300 * KB  # a 320 KiB slot: 3 fit in 1000 KiB
+    store = ObjectStore(prefix, 1000 * KB, str(tmp_path / "spill"))
+    store.slabs.warm_limit = 1000 * KB
+    try:
+        for i in range(3):
+            _make(store, _oid(i), size, i + 1)
+        store.free(_oid(0))
+        assert store.stats()["slab_warm_bytes"] == slab.size_class(size)
+        _make(store, _oid(3), 250 * KB, 9)  # another class (256 KiB): room is needed
+        st = store.stats()
+        assert st["spilled"] == 0 and st["slab_warm_bytes"] == 0
+        assert store.used == 2 * slab.size_class(size) + slab.size_class(250 * KB) <= store.capacity
+    finally:
+        store.clear()
+    assert _files(prefix) == set()

@@ -12,8 +12,10 @@ mapping, zero-copy as before.
     size -> size class (page multiple, at most 1/16 above the size)
          -> a slab of that class with a free slot, or a new slab file
             (``<prefix>-slab<n>``, sparse: memory is used as slots are written)
-    free -> the slot's pages are given back (``FALLOC_FL_PUNCH_HOLE``) and the
-            slot reused; a slab with no object left is unlinked
+    free -> the slot stays warm (pages kept, counted as used) for the next
+            object of its class, up to a bound; beyond it, or when the store
+            needs room (``trim``), its pages are given back
+            (``FALLOC_FL_PUNCH_HOLE``); a slab with nothing left is unlinked
 
 A location names a slot: ``<slab path>@<offset>+<size>``; a plain path is a
 whole segment.  The store decides when a slot may be reused (no reader maps
@@ -67,15 +69,24 @@ class Slab:
     path: str
     slot: int
     count: int
-    free: list[int] = field(default_factory=list)  # offsets of free slots
+    cold: list[int] = field(default_factory=list)  # free slots with no memory
+    warm: list[int] = field(default_factory=list)  # free slots whose pages are still there
     live: int = 0
 
 
 class SlabAllocator:
-    """Hands out and takes back slots of slab files named ``<prefix>-slab<n>``."""
+    """Hands out and takes back slots of slab files named ``<prefix>-slab<n>``.
 
-    def __init__(self, prefix: str) -> None:
+    A released slot stays warm (its pages kept, so the next object written
+    into it costs no page allocation) while the warm slots add up to at most
+    ``warm_limit`` bytes; ``trim`` gives them all back.  A slab with neither
+    an object nor a warm slot is unlinked.
+    """
+
+    def __init__(self, prefix: str, warm_limit: int = 0) -> None:
         self.prefix = prefix
+        self.warm_limit = warm_limit
+        self.warm_bytes = 0
         self.by_class: dict[int, list[Slab]] = {}
         self._seq = 0
 
@@ -84,18 +95,28 @@ class SlabAllocator:
         """True when an object of ``size`` bytes belongs in a slab."""
         return 0 < size <= MAX_SIZE
 
-    def alloc(self, size: int) -> tuple[Slab, int]:
-        """A free slot for ``size`` bytes: ``(slab, offset)`` (its bytes: ``slab.slot``)."""
+    def has_warm(self, size: int) -> bool:
+        """True when a warm slot can take an object of ``size`` bytes."""
+        return any(s.warm for s in self.by_class.get(size_class(size), ()))
+
+    def alloc(self, size: int) -> tuple[Slab, int, bool]:
+        """A free slot for ``size`` bytes: ``(slab, offset, warm)`` (its bytes:
+        ``slab.slot``; ``warm``: its pages are there already)."""
         cls = size_class(size)
         slabs = self.by_class.setdefault(cls, [])
         for slab in slabs:
-            if slab.free:
+            if slab.warm:
+                slab.live += 1
+                self.warm_bytes -= cls
+                return slab, slab.warm.pop(), True
+        for slab in slabs:
+            if slab.cold:
                 break
         else:
             slab = self._new_slab(cls)
             slabs.append(slab)
         slab.live += 1
-        return slab, slab.free.pop()
+        return slab, slab.cold.pop(), False
 
     def _new_slab(self, cls: int) -> Slab:
         self._seq += 1
@@ -106,22 +127,52 @@ class SlabAllocator:
             os.ftruncate(fd, count * cls)  # sparse: no memory until written
         finally:
             os.close(fd)
-        return Slab(path, cls, count, free=[i * cls for i in range(count - 1, -1, -1)])
+        return Slab(path, cls, count, cold=[i * cls for i in range(count - 1, -1, -1)])
 
-    def release(self, slab: Slab, offset: int) -> None:
-        """Takes a slot back: its memory goes back to the system; an empty slab is unlinked."""
+    def release(self, slab: Slab, offset: int, keep: bool = True) -> int:
+        """Takes a slot back, warm when ``keep`` and the warm slots have room;
+        returns how many bytes of memory that gave back (0 or the slot's)."""
         slab.live -= 1
-        if slab.live == 0:
-            self.by_class[slab.slot].remove(slab)
-            shm.unlink(slab.path)
-            return
-        slab.free.append(offset)
+        if keep and self.warm_bytes + slab.slot <= self.warm_limit:
+            slab.warm.append(offset)
+            self.warm_bytes += slab.slot
+            return 0
+        if slab.live == 0 and not slab.warm:
+            self._unlink(slab)
+        else:
+            slab.cold.append(offset)
+            self._punch(slab, [offset])
+        return slab.slot
+
+    def trim(self) -> int:
+        """Gives back the memory of every warm slot; returns how many bytes."""
+        gone = self.warm_bytes
+        for slabs in list(self.by_class.values()):
+            for slab in list(slabs):
+                if not slab.warm:
+                    continue
+                offsets, slab.warm = slab.warm, []
+                if slab.live == 0:
+                    self._unlink(slab)
+                else:
+                    slab.cold.extend(offsets)
+                    self._punch(slab, offsets)
+        self.warm_bytes = 0
+        return gone
+
+    def _unlink(self, slab: Slab) -> None:
+        self.by_class[slab.slot].remove(slab)
+        shm.unlink(slab.path)
+
+    @staticmethod
+    def _punch(slab: Slab, offsets: list[int]) -> None:
         try:
             fd = os.open(slab.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return
         try:
-            _punch_hole(fd, offset, slab.slot)
+            for offset in offsets:
+                _punch_hole(fd, offset, slab.slot)
         finally:
             os.close(fd)
 
@@ -131,11 +182,12 @@ class SlabAllocator:
             for slab in slabs:
                 shm.unlink(slab.path)
         self.by_class.clear()
+        self.warm_bytes = 0
 
     def stats(self) -> dict:
-        """Slab files and the slots in use, for ``node_stats``."""
+        """Slab files, the slots in use and the warm slots' bytes, for ``node_stats``."""
         slabs = [s for ss in self.by_class.values() for s in ss]
-        return {"slabs": len(slabs), "slab_slots_used": sum(s.live for s in slabs)}
+        return {"slabs": len(slabs), "slab_slots_used": sum(s.live for s in slabs), "slab_warm_bytes": self.warm_bytes}
 
 
 _FALLOC_FL_KEEP_SIZE = 0x01

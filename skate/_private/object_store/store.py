@@ -78,14 +78,17 @@ class ObjectStore:
         #: Freed objects whose segments readers still map (released on the last unmap).
         self.zombies: dict[bytes, StoredObject] = {}
         self._pool_seq = 0
-        #: Slots for objects of up to ``slab.MAX_SIZE`` bytes (``reserve(slot=True)``).
-        self.slabs = slab.SlabAllocator(os.path.join(shm.SHM_DIR or "/tmp", prefix))
+        #: Slots for objects of up to ``slab.MAX_SIZE`` bytes (``reserve(slot=True)``);
+        #: freed slots stay warm (counted as used) up to an eighth of the store.
+        self.slabs = slab.SlabAllocator(os.path.join(shm.SHM_DIR or "/tmp", prefix), warm_limit=capacity // 8)
 
     def needs_room(self, size: int, slot: bool = False) -> bool:
         """True when reserving ``size`` bytes in memory (in a slot, when ``slot``
         and it fits one) means freeing room first (an object larger than the
         whole store goes to disk instead)."""
         if slot and self.slabs.fits(size):
+            if self.slabs.has_warm(size):
+                return False  # a warm slot takes it: counted already
             size = slab.size_class(size)
         return size <= self.capacity and self.used + size > self.capacity
 
@@ -115,6 +118,8 @@ class ObjectStore:
             shm.unlink(path)
             self.pool_bytes -= psize
             self.used -= psize
+        if self.used + size > self.capacity and self.slabs.warm_bytes:
+            self.used -= self.slabs.trim()
         if self.used + size <= self.capacity:
             return victims
         # Secondary copies first (they can be fetched again), then spill primaries.
@@ -168,18 +173,21 @@ class ObjectStore:
             self.spilled_bytes_total += obj.size
 
     def _drop(self, oid: bytes, obj: StoredObject) -> None:
-        self.drop_memory(obj)
         self.used -= obj.held
+        self.drop_memory(obj)
         del self.objects[oid]
 
-    def drop_memory(self, obj: StoredObject) -> None:
+    def drop_memory(self, obj: StoredObject, keep: bool = False) -> int:
         """Gives an object's memory back: its segment unlinked, or its slot
-        released (it then counts ``size`` bytes, as a segment would)."""
+        released (warm, if ``keep`` and the warm slots have room: its bytes
+        then stay in ``used``).  The object then counts ``size`` bytes, as a
+        segment would.  Returns the bytes of memory given back."""
         if obj.slab is None:
             shm.unlink(obj.path)
-            return
-        self.slabs.release(obj.slab, obj.offset)
+            return obj.size
+        gone = self.slabs.release(obj.slab, obj.offset, keep)
         obj.slab, obj.offset, obj.held = None, 0, obj.size
+        return gone
 
     def reserve(self, oid: bytes, size: int, primary: bool = True, disk: bool = False, slot: bool = False) -> str:
         """Makes room for ``size`` bytes and returns where to write them: a
@@ -195,9 +203,11 @@ class ObjectStore:
             return self._reserve_on_disk(oid, size, primary)
         if slot and self.slabs.fits(size):
             held = slab.size_class(size)
-            self._make_room(held, oid)
-            where, offset = self.slabs.alloc(size)
-            self.used += held
+            if not self.slabs.has_warm(size):
+                self._make_room(held, oid)
+            where, offset, warm = self.slabs.alloc(size)
+            if not warm:  # (a warm slot's bytes are in ``used`` already)
+                self.used += held
             obj = self.objects[oid] = StoredObject(size, where.path, primary, slab=where, offset=offset, held=held)
             return obj.location
         path = shm.segment_path(self.prefix, oid)
@@ -326,8 +336,7 @@ class ObjectStore:
     def _release(self, obj: StoredObject) -> None:
         """Gives a freed segment's memory to the pool, or back to the system."""
         if obj.slab is not None:
-            self.used -= obj.held
-            self.drop_memory(obj)
+            self.used -= self.drop_memory(obj, keep=True)
             return
         if obj.disk:
             self.disk_bytes -= obj.size
