@@ -20,7 +20,7 @@ Who serves what::
                    list_task_events list_jobs report_waits list_waits; job_* (``job_messages``)
                    (node daemon: list_workers log_list log_read; core worker: list_refs
                    dump_stack: ``state_messages``); placement groups (``messages_pg``)
-    node daemon    request_lease return_lease lease_blocked lease_unblocked worker_exit_info
+    node daemon    request_lease cancel_lease_request return_lease lease_blocked lease_unblocked worker_exit_info
                    kill_worker register_worker register_client node_stats obj_reserve
                    obj_seal obj_get obj_get_many obj_unmapped obj_fetch obj_write obj_read obj_free flush_logs
                    pub shutdown (from the control store)
@@ -217,6 +217,7 @@ class LeaseRequest(_LeaseRequestRequired, total=False):
     no_spill: bool  # grant here or wait: do not point elsewhere
     runtime_env: dict[str, Any]  # resolved runtime_env (package URIs): workers are started with it
     job: int  # the submitter's job: a worker serves one job
+    rq: int  # the requester's number for this request (``cancel_lease_request`` names it)
 
 
 class Spillback(TypedDict):
@@ -297,6 +298,7 @@ class NodeStats(TypedDict):
     workers: int
     idle: int
     leases: int
+    leases_granted: int  # since the node daemon started
     available: Resources
     pids: list[int]
     demands: list[Any]  # queued lease requests: [[resources, infeasible], ...]
@@ -481,6 +483,7 @@ REQUESTS: dict[str, tuple[Any, Any]] = {
     "shutdown": (None, None),
     "request_lease": (LeaseRequest, LeaseReply),
     "return_lease": (ReturnLease, None),
+    "cancel_lease_request": (list[int], None),  # the requester's ``rq`` numbers: no longer wanted
     "lease_blocked": (LeaseRef, None),
     "lease_unblocked": (LeaseRef, None),
     "worker_exit_info": (WorkerExitInfoRequest, Union[WorkerExitInfo, None]),

@@ -626,3 +626,34 @@ def test_worker_crash_errors(ray_start):
         skate.get(killed.remote(), timeout=60)
     # The cluster keeps working.
     assert skate.get(ok.remote(), timeout=30) == 1
+
+
+def _raylet_stats() -> dict:
+    from skate._private import runtime
+
+    core = runtime.current()
+
+    async def go() -> dict:
+        return await core.raylet.request("node_stats")
+
+    return core.call(go(), timeout=10)
+
+
+def test_lease_requests_no_longer_needed_are_cancelled_not_granted_later(ray_start):
+    """A burst asks for up to 16 leases while only 2 CPUs exist; once its queue
+    is empty the requests still waiting are cancelled (as Ray does), so no
+    worker is leased after the burst for nothing."""
+
+    @skate.remote
+    def work(i: int) -> int:
+        end = time.perf_counter() + 0.01
+        while time.perf_counter() < end:
+            pass
+        return i
+
+    assert skate.get([work.remote(i) for i in range(60)], timeout=60) == list(range(60))
+    granted = _raylet_stats()["leases_granted"]
+    wait_for(lambda: not _raylet_stats()["demands"], 10, what="no lease request to be left waiting")
+    assert _raylet_stats()["leases_granted"] == granted, "a request was granted after the burst had ended"
+    # The cancelled requests leave nothing behind: the next burst runs as before.
+    assert skate.get([work.remote(i) for i in range(10)], timeout=60) == list(range(10))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 LINGER_S = 0.005
 _ARMING: Any = object()  # Lease.timer while a user thread has the I/O thread set it
 MAX_LEASE_REQUESTS = 16
+_REQUEST_NUMBERS = itertools.count(1)  # lease requests' numbers (``cancel_lease_request``)
 
 
 class Arg:
@@ -147,12 +149,20 @@ class Lease:
 class KeyState:
     """Queue and leases of one scheduling key."""
 
-    __slots__ = ("queue", "leases", "requests")
+    __slots__ = ("queue", "leases", "requests", "waiting", "withdrawn")
 
     def __init__(self) -> None:
         self.queue: collections.deque[TaskRecord] = collections.deque()
         self.leases: list[Lease] = []
         self.requests = 0
+        #: Lease requests out now: their number -> the node daemon that has them.
+        self.waiting: dict[int, wire.Connection] = {}
+        #: Those of them cancelled (``cancel_lease_request``) as no longer needed.
+        self.withdrawn: set[int] = set()
+
+
+class _Withdrawn(Exception):
+    """A lease request this submitter cancelled came back cancelled."""
 
 
 class TaskSubmitter:
@@ -236,12 +246,13 @@ class TaskSubmitter:
             asyncio.ensure_future(self._lease_for(key, ks, rec.resources, rec.strategy, rec.renv))
 
     async def _lease_for(self, key: Any, ks: KeyState, resources: dict, strategy: Any, renv: Any = None) -> None:
-        body = {"resources": resources, "strategy": strategy, "job": self.core.job_id}
+        rq = next(_REQUEST_NUMBERS)
+        body = {"resources": resources, "strategy": strategy, "job": self.core.job_id, "rq": rq}
         if renv:
             body["runtime_env"] = renv
         try:
             for attempt in range(5):
-                grant, raylet = await self.acquire_lease(body)
+                grant, raylet = await self.acquire_lease(body, ks)
                 try:
                     conn = await self.core.conn_to(grant["address"], exec_=True)
                     break
@@ -249,8 +260,17 @@ class TaskSubmitter:
                     if attempt == 4 or raylet.closed:
                         raise
                     raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
+        except _Withdrawn:
+            with self.lock:
+                ks.requests -= 1
+                ks.waiting.pop(rq, None)
+                ks.withdrawn.discard(rq)
+                self._pump(key, ks)  # (tasks queued since it was cancelled)
+            return
         except Exception as e:  # noqa: BLE001
             with self.lock:
+                ks.waiting.pop(rq, None)
+                ks.withdrawn.discard(rq)
                 ks.requests -= 1
                 # A worker whose node daemon just died exits (_raylet_lost): its tasks are not failed.
                 lost = self.core.mode == "worker" and self.core.raylet.closed
@@ -268,6 +288,8 @@ class TaskSubmitter:
             return
         lease = Lease(grant, conn, raylet, key)
         with self.lock:
+            ks.waiting.pop(rq, None)
+            ks.withdrawn.discard(rq)  # (granted before its cancel arrived: used all the same)
             ks.requests -= 1
             if self.closing:
                 self._return(lease)
@@ -278,13 +300,21 @@ class TaskSubmitter:
             else:
                 self._idle(lease)
 
-    async def acquire_lease(self, body: dict) -> tuple[dict, wire.Connection]:
-        """Asks the local node daemon for a lease, following spillback."""
+    async def acquire_lease(self, body: dict, ks: KeyState) -> tuple[dict, wire.Connection]:
+        """Asks the local node daemon for a lease, following spillback; notes in
+        ``ks.waiting`` which daemon has the request (number ``body["rq"]``).
+
+        Raises:
+            _Withdrawn: the request was cancelled (``withdraw``) meanwhile.
+        """
         deadline = time.monotonic() + 60
+        rq = body["rq"]
         while True:
             raylet = self.core.raylet
             hops = 0
             try:
+                with self.lock:
+                    ks.waiting[rq] = raylet
                 reply = await raylet.request("request_lease", body)
                 while "spill" in reply:
                     hops += 1
@@ -292,9 +322,15 @@ class TaskSubmitter:
                     raylet = await self.raylet_conn(target)
                     # (a node picked by taking turns takes it: no second turn elsewhere)
                     turn = body.get("strategy") in ("SPREAD", "BALANCE")
+                    with self.lock:
+                        if rq in ks.withdrawn:
+                            raise _Withdrawn
+                        ks.waiting[rq] = raylet
                     reply = await raylet.request("request_lease", dict(body, no_spill=hops >= 2 or turn))
                 break
             except (OSError, wire.ConnectionLost, wire.RemoteError) as e:
+                if rq in ks.withdrawn:
+                    raise _Withdrawn from None
                 # The node we were sent to just died (or dropped the request as
                 # it went): once the cluster view has caught up, we go elsewhere.
                 if time.monotonic() > deadline or self.core.raylet.closed or (
@@ -456,7 +492,15 @@ class TaskSubmitter:
 
     # --- lease life ---------------------------------------------------------------
     def _idle(self, lease: Lease) -> None:
-        """The lease has nothing to run: give it back unless used again soon (under self.lock)."""
+        """The lease has nothing to run: give it back unless used again soon (under self.lock).
+
+        Its key's queue is empty, so the lease requests it still has out are
+        no longer needed: they are cancelled (as Ray does), rather than granted
+        later for nothing.
+        """
+        ks = self.keys.get(lease.key)
+        if ks is not None and ks.waiting:
+            self._withdraw(ks)
         lease.idle_since = time.monotonic()
         if lease.timer is None:
             if threading.current_thread() is self.core.io_thread:
@@ -464,6 +508,17 @@ class TaskSubmitter:
             else:
                 lease.timer = _ARMING
                 self.core.post(self._arm_linger, lease)
+
+    def _withdraw(self, ks: KeyState) -> None:
+        """Cancels the lease requests ``ks`` has out (under self.lock)."""
+        by_daemon: dict[wire.Connection, list[int]] = {}
+        for rq, raylet in ks.waiting.items():
+            if rq not in ks.withdrawn:
+                ks.withdrawn.add(rq)
+                by_daemon.setdefault(raylet, []).append(rq)
+        for raylet, rqs in by_daemon.items():
+            if not raylet.closed:
+                raylet.notify("cancel_lease_request", rqs)
 
     def _arm_linger(self, lease: Lease) -> None:
         with self.lock:

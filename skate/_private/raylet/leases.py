@@ -61,16 +61,35 @@ class LeaseManager:
         # A requester that goes away takes its queued request with it.
         drop = lambda c, fut=fut: fut.cancel() if not fut.done() else None  # noqa: E731
         conn.on_close.append(drop)
+        rq = body.get("rq")
+        if rq is not None:  # the requester may withdraw it (cancel_lease_request)
+            named = getattr(conn, "lease_rqs", None)
+            if named is None:
+                named = conn.lease_rqs = {}
+            named[rq] = fut
         self.sched.submit(req)
         self._schedule()
         try:
             return await fut
         finally:
+            if rq is not None:
+                conn.lease_rqs.pop(rq, None)
             self.waiting.pop(req.id, None)
             if not conn.closed:
                 conn.on_close.remove(drop)
             if not fut.done() or fut.cancelled():
                 self.sched.cancel(req.id)
+
+    def on_cancel_lease_request(self, conn: wire.Connection, rqs: list, bufs: list) -> None:
+        """The requester no longer wants these lease requests (its queue for them
+        emptied, as Ray's lease requests are cancelled): one still waiting is
+        dropped (its requester gets the error "cancelled"); a worker being
+        started for one goes to the idle pool."""
+        named = getattr(conn, "lease_rqs", {})
+        for rq in rqs:
+            fut = named.get(rq)
+            if fut is not None and not fut.done():
+                fut.cancel()
 
     def _schedule(self) -> None:
         again = True
@@ -160,6 +179,7 @@ class LeaseManager:
                 conn.leases = holder_leases = set()
                 conn.on_close.append(self._holder_gone)
             holder_leases.add(lease_id)
+        self.leases_granted += 1
         fut.set_result(
             {"lease_id": lease_id, "worker_id": w.worker_id, "address": w.address, "node_id": self.node_id, "pid": w.pid}
         )

@@ -74,6 +74,7 @@ class Raylet(LeaseManager, ObjectManager, BundleManager):
         )
         self.uds = os.path.join(self.session_dir, f"raylet-{self.node_id.hex()[:8]}.sock")
         self.leases: dict[int, Lease] = {}
+        self.leases_granted = 0  # since start (node_stats)
         self.waiting: dict[int, asyncio.Future] = {}
         self.gcs: GcsClient | None = None
         self.peers: dict[bytes, dict] = {}  # node_id -> node info from the control store
@@ -276,6 +277,7 @@ class Raylet(LeaseManager, ObjectManager, BundleManager):
             "workers": len(self.pool.workers),
             "idle": len(self.pool.idle),
             "leases": len(self.leases),
+            "leases_granted": self.leases_granted,
             "available": self._available(),
             "pids": [w.pid for w in self.pool.workers.values()],
             # Queued lease requests: [resources, infeasible (no node has that much)].
