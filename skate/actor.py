@@ -12,7 +12,7 @@ from skate._private import cancellation, ids, runtime
 from skate._private import options as opts
 from skate._private import placement as pg_placement
 from skate._private.core_worker import streams
-from skate._private.core_worker.submitter import TaskRecord, encode_args, make_returns
+from skate._private.core_worker.task_spec import TaskRecord, encode_args, make_returns
 from skate._private.runtime_env import submit as renv_submit
 from skate._private.signature import CallSignature
 from skate._private.source import dumps_code

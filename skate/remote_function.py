@@ -10,7 +10,7 @@ from skate._private import cancellation, placement, runtime, task_context
 from skate._private import options as opts
 from skate._private.config import CONFIG
 from skate._private.core_worker import streams
-from skate._private.core_worker.submitter import (
+from skate._private.core_worker.task_spec import (
     TaskRecord,
     encode_args,
     make_returns,

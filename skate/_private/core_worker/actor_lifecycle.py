@@ -32,7 +32,7 @@ from typing import Any
 from skate import exceptions as exc
 from skate._private import wire
 from skate._private.core_worker.errors import as_error
-from skate._private.core_worker.submitter import TaskRecord, resolve_deps
+from skate._private.core_worker.task_spec import TaskRecord, resolve_deps
 
 log = logging.getLogger(__name__)
 

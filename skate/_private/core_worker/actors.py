@@ -33,12 +33,9 @@ from skate._private.core_worker.actor_lifecycle import (
 )
 from skate._private.core_worker.errors import EXITED, as_error
 from skate._private.core_worker.memory_store import ERROR
-from skate._private.core_worker.submitter import (
-    TaskRecord,
-    complete_returns,
-    control_notify,
-    resolve_deps,
-)
+from skate._private.core_worker.returns import complete_returns
+from skate._private.core_worker.submitter import control_notify
+from skate._private.core_worker.task_spec import TaskRecord, resolve_deps
 
 log = logging.getLogger(__name__)
 #: Why an anonymous actor ended once its last handle anywhere was gone.

@@ -39,7 +39,7 @@ from skate._private.core_worker import streams
 from skate._private.core_worker.actor_exec import ActorExecution, ActorExit, Replier
 from skate._private.core_worker.errors import error_payload
 from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
-from skate._private.core_worker.submitter import Arg
+from skate._private.core_worker.task_spec import Arg
 from skate.object_ref import ObjectRef
 
 
