@@ -140,6 +140,10 @@ def test_an_interrupted_driver_does_not_leave_its_task_running(cluster, tmp_path
     d = _driver(
         cluster.address,
         f"""
+        import signal
+        # As in a terminal: a test run started in the background inherits SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
         @skate.remote
         def spin():
             open({str(pidfile)!r}, "w").write(str(os.getpid()))
