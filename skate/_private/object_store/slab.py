@@ -265,8 +265,20 @@ class _Mapping:
         os.close(self.fd)
 
 
-def _released(on_release: Callable[[Any], None], arg: Any, _mapping: _Mapping) -> None:
-    on_release(arg)
+def _slot_type(size: int) -> type:
+    """A ctypes array type of ``size`` bytes whose instances, each the bytes of
+    one slot, call ``release = (on_release, arg, mapping)`` when the last view
+    of them is gone (a ``__del__``: a third of ``weakref.finalize``'s cost)."""
+
+    class Slot(ctypes.c_char * size):  # type: ignore[misc, valid-type]
+        __slots__ = ("release",)
+
+        def __del__(self) -> None:
+            release = getattr(self, "release", None)
+            if release is not None:
+                release[0](release[1])  # (release[2], the mapping, stayed alive until now)
+
+    return Slot
 
 
 class SlabReader:
@@ -300,9 +312,9 @@ class SlabReader:
             raise ValueError(f"slot {loc} lies outside its slab ({m.size} bytes)")
         array = self._types.get(size)
         if array is None:
-            array = self._types[size] = ctypes.c_char * size
+            array = self._types[size] = _slot_type(size)
         owner = array.from_address(m.addr + offset)
-        weakref.finalize(owner, _released, on_release, arg, m)  # (m: the mapping stays while views do)
+        owner.release = (on_release, arg, m)  # (m: the mapping stays while views do)
         return memoryview(owner).cast("B").toreadonly(), os.pread(m.fd, min(head, size), offset)
 
     def _forget(self, path: str):  # noqa: ANN202
