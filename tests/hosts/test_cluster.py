@@ -136,7 +136,7 @@ def test_large_object_broadcast_to_every_node(hosts):
 
 
 CUT = """
-import os, sys, time
+import os, sys, threading, time
 import skate as ray
 
 ray.init(address="10.77.0.1:6380")
@@ -155,6 +155,37 @@ def work(i):
 def parent():
     return ray.get([work.remote(i) for i in range(3)])
 
+@ray.remote(num_cpus=0, resources={"far": 0.5})
+def wait_go():
+    while not os.path.exists(os.path.join(go, "go")):
+        time.sleep(0.05)
+    return 1
+
+@ray.remote(num_cpus=0, resources={"far": 0.5})
+class Far:  # on host 2: a call to it is in flight when the host is cut off
+    def lend(self):  # an object it owns, not ready before the cut
+        self.kept = wait_go.remote()
+        return [self.kept]
+
+    def block(self):
+        open(os.path.join(go, "started-actor"), "w").close()
+        while not os.path.exists(os.path.join(go, "go")):
+            time.sleep(0.05)
+        return "answered"
+
+far = Far.remote()
+[owned] = ray.get(far.lend.remote())
+call = far.block.remote()
+fetched = []
+
+def fetch():  # asks the owner on host 2 for the value, before the cut
+    try:
+        fetched.append(ray.get(owned, timeout=60))
+    except Exception as e:
+        fetched.append(type(e).__name__)
+
+fetcher = threading.Thread(target=fetch)
+fetcher.start()
 if sys.argv[2] == "nested":  # submitted by a task (a worker on the head), not by the driver
     got = ray.get(parent.remote(), timeout=120)
 else:
@@ -163,6 +194,13 @@ dead = [n for n in ray.nodes() if not n["Alive"]]
 print("results:", got, "dead:", [n["NodeManagerAddress"] for n in dead], flush=True)
 assert [n["NodeManagerAddress"] for n in dead] == ["10.77.0.2"]
 assert set(got) == {nodes["10.77.0.1"]}, (got, nodes)
+try:  # its caller is not left waiting: the actor died with its node (no restarts)
+    ray.get(call, timeout=30)
+    raise AssertionError("the call to the actor on the dead host returned")
+except ray.exceptions.ActorDiedError as e:
+    print("actor:", str(e).splitlines()[0], flush=True)
+fetcher.join(60)  # nor is a borrower of an object owned there
+assert fetched == ["OwnerDiedError"], fetched
 ray.shutdown()
 print("cut: ok")
 """
@@ -172,7 +210,9 @@ print("cut: ok")
 @pytest.mark.parametrize("submitter", ["driver", "nested"])
 def test_host_cut_off_is_declared_dead_and_its_tasks_retried(hosts, tmp_path, submitter):
     """Tasks running on a host that is cut off are retried on the head, whether a driver or a
-    task submitted them."""
+    task submitted them; a call in flight to an actor there fails with the actor's death
+    and a borrower waiting for an object owned there gets OwnerDiedError, instead of
+    waiting on connections the cut-off host never closes."""
     net = hosts(2)
     timeout_s = 3.0
     head_env = net[1].env(SKATE_NODE_TIMEOUT_S=str(timeout_s))
@@ -180,14 +220,14 @@ def test_host_cut_off_is_declared_dead_and_its_tasks_retried(hosts, tmp_path, su
                                   "--num-cpus", "1", "--resources", '{"head": 1}'), env=head_env)
     token = open(wait_for(lambda: _token_file(net[1]), 30, what="the head's token file")).read().strip()
     assert p.poll() is None
-    join(net[2], token, "--node-ip-address", net[2].ip, "--num-cpus", "2")
+    join(net[2], token, "--node-ip-address", net[2].ip, "--num-cpus", "2", "--resources", '{"far": 1}')
     wait_for(lambda: alive_nodes(net[1], token, 2), 60, interval=0.5, what="the worker node to join")
     go = tmp_path / "go"
     go.mkdir()
     driver = net[1].popen([sys.executable, "-c", CUT, str(go), submitter], env=net[1].env(SKATE_CLUSTER_TOKEN=token))
     # Two of the three tasks run on host 2 (host 1 has one CPU).
-    wait_for(lambda: len([f for f in os.listdir(go) if f.startswith("started-")]) == 3, 60, interval=0.1,
-             what="the three tasks to start")
+    wait_for(lambda: len([f for f in os.listdir(go) if f.startswith("started-")]) == 4, 60, interval=0.1,
+             what="the three tasks and the actor's call to start")
     net[2].cut()
     t = time.monotonic()
     wait_for(lambda: alive_nodes(net[1], token, 1), timeout_s + 10, interval=0.2, what="host 2 to be declared dead")

@@ -163,6 +163,16 @@ class ActorLifecycle:
         self._connected(st, conn)
 
     # --- loss, restart, death -------------------------------------------------------------
+    def node_died(self, node_id: bytes) -> None:
+        """The control store declared ``node_id`` dead (I/O thread): the
+        connections to the actors there are closed, since a host that is cut
+        off closes none itself; their calls then follow the actor's restart
+        elsewhere, or fail with its death, as after a crash."""
+        for st in list(self.actors.values()):
+            conn = st.conn
+            if conn is not None and st.info.get("node_id") == node_id:
+                conn.close()
+
     def _conn_lost(self, st: Any, conn: wire.Connection) -> None:
         if self.core.closing:
             return

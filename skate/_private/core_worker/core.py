@@ -284,11 +284,35 @@ class CoreWorker(ObjectAccess, RefCounting):
         print(f"Warning: {text}", file=sys.stderr, flush=True)
         self.printed.append(f"Warning: {text}")
 
+    async def _close_peers_on(self, node: dict) -> None:
+        """Closes this process's connections to processes on ``node``, declared
+        dead: a host that is cut off closes none itself, and a request on one
+        (an object's value asked of its owner there) would wait forever; closed,
+        it fails as if that process had died (``OwnerDiedError``).  Only when
+        the node's address is its own: no live node shares it."""
+        ip = node.get("ip")
+        if not ip or ip == self.node_ip:
+            return
+        try:
+            nodes = await (await self.gcs()).request("get_nodes")
+        except Exception:  # noqa: BLE001 - the control store is away: its next word decides
+            return
+        if any(n.get("alive") and n.get("ip") == ip for n in nodes):
+            return
+        for fut in list(self.conns.values()):
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                peer = getattr(fut.result(), "peer", None)
+                if peer and peer[1] == ip:
+                    fut.result().close()
+
     def on_pub(self, conn: wire.Connection, body: list, bufs: list) -> None:
         channel, msg = body
         if channel == "node":
             if not msg.get("alive", True) and self.submitter is not None:
                 self.submitter.node_died(msg)
+                if self.actors is not None:
+                    self.actors.node_died(msg["node_id"])
+                asyncio.ensure_future(self._close_peers_on(msg))
             return
         if channel == "logs":
             if not self.log_to_driver:
