@@ -293,17 +293,24 @@ class CoreWorker(ObjectAccess, RefCounting):
         ip = node.get("ip")
         if not ip or ip == self.node_ip:
             return
+
+        def there() -> list:
+            return [
+                f.result() for f in list(self.conns.values())
+                if f.done() and not f.cancelled() and f.exception() is None
+                and (getattr(f.result(), "peer", None) or (None, None))[1] == ip
+            ]  # fmt: skip
+
+        if not there():  # (no question to the control store for nothing)
+            return
         try:
             nodes = await (await self.gcs()).request("get_nodes")
         except Exception:  # noqa: BLE001 - the control store is away: its next word decides
             return
         if any(n.get("alive") and n.get("ip") == ip for n in nodes):
             return
-        for fut in list(self.conns.values()):
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                peer = getattr(fut.result(), "peer", None)
-                if peer and peer[1] == ip:
-                    fut.result().close()
+        for conn in there():
+            conn.close()
 
     def on_pub(self, conn: wire.Connection, body: list, bufs: list) -> None:
         channel, msg = body
