@@ -236,7 +236,7 @@ class ActorExecution:
         ctx = self.core.ctx
         self.core.job_id = spec["j"]
         self.core.namespace = spec.get("ns")
-        self.actor_id = spec["aid"]
+        self.actor_id = self.call_events.actor_id = spec["aid"]
         self.actor_spec = spec
         self.reconstructed = bool(spec.get("rs"))
         current = task_context.CURRENT.set(spec)

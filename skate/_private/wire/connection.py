@@ -183,6 +183,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._reader.received(nbytes)
+        self._handle_received()
+
+    def _handle_received(self) -> None:
+        """Handles the frames received so far (the reading thread)."""
         try:
             self._consume()
         except AuthError as e:
@@ -358,7 +362,7 @@ class Connection(asyncio.BufferedProtocol):
         Returns the bytes read: 0 when there was nothing, -1 at EOF or error.
         """
         try:
-            n = (self.rsock or self._wsock).recv_into(self._reader.buffer())
+            n = self._reader.recv_from(self.rsock or self._wsock)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as e:
@@ -367,7 +371,7 @@ class Connection(asyncio.BufferedProtocol):
         if n == 0:
             self._fail_threadsafe(ConnectionLost("connection closed"))
             return -1
-        self.buffer_updated(n)
+        self._handle_received()
         return -1 if self.closed else n
 
     def lead(self, done: Callable[[], bool], deadline: float | None) -> None:

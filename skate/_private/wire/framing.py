@@ -116,6 +116,19 @@ class FrameReader:
         """``nbytes`` were written into the last ``buffer()``."""
         self.n += nbytes
 
+    def recv_from(self, sock: Any) -> int:
+        """``buffer()``, ``sock.recv_into`` it and ``received()`` in one step
+        (the read path of every message); returns the bytes received, 0 at EOF.
+
+        Raises what ``recv_into`` raises (``BlockingIOError`` when there is nothing).
+        """
+        n = self.n
+        if len(self._buf) - n < 65536:
+            self._grow(max(len(self._buf) * 2, n + 65536))
+        got = sock.recv_into(self._view[n:])
+        self.n = n + got
+        return got
+
     def held(self) -> memoryview:
         """The bytes received and not yet consumed."""
         return self._view[: self.n]
@@ -184,5 +197,9 @@ class FrameReader:
 
     def release(self) -> None:
         """Drops the frames the last ``frames()`` returned."""
-        self.consume(self._taken)
+        taken = self._taken
+        if taken == self.n:  # (all of it, as usual: nothing to move)
+            self.n = 0
+        elif taken:
+            self.consume(taken)
         self._taken = 0
