@@ -320,3 +320,118 @@ def test_warm_slots_give_their_memory_back_before_anything_is_spilled(prefix, tm
     finally:
         store.clear()
     assert _files(prefix) == set()
+
+
+def test_a_reader_keeps_one_slot_type_per_size_class(prefix, tmp_path):
+    """Objects of many distinct sizes do not make a ctypes type each (a long-lived
+    reader of varied sizes grew by 6 KB per size it ever saw)."""
+    store = ObjectStore(prefix, 256 << 20, str(tmp_path / "spill"))
+    reader = slab.SlabReader()
+    try:
+        sizes = [100 * KB + 37 * i for i in range(300)]
+        for i, size in enumerate(sizes):
+            loc = _make(store, _oid(i), size, i % 251)
+            view = reader.view(loc, lambda _arg: None, None)[0]
+            assert len(view) == size and bytes(view[-1:]) == bytes([i % 251])
+            del view
+            store.free(_oid(i))
+        assert len(reader._types) <= len({slab.size_class(s) for s in sizes}) < 10
+    finally:
+        store.clear()
+
+
+def test_slot_reads_racing_with_the_last_view_of_their_slab_going(ray_start):
+    """An async actor awaits refs (read on its core worker's I/O thread) while its
+    loop drops the values: a slab's mapping going away is never handed to a new
+    read (the actor died of SIGSEGV, or read a closed descriptor)."""
+    np = pytest.importorskip("numpy")
+    ray = ray_start
+    refs = [ray.put(np.full(30_000, k, dtype=np.int64)) for k in range(4)]  # 240 KB: slots of one slab
+
+    @ray.remote
+    class Reader:
+        async def work(self, boxed, k, seconds):
+            import asyncio
+            import time
+
+            n, end = 0, time.monotonic() + seconds
+            while time.monotonic() < end:
+                v = await boxed[0]
+                assert int(v.sum()) == 30_000 * k
+                del v
+                n += 1
+                if n % 50 == 0:
+                    await asyncio.sleep(0)
+            return n
+
+    a = Reader.remote()
+    counts = ray.get([a.work.remote([refs[k]], k, 3.0) for k in range(4)], timeout=60)
+    assert all(c > 0 for c in counts), counts
+    ray.kill(a)
+    del refs
+
+
+def test_values_a_driver_holds_survive_its_shutdown(request):
+    """The values a driver got stay intact after ``shutdown()`` (as in Ray): the
+    store's last frees must not zero or reuse the slots they view."""
+    np = pytest.importorskip("numpy")
+    import skate
+
+    skate.init(num_cpus=1, object_store_memory=80 << 20)
+    try:
+        refs = [skate.put(np.full(50_000, i + 1, dtype=np.int32)) for i in range(100)]  # 200 KB each
+        vals = skate.get(refs)
+        del refs
+    finally:
+        skate.shutdown()
+    changed = [i for i, v in enumerate(vals) if not (v == i + 1).all()]
+    assert not changed, f"{len(changed)} of 100 values changed after shutdown()"
+
+
+def test_values_a_disconnected_driver_holds_are_not_reused_by_the_next_job(cluster):
+    """A driver that leaves a running cluster keeps its values: their slots stay
+    its own until its process exits, whatever the next job puts."""
+    np = pytest.importorskip("numpy")
+    import subprocess
+    import sys
+
+    import skate
+
+    skate.init(address=cluster.address)
+    refs = [skate.put(np.full(50_000, i + 1, dtype=np.int32)) for i in range(50)]
+    vals = skate.get(refs)
+    del refs
+    skate.shutdown()
+    code = (
+        "import numpy as np, skate\n"
+        f"skate.init(address={cluster.address!r})\n"
+        "keep = [skate.put(np.full(50_000, -7, dtype=np.int32)) for _ in range(100)]\n"
+        "skate.get(keep)\n"
+        "skate.shutdown()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    changed = [i for i, v in enumerate(vals) if not (v == i + 1).all()]
+    assert not changed, f"{len(changed)} of 50 values were overwritten by the next job"
+
+
+def test_put_objects_read_by_tasks_while_the_store_spills_are_never_lost():
+    """Under spilling, a put object some of which came back from disk as
+    segments is read by tasks: none is reported lost (a segment a reader was
+    told of while it was spilled stays in memory, as a slot does)."""
+    np = pytest.importorskip("numpy")
+    import skate
+
+    skate.init(num_cpus=2, object_store_memory=80 << 20)
+    try:
+        refs = [skate.put(np.full(50_000, i, dtype=np.int32)) for i in range(600)]  # 120 MB > the store
+        vals = skate.get(refs[:20])  # some come back from disk, as segments
+        del vals
+
+        @skate.remote
+        def first(x):
+            return int(x[0])
+
+        assert skate.get([first.remote(r) for r in refs], timeout=120) == list(range(600))
+        del refs
+    finally:
+        skate.shutdown()

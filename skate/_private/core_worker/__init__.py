@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from skate._private import daemon
 from skate._private.core_worker import introspect
 from skate._private.core_worker.actors import ActorManager
 from skate._private.core_worker.core import DRIVER, WORKER, CoreWorker
@@ -33,7 +34,13 @@ def _assemble(core: CoreWorker) -> CoreWorker:
 
 
 def start_driver(raylet_socket: str, token: bytes, session_dir: str, **kwargs: Any) -> CoreWorker:
-    """A connected core worker for a driver (``kwargs``: ``CoreWorker``'s options)."""
+    """A connected core worker for a driver (``kwargs``: ``CoreWorker``'s options).
+
+    Raises the driver's soft limit of open files to its hard limit, as the
+    daemons do: a driver holding values from many slabs keeps a descriptor
+    per slab (and one connection per worker it talks to).
+    """
+    daemon.raise_fd_limit()
     core = _assemble(CoreWorker(DRIVER, token, session_dir, **kwargs))
     core.connect(raylet_socket)
     return core

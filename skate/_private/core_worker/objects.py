@@ -369,7 +369,7 @@ class ObjectAccess:
             if self.off_node:
                 return self.call(self.read_over_wire(ref._id, node_id))
             try:
-                return self.read_shm(self.call(self.shm_path(ref._id, node_id)), ref._id)
+                return self.read_shm(self._local_path(ref._id, node_id), ref._id)
             except exc.ObjectLostError as e:
                 # Its only copy is gone: the task that made it runs again (asked of its
                 # owner), maybe on this very lease's resources, which a waiting task lends.
@@ -386,6 +386,23 @@ class ObjectAccess:
                 e.retrieved = True
             raise as_error(data, bufs)
         raise exc.RaySystemError(f"object {ref.hex()} in unexpected state {state}")
+
+    def _local_path(self, oid: bytes, node_id: bytes | None) -> str:
+        """``shm_path`` from a user thread.  Should the wait be interrupted (a
+        cancel of the task it runs in), the node daemon, which counts this
+        process as the object's reader once it answers, is told it was not
+        mapped after all: otherwise the object stayed pinned."""
+        fut = asyncio.run_coroutine_threadsafe(self.shm_path(oid, node_id), self.loop)
+        try:
+            return fut.result()
+        except BaseException:
+            # (the interrupt may also land just after the answer came: then at once)
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception() or self._unmapped(oid))
+            # The exception's traceback holds this frame: without the future in it
+            # there is no cycle, which kept the caller's frames (and the values
+            # they view) alive until the next garbage collection.
+            del fut
+            raise
 
     async def shm_path(self, oid: bytes, node_id: bytes | None) -> str:
         """Makes sure ``oid`` is in this node's store; returns its segment path."""

@@ -89,6 +89,7 @@ class SlabAllocator:
         self.warm_bytes = 0
         self.by_class: dict[int, list[Slab]] = {}
         self._seq = 0
+        self.closing = False  # the store is being cleared: slots are no longer punched
 
     @staticmethod
     def fits(size: int) -> bool:
@@ -141,7 +142,8 @@ class SlabAllocator:
             self._unlink(slab)
         else:
             slab.cold.append(offset)
-            self._punch(slab, [offset])
+            if not self.closing:
+                self._punch(slab, [offset])
         return slab.slot
 
     def trim(self) -> int:
@@ -177,7 +179,10 @@ class SlabAllocator:
             os.close(fd)
 
     def clear(self) -> None:
-        """Unlinks every slab (the store is going away)."""
+        """Unlinks every slab (the store is going away).  Nothing is punched:
+        a process may still map values in them (a driver after ``shutdown()``),
+        and their memory goes once the last mapping does."""
+        self.closing = True
         for slabs in self.by_class.values():
             for slab in slabs:
                 shm.unlink(slab.path)
@@ -255,14 +260,16 @@ class _Mapping:
         self._buf = _PyBuffer()
         _get_buffer(self.mm, ctypes.byref(self._buf), 0)
         self.addr: int = self._buf.buf
+        # Closed by a finalizer, not __del__: weak references to a mapping are
+        # cleared before finalizers run, so another thread's ``view`` can never
+        # fetch a mapping that is being unmapped (its fd closed or reused).
+        weakref.finalize(self, _close_mapping, self._buf, self.mm, self.fd)
 
-    def __del__(self) -> None:
-        buf = getattr(self, "_buf", None)
-        if buf is None:  # __init__ failed before the mapping was made
-            return
-        _release_buffer(ctypes.byref(buf))
-        self.mm.close()
-        os.close(self.fd)
+
+def _close_mapping(buf: _PyBuffer, mm: mmap.mmap, fd: int) -> None:
+    _release_buffer(ctypes.byref(buf))
+    mm.close()
+    os.close(fd)
 
 
 def _slot_type(size: int) -> type:
@@ -287,7 +294,7 @@ class SlabReader:
 
     def __init__(self) -> None:
         self._maps: dict[str, weakref.ref] = {}
-        self._types: dict[int, type] = {}  # slot size -> ctypes array type
+        self._types: dict[int, type] = {}  # size class -> ctypes array type (a few dozen at most)
 
     def view(self, loc: str, on_release: Callable[[Any], None], arg: Any, head: int = 2048) -> tuple[memoryview, bytes]:
         """``(view, first bytes)`` of the slot at ``loc``: ``view`` is a
@@ -308,14 +315,15 @@ class SlabReader:
         if m is None:
             m = _Mapping(path)
             self._maps[path] = weakref.ref(m, self._forget(path))
-        if offset + size > m.size:
-            raise ValueError(f"slot {loc} lies outside its slab ({m.size} bytes)")
-        array = self._types.get(size)
+        cls = size_class(size)  # (the slot's whole size: one type per class, not per object size)
+        array = self._types.get(cls)
         if array is None:
-            array = self._types[size] = _slot_type(size)
+            array = self._types[cls] = _slot_type(cls)
+        if offset + cls > m.size:
+            raise ValueError(f"slot {loc} lies outside its slab ({m.size} bytes)")
         owner = array.from_address(m.addr + offset)
         owner.release = (on_release, arg, m)  # (m: the mapping stays while views do)
-        return memoryview(owner).cast("B").toreadonly(), os.pread(m.fd, min(head, size), offset)
+        return memoryview(owner).cast("B")[:size].toreadonly(), os.pread(m.fd, min(head, size), offset)
 
     def _forget(self, path: str):  # noqa: ANN202
         def gone(ref: weakref.ref) -> None:

@@ -152,9 +152,9 @@ class ObjectStore:
         """Completes ``plan_room``'s spills once ``spill_files`` copied them to ``dests``."""
         for (oid, obj), dest in zip(victims, dests, strict=True):
             obj.spilling = False
-            if obj.slab is not None and self.mapped.get(oid):
-                # A reader was told its slot while it was copied: the slot stays
-                # (released once unmapped, should the object be freed).
+            if self.mapped.get(oid):
+                # A reader was told its location while it was copied: the object
+                # stays in memory (released once unmapped, should it be freed).
                 _remove(dest)
                 self.used += obj.held
                 if obj.freed:
@@ -381,6 +381,7 @@ class ObjectStore:
 
     def clear(self) -> None:
         """Deletes everything (node shutdown)."""
+        self.slabs.closing = True  # (values still mapped somewhere keep their bytes: see SlabAllocator.clear)
         self.mapped.clear()
         for oid in list(self.objects):
             self.free(oid)

@@ -133,10 +133,13 @@ class ObjectManager:
         try:
             dests = await asyncio.to_thread(spill_files, self.store.spill_dir, victims)
         except BaseException:
-            for _key, obj in victims:  # still in memory after all
+            for key, obj in victims:  # still in memory after all
                 obj.spilling = False
                 if not obj.freed:
                     self.store.used += obj.held
+                elif self.store.mapped.get(key):  # freed, but a reader maps it: released when unmapped
+                    self.store.used += obj.held
+                    self.store.zombies[key] = obj
                 else:
                     self.store.drop_memory(obj)
             raise
@@ -215,10 +218,37 @@ class ObjectManager:
                 self.store.map_removed(oid)
 
     def _reader_gone(self, conn: wire.Connection) -> None:
-        for oid, n in conn.maps.items():
+        maps, conn.maps = conn.maps, {}
+        if not maps:
+            return
+        pid = conn.peer_pid
+        if pid and pid != os.getpid() and self._hold_until_exit(pid, maps):
+            return
+        self._release_maps(maps)
+
+    def _hold_until_exit(self, pid: int, maps: dict) -> bool:
+        """Keeps what a reader that closed its connection but lives on maps
+        until its process exits (a driver after ``shutdown()`` may still hold
+        values: their slots must not be reused or zeroed under it); False when
+        it has exited already.  Watched with a pidfd, readable at its exit."""
+        try:
+            fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # gone already (or no pidfds here)
+            return False
+        loop = asyncio.get_running_loop()
+
+        def exited() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            self._release_maps(maps)
+
+        loop.add_reader(fd, exited)
+        return True
+
+    def _release_maps(self, maps: dict) -> None:
+        for oid, n in maps.items():
             for _ in range(n):
                 self.store.map_removed(oid)
-        conn.maps = {}
 
     async def _fetch(self, oid: bytes, src: bytes | None) -> str:
         if src is None or src == self.node_id:

@@ -33,6 +33,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 #: Pieces per sendmsg call (the kernel takes at most IOV_MAX, 1024 on Linux).
 _IOV_CHUNK = 512
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (SO_PEERCRED)
 
 _STRICT = bool(CONFIG.strict_messages)
 
@@ -114,6 +116,7 @@ class Connection(asyncio.BufferedProtocol):
         self.owed_mark = 0
         self.read_on = read_on
         self.fd = -1  # the socket's descriptor
+        self.peer_pid: int | None = None  # the process at the other end of a Unix socket
         self._gate = gate  # the listener's count of unauthenticated connections
         self._deadline: asyncio.TimerHandle | None = None  # of the handshake
 
@@ -133,6 +136,8 @@ class Connection(asyncio.BufferedProtocol):
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._secure = True
+        elif sock.family == socket.AF_UNIX and hasattr(socket, "SO_PEERCRED"):
+            self.peer_pid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))[0]
         self.fd = sock.fileno()
         self._wsock = socket.socket(fileno=os.dup(self.fd))
         self._wsock.setblocking(False)
