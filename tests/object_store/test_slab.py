@@ -435,3 +435,26 @@ def test_put_objects_read_by_tasks_while_the_store_spills_are_never_lost():
         del refs
     finally:
         skate.shutdown()
+
+
+def test_objects_restored_for_tasks_are_not_spilled_again_before_they_are_read():
+    """Tasks read put objects that the store must restore from disk while other
+    restores make room: a copy restored for a reader is counted as read at
+    once, so it is not spilled (and its file unlinked) before the reader maps
+    it (the task failed with ObjectLostError)."""
+    np = pytest.importorskip("numpy")
+    import skate
+
+    skate.init(num_cpus=2, object_store_memory=50 << 20)
+    try:
+        refs = [skate.put(np.full(25_000 + (i % 7) * 1000, -float(i))) for i in range(600)]  # ~230 KB each
+
+        @skate.remote
+        def echo(x):
+            return x  # copied out into a new object
+
+        out = skate.get([echo.remote(refs[i]) for i in range(0, 600, 6)], timeout=120)
+        assert [float(o[0]) for o in out] == [-float(i) for i in range(0, 600, 6)]
+        del out, refs
+    finally:
+        skate.shutdown()

@@ -388,20 +388,15 @@ class ObjectAccess:
         raise exc.RaySystemError(f"object {ref.hex()} in unexpected state {state}")
 
     def _local_path(self, oid: bytes, node_id: bytes | None) -> str:
-        """``shm_path`` from a user thread.  Should the wait be interrupted (a
-        cancel of the task it runs in), the node daemon, which counts this
-        process as the object's reader once it answers, is told it was not
-        mapped after all: otherwise the object stayed pinned."""
+        """``shm_path`` from a user thread; if a cancel interrupts the wait, the
+        reader count the node daemon's answer takes is given back (else pinned)."""
         fut = asyncio.run_coroutine_threadsafe(self.shm_path(oid, node_id), self.loop)
         try:
             return fut.result()
         except BaseException:
             # (the interrupt may also land just after the answer came: then at once)
             fut.add_done_callback(lambda f: f.cancelled() or f.exception() or self._unmapped(oid))
-            # The exception's traceback holds this frame: without the future in it
-            # there is no cycle, which kept the caller's frames (and the values
-            # they view) alive until the next garbage collection.
-            del fut
+            del fut  # (no cycle exception -> frame -> future: it kept callers' values alive)
             raise
 
     async def shm_path(self, oid: bytes, node_id: bytes | None) -> str:

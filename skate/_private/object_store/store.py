@@ -144,7 +144,7 @@ class ObjectStore:
                 self.used += obj.held
             raise StoreFull(
                 f"object store is full: {self.used} of {self.capacity} bytes in use by objects "
-                f"still being written; cannot fit {size} bytes"
+                f"being written, read (mapped by readers) or spilled; cannot fit {size} bytes"
             )
         return victims
 

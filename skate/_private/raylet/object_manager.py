@@ -157,7 +157,12 @@ class ObjectManager:
         return await asyncio.shield(fut)
 
     async def _restore(self, oid: bytes, obj: Any) -> str | None:
-        await self._spill_for(obj.size, oid)
+        while True:
+            await self._spill_for(obj.size, oid)
+            # Other restores may have taken the room made while this one's spill
+            # was being copied out: plan again until it is still there now.
+            if self.store.used + obj.size <= self.store.capacity:
+                break
         self.store.used += obj.size
         try:
             await asyncio.to_thread(shm.copy_in, obj.spilled_path, obj.path)
@@ -170,10 +175,16 @@ class ObjectManager:
 
     async def on_obj_get(self, conn: wire.Connection, body: dict, bufs: list) -> str:
         oid = body["oid"]
-        path = await self._ensure_local(oid)
-        if path is None:
-            path = await self._fetch(oid, body.get("node_id"))
+        # Counted as read first: a copy restored from disk or pulled for this
+        # reader is not spilled again before the reader has mapped it.
         self._track_map(conn, oid)
+        try:
+            path = await self._ensure_local(oid)
+            if path is None:
+                path = await self._fetch(oid, body.get("node_id"))
+        except BaseException:
+            self.on_obj_unmapped(conn, [oid], [])
+            raise
         return path
 
     async def on_obj_get_many(self, conn: wire.Connection, body: dict, bufs: list) -> list:

@@ -13,9 +13,8 @@ handler table ``{method: callable}`` (see ``dispatch``).  Either side of a
 connection may send requests, so a connection made by a client is used for
 calls in both directions.
 
-Reading happens on the event loop, but any thread may *send*, so a user
-thread submitting a task, or a worker thread returning a result, costs no hop
-to the I/O thread.  Client connections read their socket themselves
+Reading happens on the event loop, but any thread may *send* (no hop to the
+I/O thread to submit a task or return a result).  Client connections read their socket themselves
 (``loop.add_reader``, not a transport), so a *user* thread may take over
 reading: a thread that blocks waiting for a reply reads the socket itself
 instead of being woken by the I/O thread -- one thread wake-up less per
@@ -33,7 +32,6 @@ import logging
 import os
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +42,7 @@ import msgspec
 from skate._private import messages
 from skate._private.config import CONFIG
 from skate._private.wire import dispatch
-from skate._private.wire.admission import Gate
+from skate._private.wire.admission import Gate, peer_pid
 from skate._private.wire.dispatch import ConnectionLost, Handler, Pending, RemoteError
 from skate._private.wire.framing import (
     ERROR,
@@ -64,7 +62,6 @@ log = logging.getLogger(__name__)
 
 #: Pieces per sendmsg call (the kernel takes at most IOV_MAX, 1024 on Linux).
 _IOV_CHUNK = 512
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (SO_PEERCRED)
 
 _STRICT = bool(CONFIG.strict_messages)
 
@@ -133,11 +130,10 @@ class Connection(asyncio.BufferedProtocol):
         self._add_reader()
 
     def _setup(self, sock: socket.socket) -> None:
+        self.peer_pid = peer_pid(sock)  # (None unless a Unix socket)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._secure = True
-        elif sock.family == socket.AF_UNIX and hasattr(socket, "SO_PEERCRED"):
-            self.peer_pid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))[0]
         self.fd = sock.fileno()
         self._wsock = socket.socket(fileno=os.dup(self.fd))
         self._wsock.setblocking(False)
@@ -149,12 +145,9 @@ class Connection(asyncio.BufferedProtocol):
 
     # --- limits before authentication (server side) --------------------------------
     def _admit(self) -> bool:
-        """Takes a slot among the listener's unauthenticated connections and starts the deadline.
-
-        Past the cap (``Config.max_pending_handshakes``) the connection is
-        closed at once: peers without the token cannot pin memory and
-        descriptors of a daemon.
-        """
+        """Takes a slot among the listener's unauthenticated connections and starts the deadline;
+        past the cap (``Config.max_pending_handshakes``) the connection is closed at once: peers
+        without the token cannot pin memory and descriptors of a daemon."""
         gate, self._gate = self._gate, None
         if gate is not None:
             if not gate.take():
@@ -190,8 +183,7 @@ class Connection(asyncio.BufferedProtocol):
         self._reader.received(nbytes)
         self._handle_received()
 
-    def _handle_received(self) -> None:
-        """Handles the frames received so far (the reading thread)."""
+    def _handle_received(self) -> None:  # the frames received so far (the reading thread)
         try:
             self._consume()
         except AuthError as e:
