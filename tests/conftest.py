@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 
 # Before skate reads its configuration: this test run gets its own session
 # folder and shared-memory names, so runs side by side never see each other's.
@@ -96,6 +97,31 @@ def pid_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+# --- object store unit tests (tests/object_store/) ----------------------------------------------
+def object_id(i: int) -> bytes:
+    """A 20-byte object id made from ``i``."""
+    return i.to_bytes(4, "little") * 5
+
+
+@pytest.fixture
+def prefix():
+    """A unique shared-memory name prefix for a store under test; its files go with the test."""
+    from skate._private.object_store import shm
+
+    p = f"skatetest{uuid.uuid4().hex[:12]}"  # (not "skate-...": these are no cluster's segments)
+    yield p
+    for name in os.listdir(shm.SHM_DIR or "/tmp"):
+        if name.startswith(p):
+            os.unlink(os.path.join(shm.SHM_DIR or "/tmp", name))
+
+
+def shm_files(prefix: str) -> set[str]:
+    """The shared-memory files named with ``prefix``."""
+    from skate._private.object_store import shm
+
+    return {n for n in os.listdir(shm.SHM_DIR or "/tmp") if n.startswith(prefix)}
 
 
 def _live_children(me: psutil.Process) -> list[psutil.Process]:

@@ -9,33 +9,15 @@ from __future__ import annotations
 
 import gc
 import os
-import uuid
 
 import pytest
-from conftest import wait_for
+from conftest import object_id, shm_files, wait_for
 
 from skate._private.object_store import shm, slab
 from skate._private.object_store.store import ObjectStore
 
 KB = 1024
 pytestmark = pytest.mark.timeout(120)
-
-
-def _oid(i: int) -> bytes:
-    return i.to_bytes(4, "little") * 5
-
-
-@pytest.fixture
-def prefix():
-    p = f"skatetest{uuid.uuid4().hex[:12]}"
-    yield p
-    for name in os.listdir(shm.SHM_DIR or "/tmp"):
-        if name.startswith(p):
-            os.unlink(os.path.join(shm.SHM_DIR or "/tmp", name))
-
-
-def _files(prefix: str) -> set[str]:
-    return {n for n in os.listdir(shm.SHM_DIR or "/tmp") if n.startswith(prefix)}
 
 
 def _make(store: ObjectStore, oid: bytes, size: int, fill: int) -> str:
@@ -108,27 +90,27 @@ def test_store_puts_small_objects_in_slots_and_large_ones_in_segments(prefix, tm
     store = ObjectStore(prefix, 64 << 20, str(tmp_path / "spill"))
     reader = slab.SlabReader()
     try:
-        loc = _make(store, _oid(1), 200 * KB, 7)
+        loc = _make(store, object_id(1), 200 * KB, 7)
         assert slab.parse(loc) is not None
-        assert store.reserve(_oid(1), 200 * KB, slot=True) == loc, "reserving again names the same slot"
+        assert store.reserve(object_id(1), 200 * KB, slot=True) == loc, "reserving again names the same slot"
         assert store.used == slab.size_class(200 * KB), "a slot counts its whole size"
-        big = store.reserve(_oid(2), 2 << 20, slot=True)
+        big = store.reserve(object_id(2), 2 << 20, slot=True)
         assert slab.parse(big) is None, "above 1 MiB: a segment of its own"
-        assert store.reserve(_oid(3), 200 * KB) == shm.segment_path(prefix, _oid(3)), "no slot unless asked"
+        assert store.reserve(object_id(3), 200 * KB) == shm.segment_path(prefix, object_id(3)), "no slot unless asked"
         assert _read(reader, loc) == bytes([7]) * 200 * KB
-        assert store.read_bytes(_oid(1)) == bytes([7]) * 200 * KB
-        assert store.read_range(_oid(1), 100, 10) == (200 * KB, bytes([7]) * 10)
+        assert store.read_bytes(object_id(1)) == bytes([7]) * 200 * KB
+        assert store.read_range(object_id(1), 100, 10) == (200 * KB, bytes([7]) * 10)
         used = store.used
-        store.free(_oid(1))
+        store.free(object_id(1))
         st = store.stats()
         assert st["slab_slots_used"] == 0 and st["slab_warm_bytes"] == slab.size_class(200 * KB)
         assert store.used == used, "a warm slot's memory is still counted"
-        again = store.reserve(_oid(4), 199 * KB, slot=True)
+        again = store.reserve(object_id(4), 199 * KB, slot=True)
         assert slab.parse(again)[:2] == slab.parse(loc)[:2], "the warm slot takes the next object of its class"
         assert store.used == used
     finally:
         store.clear()
-    assert _files(prefix) == set()
+    assert shm_files(prefix) == set()
 
 
 def test_a_slot_a_reader_still_views_is_not_reused(prefix, tmp_path):
@@ -136,14 +118,14 @@ def test_a_slot_a_reader_still_views_is_not_reused(prefix, tmp_path):
     reader = slab.SlabReader()
     size = 150 * KB
     try:
-        _make(store, _oid(0), size, 9)  # keeps the slab alive throughout
-        loc = _make(store, _oid(1), size, 1)
-        store.map_added(_oid(1))
+        _make(store, object_id(0), size, 9)  # keeps the slab alive throughout
+        loc = _make(store, object_id(1), size, 1)
+        store.map_added(object_id(1))
         released = []
-        view, head = reader.view(loc, released.append, _oid(1))
+        view, head = reader.view(loc, released.append, object_id(1))
         assert head == b"\x01" * 2048
-        store.free(_oid(1))
-        loc2 = _make(store, _oid(2), size, 2)
+        store.free(object_id(1))
+        loc2 = _make(store, object_id(2), size, 2)
         assert loc2 != loc, "the freed slot is still viewed: not handed out"
         part = view[-10:]
         del view
@@ -151,14 +133,14 @@ def test_a_slot_a_reader_still_views_is_not_reused(prefix, tmp_path):
         assert released == [] and bytes(part) == b"\x01" * 10, "a view derived from the slot keeps it"
         del part
         gc.collect()
-        assert released == [_oid(1)], "released once its last view is gone"
-        store.map_removed(_oid(1))
-        loc3 = _make(store, _oid(3), size, 3)
+        assert released == [object_id(1)], "released once its last view is gone"
+        store.map_removed(object_id(1))
+        loc3 = _make(store, object_id(3), size, 3)
         assert loc3 == loc, "once unmapped, the slot is reused"
         assert _read(reader, loc3) == b"\x03" * size
     finally:
         store.clear()
-    assert _files(prefix) == set()
+    assert shm_files(prefix) == set()
 
 
 def test_slot_objects_spill_and_come_back_as_segments(prefix, tmp_path):
@@ -167,12 +149,12 @@ def test_slot_objects_spill_and_come_back_as_segments(prefix, tmp_path):
     reader = slab.SlabReader()
     try:
         for i in range(5):
-            _make(store, _oid(i), size, i + 1)
+            _make(store, object_id(i), size, i + 1)
             assert store.used <= store.capacity
         st = store.stats()
         assert st["spilled"] == 2 and st["slab_slots_used"] == 3
         for i in range(5):
-            loc = store.ensure_local(_oid(i))
+            loc = store.ensure_local(object_id(i))
             assert store.used <= store.capacity
             data = _read(reader, loc) if slab.parse(loc) else shm.open_readonly(loc)[:]
             assert data == bytes([i + 1]) * size, f"object {i} came back intact"
@@ -180,7 +162,7 @@ def test_slot_objects_spill_and_come_back_as_segments(prefix, tmp_path):
         assert spilled and store.read_bytes(spilled[0]) == bytes([int.from_bytes(spilled[0][:4], "little") + 1]) * size
     finally:
         store.clear()
-    assert _files(prefix) == set()
+    assert shm_files(prefix) == set()
     assert not os.path.exists(tmp_path / "spill")
 
 
@@ -264,24 +246,24 @@ def test_a_slot_read_while_it_is_spilled_stays_in_memory(prefix, tmp_path, freed
     store = ObjectStore(prefix, 1000 * KB, str(tmp_path / "spill"))
     reader = slab.SlabReader()
     try:
-        locs = [_make(store, _oid(i), size, i + 1) for i in range(3)]
-        victims = store.plan_room(slab.size_class(size), _oid(9))
-        assert [oid for oid, _ in victims] == [_oid(0)]
-        store.map_added(_oid(0))  # obj_get answered while the copy is made
+        locs = [_make(store, object_id(i), size, i + 1) for i in range(3)]
+        victims = store.plan_room(slab.size_class(size), object_id(9))
+        assert [oid for oid, _ in victims] == [object_id(0)]
+        store.map_added(object_id(0))  # obj_get answered while the copy is made
         if freed:
-            store.free(_oid(0))
+            store.free(object_id(0))
         store.finish_spill(victims, spill_files(store.spill_dir, victims))
         assert _read(reader, locs[0]) == b"\x01" * size
         assert store.stats()["spilled"] == 0 and os.listdir(store.spill_dir) == []
         assert store.used == 3 * slab.size_class(size)
-        store.map_removed(_oid(0))
+        store.map_removed(object_id(0))
         if freed:
             assert store.used == 2 * slab.size_class(size) and store.stats()["slab_slots_used"] == 2
         else:
-            assert store.ensure_local(_oid(0)) == locs[0]
+            assert store.ensure_local(object_id(0)) == locs[0]
     finally:
         store.clear()
-    assert _files(prefix) == set()
+    assert shm_files(prefix) == set()
 
 
 def test_a_slab_is_mapped_once_and_unmapped_with_its_last_view(prefix, tmp_path):
@@ -293,7 +275,7 @@ def test_a_slab_is_mapped_once_and_unmapped_with_its_last_view(prefix, tmp_path)
             return sum(1 for line in f if f"{prefix}-slab" in line)
 
     try:
-        locs = [_make(store, _oid(i), 120 * KB, i) for i in range(50)]
+        locs = [_make(store, object_id(i), 120 * KB, i) for i in range(50)]
         views = [reader.view(loc, lambda _arg: None, None)[0] for loc in locs]
         assert mapped() == 1, "50 objects of one slab: one mapping"
         assert [bytes(v[:1]) for v in views] == [bytes([i]) for i in range(50)]
@@ -310,16 +292,16 @@ def test_warm_slots_give_their_memory_back_before_anything_is_spilled(prefix, tm
     store.slabs.warm_limit = 1000 * KB
     try:
         for i in range(3):
-            _make(store, _oid(i), size, i + 1)
-        store.free(_oid(0))
+            _make(store, object_id(i), size, i + 1)
+        store.free(object_id(0))
         assert store.stats()["slab_warm_bytes"] == slab.size_class(size)
-        _make(store, _oid(3), 250 * KB, 9)  # another class (256 KiB): room is needed
+        _make(store, object_id(3), 250 * KB, 9)  # another class (256 KiB): room is needed
         st = store.stats()
         assert st["spilled"] == 0 and st["slab_warm_bytes"] == 0
         assert store.used == 2 * slab.size_class(size) + slab.size_class(250 * KB) <= store.capacity
     finally:
         store.clear()
-    assert _files(prefix) == set()
+    assert shm_files(prefix) == set()
 
 
 def test_a_reader_keeps_one_slot_type_per_size_class(prefix, tmp_path):
@@ -330,11 +312,11 @@ def test_a_reader_keeps_one_slot_type_per_size_class(prefix, tmp_path):
     try:
         sizes = [100 * KB + 37 * i for i in range(300)]
         for i, size in enumerate(sizes):
-            loc = _make(store, _oid(i), size, i % 251)
+            loc = _make(store, object_id(i), size, i % 251)
             view = reader.view(loc, lambda _arg: None, None)[0]
             assert len(view) == size and bytes(view[-1:]) == bytes([i % 251])
             del view
-            store.free(_oid(i))
+            store.free(object_id(i))
         assert len(reader._types) <= len({slab.size_class(s) for s in sizes}) < 10
     finally:
         store.clear()

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
+from conftest import object_id, shm_files
 
 from skate._private.object_store import shm
 from skate._private.object_store.store import ObjectStore, StoreFull
 
 KB = 1024
 MB = 1024 * KB
-
-
-def _oid(i: int) -> bytes:
-    return i.to_bytes(4, "little") * 5
-
-
-@pytest.fixture
-def prefix():
-    # Not "skate-...": these segments are not a cluster's.
-    p = f"skatetest{uuid.uuid4().hex[:12]}"
-    yield p
-    for name in os.listdir(shm.SHM_DIR or "/tmp"):
-        if name.startswith(p):
-            os.unlink(os.path.join(shm.SHM_DIR or "/tmp", name))
-
-
-def _files(prefix: str) -> set[str]:
-    return {n for n in os.listdir(shm.SHM_DIR or "/tmp") if n.startswith(prefix)}
 
 
 def _make(store: ObjectStore, oid: bytes, size: int, fill: int, primary: bool = True) -> str:
@@ -60,7 +42,7 @@ def store(prefix, tmp_path):
 
 
 def test_reserve_seal_contains(store, prefix):
-    oid = _oid(1)
+    oid = object_id(1)
     path = store.reserve(oid, 100 * KB)
     assert path == shm.segment_path(prefix, oid)
     assert os.path.basename(path).startswith(prefix + "-")
@@ -80,7 +62,7 @@ def test_reserve_seal_contains(store, prefix):
 
 
 def test_reserve_twice_returns_the_same_segment(store):
-    oid = _oid(1)
+    oid = object_id(1)
     p1 = store.reserve(oid, 50 * KB)
     p2 = store.reserve(oid, 50 * KB)
     assert p1 == p2
@@ -88,50 +70,50 @@ def test_reserve_twice_returns_the_same_segment(store):
 
 
 def test_unknown_objects(store):
-    assert not store.contains(_oid(9))
-    assert store.ensure_local(_oid(9)) is None
-    assert store.read_bytes(_oid(9)) is None
-    store.free(_oid(9))  # no error
-    store.seal(_oid(9))  # no error
+    assert not store.contains(object_id(9))
+    assert store.ensure_local(object_id(9)) is None
+    assert store.read_bytes(object_id(9)) is None
+    store.free(object_id(9))  # no error
+    store.seal(object_id(9))  # no error
     assert store.used == 0
 
 
 def test_free_removes_segment_and_space(store, prefix):
-    oid = _oid(1)
+    oid = object_id(1)
     path = _make(store, oid, 100 * KB, 1)
     assert os.path.exists(path)
     store.free(oid)
     assert not os.path.exists(path)
     assert not store.contains(oid)
     assert store.used == 0
-    assert _files(prefix) == set()
+    assert shm_files(prefix) == set()
 
 
 def test_object_larger_than_capacity_gets_a_disk_backed_segment(store, prefix):
-    _make(store, _oid(9), 200 * KB, 9)  # an object in memory, which stays there
+    _make(store, object_id(9), 200 * KB, 9)  # an object in memory, which stays there
     size = store.capacity + 1
-    path = _make(store, _oid(1), size, 7)
-    assert path.startswith(store.spill_dir) and not _files(prefix) - {os.path.basename(store.objects[_oid(9)].path)}
+    path = _make(store, object_id(1), size, 7)
+    assert path.startswith(store.spill_dir) and not shm_files(prefix) - {os.path.basename(store.objects[object_id(9)].path)}
     assert os.stat(path).st_blocks * 512 >= size  # its blocks are allocated up front
     assert store.used == 200 * KB  # not counted against the memory store, nothing spilled for it
     assert store.stats()["spilled"] == 0
     assert store.stats()["disk_backed"] == 1 and store.stats()["disk_backed_bytes"] == size
-    assert store.ensure_local(_oid(1)) == path and _read(path) == bytes([7]) * size
-    assert store.read_range(_oid(1), size - 3, 10) == (size, bytes([7]) * 3)
+    assert store.ensure_local(object_id(1)) == path and _read(path) == bytes([7]) * size
+    assert store.read_range(object_id(1), size - 3, 10) == (size, bytes([7]) * 3)
     # Never picked to spill, never recycled into the pool.
-    _make(store, _oid(2), store.capacity - 100 * KB, 2)
-    assert store.objects[_oid(1)].spilled_path is None and os.path.exists(path)
-    store.free(_oid(1))
+    _make(store, object_id(2), store.capacity - 100 * KB, 2)
+    assert store.objects[object_id(1)].spilled_path is None and os.path.exists(path)
+    store.free(object_id(1))
     assert not os.path.exists(path)
     assert store.stats()["disk_backed_bytes"] == 0 and not store.pool
 
 
 def test_a_mapped_disk_backed_segment_goes_on_the_last_unmap(store):
-    path = _make(store, _oid(1), store.capacity * 2, 1)
-    store.map_added(_oid(1))
-    store.free(_oid(1))
+    path = _make(store, object_id(1), store.capacity * 2, 1)
+    store.map_added(object_id(1))
+    store.free(object_id(1))
     assert os.path.exists(path)  # a reader still maps it
-    store.map_removed(_oid(1))
+    store.map_removed(object_id(1))
     assert not os.path.exists(path) and store.used == 0 and not store.pool
 
 
@@ -141,7 +123,7 @@ def test_no_disk_for_a_disk_backed_segment_is_store_full(store, monkeypatch):
 
     monkeypatch.setattr(os, "posix_fallocate", no_space)
     with pytest.raises(StoreFull) as info:
-        store.reserve(_oid(1), store.capacity + 1)
+        store.reserve(object_id(1), store.capacity + 1)
     msg = str(info.value)
     assert str(store.capacity) in msg and "No space left" in msg
     assert not store.objects and not os.listdir(store.spill_dir)
@@ -149,10 +131,10 @@ def test_no_disk_for_a_disk_backed_segment_is_store_full(store, monkeypatch):
 
 def test_spill_least_recently_used_first(store, tmp_path):
     size = 300 * KB  # 3 fit in 1000 KB
-    paths = [_make(store, _oid(i), size, i + 1) for i in range(3)]
+    paths = [_make(store, object_id(i), size, i + 1) for i in range(3)]
     assert store.used == 3 * size
-    store.ensure_local(_oid(0))  # 0 is now the most recently used
-    p3 = _make(store, _oid(3), size, 4)
+    store.ensure_local(object_id(0))  # 0 is now the most recently used
+    p3 = _make(store, object_id(3), size, 4)
     # Object 1 (least recently used) went to disk.
     assert not os.path.exists(paths[1])
     assert os.path.exists(paths[0]) and os.path.exists(paths[2]) and os.path.exists(p3)
@@ -160,17 +142,17 @@ def test_spill_least_recently_used_first(store, tmp_path):
     assert st["spilled"] == 1
     assert st["spilled_bytes_total"] == size
     assert store.used == 3 * size
-    assert store.contains(_oid(1))  # spilled objects are still there
-    assert os.listdir(tmp_path / "spill") == [_oid(1).hex()]
+    assert store.contains(object_id(1))  # spilled objects are still there
+    assert os.listdir(tmp_path / "spill") == [object_id(1).hex()]
     # read_bytes works on a spilled object without restoring it.
-    assert store.read_bytes(_oid(1)) == bytes([2]) * size
+    assert store.read_bytes(object_id(1)) == bytes([2]) * size
     assert not os.path.exists(paths[1])
 
 
 def test_restore_spilled(store, tmp_path):
     size = 300 * KB
     for i in range(4):
-        _make(store, _oid(i), size, i + 1)
+        _make(store, object_id(i), size, i + 1)
     assert store.stats()["spilled"] == 1
     spilled = [o for o, obj in store.objects.items() if obj.spilled_path][0]
     path = store.ensure_local(spilled)
@@ -183,7 +165,7 @@ def test_restore_spilled(store, tmp_path):
     assert len(os.listdir(tmp_path / "spill")) == 1
     # Every object reads back with its own contents.
     for i in range(4):
-        p = store.ensure_local(_oid(i))
+        p = store.ensure_local(object_id(i))
         assert _read(p) == bytes([i + 1]) * size
         assert store.used <= store.capacity
 
@@ -195,7 +177,7 @@ def _oid_index(oid: bytes) -> int:
 def test_free_spilled_object_removes_the_file(store, tmp_path):
     size = 300 * KB
     for i in range(4):
-        _make(store, _oid(i), size, i + 1)
+        _make(store, object_id(i), size, i + 1)
     spilled = [o for o, obj in store.objects.items() if obj.spilled_path][0]
     used = store.used
     store.free(spilled)
@@ -206,69 +188,69 @@ def test_free_spilled_object_removes_the_file(store, tmp_path):
 
 def test_secondary_copies_dropped_before_spilling(store, tmp_path):
     size = 300 * KB
-    _make(store, _oid(0), size, 1, primary=False)  # oldest, but a copy
-    _make(store, _oid(1), size, 2)
-    _make(store, _oid(2), size, 3)
-    _make(store, _oid(3), size, 4)
-    assert not store.contains(_oid(0))  # dropped, not spilled
+    _make(store, object_id(0), size, 1, primary=False)  # oldest, but a copy
+    _make(store, object_id(1), size, 2)
+    _make(store, object_id(2), size, 3)
+    _make(store, object_id(3), size, 4)
+    assert not store.contains(object_id(0))  # dropped, not spilled
     assert not os.path.exists(tmp_path / "spill") or os.listdir(tmp_path / "spill") == []
     assert store.stats()["spilled"] == 0
-    assert all(store.contains(_oid(i)) for i in (1, 2, 3))
+    assert all(store.contains(object_id(i)) for i in (1, 2, 3))
 
 
 def test_unsealed_objects_are_not_evicted(store):
     size = 300 * KB
     for i in range(3):
-        store.reserve(_oid(i), size)  # being written: not sealed
+        store.reserve(object_id(i), size)  # being written: not sealed
     with pytest.raises(StoreFull) as info:
-        store.reserve(_oid(3), size)
+        store.reserve(object_id(3), size)
     assert "full" in str(info.value)
     assert store.used == 3 * size
-    assert not store.contains(_oid(3))
+    assert not store.contains(object_id(3))
 
 
 def test_freed_space_is_reused(store, prefix):
     size = 400 * KB
     for round_ in range(10):
-        oid = _oid(round_)
+        oid = object_id(round_)
         _make(store, oid, size, round_ + 1)
         store.free(oid)
         assert store.used <= store.capacity
     assert store.stats()["spilled_bytes_total"] == 0
-    assert len(_files(prefix)) <= 2
+    assert len(shm_files(prefix)) <= 2
 
 
 @pytest.mark.parametrize("size", [2 * MB])
 def test_recycled_segment_holds_the_new_object(prefix, tmp_path, size):
     s = ObjectStore(prefix, 10 * size, str(tmp_path / "spill"))
     try:
-        _make(s, _oid(1), size, 1)
-        s.free(_oid(1))
-        assert not s.contains(_oid(1))
-        path = _make(s, _oid(2), size, 2)
-        assert path == shm.segment_path(prefix, _oid(2))
+        _make(s, object_id(1), size, 1)
+        s.free(object_id(1))
+        assert not s.contains(object_id(1))
+        path = _make(s, object_id(2), size, 2)
+        assert path == shm.segment_path(prefix, object_id(2))
         assert os.path.getsize(path) == size
         assert _read(path) == bytes([2]) * size
-        s.free(_oid(2))
+        s.free(object_id(2))
         assert s.used <= s.capacity
     finally:
         s.clear()
-    assert _files(prefix) == set()
+    assert shm_files(prefix) == set()
 
 
 def test_mapped_segment_is_not_reused(prefix, tmp_path):
     size = 2 * MB
     s = ObjectStore(prefix, 10 * size, str(tmp_path / "spill"))
     try:
-        path = _make(s, _oid(1), size, 1)
-        s.map_added(_oid(1))
+        path = _make(s, object_id(1), size, 1)
+        s.map_added(object_id(1))
         reader = shm.open_readonly(path)
-        s.free(_oid(1))
+        s.free(object_id(1))
         # A reader still maps it: the new object must not overwrite it.
-        _make(s, _oid(2), size, 2)
+        _make(s, object_id(2), size, 2)
         assert reader[:1] == b"\x01" and reader[size - 1 : size] == b"\x01"
         reader.close()
-        s.map_removed(_oid(1))
+        s.map_removed(object_id(1))
     finally:
         s.clear()
 
@@ -276,11 +258,11 @@ def test_mapped_segment_is_not_reused(prefix, tmp_path):
 def test_clear(store, prefix, tmp_path):
     size = 300 * KB
     for i in range(5):
-        _make(store, _oid(i), size, i + 1)
-    store.reserve(_oid(10), 10 * KB)  # unsealed
-    assert _files(prefix)
+        _make(store, object_id(i), size, i + 1)
+    store.reserve(object_id(10), 10 * KB)  # unsealed
+    assert shm_files(prefix)
     store.clear()
-    assert _files(prefix) == set()
+    assert shm_files(prefix) == set()
     assert not os.path.exists(tmp_path / "spill")
     assert not store.objects
 
@@ -321,16 +303,16 @@ def test_write_pieces_new_and_recycled_segments(prefix, size):
 
 def test_objects_readers_map_are_neither_dropped_nor_spilled(store):
     # Capacity 1000 KB: a mapped secondary copy and a mapped primary, then a newcomer.
-    copy = _make(store, _oid(1), 400 * KB, 1, primary=False)
-    prim = _make(store, _oid(2), 400 * KB, 2)
-    _make(store, _oid(3), 100 * KB, 3)
-    store.map_added(_oid(1))
-    store.map_added(_oid(2))
+    copy = _make(store, object_id(1), 400 * KB, 1, primary=False)
+    prim = _make(store, object_id(2), 400 * KB, 2)
+    _make(store, object_id(3), 100 * KB, 3)
+    store.map_added(object_id(1))
+    store.map_added(object_id(2))
     with pytest.raises(StoreFull):
-        store.reserve(_oid(4), 400 * KB)  # only the unmapped 100 KB could go
-    assert os.path.exists(copy) and os.path.exists(prim) and store.objects[_oid(3)].spilled_path is None
-    store.map_removed(_oid(1))  # the reader let the copy go: it may be dropped now
-    store.reserve(_oid(4), 400 * KB)
-    assert _oid(1) not in store.objects and not os.path.exists(copy)
-    assert os.path.exists(prim) and store.objects[_oid(2)].spilled_path is None
-    store.map_removed(_oid(2))
+        store.reserve(object_id(4), 400 * KB)  # only the unmapped 100 KB could go
+    assert os.path.exists(copy) and os.path.exists(prim) and store.objects[object_id(3)].spilled_path is None
+    store.map_removed(object_id(1))  # the reader let the copy go: it may be dropped now
+    store.reserve(object_id(4), 400 * KB)
+    assert object_id(1) not in store.objects and not os.path.exists(copy)
+    assert os.path.exists(prim) and store.objects[object_id(2)].spilled_path is None
+    store.map_removed(object_id(2))
