@@ -76,6 +76,12 @@ class KeyState:
         #: Those of them cancelled (``cancel_lease_request``) as no longer needed.
         self.withdrawn: set[int] = set()
 
+    def request_over(self, rq: int) -> None:
+        """Lease request ``rq`` ended: granted, failed or withdrawn (under the submitter's lock)."""
+        self.requests -= 1
+        self.waiting.pop(rq, None)
+        self.withdrawn.discard(rq)
+
 
 class _Withdrawn(Exception):
     """A lease request this submitter cancelled came back cancelled."""
@@ -178,16 +184,12 @@ class TaskSubmitter:
                     raylet.notify("return_lease", {"lease_id": grant["lease_id"], "kill": True})
         except _Withdrawn:
             with self.lock:
-                ks.requests -= 1
-                ks.waiting.pop(rq, None)
-                ks.withdrawn.discard(rq)
+                ks.request_over(rq)
                 self._pump(key, ks)  # (tasks queued since it was cancelled)
             return
         except Exception as e:  # noqa: BLE001
             with self.lock:
-                ks.waiting.pop(rq, None)
-                ks.withdrawn.discard(rq)
-                ks.requests -= 1
+                ks.request_over(rq)
                 # A worker whose node daemon just died exits (_raylet_lost): its tasks are not failed.
                 lost = self.core.mode == "worker" and self.core.raylet.closed
                 failed = list(ks.queue) if not self.closing and not lost else []
@@ -204,9 +206,7 @@ class TaskSubmitter:
             return
         lease = Lease(grant, conn, raylet, key)
         with self.lock:
-            ks.waiting.pop(rq, None)
-            ks.withdrawn.discard(rq)  # (granted before its cancel arrived: used all the same)
-            ks.requests -= 1
+            ks.request_over(rq)  # (granted before its cancel arrived: used all the same)
             if self.closing:
                 self._return(lease)
                 return
