@@ -92,15 +92,24 @@ TaskEventRow = tuple[
 ]
 
 
+#: The calls of one actor method that returned, each FINISHED, as columns:
+#: ``(actor_id, name, task ids, times)``; the task ids are 16 bytes each, back
+#: to back, and the times two little-endian doubles per call (start, end;
+#: seconds since the epoch), in the same order.
+FinishedCalls = tuple[bytes, str, bytes, bytes]
+
+
 class TaskEventBatch(TypedDict):
-    """What one process reports of its tasks since its last report (rows: no
-    per-event dicts, so a busy actor's calls cost little to send and keep)."""
+    """What one process reports of its tasks since its last report (rows and
+    columns: no per-event dicts, so a busy actor's calls cost little to send
+    and keep)."""
 
     job_id: int
     node_id: bytes
     worker_id: bytes
     pid: int
     rows: list[TaskEventRow]
+    calls: list[FinishedCalls]  # the actor calls that returned (all other events are rows)
 
 
 class BlockedCall(TypedDict, total=False):

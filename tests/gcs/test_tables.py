@@ -129,7 +129,8 @@ def test_a_dead_node_takes_its_actors_with_it():
 def _rows(*rows):
     """A ``TaskEventBatch`` from one worker: (task id, state, start, end, func) per row."""
     return {"job_id": 1, "node_id": b"n", "worker_id": b"w", "pid": 7,
-            "rows": [(tid, "f", state, start, end, None, None, func, None, "") for tid, state, start, end, func in rows]}
+            "rows": [(tid, "f", state, start, end, None, None, func, None, "") for tid, state, start, end, func in rows],
+            "calls": []}
 
 
 def test_task_events_merge_and_a_late_running_report_does_not_undo_the_end():
@@ -178,3 +179,53 @@ def test_task_event_rows_name_the_worker_that_ran_them():
     rec = t.query()[0]
     assert (rec["node_id"], rec["worker_id"], rec["pid"]) == (b"n2", b"w2", 9)
     assert (rec["error_type"], rec["error_message"]) == ("ValueError", "boom")
+
+
+def _calls(actor_id, name, calls):
+    """``FinishedCalls`` columns: (16-byte task id, start, end) per call."""
+    import array
+
+    times = array.array("d", [x for _, start, end in calls for x in (start, end)])
+    return (actor_id, name, b"".join(tid for tid, _, _ in calls), times.tobytes())
+
+
+def test_finished_actor_calls_travel_as_columns_and_read_as_records():
+    from skate._private.gcs.task_events import TaskEventTable
+
+    t = TaskEventTable(limit=10)
+    a, b, c = (bytes([i]) * 16 for i in (1, 2, 3))
+    batch = _rows((a, "RUNNING", 1.0, None, "A.m"))  # a call that ran through a flush, then ended
+    batch["calls"] = [_calls(b"actor", "A.m", [(b, 2.0, 2.5), (c, 3.0, 3.5)])]
+    t.add(batch)
+    later = _rows()
+    later["calls"] = [_calls(b"actor", "A.m", [(a, 1.0, 4.0)])]
+    t.add(later)
+    recs = {r["task_id"]: r for r in t.query()}
+    assert recs[b] == {"task_id": b, "name": "A.m", "state": "FINISHED", "job_id": 1, "node_id": b"n",
+                       "worker_id": b"w", "pid": 7, "start": 2.0, "end": 2.5, "actor_id": b"actor", "func": "A.m"}
+    assert (recs[a]["state"], recs[a]["start"], recs[a]["end"]) == ("FINISHED", 1.0, 4.0)
+    assert list(recs) == [a, b, c]  # in the order first seen
+    assert t.rows == 4
+
+
+def test_finished_actor_calls_count_toward_the_limit_and_are_evicted_with_their_batch():
+    from skate._private.gcs.task_events import TaskEventTable
+
+    t = TaskEventTable(limit=2)
+    for i in range(3):
+        batch = _rows()
+        batch["calls"] = [_calls(b"actor", "A.m", [(bytes([i, j]) * 8, 1.0, 2.0) for j in range(2)])]
+        t.add(batch)
+    assert (t.evicted, t.rows) == (2, 4)
+    assert [r["task_id"][:2] for r in t.query()] == [bytes([2, 0]), bytes([2, 1])]
+
+
+def test_columns_that_do_not_add_up_are_refused_and_nothing_of_the_batch_is_kept():
+    from skate._private.gcs.task_events import TaskEventTable
+
+    t = TaskEventTable(limit=10)
+    batch = _rows((b"x", "FINISHED", 1.0, 2.0, ""))
+    batch["calls"] = [(b"actor", "A.m", b"\x01" * 16, b"\x00" * 8)]  # one id, half of its times
+    with pytest.raises(ValueError, match="16 bytes per call"):
+        t.add(batch)
+    assert t.query() == [] and t.rows == 0

@@ -12,24 +12,32 @@
     actor:  a call ends  -> FINISHED/FAILED event recorded by the actor's worker
                             after the reply went out (off the caller's path)
     both:   every 100 ms, and when a driver leaves -> notify("task_events", batch)
-            (a batch: the sender's ids once, then one tuple per event)
+            (a batch: the sender's ids once, then one tuple per event; the
+            calls an actor finished go as columns, ``FinishedCalls``: their ids
+            and times as two byte strings per method)
     control store: gcs/task_events.py keeps the latest state of the last
             ``Config.task_events_max`` tasks, for the state API and ``timeline()``
 
 On the task's thread recording costs a tuple and a deque append (bounded,
 dropping the oldest); the events are built and sent, batched, on the I/O
-thread.
+thread.  A busy actor finishes tens of thousands of calls a second, and on a
+machine whose cores its caller and it keep busy, every microsecond the
+control store spends per event slows the calls themselves: as columns, a
+batch of calls costs the control store a few objects, whatever its length.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import os
+import sys
 import time
 from typing import Any
 
 from skate._private.config import CONFIG
+from skate._private.ids import TASK_ID_LEN
 
 FLUSH_S = 0.1
 #: ``where`` of an event whose worker is not known (a call that failed before
@@ -43,6 +51,8 @@ class TaskEventBuffer:
     def __init__(self, core: Any) -> None:
         self.core = core
         self.events: collections.deque = collections.deque(maxlen=CONFIG.task_events_max)
+        #: (task id, name, start, end, actor id) of each actor call that returned a value
+        self.calls: collections.deque = collections.deque(maxlen=CONFIG.task_events_max)
         self.running: dict[bytes, tuple] = {}  # task id -> (name, start, func, actor id): not reported yet
         self.dropped = 0
         self._armed = False
@@ -93,7 +103,7 @@ class TaskEventBuffer:
     def flush(self) -> None:
         """Sends what is buffered (I/O thread)."""
         self._armed = False
-        if (self.events or self.running) and not self.core.closed:
+        if (self.events or self.calls or self.running) and not self.core.closed:
             asyncio.ensure_future(self.send())
         if self.running and not self._armed:  # tasks still run: look again later
             self._armed = True
@@ -107,19 +117,38 @@ class TaskEventBuffer:
         The buffer's tuples are the rows as they are: nothing is built per
         event here (a busy actor records tens of thousands a second).
         """
-        events = self.events
-        rows = list(events)
-        events.clear()
+        pop = self.events.popleft  # (one at a time: a task's thread may append meanwhile)
+        rows = [pop() for _ in range(len(self.events))]
+        calls = self._take_calls(rows)
         if self.running:
             for task_id, (name, start, func, actor_id) in list(self.running.items()):
                 if self.running.pop(task_id, None) is None:
                     continue  # it ended meanwhile
                 rows.append((task_id, name, "RUNNING", start, None, actor_id, None, func, None, ""))
-        if not rows:
+        if not rows and not calls:
             return None
         core = self.core
         return {"job_id": core.job_id, "node_id": core.node_id, "worker_id": core.worker_id, "pid": self.pid,
-                "rows": rows}
+                "rows": rows, "calls": calls}
+
+    def _take_calls(self, rows: list) -> list:
+        """The finished actor calls buffered, as ``FinishedCalls`` columns, one per
+        actor and method (a call whose id is not a task id goes to ``rows``)."""
+        pop = self.calls.popleft
+        groups: dict[tuple, tuple[list, array.array]] = {}
+        for _ in range(len(self.calls)):
+            task_id, name, start, end, actor_id = pop()
+            if len(task_id) != TASK_ID_LEN:
+                rows.append((task_id, name, "FINISHED", start, end, actor_id, None, name, None, ""))
+                continue
+            group = groups.get((actor_id, name))
+            if group is None:
+                group = groups[(actor_id, name)] = ([], array.array("d"))
+            group[0].append(task_id)
+            group[1].append(start)
+            group[1].append(end)
+        return [(actor_id, name, b"".join(ids), _little_endian(times))
+                for (actor_id, name), (ids, times) in groups.items()]
 
     async def send(self) -> None:
         """Sends what is buffered now (I/O thread; also at shutdown)."""
@@ -163,6 +192,15 @@ class ActorCallEvents:
         buf.running.pop(tid, None)
         if not buf.on:
             return
+        if error is None and not kind:  # returned: a row of the batch's columns
+            calls = buf.calls
+            if len(calls) == calls.maxlen:
+                buf.dropped += 1
+            calls.append((tid, name, started, time.time(), self.actor_id))
+            if not buf._armed:
+                buf._armed = True
+                self.core.post(buf._arm)
+            return
         err = None
         if error is not None:
             from skate import exceptions as exc
@@ -180,6 +218,13 @@ class ActorCallEvents:
         if not buf._armed:
             buf._armed = True
             self.core.post(buf._arm)
+
+
+def _little_endian(values: array.array) -> bytes:
+    """The bytes of an array of doubles, least significant first (``FinishedCalls`` times)."""
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tobytes()
 
 
 def now() -> float:

@@ -1,6 +1,7 @@
 """The control store's table of task events: the latest state of recent tasks.
 
-Workers send batches (``task_events``: rows, see ``TaskEventBatch``); each
+Workers send batches (``task_events``: rows and ``FinishedCalls`` columns, see
+``TaskEventBatch``); each
 task's events merge into one record (its first start, its last state, its
 end and error) when someone asks.  About the last
 ``Config.task_events_max`` tasks are kept: the oldest go first, like Ray's
@@ -10,10 +11,14 @@ bounded task-event storage.  ``list_task_events`` answers the state API and
 
 from __future__ import annotations
 
+import array
 import collections
+import itertools
+import sys
 from typing import Any
 
 from skate._private.config import CONFIG
+from skate._private.ids import TASK_ID_LEN
 
 _ENDED = ("FINISHED", "FAILED")
 
@@ -23,8 +28,9 @@ class TaskEventTable:
 
     Adding a batch costs no work per event (a busy actor's worker reports
     tens of thousands of calls a second): the batch is kept as it was
-    decoded, and the oldest batches go once the rest hold ``2 * limit``
-    events (most tasks have one or two).  An evicted task's end is
+    decoded (its actor calls as columns, made rows only by queries), and
+    the oldest batches go once the rest hold ``2 * limit`` events (most
+    tasks have one or two).  An evicted task's end is
     remembered (the last ``limit`` of them) so that a report of it
     running that came later never brings it back to RUNNING.  Queries
     merge the rows into one record per task, in the order the tasks were
@@ -33,23 +39,36 @@ class TaskEventTable:
 
     def __init__(self, limit: int | None = None) -> None:
         self.limit = CONFIG.task_events_max if limit is None else limit
-        self.batches: collections.deque[tuple[tuple, list]] = collections.deque()
+        self.batches: collections.deque[tuple[tuple, list, list, int]] = collections.deque()  # (sender, rows, calls, events)
         self.rows = 0
         self.evicted = 0  # events dropped to stay within the limit
         self.ended: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()  # evicted ends
 
     def add(self, batch: dict) -> None:
-        """Keeps one ``TaskEventBatch`` (decoded for this call: kept as it is)."""
-        rows = batch["rows"]
-        if not rows or self.limit <= 0:
+        """Keeps one ``TaskEventBatch`` (decoded for this call: kept as it is).
+
+        Raises ``ValueError`` (keeping nothing of it) when its ``FinishedCalls``
+        columns do not match.
+        """
+        rows, calls = batch["rows"], batch["calls"]
+        n = len(rows)
+        for _, name, ids, times in calls:
+            count = len(ids) // TASK_ID_LEN
+            if len(ids) != count * TASK_ID_LEN or len(times) != 16 * count:
+                raise ValueError(f"FinishedCalls of {name!r}: {len(ids)} bytes of task ids and {len(times)} of times "
+                                 f"are not {TASK_ID_LEN} and 16 bytes per call")
+            n += count
+        if not n or self.limit <= 0:
             return
-        self.batches.append(((batch["job_id"], batch["node_id"], batch["worker_id"], batch["pid"]), rows))
-        self.rows += len(rows)
+        self.batches.append(((batch["job_id"], batch["node_id"], batch["worker_id"], batch["pid"]), rows, calls, n))
+        self.rows += n
         batches, ended = self.batches, self.ended
-        while self.rows - len(batches[0][1]) >= 2 * self.limit:
-            sender, old = batches.popleft()
-            self.rows -= len(old)
-            self.evicted += len(old)
+        while self.rows - batches[0][3] >= 2 * self.limit:
+            # (an evicted call's end needs no remembering: only its own worker,
+            # which sent it, reports it running, and did so before)
+            sender, old, _, count = batches.popleft()
+            self.rows -= count
+            self.evicted += count
             for row in old:
                 if row[2] in _ENDED:
                     ended[row[0]] = (sender, row)
@@ -60,8 +79,8 @@ class TaskEventTable:
         """Each task's record (a ``TaskEvent`` dict), by task id, in the order first seen."""
         tasks: collections.OrderedDict[bytes, dict] = collections.OrderedDict()
         ended = self.ended
-        for sender, rows in self.batches:
-            for row in rows:
+        for sender, rows, calls, _ in self.batches:
+            for row in itertools.chain(rows, _call_rows(calls)) if calls else rows:
                 rec = tasks.get(row[0])
                 if rec is not None:
                     _merge(rec, _event(sender, row))
@@ -85,6 +104,19 @@ class TaskEventTable:
         if limit is not None and len(out) > limit:
             out = out[-limit:]
         return out
+
+
+def _call_rows(calls: list) -> Any:
+    """The rows of ``FinishedCalls`` columns (checked by ``add``), each call FINISHED."""
+    for actor_id, name, ids, times in calls:
+        n = len(ids) // TASK_ID_LEN
+        t = array.array("d")
+        t.frombytes(times)
+        if sys.byteorder != "little":
+            t.byteswap()
+        for i in range(n):
+            yield (ids[i * TASK_ID_LEN : (i + 1) * TASK_ID_LEN], name, "FINISHED", t[2 * i], t[2 * i + 1], actor_id,
+                   None, name, None, "")
 
 
 def _merge(rec: dict, ev: dict) -> None:
