@@ -131,7 +131,7 @@ def main(argv: list[str]) -> int:
             q1, _, q3 = statistics.quantiles(ratios, n=4)
             lost = sum(r < 1 for r in ratios)
             print(
-                f"{metric:44} {statistics.median(ratios):6.3f} {q1:6.3f}-{q3:6.3f} {lost:>3}/{len(ratios):<2} "
+                f"{metric:44} {statistics.median(ratios):6.3f} {f'{q1:.3f}-{q3:.3f}':>13} {f'{lost}/{len(ratios)}':>6} "
                 f"{sign_test(lost, len(ratios)):6.3f}  {statistics.median(rates['rev']):10.4g} "
                 f"{statistics.median(rates['tree']):10.4g}",
                 flush=True,

@@ -63,3 +63,37 @@ def test_a_short_run_prints_the_table_and_writes_json(tmp_path):
         assert set(row) >= {"metric", "unit", "skate", "ray", "ratio"}
         assert row["skate"] > 0
         assert row["ray"] is None  # Ray was not asked for
+
+
+def test_the_ab_sign_test_is_the_binomial_tail():
+    from benchmarks.ab import sign_test
+
+    assert sign_test(0, 10) == 1.0
+    assert sign_test(10, 10) == 1 / 1024
+    assert sign_test(8, 10) == (45 + 10 + 1) / 1024  # 8, 9 or 10 of 10 lost
+
+
+def test_ab_interleaves_two_revisions_and_reports_each_metric(tmp_path):
+    """A revision against the working tree: both clusters up, windows taken in
+    turn; the row names the metric, its median ratio and the rounds lost."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def checkouts() -> set:
+        listed = subprocess.run(["git", "-C", root, "worktree", "list"], capture_output=True, text=True).stdout
+        return {line.split()[0] for line in listed.splitlines() if "skate-ab-" in line}
+
+    before = checkouts()
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", "HEAD", "-k", "^single_client_get_calls$", "--rounds", "4",
+         "--window", "0.1"],
+        capture_output=True, text=True, timeout=150, cwd=root,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith("single_client_get_calls")]
+    assert len(rows) == 1, out.stdout
+    name, ratio, _quartiles, lost, p, rev_rate, tree_rate = rows[0]
+    assert float(ratio) > 0 and float(rev_rate) > 0 and float(tree_rate) > 0
+    assert lost.endswith("/4") and 0 < float(p) <= 1
+    assert checkouts() == before  # the revision's checkout is gone
