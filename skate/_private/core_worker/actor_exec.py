@@ -182,7 +182,7 @@ class ActorExecution:
             task.add_done_callback(lambda t, tid=spec["t"]: self.running.pop(tid, None))
         elif self.actor_pool is not None or self.group_pools:
             if spec["m"] == "__ray_ready__":
-                self._inline(self._run_call_inline, spec, bufs, fut)
+                self._inline(self._run_call_here, spec, bufs, fut)
                 return wire.DEFER
             pool = self._pool_for(spec.get("cg"))
             if pool is None:
@@ -190,7 +190,7 @@ class ActorExecution:
             else:
                 pool.submit(self._run_call, spec, bufs, fut)
         else:
-            self._inline(self._run_call_inline, spec, bufs, fut)
+            self._inline(self._run_call_here, spec, bufs, fut)
         return wire.DEFER
 
     def on_actor_ready(self, conn: wire.Connection, spec: dict, bufs: list) -> wire.Reply:
@@ -301,10 +301,6 @@ class ActorExecution:
         return self.group_pools.get(group)
 
     # --- calls -----------------------------------------------------------------------
-    def _run_call_inline(self, spec: dict, bufs: list, fut: Replier) -> None:
-        """A call on the exec loop's own thread (a sync actor's, or ``__ray_ready__``)."""
-        self._run_call_here(spec, bufs, fut, True)
-
     def _run_call(self, spec: dict, bufs: list, fut: Replier) -> None:
         """A call on a thread of the actor's pool (``max_concurrency > 1``, concurrency groups)."""
         self.pool_calls.append(None)  # (list append and pop: atomic, no lock per call)
@@ -316,7 +312,9 @@ class ActorExecution:
                 with self.pool_idle:
                     self.pool_idle.notify_all()
 
-    def _run_call_here(self, spec: dict, bufs: list, fut: Replier, inline: bool) -> None:
+    def _run_call_here(self, spec: dict, bufs: list, fut: Replier, inline: bool = True) -> None:
+        """A call on this thread: the exec loop's own (``inline``: a sync actor's,
+        or ``__ray_ready__``) or one of the actor's pool."""
         if self.exiting:  # queued behind an exit: fails (follows Ray)
             fut.send(*self._exited_reply(spec))
             return
@@ -354,7 +352,8 @@ class ActorExecution:
             body, out = self._error_reply(spec, e, name)
         finally:
             task_context.CURRENT.reset(current)
-            self.cancelled.discard(tid)
+            if self.cancelled:
+                self.cancelled.discard(tid)
             ctx.task_id = None
             if inline:
                 self.sync_busy = False

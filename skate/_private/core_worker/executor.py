@@ -42,6 +42,9 @@ from skate._private.core_worker.memory_store import ERROR, INLINE, SHM
 from skate._private.core_worker.task_spec import Arg
 from skate.object_ref import ObjectRef
 
+#: The methods every actor has (besides the user's): see ``Executor._method``.
+_BUILTIN_METHODS = frozenset(("__ray_ready__", "__ray_terminate__", "__ray_call__"))
+
 
 class _Withdrawn(BaseException):
     """Replaces an interrupt that came too late for its task (see ``Executor._finished``)."""
@@ -295,26 +298,26 @@ class Executor(ActorExecution):
 
     def _encode_returns(self, spec: dict, result: Any, name: str, owner: Any = None) -> tuple[dict, list]:
         nr = spec["nr"]
-        if nr == 1:
-            values = [result]
-        elif nr == 0:
-            values = []
-        elif inspect.isgenerator(result) or inspect.isasyncgen(result):
-            values = streams.take(result, nr, name)
-        else:
-            if not isinstance(result, (tuple, list)) or len(result) != nr:
-                got = len(result) if isinstance(result, (tuple, list)) else "a non-sequence"
-                raise ValueError(f"{name} returned {got} values, but num_returns={nr}")
-            values = list(result)
-        metas: list = []
-        out: list = []
-        held: list = []
         tid = spec["t"]
-        for i, v in enumerate(values):
-            meta, vout, refs = self.encode_value(tid, i, v, name, owner)
-            metas.append(meta)
-            out.extend(vout)
-            held.extend(refs)
+        if nr == 1:  # (most calls: one value, no loop)
+            meta, out, held = self.encode_value(tid, 0, result, name, owner)
+            metas = [meta]
+        else:
+            if nr == 0:
+                values = []
+            elif inspect.isgenerator(result) or inspect.isasyncgen(result):
+                values = streams.take(result, nr, name)
+            else:
+                if not isinstance(result, (tuple, list)) or len(result) != nr:
+                    got = len(result) if isinstance(result, (tuple, list)) else "a non-sequence"
+                    raise ValueError(f"{name} returned {got} values, but num_returns={nr}")
+                values = list(result)
+            metas, out, held = [], [], []
+            for i, v in enumerate(values):
+                meta, vout, refs = self.encode_value(tid, i, v, name, owner)
+                metas.append(meta)
+                out.extend(vout)
+                held.extend(refs)
         body: dict = {"r": metas}
         if held:
             self.held[tid] = held
@@ -328,7 +331,7 @@ class Executor(ActorExecution):
         as object ``object_id_for(tid, index + 1)``, owned by ``owner`` (the caller).
         """
         data, vbufs, refs = serialization.dumps(value, ("the return value of ", name))
-        size = len(data) + sum(b.nbytes for b in vbufs)
+        size = len(data) + sum(b.nbytes for b in vbufs) if vbufs else len(data)
         if size <= CONFIG.max_inline_bytes:
             return [INLINE, len(vbufs) + 1], [data, *vbufs], refs
         self.core.write_shm(ids.object_id_for(tid, index + 1), data, vbufs, owner)  # the caller owns it
@@ -356,6 +359,8 @@ class Executor(ActorExecution):
 
     def _method(self, spec: dict) -> Any:
         m = spec["m"]
+        if m not in _BUILTIN_METHODS:
+            return getattr(self.actor, m)
         if m == "__ray_ready__":
             return lambda: True
         if m == "__ray_terminate__":
@@ -363,9 +368,8 @@ class Executor(ActorExecution):
                 raise ActorExit(0)
 
             return terminate
-        if m == "__ray_call__":  # fn(actor instance, *args, **kwargs), inside the actor (follows Ray)
-            return lambda fn, *args, **kwargs: fn(self.actor, *args, **kwargs)
-        return getattr(self.actor, m)
+        # __ray_call__: fn(actor instance, *args, **kwargs), inside the actor (follows Ray)
+        return lambda fn, *args, **kwargs: fn(self.actor, *args, **kwargs)
 
 class OutputPrefixer:
     """Stands in for a worker's stdout/stderr and prefixes each line with ``(name pid=N)``."""

@@ -54,7 +54,6 @@ class TaskEventBuffer:
         #: (task id, name, start, end, actor id) of each actor call that returned a value
         self.calls: collections.deque = collections.deque(maxlen=CONFIG.task_events_max)
         self.running: dict[bytes, tuple] = {}  # task id -> (name, start, func, actor id): not reported yet
-        self.dropped = 0
         self._armed = False
         self.on = CONFIG.task_events_max > 0  # recording at all (SKATE_TASK_EVENTS_MAX=0: off)
         self.pid = os.getpid()
@@ -72,10 +71,7 @@ class TaskEventBuffer:
         """
         if not self.on:
             return
-        events = self.events
-        if len(events) == events.maxlen:
-            self.dropped += 1
-        events.append((task_id, name, state, start, end, actor_id, error, func, where, kind))
+        self.events.append((task_id, name, state, start, end, actor_id, error, func, where, kind))
         if not self._armed:
             self._armed = True
             self.core.post(self._arm)
@@ -174,32 +170,29 @@ class ActorCallEvents:
         self.core = core
         self.buf: TaskEventBuffer = getattr(core, "task_events", None)  # (None: an executor only listing handlers)
         self.actor_id: bytes | None = None  # set when the actor is created
+        if self.buf is None or not self.buf.on:  # recording is off: nothing to check per call
+            self.start = _start_unrecorded  # type: ignore[method-assign]
+            self.end = _end_unrecorded  # type: ignore[method-assign]
 
     def start(self, tid: bytes, name: str) -> float:
         """A call begins (its thread); returns its start time."""
         started = time.time()
         buf = self.buf
-        if buf.on:
-            buf.running[tid] = (name, started, name, self.actor_id)
-            if not buf._armed:
-                buf._armed = True
-                self.core.post(buf._arm)
+        buf.running[tid] = (name, started, name, self.actor_id)
+        if not buf._armed:
+            buf._armed = True
+            self.core.post(buf._arm)
         return started
 
     def end(self, tid: bytes, name: str, started: float, error: BaseException | None, kind: str = "") -> None:
-        """A call ended, its reply sent (its thread)."""
+        """A call ended, its reply sent (its thread); ``kind``: set for a creation
+        (which has no ``start``)."""
         buf = self.buf
         buf.running.pop(tid, None)
-        if not buf.on:
-            return
-        if error is None and not kind:  # returned: a row of the batch's columns
-            calls = buf.calls
-            if len(calls) == calls.maxlen:
-                buf.dropped += 1
-            calls.append((tid, name, started, time.time(), self.actor_id))
-            if not buf._armed:
-                buf._armed = True
-                self.core.post(buf._arm)
+        if error is None and not kind:
+            # Returned: a row of the batch's columns.  Its start armed the next
+            # flush, and a flush arms the next while calls run: no arming here.
+            buf.calls.append((tid, name, started, time.time(), self.actor_id))
             return
         err = None
         if error is not None:
@@ -210,14 +203,20 @@ class ActorCallEvents:
             text = str(error) if isinstance(error, exc.RayError) else task_errors.user_traceback(error)
             err = (type(cause).__name__, text[-8000:])
         events = buf.events
-        if len(events) == events.maxlen:
-            buf.dropped += 1
         # (task id, name, state, start, end, actor id, error, func, where, kind): see TaskEventBuffer.record
         events.append((tid, name, "FAILED" if err else "FINISHED", started, time.time(), self.actor_id, err, name,
                        None, kind))
         if not buf._armed:
             buf._armed = True
             self.core.post(buf._arm)
+
+
+def _start_unrecorded(tid: bytes, name: str) -> float:
+    return time.time()
+
+
+def _end_unrecorded(tid: bytes, name: str, started: float, error: BaseException | None, kind: str = "") -> None:
+    pass
 
 
 def _little_endian(values: array.array) -> bytes:

@@ -524,9 +524,7 @@ class Connection(asyncio.BufferedProtocol):
             self.ready.set_exception(exc)
             self.ready.exception()  # mark retrieved
         pending, self.pending = self.pending, {}
-        lost = ConnectionLost(str(exc))
-        for entry in pending.values():
-            dispatch.deliver(entry.target, None, lost)
+        dispatch.fail_all(pending, ConnectionLost(str(exc)))
         with self._wlock:
             if self._wsock is not None:
                 if self._backlog:
@@ -578,14 +576,15 @@ class Connection(asyncio.BufferedProtocol):
             self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
             return
         rid = next(self._rids)
-        self.pending[rid] = Pending(callback, messages.reply_decoder(method), threadsafe)
+        pending = self.pending  # (the table _fail empties, if it swaps it out meanwhile)
+        pending[rid] = Pending(callback, messages.reply_decoder(method), threadsafe)
         if threadsafe:
             if not self.loop_reading and self.rsock is not None and threading.get_ident() == self.loop_ident:
                 self.watch()  # sent by the loop itself: no thread is about to wait for it
         elif not self.loop_reading and self.rsock is not None:
             self.watch_threadsafe()  # only the loop may run this callback
         self._send(*encode_sized(REQUEST, rid, method, body, bufs))
-        if self.closed and self.pending.pop(rid, None) is not None:
+        if self.closed and pending.pop(rid, None) is not None:  # (not failed by _fail: it was done)
             self.loop.call_soon_threadsafe(callback, None, ConnectionLost("connection closed"))
 
     def notify(self, method: str, body: Any = None, bufs: Any = ()) -> None:

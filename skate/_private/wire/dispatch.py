@@ -79,6 +79,18 @@ def deliver(target: Any, result: Any, error: BaseException | None) -> None:
     target(result, error)
 
 
+def fail_all(pending: dict, error: BaseException) -> None:
+    """Fails every request of a ``pending`` table taken from a closed connection,
+    popping them one by one: another thread may still add one (see
+    ``Connection.request_cb``)."""
+    while pending:
+        try:
+            entry = pending.popitem()[1]
+        except KeyError:  # (its sender took the last one back meanwhile)
+            return
+        deliver(entry.target, None, error)
+
+
 def handle(conn: Any, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
     """Runs the handler of a request or notification (on the connection's loop).
 

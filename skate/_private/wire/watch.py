@@ -46,7 +46,10 @@ class Watch:
             owed = conn.pending
             # A reply owed since the last tick, that no thread is reading for
             # (a thread between sending and reading is not lost: it is waited for).
-            oldest = next(iter(owed), 0) if owed else 0
+            try:
+                oldest = next(iter(owed), 0) if owed else 0
+            except RuntimeError:  # a user thread sent or read a request just now: look next tick
+                continue
             if (oldest and oldest == conn.owed_mark) or (not owed and now - conn.off_since > self.QUIET_S):
                 self.conns.discard(conn)
                 conn.watch()
