@@ -79,6 +79,39 @@ def test_a_running_actor_call_is_listed_as_running(ray_start, tmp_path):
     wait_for(lambda: [t.state for t in _tasks("Counter.wait_for_file")] == ["FINISHED"], 10, what="the call to finish")
 
 
+@skate.remote
+class Slow:
+    def slow(self, seconds):
+        import time
+
+        time.sleep(seconds)  # (the call's length is what is tested: it outlasts several flushes)
+        return seconds
+
+
+@skate.remote
+class AsyncSlow:
+    async def slow(self, seconds):
+        import asyncio
+
+        await asyncio.sleep(seconds)
+        return seconds
+
+
+@pytest.mark.timeout(60)
+def test_the_last_call_of_an_actor_that_ran_through_flushes_is_listed_as_finished(ray_start):
+    """Reported as running at a flush, then ended with no other call after it:
+    its end still reaches the control store (it stayed RUNNING before), for
+    sync, threaded and async actors."""
+    actors = {"Slow.slow": Slow.remote(), "AsyncSlow.slow": AsyncSlow.remote()}
+    threaded = Slow.options(max_concurrency=4).remote()
+    refs = [a.slow.remote(0.5) for a in actors.values()] + [threaded.slow.remote(0.5)]
+    assert skate.get(refs) == [0.5] * 3
+    wait_for(lambda: sorted(t.state for t in _tasks("Slow.slow")) == ["FINISHED"] * 2, 10,
+             what="the sync and threaded calls to be listed as finished")
+    wait_for(lambda: [t.state for t in _tasks("AsyncSlow.slow")] == ["FINISHED"], 10,
+             what="the async call to be listed as finished")
+
+
 @pytest.mark.timeout(60)
 def test_enable_task_events_false_records_nothing(ray_start):
     @skate.remote(enable_task_events=False)

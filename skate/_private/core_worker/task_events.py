@@ -189,11 +189,16 @@ class ActorCallEvents:
         (which has no ``start``)."""
         buf = self.buf
         buf.running.pop(tid, None)
-        if error is None and not kind:
-            # Returned: a row of the batch's columns.  Its start armed the next
-            # flush, and a flush arms the next while calls run: no arming here.
+        if error is None and not kind:  # returned: a row of the batch's columns
             buf.calls.append((tid, name, started, time.time(), self.actor_id))
-            return
+        else:
+            buf.events.append(self._row(tid, name, started, error, kind))
+        if not buf._armed:  # (a call that ran through a flush was reported running, and no flush is armed now)
+            buf._armed = True
+            self.core.post(buf._arm)
+
+    def _row(self, tid: bytes, name: str, started: float, error: BaseException | None, kind: str) -> tuple:
+        """The row of a call that failed, or of a creation."""
         err = None
         if error is not None:
             from skate import exceptions as exc
@@ -202,13 +207,8 @@ class ActorCallEvents:
             cause = getattr(error, "cause", None) or error
             text = str(error) if isinstance(error, exc.RayError) else task_errors.user_traceback(error)
             err = (type(cause).__name__, text[-8000:])
-        events = buf.events
         # (task id, name, state, start, end, actor id, error, func, where, kind): see TaskEventBuffer.record
-        events.append((tid, name, "FAILED" if err else "FINISHED", started, time.time(), self.actor_id, err, name,
-                       None, kind))
-        if not buf._armed:
-            buf._armed = True
-            self.core.post(buf._arm)
+        return (tid, name, "FAILED" if err else "FINISHED", started, time.time(), self.actor_id, err, name, None, kind)
 
 
 def _start_unrecorded(tid: bytes, name: str) -> float:
