@@ -366,8 +366,9 @@ class ActorHandle:
         if num_returns < 0:
             return _submit_generator(core, st, rec, num_returns, over)
         refs = make_returns(core, task_id, num_returns, rec)
-        if refs and getattr(core.ctx, "task_id", None) is not None:
-            cancellation.note_child(core, refs[0]._id)
+        parent = getattr(core.ctx, "task_id", None)  # (the task making this call, if any: see cancellation)
+        if refs and parent is not None:
+            cancellation.note_child(core, parent, refs[0]._id)
         core.actors.submit_threadsafe(st, rec)
         if num_returns == 1:
             return refs[0]

@@ -141,7 +141,7 @@ class RemoteFunction:
         rec.resources = plan.resources
         rec.strategy = plan.strategy
         rec.key = plan.key
-        in_task = core.ctx.task_id is not None
+        parent = core.ctx.task_id  # (the task submitting this one, if any: see cancellation)
         if plan.placement_options or task_context.CURRENT.get() is not None:
             in_group = placement.apply(o, plan.resources, None, "task", name)
             if in_group is not None:  # (its bundle's resources instead)
@@ -163,8 +163,8 @@ class RemoteFunction:
         if nr == streams.DYNAMIC:
             streams.register(core, rec, True, plan.backpressure)
             nr = 1
-        if refs and in_task:
-            cancellation.note_child(core, refs[0]._id)
+        if refs and parent is not None:
+            cancellation.note_child(core, parent, refs[0]._id)
         if deps or not core.submitter.try_now(rec):
             core.submitter.submit_threadsafe(rec)
         if nr == 1:

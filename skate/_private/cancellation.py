@@ -22,11 +22,9 @@ _local = threading.local()
 _PRUNE_AT = 1024
 
 
-def note_child(core: Any, oid: bytes) -> None:
-    """Records that the task running on this thread submitted the task returning ``oid``."""
-    parent = getattr(core.ctx, "task_id", None)
-    if parent is None:
-        return
+def note_child(core: Any, parent: bytes, oid: bytes) -> None:
+    """Records that ``parent``, the task running on this thread (its caller read
+    it from the thread's context), submitted the task returning ``oid``."""
     lst = _children.get(parent)
     if lst is None:
         prev = getattr(_local, "parent", None)
