@@ -73,8 +73,7 @@ class TaskEventBuffer:
             return
         self.events.append((task_id, name, state, start, end, actor_id, error, func, where, kind))
         if not self._armed:
-            self._armed = True
-            self.core.post(self._arm)
+            self._arm_soon()
 
     def started(self, task_id: bytes, name: str, start: float, func: str = "", actor_id: bytes | None = None) -> None:
         """Notes that this worker started running ``task_id`` (its thread).
@@ -86,12 +85,23 @@ class TaskEventBuffer:
             return
         self.running[task_id] = (name, start, func, actor_id)
         if not self._armed:
-            self._armed = True
-            self.core.post(self._arm)
+            self._arm_soon()
 
     def ended(self, task_id: bytes) -> None:
         """Notes that ``task_id`` stopped running here (its owner reports how)."""
         self.running.pop(task_id, None)
+
+    def finished_call(self, task_id: bytes, name: str, start: float, end: float, actor_id: bytes | None) -> None:
+        """Notes that an actor call returned a value (its thread): a row of the
+        next batch's ``FinishedCalls`` columns."""
+        self.calls.append((task_id, name, start, end, actor_id))
+        if not self._armed:  # (a call reported running at a flush left none armed)
+            self._arm_soon()
+
+    def _arm_soon(self) -> None:
+        """Has the I/O thread flush in ``FLUSH_S`` (any thread)."""
+        self._armed = True
+        self.core.post(self._arm)
 
     def _arm(self) -> None:
         self.core.loop.call_later(FLUSH_S, self.flush)
@@ -162,8 +172,8 @@ class ActorCallEvents:
 
     A call's start is only noted as running (a RUNNING event goes out if it
     still runs at the next flush); its end, after the reply went out, records
-    one FINISHED/FAILED event with both times.  Both write the buffer's
-    tables directly: a busy actor makes tens of thousands of calls a second.
+    one FINISHED/FAILED event with both times.  With recording off both are
+    no-ops, swapped in when this is made (no check per call).
     """
 
     def __init__(self, core: Any) -> None:
@@ -177,25 +187,18 @@ class ActorCallEvents:
     def start(self, tid: bytes, name: str) -> float:
         """A call begins (its thread); returns its start time."""
         started = time.time()
-        buf = self.buf
-        buf.running[tid] = (name, started, name, self.actor_id)
-        if not buf._armed:
-            buf._armed = True
-            self.core.post(buf._arm)
+        self.buf.started(tid, name, started, name, self.actor_id)
         return started
 
     def end(self, tid: bytes, name: str, started: float, error: BaseException | None, kind: str = "") -> None:
         """A call ended, its reply sent (its thread); ``kind``: set for a creation
         (which has no ``start``)."""
         buf = self.buf
-        buf.running.pop(tid, None)
-        if error is None and not kind:  # returned: a row of the batch's columns
-            buf.calls.append((tid, name, started, time.time(), self.actor_id))
+        buf.ended(tid)
+        if error is None and not kind:
+            buf.finished_call(tid, name, started, time.time(), self.actor_id)
         else:
-            buf.events.append(self._row(tid, name, started, error, kind))
-        if not buf._armed:  # (a call that ran through a flush was reported running, and no flush is armed now)
-            buf._armed = True
-            self.core.post(buf._arm)
+            buf.record(*self._row(tid, name, started, error, kind))
 
     def _row(self, tid: bytes, name: str, started: float, error: BaseException | None, kind: str) -> tuple:
         """The row of a call that failed, or of a creation."""
