@@ -110,10 +110,8 @@ def main(argv: list[str]) -> int:
     subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", "-q", base_tree, args.rev], check=True)
     sides: dict[str, Side] = {}
     try:
-        sides = {
-            "rev": Side(args.rev, base_tree, args.num_cpus, args.rev_python),
-            "tree": Side("tree", ROOT, args.num_cpus, sys.executable),
-        }
+        sides["rev"] = Side(args.rev, base_tree, args.num_cpus, args.rev_python)  # (one by one: a side that
+        sides["tree"] = Side("tree", ROOT, args.num_cpus, sys.executable)  # fails to start leaves none running)
         print(f"{'metric':44} {'ratio':>6} {'quartiles':>13} {'lost':>6} {'p':>6}  {args.rev:>10} {'tree':>10}")
         for metric in metrics:
             ratios, rates = [], {"rev": [], "tree": []}
