@@ -198,3 +198,48 @@ def test_ready_and_kill_answer_while_a_sync_actor_is_busy(ray_start, tmp_path):
         skate.get(busy, timeout=20)
     open(gate, "w").close()
     assert skate.get(busy2, timeout=20) == "done"
+
+
+def test_call_slots_limit_order_and_cancel():
+    """An async actor's slots (``CallSlots``): at most n calls hold one, waiters
+    get one first come first served, and a waiter cancelled after it was handed
+    a slot passes it on instead of losing it."""
+    from skate._private.core_worker.actor_exec import CallSlots
+
+    async def main():
+        slots = CallSlots(2)
+        held, order = [], []
+
+        async def call(i, gate):
+            if slots.free > 0:
+                slots.free -= 1
+            else:
+                await slots.wait()
+            held.append(i)
+            order.append(i)
+            try:
+                await gate.wait()
+            finally:
+                held.remove(i)
+                slots.release()
+
+        gate = asyncio.Event()
+        tasks = [asyncio.ensure_future(call(i, gate)) for i in range(6)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert sorted(held) == [0, 1] and slots.free == 0 and len(slots.waiters) == 4
+        # Cancelled while waiting: it leaves without a slot.
+        tasks[2].cancel()
+        # Handed a slot, then cancelled before it ran: the slot goes on to the next waiter.
+        tasks[0].cancel()
+        await asyncio.sleep(0)
+        tasks[3].cancel()
+        gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [type(r).__name__ for r in results] == [
+            "CancelledError", "NoneType", "CancelledError", "CancelledError", "NoneType", "NoneType"
+        ]
+        assert order == [0, 1, 4, 5], order
+        assert slots.free == 2 and not held
+
+    asyncio.run(main())

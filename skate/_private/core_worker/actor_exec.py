@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import concurrent.futures
 import inspect
 import os
@@ -64,10 +65,10 @@ class ActorExecution:
         self.actor_name = ""
         self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.actor_loop: asyncio.AbstractEventLoop | None = None
-        self.actor_sem: asyncio.Semaphore | None = None
+        self.actor_sem: CallSlots | None = None
         #: Concurrency groups: name -> thread pool (threaded) or semaphore (async).
         self.group_pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
-        self.group_sems: dict[str, asyncio.Semaphore] = {}
+        self.group_sems: dict[str, CallSlots] = {}
         self.detached = False
         self.exiting = False  # no new call starts
         self.exit_requested = False  # exit_actor() was called
@@ -177,9 +178,8 @@ class ActorExecution:
             fut.send(*self._exited_reply(spec))
             return wire.DEFER
         if self.actor_loop is not None:
-            task = asyncio.ensure_future(self._async_call(spec, bufs, fut))
-            self.running[spec["t"]] = task
-            task.add_done_callback(lambda t, tid=spec["t"]: self.running.pop(tid, None))
+            # (the coroutine takes itself out of ``running`` when it ends: no done callback to schedule)
+            self.running[spec["t"]] = self.actor_loop.create_task(self._async_call(spec, bufs, fut))
         elif self.actor_pool is not None or self.group_pools:
             if spec["m"] == "__ray_ready__":
                 self._inline(self._run_call_here, spec, bufs, fut)
@@ -256,8 +256,8 @@ class ActorExecution:
             if is_async:
                 # The exec loop (this thread's) is the actor's event loop.
                 self.actor_loop = self.exec_loop
-                self.actor_sem = asyncio.Semaphore(mc or 1000)
-                self.group_sems = {g: asyncio.Semaphore(n) for g, n in groups.items()}
+                self.actor_sem = CallSlots(mc or 1000)
+                self.group_sems = {g: CallSlots(n) for g, n in groups.items()}
             elif groups:
                 self.group_pools = {
                     g: concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix=f"actor-{g}") for g, n in groups.items()
@@ -330,13 +330,19 @@ class ActorExecution:
         error: BaseException | None = None
         try:
             try:
-                self.running[tid] = threading.get_ident()  # (cancels interrupt from here to _finished)
+                # A cancel interrupts a generator method's thread (from here to _finished),
+                # never a plain method's: it runs to its end, its result dropped (follows Ray).
+                self.running[tid] = threading.get_ident() if spec["nr"] < 0 else 0
+                if self.cancelled and tid in self.cancelled:  # cancelled while it waited its turn
+                    raise exc.TaskCancelledError(tid.hex())
                 if self.actor is None:
                     raise exc.ActorDiedError(error_msg="the actor's constructor failed")
                 args, kwargs = self._decode_args(spec, bufs, 0)
                 result = self._method(spec)(*args, **kwargs)
                 if spec["nr"] < 0:  # a generator method: items go out as they are yielded
                     body, out = streams.stream(self, fut, spec, result, name), []
+                elif self.cancelled and tid in self.cancelled:
+                    raise exc.TaskCancelledError(tid.hex())
                 else:
                     body, out = self._encode_returns(spec, result, name, fut.conn.peer)
             finally:
@@ -375,54 +381,111 @@ class ActorExecution:
             self.exec_loop.call_soon_threadsafe(self._begin_exit, None)
 
     async def _async_call(self, spec: dict, bufs: list, fut: Replier) -> None:
-        name = f"{self.actor_name}.{spec['m']}"
-        if spec["m"] == "__ray_ready__":
-            fut.send(*self._encode_returns(spec, True, name))
-            return
-        group = spec.get("cg")
-        sem = self.actor_sem if group is None or group == DEFAULT_GROUP else self.group_sems.get(group)
-        if sem is None:
-            fut.send(*self._error_reply(spec, ValueError(f"the actor has no concurrency group {group!r}"), name))
-            return
-        task_context.CURRENT.set(spec)  # this coroutine's own context
-        events = None if spec.get("ne") else self.call_events
-        error: BaseException | None = None
-        async with sem:
-            if self.exiting:
-                fut.send(*self._exited_reply(spec))
+        """A call of an async actor: a task on the exec loop (see ``on_actor_call``,
+        which put it in ``running``; it takes itself out when it ends)."""
+        try:
+            m = spec["m"]
+            name = f"{self.actor_name}.{m}"
+            if m == "__ray_ready__":
+                fut.send(*self._encode_returns(spec, True, name))
                 return
-            started = events.start(spec["t"], name) if events is not None else 0.0
+            group = spec.get("cg")
+            sem = self.actor_sem if group is None or group == DEFAULT_GROUP else self.group_sems.get(group)
+            if sem is None:
+                fut.send(*self._error_reply(spec, ValueError(f"the actor has no concurrency group {group!r}"), name))
+                return
+            task_context.CURRENT.set(spec)  # this coroutine's own context
+            events = None if spec.get("ne") else self.call_events
+            error: BaseException | None = None
+            if sem.free > 0:  # (no caller waits while a slot is free: see CallSlots)
+                sem.free -= 1
+            else:
+                try:
+                    await sem.wait()
+                except asyncio.CancelledError:  # cancelled while it waited for a slot
+                    error = exc.TaskCancelledError(spec["t"].hex())
+                    fut.send(*self._error_reply(spec, error, name))
+                    if events is not None:
+                        events.end(spec["t"], name, task_events.now(), error)
+                    return
             try:
-                args, kwargs = self._decode_args(spec, bufs, 0)
-                method = self._method(spec)
-                result = method(*args, **kwargs)
-                if spec["nr"] < 0:  # a generator method: items go out as they are yielded
-                    body, out = await streams.stream_async(self, fut, spec, result, name), []
-                else:
-                    if inspect.isawaitable(result):
-                        result = await result
-                    elif inspect.isasyncgen(result) and spec["nr"] > 1:  # a fixed num_returns over it
-                        result = await streams.take_async(result, spec["nr"], name)
-                    body, out = self._encode_returns(spec, result, name, fut.conn.peer)
-            except (ActorExit, exc.AsyncioActorExit):
-                self.exit_requested = True
-            except asyncio.CancelledError:
-                error = exc.TaskCancelledError(spec["t"].hex())
-                body, out = self._error_reply(spec, error, name)
-            except BaseException as e:  # noqa: BLE001
-                error = e
-                body, out = self._error_reply(spec, e, name)
-        if self.core.borrows_inflight:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.core.flush_borrows(), self.core.loop))
-        if not self.exit_requested:
-            fut.send(body, out)
-            if events is not None:  # (after the reply: off the caller's path)
-                events.end(spec["t"], name, started, error)
-            return
-        self.exiting = True
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._notify_exit(EXITED), self.core.loop))
-        fut.send(*self._exited_reply(spec))
-        self.exec_loop.call_soon(self._begin_exit, None)
+                if self.exiting:
+                    fut.send(*self._exited_reply(spec))
+                    return
+                started = events.start(spec["t"], name) if events is not None else 0.0
+                try:
+                    args, kwargs = self._decode_args(spec, bufs, 0)
+                    result = self._method(spec)(*args, **kwargs)
+                    if spec["nr"] < 0:  # a generator method: items go out as they are yielded
+                        body, out = await streams.stream_async(self, fut, spec, result, name), []
+                    else:
+                        if inspect.isawaitable(result):
+                            result = await result
+                        elif inspect.isasyncgen(result) and spec["nr"] > 1:  # a fixed num_returns over it
+                            result = await streams.take_async(result, spec["nr"], name)
+                        body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+                except (ActorExit, exc.AsyncioActorExit):
+                    self.exit_requested = True
+                except asyncio.CancelledError:
+                    error = exc.TaskCancelledError(spec["t"].hex())
+                    body, out = self._error_reply(spec, error, name)
+                except BaseException as e:  # noqa: BLE001
+                    error = e
+                    body, out = self._error_reply(spec, e, name)
+            finally:
+                sem.release()
+            if self.core.borrows_inflight:
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.core.flush_borrows(), self.core.loop))
+            if not self.exit_requested:
+                fut.send(body, out)
+                if events is not None:  # (after the reply: off the caller's path)
+                    events.end(spec["t"], name, started, error)
+                return
+            self.exiting = True
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._notify_exit(EXITED), self.core.loop))
+            fut.send(*self._exited_reply(spec))
+            self.exec_loop.call_soon(self._begin_exit, None)
+        finally:
+            self.running.pop(spec["t"], None)
+
+
+class CallSlots:
+    """How many more calls of one group may start (an async actor's
+    ``max_concurrency``, or a concurrency group's size); calls past the limit
+    wait for a slot, first come first served.
+
+    A caller takes a free slot itself (``free -= 1``: no call, no await, on
+    the path of every call) and waits (``wait``) only when none is free; a
+    slot given back goes straight to the first caller waiting, so ``free`` is
+    above 0 only while nobody waits.  Exec loop only.
+    """
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def wait(self) -> None:
+        """Waits until ``release`` hands this caller a slot."""
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot just as it was cancelled: pass it on
+                self.release()
+            raise  # (a cancelled waiter left in ``waiters`` is skipped by release)
+
+    def release(self) -> None:
+        """Gives a slot back: to the first caller still waiting, else to ``free``."""
+        waiters = self.waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
 
 
 class _Ended:

@@ -62,7 +62,8 @@ class Executor(ActorExecution):
         self.exec_loop: asyncio.AbstractEventLoop | None = None
         self.functions: dict[bytes, Any] = {}
         self.calls: dict[bytes, int] = {}
-        self.running: dict[bytes, int] = {}  # task id -> thread ident
+        #: task id -> thread ident (0: a sync actor method, which a cancel does not interrupt), or an async call's task
+        self.running: dict[bytes, Any] = {}
         #: Held while a cancel interrupts a thread and while a task ends, so
         #: an interrupt never lands in the task that thread runs next.
         self.run_lock = threading.Lock()
@@ -131,6 +132,9 @@ class Executor(ActorExecution):
             if isinstance(running, asyncio.Task):  # an async actor call: cancel the coroutine
                 self.interrupted.discard(tid)
                 self.actor_loop.call_soon_threadsafe(running.cancel)
+                return
+            if running == 0:  # a sync actor method, never interrupted: its reply says cancelled
+                self.interrupted.discard(tid)
                 return
             # Still this task's thread, and it cannot finish before the
             # interrupt is set: _finished takes the same lock and clears it.
