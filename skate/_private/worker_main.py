@@ -43,7 +43,7 @@ def main() -> None:
     loop = wire.SpinningLoop(on_sleep=proctitle.settle)
     asyncio.set_event_loop(loop)
     executor.exec_loop = loop
-    read_on = wire.ReadOn(loop, executor.serves_inline)  # a caller's next request, read where it ran the last
+    read_on = wire.ReadOn(loop, executor)  # a caller's next request, read where it ran the last
     exec_uds = os.path.join(core.session_dir, f"x-{core.worker_id.hex()[:16]}.sock")
     loop.run_until_complete(
         wire.serve_unix(exec_uds, core.token, executor.exec_handlers(), identity=core.worker_id, read_on=read_on)

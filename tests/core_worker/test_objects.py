@@ -7,6 +7,7 @@ import gc
 import os
 import sys
 import threading
+import time
 
 import cloudpickle
 import numpy as np
@@ -326,6 +327,72 @@ def test_borrowed_object_kept_until_borrower_drops_it(ray_start):
     assert name in _segments()
     assert skate.get(holder.drop.remote())
     wait_for(lambda: name not in _segments(), 10, what="the segment to be freed after the borrower dropped it")
+
+
+@pytest.mark.parametrize("kind", ["async", "threaded"])
+def test_an_argument_kept_by_an_async_or_threaded_actor_stays_borrowed(ray_start, kind):
+    """A ref in a call's arguments is announced to its owner only at the reply,
+    and only if still referenced then: kept in the actor's state, it is."""
+
+    @skate.remote
+    class AsyncHolder:
+        async def hold(self, refs):
+            self.refs = refs
+            return True
+
+        async def read(self):
+            return int((await self.refs[0]).sum())
+
+    @skate.remote(max_concurrency=2)
+    class ThreadedHolder:
+        def hold(self, refs):
+            self.refs = refs
+            return True
+
+        def read(self):
+            return int(skate.get(self.refs[0]).sum())
+
+    holder = (AsyncHolder if kind == "async" else ThreadedHolder).remote()
+    ref = skate.put(np.ones(3 * MB, dtype=np.uint8))
+    name = _segment_of(ref)
+    assert skate.get(holder.hold.remote([ref]))
+    del ref
+    gc.collect()
+    assert skate.get(holder.read.remote()) == 3 * MB
+    assert name in _segments()
+    skate.kill(holder)
+    wait_for(lambda: name not in _segments(), 10, what="the segment to be freed after the borrower died")
+
+
+def test_refs_passed_on_by_a_task_outlive_it(ray_start, tmp_path):
+    """A task hands the ref in its arguments to a task it does not wait for, and
+    returns it inside its value: both keep it alive after the task replied
+    and the driver dropped its own ref."""
+    gate = str(tmp_path / "gate")
+
+    @skate.remote
+    def later(refs, gate):
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return int(skate.get(refs[0]).sum())
+
+    @skate.remote
+    def pass_on(refs, gate):
+        return [later.remote(refs, gate), refs]
+
+    ref = skate.put(np.ones(2 * MB, dtype=np.uint8))
+    name = _segment_of(ref)
+    sub, returned = skate.get(pass_on.remote([ref], gate))
+    del ref
+    gc.collect()
+    assert name in _segments()
+    assert int(skate.get(returned[0]).sum()) == 2 * MB
+    open(gate, "w").close()
+    assert skate.get(sub) == 2 * MB
+    del sub, returned
+    gc.collect()
+    wait_for(lambda: name not in _segments(), 10, what="the segment to be freed once nothing holds it")
 
 
 def test_object_freed_when_borrowing_actor_dies(ray_start):

@@ -190,3 +190,37 @@ def test_tasks_that_end_without_a_reply_are_listed_as_failed(ray_start, tmp_path
         return got if done else None
 
     wait_for(listed, 20, what=f"each of {sorted(want)} to be listed once as FAILED with its error")
+
+
+@pytest.mark.parametrize("mix", ["one method", "two methods", "an odd id"])
+def test_finished_calls_columns_round_trip(mix):
+    """What a worker's buffer sends (``FinishedCalls`` columns, or rows for an
+    id that is not a task id) reads back in the control store as the calls
+    recorded: ids, names, actor and both times, in order per method."""
+    import os
+    import types
+
+    from skate._private.core_worker.task_events import TaskEventBuffer
+    from skate._private.gcs import task_events as gcs_events
+
+    core = types.SimpleNamespace(job_id=b"j" * 4, node_id=b"n" * 28, worker_id=b"w" * 28, post=lambda fn: None)
+    buf = TaskEventBuffer(core)
+    buf.actor_id = b"a" * 16
+    expected = []
+    for i in range(50):
+        tid = os.urandom(16) if not (mix == "an odd id" and i == 7) else b"short"
+        name = "A.other" if mix == "two methods" and i % 3 == 0 else "A.m"
+        start = buf.call_started(tid, name)
+        buf.call_ended(tid, name, start, None)
+        expected.append((tid, name))
+    batch = buf.take()
+    assert not buf.running and not buf.calls
+    got = list(batch["rows"]) + list(gcs_events._call_rows(batch["calls"]))
+    assert len(batch["calls"]) == {"one method": 1, "two methods": 2, "an odd id": 1}[mix]
+    assert sorted((r[0], r[1]) for r in got) == sorted(expected)
+    for row in got:
+        assert row[2] == "FINISHED" and row[5] == b"a" * 16 and row[3] <= row[4]
+    for name in {"A.m", "A.other"}:
+        assert [r[0] for r in got if r[1] == name and len(r[0]) == 16] == [
+            t for t, n in expected if n == name and len(t) == 16
+        ]

@@ -28,10 +28,10 @@ class ExecLoop:
     """A ``SpinningLoop`` on its own thread, serving ``handlers`` with a ``ReadOn``."""
 
     def __init__(self, path: str, handlers: dict, serving: bool = True, budget_s: float = 1.0) -> None:
-        self.serving = serving
+        self.serves_inline = serving  # (the ReadOn's gate is this object)
         self.loop = wire.SpinningLoop()
         # A wide window: the test's thread needs far longer than a driver to send again.
-        self.read_on = wire.ReadOn(self.loop, lambda: self.serving, budget_s=budget_s, spin_s=0.05)
+        self.read_on = wire.ReadOn(self.loop, self, budget_s=budget_s, spin_s=0.05)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.srv = asyncio.run_coroutine_threadsafe(

@@ -70,7 +70,10 @@ class ActorExecution:
         self.group_pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self.group_sems: dict[str, CallSlots] = {}
         self.detached = False
-        self.exiting = False  # no new call starts
+        self.exiting = False  # no new call starts (set by _mark_exiting)
+        #: Requests run in the exec loop's thread as they arrive (read by ``wire.ReadOn``):
+        #: a task worker or a sync actor that is not exiting; a threaded or async actor hands them on.
+        self.serves_inline = True
         self.exit_requested = False  # exit_actor() was called
         self.exit_started = False
         self.hooks_done = False
@@ -82,10 +85,10 @@ class ActorExecution:
         self.pool_calls: list[None] = []
         self.pool_idle = threading.Condition()
 
-    def serves_inline(self) -> bool:
-        """Requests run in the exec loop's thread as they arrive: a task worker or a
-        sync actor that is not exiting (a threaded or async actor hands them on)."""
-        return self.actor_loop is None and self.actor_pool is None and not self.group_pools and not self.exiting
+    def _mark_exiting(self) -> None:
+        """No new call starts (the one place ``exiting`` is set)."""
+        self.exiting = True
+        self.serves_inline = False
 
     # --- exit_actor() ------------------------------------------------------------
     def request_exit(self) -> None:
@@ -113,7 +116,8 @@ class ActorExecution:
         """Ends the actor (on the exec loop's thread): tells the control store, runs the hooks, exits."""
         if self.exit_started:
             return
-        self.exit_started = self.exiting = True
+        self.exit_started = True
+        self._mark_exiting()
         if cause is not None:
             self.core.call(self._notify_exit(cause))
         if self.actor_pool is not None or self.group_pools:
@@ -218,7 +222,7 @@ class ActorExecution:
         # endpoint once the caller has no call in flight: hooks run.  A kill
         # comes on the control endpoint: the process ends at once.
         if body and body.get("graceful") and threading.current_thread() is threading.main_thread():
-            self.exiting = True
+            self._mark_exiting()
             if self.actor_id is not None:  # an intended end: the control store must not restart it
                 self.core.call(self._notify_exit(body.get("cause") or GRACEFUL))
             self._run_shutdown_hooks()
@@ -236,7 +240,8 @@ class ActorExecution:
         ctx = self.core.ctx
         self.core.job_id = spec["j"]
         self.core.namespace = spec.get("ns")
-        self.actor_id = self.call_events.actor_id = spec["aid"]
+        self.actor_id = spec["aid"]
+        self.call_events.set_actor(self.actor_id)
         self.actor_spec = spec
         self.reconstructed = bool(spec.get("rs"))
         current = task_context.CURRENT.set(spec)
@@ -265,6 +270,7 @@ class ActorExecution:
                 self.actor_pool = concurrent.futures.ThreadPoolExecutor(mc or 1, thread_name_prefix="actor")
             elif mc and mc > 1:
                 self.actor_pool = concurrent.futures.ThreadPoolExecutor(mc, thread_name_prefix="actor")
+            self.serves_inline = self.serves_inline and not (is_async or groups or (mc and mc > 1))
             try:
                 self.actor = cls(*args, **kwargs)
             except (ActorExit, exc.AsyncioActorExit):
@@ -289,7 +295,7 @@ class ActorExecution:
                 except Exception:  # noqa: BLE001 - best effort: the control store may be gone
                     pass
             self._reply(fut, body, out)
-            self.exiting = True
+            self._mark_exiting()
         finally:
             task_context.CURRENT.reset(current)
             if not spec.get("ne") and error is None:
@@ -328,25 +334,30 @@ class ActorExecution:
         events = None if spec.get("ne") else self.call_events
         started = events.start(tid, name) if events is not None else 0.0
         error: BaseException | None = None
+        gen = spec["nr"] < 0
         try:
             try:
                 # A cancel interrupts a generator method's thread (from here to _finished),
                 # never a plain method's: it runs to its end, its result dropped (follows Ray).
-                self.running[tid] = threading.get_ident() if spec["nr"] < 0 else 0
+                self.running[tid] = threading.get_ident() if gen else 0
                 if self.cancelled and tid in self.cancelled:  # cancelled while it waited its turn
                     raise exc.TaskCancelledError(tid.hex())
                 if self.actor is None:
                     raise exc.ActorDiedError(error_msg="the actor's constructor failed")
                 args, kwargs = self._decode_args(spec, bufs, 0)
                 result = self._method(spec)(*args, **kwargs)
-                if spec["nr"] < 0:  # a generator method: items go out as they are yielded
+                if gen:  # items go out as they are yielded
                     body, out = streams.stream(self, fut, spec, result, name), []
                 elif self.cancelled and tid in self.cancelled:
                     raise exc.TaskCancelledError(tid.hex())
                 else:
                     body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+                args = kwargs = result = None  # (refs in them that nothing else holds are not borrowed)
             finally:
-                self._finished(tid)  # no interrupt lands after this (see Executor._run_task)
+                if gen:
+                    self._finished(tid)  # no interrupt lands after this (see Executor._run_task)
+                else:  # (never interrupted)
+                    self.running.pop(tid, None)
         except ActorExit:
             self.exit_requested = True
             self.exit_thread = threading.get_ident()
@@ -372,7 +383,7 @@ class ActorExecution:
             return
         # exit_actor() in this call (even if the method caught what it raised): the caller gets RayActorError.
         self.exit_thread = 0
-        self.exiting = True
+        self._mark_exiting()
         self.core.call(self._notify_exit(EXITED))
         self._reply(fut, *self._exited_reply(spec))
         if inline:
@@ -424,6 +435,7 @@ class ActorExecution:
                         elif inspect.isasyncgen(result) and spec["nr"] > 1:  # a fixed num_returns over it
                             result = await streams.take_async(result, spec["nr"], name)
                         body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+                    args = kwargs = result = None  # (refs in them that nothing else holds are not borrowed)
                 except (ActorExit, exc.AsyncioActorExit):
                     self.exit_requested = True
                 except asyncio.CancelledError:
@@ -434,14 +446,17 @@ class ActorExecution:
                     body, out = self._error_reply(spec, e, name)
             finally:
                 sem.release()
-            if self.core.borrows_inflight:
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.core.flush_borrows(), self.core.loop))
+            core = self.core
+            if core.deferred_borrows:  # arguments still referenced: borrowed from now on
+                core.announce_deferred_borrows()
+            if core.borrows_inflight:
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(core.flush_borrows(), core.loop))
             if not self.exit_requested:
                 fut.send(body, out)
                 if events is not None:  # (after the reply: off the caller's path)
                     events.end(spec["t"], name, started, error)
                 return
-            self.exiting = True
+            self._mark_exiting()
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._notify_exit(EXITED), self.core.loop))
             fut.send(*self._exited_reply(spec))
             self.exec_loop.call_soon(self._begin_exit, None)

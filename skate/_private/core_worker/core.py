@@ -101,6 +101,10 @@ class CoreWorker(ObjectAccess, RefCounting):
         self._borrow_out: dict[bytes, list] = {}
         self._unborrow_out: dict[bytes, list] = {}
         self.borrows_inflight = 0
+        #: Borrows of task arguments not announced yet (see RefCounting._on_borrow_change).
+        self.deferred_borrows: dict[bytes, list] = {}
+        self.deferred_lock = threading.Lock()
+        self.arg_scope = threading.local()  # ``on`` while this thread decodes a task's arguments
         self._borrows_idle: asyncio.Event | None = None
         self._frees: list = []
         self._frees_lock = threading.Lock()

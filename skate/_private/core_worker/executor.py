@@ -177,8 +177,11 @@ class Executor(ActorExecution):
         self.held.pop(tid, None)
 
     def _reply(self, fut: Replier, body: dict, bufs: list) -> None:
-        if self.core.borrows_inflight:  # (flush_borrows, inlined: once per task)
-            self.core.call(self.core.flush_borrows())
+        core = self.core
+        if core.deferred_borrows:  # arguments still referenced: borrowed from now on
+            core.announce_deferred_borrows()
+        if core.borrows_inflight:  # (flush_borrows, inlined: once per task)
+            core.call(core.flush_borrows())
         fut.conn.reply(fut.rid, body, bufs)
 
     # --- tasks --------------------------------------------------------------------
@@ -217,6 +220,7 @@ class Executor(ActorExecution):
                     body, out = streams.stream(self, fut, spec, result, name), []
                 else:
                     body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+                args = kwargs = result = None  # (refs in them that nothing else holds are not borrowed)
             finally:
                 # First thing once the task's code is done: a cancel's interrupt
                 # can no longer land (in the handlers below, say) after this.
@@ -264,41 +268,46 @@ class Executor(ActorExecution):
     def _decode_args(self, spec: dict, bufs: list, pos: int, caller: Any = None) -> tuple[list, dict]:
         """A task's arguments; ``caller``: its submitter's address, the owner of
         its shared-memory arguments (asked to rebuild one that is lost)."""
-        core = self.core
-        meta = spec.get("a")
-        if meta is None:
-            pa, kw = [], {}
-        elif meta[0] == "i":
-            n = meta[1]
-            pa, kw = serialization.loads(bufs[pos], bufs[pos + 1 : pos + n])
-            pos += n
-        else:
-            pa, kw = core.read_shm(core.call(core.shm_path(meta[1], meta[2])), meta[1])
-        entries = spec.get("r")
-        if not entries:
-            return pa, kw
-        values = []
-        for entry in entries:
-            kind = entry[0]
-            if kind == "i":
-                n = entry[1]
-                values.append(serialization.loads(bufs[pos], bufs[pos + 1 : pos + n]))
+        scope = self.core.arg_scope
+        scope.on = True  # (refs decoded here are borrowed only if they outlive the task: see refcount)
+        try:
+            core = self.core
+            meta = spec.get("a")
+            if meta is None:
+                pa, kw = [], {}
+            elif meta[0] == "i":
+                n = meta[1]
+                pa, kw = serialization.loads(bufs[pos], bufs[pos + 1 : pos + n])
                 pos += n
-            elif kind == "s":
-                values.append(core.materialize(ObjectRef(entry[1], caller, _register=False), (SHM, None, [], entry[2], 0)))
             else:
-                ref = ObjectRef(entry[1], entry[2])
-                blocked = core.block(True)
-                try:
-                    snap = core.call(core.fetch_remote(entry[1], entry[2]))
-                finally:
-                    if blocked:
-                        core.block(False)
-                values.append(core.materialize(ref, snap))
-        pa = [values[a.i] if type(a) is Arg else a for a in pa]
-        if kw:
-            kw = {k: values[v.i] if type(v) is Arg else v for k, v in kw.items()}
-        return pa, kw
+                pa, kw = core.read_shm(core.call(core.shm_path(meta[1], meta[2])), meta[1])
+            entries = spec.get("r")
+            if not entries:
+                return pa, kw
+            values = []
+            for entry in entries:
+                kind = entry[0]
+                if kind == "i":
+                    n = entry[1]
+                    values.append(serialization.loads(bufs[pos], bufs[pos + 1 : pos + n]))
+                    pos += n
+                elif kind == "s":
+                    values.append(core.materialize(ObjectRef(entry[1], caller, _register=False), (SHM, None, [], entry[2], 0)))
+                else:
+                    ref = ObjectRef(entry[1], entry[2])
+                    blocked = core.block(True)
+                    try:
+                        snap = core.call(core.fetch_remote(entry[1], entry[2]))
+                    finally:
+                        if blocked:
+                            core.block(False)
+                    values.append(core.materialize(ref, snap))
+            pa = [values[a.i] if type(a) is Arg else a for a in pa]
+            if kw:
+                kw = {k: values[v.i] if type(v) is Arg else v for k, v in kw.items()}
+            return pa, kw
+        finally:
+            scope.on = False
 
     def _encode_returns(self, spec: dict, result: Any, name: str, owner: Any = None) -> tuple[dict, list]:
         nr = spec["nr"]

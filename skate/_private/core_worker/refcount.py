@@ -2,7 +2,10 @@
 
 ::
 
-    a ref is deserialized here   -> borrow_add to its owner (batched per owner)
+    a ref is deserialized here   -> borrow_add to its owner (batched per owner);
+                                    one in a task's arguments only at the reply,
+                                    if it is still referenced then (its caller
+                                    holds it until the reply)
     the last local ref goes      -> borrow_remove to its owner
     an owned object's count is 0 -> MemoryStore frees it -> obj_free to the
                                     node daemon holding its segment
@@ -39,10 +42,31 @@ class RefCounting:
         if owner is None or self.closed:
             return
         if delta > 0:
+            if getattr(self.arg_scope, "on", False):
+                # A task's argument: its caller keeps it alive until our reply,
+                # so it is announced then, and only if still referenced.
+                with self.deferred_lock:
+                    self.deferred_borrows[oid] = owner
+                return
             self.borrows_inflight += 1
             self.post(self._queue_borrow, self._borrow_out, oid, owner)
         else:
+            if self.deferred_borrows:
+                with self.deferred_lock:
+                    if self.deferred_borrows.pop(oid, None) is not None:
+                        return  # never announced: nothing to take back
             self.post(self._queue_borrow, self._unborrow_out, oid, owner)
+
+    def announce_deferred_borrows(self) -> None:
+        """Announces the borrows of task arguments still referenced here (any
+        thread; before a reply, which ends the caller's hold on them)."""
+        with self.deferred_lock:
+            # (posted before the table empties: a release racing this one finds
+            # its ref here, waits for the lock and so posts after the borrow)
+            for oid, owner in self.deferred_borrows.items():
+                self.borrows_inflight += 1
+                self.post(self._queue_borrow, self._borrow_out, oid, owner)
+            self.deferred_borrows.clear()
 
     def _queue_borrow(self, table: dict, oid: bytes, owner: list) -> None:
         key = owner[0]

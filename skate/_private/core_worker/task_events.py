@@ -31,9 +31,11 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
+import itertools
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from skate._private.config import CONFIG
@@ -54,6 +56,7 @@ class TaskEventBuffer:
         #: (task id, name, start, end, actor id) of each actor call that returned a value
         self.calls: collections.deque = collections.deque(maxlen=CONFIG.task_events_max)
         self.running: dict[bytes, tuple] = {}  # task id -> (name, start, func, actor id): not reported yet
+        self.actor_id: bytes | None = None  # the actor this process hosts, once it does (its calls' events)
         self._armed = False
         self.on = CONFIG.task_events_max > 0  # recording at all (SKATE_TASK_EVENTS_MAX=0: off)
         self.pid = os.getpid()
@@ -91,12 +94,26 @@ class TaskEventBuffer:
         """Notes that ``task_id`` stopped running here (its owner reports how)."""
         self.running.pop(task_id, None)
 
-    def finished_call(self, task_id: bytes, name: str, start: float, end: float, actor_id: bytes | None) -> None:
-        """Notes that an actor call returned a value (its thread): a row of the
-        next batch's ``FinishedCalls`` columns."""
-        self.calls.append((task_id, name, start, end, actor_id))
-        if not self._armed:  # (a call reported running at a flush left none armed)
+    def call_started(self, task_id: bytes, name: str) -> float:
+        """An actor call begins (its thread): noted as running, as ``started``
+        notes a task; returns its start time."""
+        start = time.time()
+        self.running[task_id] = (name, start, name, self.actor_id)
+        if not self._armed:
             self._arm_soon()
+        return start
+
+    def call_ended(self, task_id: bytes, name: str, start: float, error: BaseException | None, kind: str = "") -> None:
+        """An actor call ended, its reply sent (its thread): one row of the next
+        batch's ``FinishedCalls`` columns when it returned a value, else a
+        FAILED row; ``kind``: set for a creation (which has no ``call_started``)."""
+        self.running.pop(task_id, None)
+        if error is None and not kind:
+            self.calls.append((task_id, name, start, time.time(), self.actor_id))
+            if not self._armed:  # (a call reported running at a flush left none armed)
+                self._arm_soon()
+        else:
+            self.record(*_call_row(task_id, name, start, error, kind, self.actor_id))
 
     def _arm_soon(self) -> None:
         """Has the I/O thread flush in ``FLUSH_S`` (any thread)."""
@@ -140,10 +157,17 @@ class TaskEventBuffer:
     def _take_calls(self, rows: list) -> list:
         """The finished actor calls buffered, as ``FinishedCalls`` columns, one per
         actor and method (a call whose id is not a task id goes to ``rows``)."""
-        pop = self.calls.popleft
+        pop = self.calls.popleft  # (one at a time: a call's thread may append meanwhile)
+        taken = [pop() for _ in range(len(self.calls))]
+        if not taken:
+            return []
+        task_ids, names, starts, ends, actor_ids = zip(*taken, strict=True)
+        if len(set(names)) == 1 and len(set(actor_ids)) == 1 and set(map(len, task_ids)) == {TASK_ID_LEN}:
+            # One actor's one method, as usual: the columns in a few C-level passes.
+            times = array.array("d", itertools.chain.from_iterable(zip(starts, ends, strict=True)))
+            return [(actor_ids[0], names[0], b"".join(task_ids), _little_endian(times))]
         groups: dict[tuple, tuple[list, array.array]] = {}
-        for _ in range(len(self.calls)):
-            task_id, name, start, end, actor_id = pop()
+        for task_id, name, start, end, actor_id in taken:
             if len(task_id) != TASK_ID_LEN:
                 rows.append((task_id, name, "FINISHED", start, end, actor_id, None, name, None, ""))
                 continue
@@ -170,48 +194,41 @@ class TaskEventBuffer:
 class ActorCallEvents:
     """Events of the calls an actor runs (its worker's side), cheap on the call's path.
 
-    A call's start is only noted as running (a RUNNING event goes out if it
-    still runs at the next flush); its end, after the reply went out, records
-    one FINISHED/FAILED event with both times.  With recording off both are
-    no-ops, swapped in when this is made (no check per call).
+    ``start(task id, name) -> start time`` notes a call as running (a RUNNING
+    event goes out if it still runs at the next flush); ``end(task id, name,
+    start, error, kind="")``, after the reply went out, records one
+    FINISHED/FAILED event with both times.  They are the buffer's own
+    ``call_started``/``call_ended`` (one call each on the call's path), or,
+    with recording off, no-ops (no check per call).
     """
 
     def __init__(self, core: Any) -> None:
-        self.core = core
-        self.buf: TaskEventBuffer = getattr(core, "task_events", None)  # (None: an executor only listing handlers)
-        self.actor_id: bytes | None = None  # set when the actor is created
+        self.buf: TaskEventBuffer | None = getattr(core, "task_events", None)  # (None: an executor only listing handlers)
         if self.buf is None or not self.buf.on:  # recording is off: nothing to check per call
-            self.start = _start_unrecorded  # type: ignore[method-assign]
-            self.end = _end_unrecorded  # type: ignore[method-assign]
-
-    def start(self, tid: bytes, name: str) -> float:
-        """A call begins (its thread); returns its start time."""
-        started = time.time()
-        self.buf.started(tid, name, started, name, self.actor_id)
-        return started
-
-    def end(self, tid: bytes, name: str, started: float, error: BaseException | None, kind: str = "") -> None:
-        """A call ended, its reply sent (its thread); ``kind``: set for a creation
-        (which has no ``start``)."""
-        buf = self.buf
-        buf.ended(tid)
-        if error is None and not kind:
-            buf.finished_call(tid, name, started, time.time(), self.actor_id)
+            self.start: Callable[[bytes, str], float] = _start_unrecorded
+            self.end: Callable[..., None] = _end_unrecorded
         else:
-            buf.record(*self._row(tid, name, started, error, kind))
+            self.start = self.buf.call_started
+            self.end = self.buf.call_ended
 
-    def _row(self, tid: bytes, name: str, started: float, error: BaseException | None, kind: str) -> tuple:
-        """The row of a call that failed, or of a creation."""
-        err = None
-        if error is not None:
-            from skate import exceptions as exc
-            from skate._private import task_errors
+    def set_actor(self, actor_id: bytes) -> None:
+        """The actor this worker hosts (created now): its calls' events carry its id."""
+        if self.buf is not None:
+            self.buf.actor_id = actor_id
 
-            cause = getattr(error, "cause", None) or error
-            text = str(error) if isinstance(error, exc.RayError) else task_errors.user_traceback(error)
-            err = (type(cause).__name__, text[-8000:])
-        # (task id, name, state, start, end, actor id, error, func, where, kind): see TaskEventBuffer.record
-        return (tid, name, "FAILED" if err else "FINISHED", started, time.time(), self.actor_id, err, name, None, kind)
+
+def _call_row(tid: bytes, name: str, started: float, error: BaseException | None, kind: str, actor_id: bytes | None) -> tuple:
+    """The row of an actor call that failed, or of a creation."""
+    err = None
+    if error is not None:
+        from skate import exceptions as exc
+        from skate._private import task_errors
+
+        cause = getattr(error, "cause", None) or error
+        text = str(error) if isinstance(error, exc.RayError) else task_errors.user_traceback(error)
+        err = (type(cause).__name__, text[-8000:])
+    # (task id, name, state, start, end, actor id, error, func, where, kind): see TaskEventBuffer.record
+    return (tid, name, "FAILED" if err else "FINISHED", started, time.time(), actor_id, err, name, None, kind)
 
 
 def _start_unrecorded(tid: bytes, name: str) -> float:

@@ -81,16 +81,17 @@ class SpinningLoop(asyncio.SelectorEventLoop):
 
 class ReadOn:
     """Reads a connection on after a request, in the loop's thread (see the module's
-    docstring); ``serving()`` says whether requests are still handled where they
-    arrive (a sync actor or a task worker, not a threaded or async actor)."""
+    docstring); ``gate.serves_inline`` says whether requests are still handled
+    where they arrive (a sync actor or a task worker, not a threaded or async
+    actor): an attribute, not a call, as it is read twice per request."""
 
     def __init__(
-        self, loop: SpinningLoop, serving: Callable[[], bool], budget_s: float = 0.002, spin_s: float = SPIN_S
+        self, loop: SpinningLoop, gate: Any, budget_s: float = 0.002, spin_s: float = SPIN_S
     ) -> None:
         """``budget_s``: the longest it reads on at a time; ``spin_s``: how long it
         waits for the next request (``Config.spin_us``)."""
         self.loop = loop
-        self.serving = serving
+        self.gate = gate
         self.budget_s = budget_s
         self.spin_s = spin_s
         self.active = False  # reading on now (a handler that runs sees True)
@@ -98,7 +99,7 @@ class ReadOn:
     def run(self, conn: Any) -> None:
         """After ``conn`` handled what it read (its ``buffer_updated``; loop thread)."""
         loop = self.loop
-        if self.active or not self.spin_s or not conn.authed or not self.serving() or loop.has_work():
+        if self.active or not self.spin_s or not conn.authed or not self.gate.serves_inline or loop.has_work():
             return
         self.active = True
         try:
@@ -111,7 +112,7 @@ class ReadOn:
                 if ready:
                     if len(ready) > 1 or ready[0][0] != fd:
                         return  # something else waits for the loop
-                    if conn.read_some() < 0 or loop.has_work() or not self.serving():
+                    if conn.read_some() < 0 or loop.has_work() or not self.gate.serves_inline:
                         return  # (a handler that hands work on schedules it: back to the loop)
                     last = clock()
                     if last - start > self.budget_s:
