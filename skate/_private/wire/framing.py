@@ -160,6 +160,7 @@ class FrameReader:
         psize = prefix.size
         n = self.n
         view = self._view
+        header_decode = _header.decode  # (decode_header, inlined: once per frame)
         out = []
         pos = 0
         while n - pos >= psize:
@@ -178,16 +179,24 @@ class FrameReader:
                     self._grow(need + 65536)
                 break
             hstart = pos + psize
-            kind, rid, method, body, lens = decode_header(view[hstart : hstart + hlen])
+            try:
+                kind, rid, method, body, lens = header_decode(view[hstart : hstart + hlen])
+            except msgspec.DecodeError as e:
+                raise ProtocolError(f"malformed frame header: {e}") from None
             if lens:
-                if sum(lens) != plen:
-                    raise ProtocolError("frame buffer lengths do not add up to its payload length")
-                bufs = []
                 off = hstart + hlen
-                for ln in lens:
-                    bufs.append(bytes(view[off : off + ln]))
-                    off += ln
-                lens = bufs
+                if len(lens) == 1:  # (most frames that carry buffers carry one)
+                    if lens[0] != plen:
+                        raise ProtocolError("frame buffer lengths do not add up to its payload length")
+                    lens = [bytes(view[off:end])]
+                else:
+                    if sum(lens) != plen:
+                        raise ProtocolError("frame buffer lengths do not add up to its payload length")
+                    bufs = []
+                    for ln in lens:
+                        bufs.append(bytes(view[off : off + ln]))
+                        off += ln
+                    lens = bufs
             elif plen:
                 raise ProtocolError("frame buffer lengths do not add up to its payload length")
             out.append((kind, rid, method, body, lens))
