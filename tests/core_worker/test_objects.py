@@ -395,6 +395,27 @@ def test_refs_passed_on_by_a_task_outlive_it(ray_start, tmp_path):
     wait_for(lambda: name not in _segments(), 10, what="the segment to be freed once nothing holds it")
 
 
+def test_a_burst_of_borrowed_refs_is_announced_and_released(ray_start):
+    """10,000 refs owned by a worker arrive in one get (their borrows reach the
+    I/O thread as one batch): each stays readable once the object that held
+    them is gone, and dropping them releases them all (checked after the test)."""
+
+    @skate.remote
+    class Owner:
+        def make(self, n):
+            return [skate.put(i) for i in range(n)]
+
+    owner = Owner.remote()
+    outer = owner.make.remote(10_000)
+    refs = skate.get(outer)
+    del outer
+    gc.collect()
+    assert skate.get([refs[0], refs[4_321], refs[-1]]) == [0, 4_321, 9_999]
+    assert sum(skate.get(refs)) == sum(range(10_000))
+    del refs
+    gc.collect()
+
+
 def test_object_freed_when_borrowing_actor_dies(ray_start):
     @skate.remote
     class Holder:

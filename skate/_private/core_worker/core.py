@@ -105,6 +105,10 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.deferred_borrows: dict[bytes, list] = {}
         self.deferred_lock = threading.Lock()
         self.arg_scope = threading.local()  # ``on`` while this thread decodes a task's arguments
+        #: (adding, oid, owner) for the I/O thread to batch per owner (see RefCounting._post_borrow_change)
+        self.borrow_changes: list[tuple] = []
+        self.borrow_changes_posted = False
+        self.borrow_changes_lock = threading.Lock()
         self._borrows_idle: asyncio.Event | None = None
         self._frees: list = []
         self._frees_lock = threading.Lock()
