@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
@@ -229,3 +230,28 @@ def test_columns_that_do_not_add_up_are_refused_and_nothing_of_the_batch_is_kept
     with pytest.raises(ValueError, match="16 bytes per call"):
         t.add(batch)
     assert t.query() == [] and t.rows == 0
+
+
+@pytest.mark.parametrize("where", ["row start", "row end", "column"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_times_that_are_not_finite_are_refused(where, bad):
+    """An event time of NaN or infinity would make every later query fail
+    (a start in milliseconds is an int): the batch is refused, the table
+    keeps serving."""
+    import array
+
+    from skate._private.gcs.task_events import TaskEventTable
+
+    t = TaskEventTable(limit=10)
+    t.add(_rows((b"ok" * 8, "FINISHED", 1.0, 2.0, "")))
+    if where == "column":
+        batch = _rows()
+        times = array.array("d", [1.0, bad])
+        if sys.byteorder != "little":
+            times.byteswap()
+        batch["calls"] = [(b"actor", "A.m", b"\x01" * 16, times.tobytes())]
+    else:
+        batch = _rows((b"x" * 16, "FINISHED", bad if where == "row start" else 1.0, bad if where == "row end" else 2.0, ""))
+    with pytest.raises(ValueError, match="not a finite number"):
+        t.add(batch)
+    assert [r["task_id"] for r in t.query()] == [b"ok" * 8]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import array
 import collections
 import itertools
+import math
 import sys
 from typing import Any
 
@@ -52,11 +53,19 @@ class TaskEventTable:
         """
         rows, calls = batch["rows"], batch["calls"]
         n = len(rows)
+        for row in rows:
+            if not _finite(row[3]) or not _finite(row[4]):
+                raise ValueError(f"the event of {row[1]!r} has a time that is not a finite number: {row[3]}, {row[4]}")
         for _, name, ids, times in calls:
             count = len(ids) // TASK_ID_LEN
             if len(ids) != count * TASK_ID_LEN or len(times) != 16 * count:
                 raise ValueError(f"FinishedCalls of {name!r}: {len(ids)} bytes of task ids and {len(times)} of times "
                                  f"are not {TASK_ID_LEN} and 16 bytes per call")
+            t = array.array("d", times)
+            if sys.byteorder != "little":
+                t.byteswap()
+            if not all(map(math.isfinite, t)):
+                raise ValueError(f"FinishedCalls of {name!r}: a time that is not a finite number")
             n += count
         if not n or self.limit <= 0:
             return
@@ -104,6 +113,11 @@ class TaskEventTable:
         if limit is not None and len(out) > limit:
             out = out[-limit:]
         return out
+
+
+def _finite(t: Any) -> bool:
+    """A time that is absent or a finite number (NaN or infinity would break every query)."""
+    return t is None or math.isfinite(t)
 
 
 def _call_rows(calls: list) -> Any:
