@@ -179,3 +179,134 @@ def test_force_is_refused_for_actor_calls(ray_start):
     with pytest.raises(ValueError, match="force=True is not supported for actor tasks"):
         skate.cancel(ref, force=True)
     assert skate.get(ref, timeout=30) == "x"
+
+
+# --- async actors: the races a review found ------------------------------------------------
+
+
+@skate.remote
+class Owner:
+    def make(self):
+        return [skate.put(b"x" * 1000)]
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_a_call_cancelled_before_the_async_actors_loop_read_it_never_runs(ray_start, tmp_path):
+    @skate.remote
+    class Blocking:
+        async def block(self, started, gate):
+            open(started, "w").close()
+            _wait_file(gate)  # (blocks the actor's event loop: the next call stays unread)
+            return "block"
+
+        async def mark(self, path):
+            open(path, "w").close()
+            return "ran"
+
+    started, gate, marker = (str(tmp_path / n) for n in ("started", "gate", "marker"))
+    a = Blocking.remote()
+    blocker = a.block.remote(started, gate)
+    _wait_file(started)
+    unread = a.mark.remote(marker)
+    skate.cancel(unread)
+    _arrived(a)
+    open(gate, "w").close()
+    assert skate.get(blocker, timeout=30) == "block"
+    with pytest.raises(TaskCancelledError):
+        skate.get(unread, timeout=30)
+    assert not os.path.exists(marker)
+
+
+def test_exit_actor_in_an_async_call_holding_a_borrowed_ref_lets_no_waiting_call_run(ray_start, tmp_path):
+    """The exiting call announces the borrow of its argument (an await) after it
+    gave its slot back: the call waiting for that slot must not start."""
+
+    @skate.remote(max_concurrency=1)
+    class Quitter:
+        async def quit(self, box, started):
+            tasks = len(asyncio.all_tasks())
+            open(started, "w").close()
+            while len(asyncio.all_tasks()) <= tasks:  # until the next call waits for the slot
+                await asyncio.sleep(0.005)
+            skate.actor.exit_actor()
+
+        async def mark(self, path):
+            open(path, "w").close()
+            return "ran"
+
+    started, marker = str(tmp_path / "started"), str(tmp_path / "marker")
+    owner = Owner.remote()  # (kept: its refs live as long as it does)
+    box = skate.get(owner.make.remote(), timeout=30)  # a ref owned by another process
+    a = Quitter.remote()
+    quitting = a.quit.remote(box, started)
+    _wait_file(started)
+    waiting = a.mark.remote(marker)
+    for ref in (quitting, waiting):
+        with pytest.raises(skate.exceptions.ActorDiedError):
+            skate.get(ref, timeout=30)
+    assert not os.path.exists(marker)
+
+
+def test_a_cancel_while_an_async_call_waits_for_its_borrows_still_answers(ray_start, tmp_path):
+    """The method returned and the call waits for the owner of a ref it keeps
+    to acknowledge the borrow (the owner is stopped): a cancel then must not
+    swallow the reply."""
+    import signal
+
+    @skate.remote
+    class Keeper:
+        async def keep(self, box, returned):
+            self.x = box[0]
+            open(returned, "w").close()
+            return "kept"
+
+        async def ping(self):
+            return "pong"
+
+    returned = str(tmp_path / "returned")
+    owner = Owner.remote()
+    box = skate.get(owner.make.remote(), timeout=30)
+    opid = skate.get(owner.pid.remote(), timeout=30)
+    a = Keeper.remote()
+    assert skate.get(a.ping.remote(), timeout=30) == "pong"
+    os.kill(opid, signal.SIGSTOP)
+    try:
+        ref = a.keep.remote(box, returned)
+        _wait_file(returned)
+        skate.cancel(ref)
+        _arrived(a)  # the cancel reached the actor ...
+        assert skate.get(a.ping.remote(), timeout=30) == "pong"  # ... and its loop ran it
+    finally:
+        os.kill(opid, signal.SIGCONT)
+    assert skate.get(ref, timeout=30) == "kept"
+    assert skate.get(a.ping.remote(), timeout=30) == "pong"
+
+
+def test_a_sync_generator_method_of_an_async_actor_stops_when_cancelled(ray_start):
+    @skate.remote
+    class Gen:
+        def __init__(self):
+            self.made = 0
+
+        def items(self):
+            for i in range(100_000):
+                time.sleep(0.001)
+                self.made += 1
+                yield i
+
+        async def made_over(self, seconds):
+            before = self.made
+            await asyncio.sleep(seconds)  # (a window to see whether it still makes items)
+            return before, self.made
+
+    a = Gen.remote()
+    gen = a.items.options(num_returns="streaming").remote()
+    assert skate.get(next(gen), timeout=30) == 0
+    skate.cancel(gen)
+    with pytest.raises(TaskCancelledError):
+        for ref in gen:
+            skate.get(ref, timeout=30)
+    before, after = skate.get(a.made_over.remote(0.3), timeout=30)
+    assert after - before <= 1, (before, after)

@@ -416,6 +416,61 @@ def test_a_burst_of_borrowed_refs_is_announced_and_released(ray_start):
     gc.collect()
 
 
+def test_a_release_racing_a_decode_of_the_same_ref_keeps_the_second_borrow(ray_start, tmp_path):
+    """Two threads of a threaded actor: one drops argument ref X while the other
+    decodes X and keeps it. The drop's notice is delayed (instrumented: the
+    window a thread switch opens) until the keeper has started; the keeper's
+    borrow must still reach the owner, so X outlives the driver's ref."""
+    releasing, kept, released = (str(tmp_path / n) for n in ("releasing", "kept", "released"))
+
+    @skate.remote(max_concurrency=2)
+    class A:
+        def __init__(self):
+            from skate._private import runtime
+
+            store = runtime.current().store
+            real = store.on_borrow_change
+
+            def delayed(oid, owner, delta):
+                if delta < 0 and threading.current_thread().name.startswith("actor") and not os.path.exists(released):
+                    open(releasing, "w").close()
+                    deadline = time.monotonic() + 2  # (the keeper may be unable to start until this returns)
+                    while not os.path.exists(kept) and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                    real(oid, owner, delta)
+                    open(released, "w").close()
+                    return
+                real(oid, owner, delta)
+
+            store.on_borrow_change = delayed
+            self.x = None
+
+        def touch(self, box):
+            return len(box)  # box[0] is dropped as the call ends
+
+        def keep(self, box):
+            self.x = box[0]
+            open(kept, "w").close()
+            deadline = time.monotonic() + 10
+            while not os.path.exists(released) and time.monotonic() < deadline:  # reply after the drop's notice
+                time.sleep(0.005)
+            return True
+
+        def read(self):
+            return len(skate.get(self.x, timeout=10))
+
+    a = A.remote()
+    skate.get(a.__ray_ready__.remote(), timeout=30)
+    x = skate.put(b"x" * 200_000)
+    touched = a.touch.remote([x])
+    wait_for(lambda: os.path.exists(releasing), 30, what="the first call to drop its ref")
+    keeping = a.keep.remote([x])
+    assert skate.get([touched, keeping], timeout=30) == [1, True]
+    del x, touched, keeping
+    gc.collect()
+    assert skate.get(a.read.remote(), timeout=30) == 200_000
+
+
 def test_object_freed_when_borrowing_actor_dies(ray_start):
     @skate.remote
     class Holder:

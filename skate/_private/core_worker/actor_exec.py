@@ -362,6 +362,7 @@ class ActorExecution:
             self.exit_requested = True
             self.exit_thread = threading.get_ident()
         except KeyboardInterrupt:
+            self.core.arg_scope.on = False  # (a cancel may land while arguments are decoded)
             error = exc.TaskCancelledError(tid.hex())
             body, out = self._error_reply(spec, error, name)
         except BaseException as e:  # noqa: BLE001
@@ -399,6 +400,9 @@ class ActorExecution:
             name = f"{self.actor_name}.{m}"
             if m == "__ray_ready__":
                 fut.send(*self._encode_returns(spec, True, name))
+                return
+            if self.cancelled and spec["t"] in self.cancelled:  # cancelled before the loop read it
+                fut.send(*self._error_reply(spec, exc.TaskCancelledError(spec["t"].hex()), name))
                 return
             group = spec.get("cg")
             sem = self.actor_sem if group is None or group == DEFAULT_GROUP else self.group_sems.get(group)
@@ -438,6 +442,7 @@ class ActorExecution:
                     args = kwargs = result = None  # (refs in them that nothing else holds are not borrowed)
                 except (ActorExit, exc.AsyncioActorExit):
                     self.exit_requested = True
+                    self._mark_exiting()  # (before the slot is given back: no waiting call starts)
                 except asyncio.CancelledError:
                     error = exc.TaskCancelledError(spec["t"].hex())
                     body, out = self._error_reply(spec, error, name)
@@ -450,18 +455,32 @@ class ActorExecution:
             if core.deferred_borrows:  # arguments still referenced: borrowed from now on
                 core.announce_deferred_borrows()
             if core.borrows_inflight:
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(core.flush_borrows(), core.loop))
+                await _despite_cancel(asyncio.run_coroutine_threadsafe(core.flush_borrows(), core.loop))
             if not self.exit_requested:
                 fut.send(body, out)
                 if events is not None:  # (after the reply: off the caller's path)
                     events.end(spec["t"], name, started, error)
                 return
             self._mark_exiting()
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._notify_exit(EXITED), self.core.loop))
+            await _despite_cancel(asyncio.run_coroutine_threadsafe(self._notify_exit(EXITED), self.core.loop))
             fut.send(*self._exited_reply(spec))
             self.exec_loop.call_soon(self._begin_exit, None)
         finally:
             self.running.pop(spec["t"], None)
+            if self.cancelled:
+                self.cancelled.discard(spec["t"])
+
+
+async def _despite_cancel(cf: concurrent.futures.Future) -> None:
+    """Waits for ``cf`` (work on the I/O thread) even if the call awaiting it is
+    cancelled meanwhile: the call has ended, and its reply must still go out."""
+    fut = asyncio.wrap_future(cf)
+    while not fut.done():
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            continue
+    fut.result()
 
 
 class CallSlots:

@@ -226,6 +226,7 @@ class Executor(ActorExecution):
                 # can no longer land (in the handlers below, say) after this.
                 self._finished(tid)
         except KeyboardInterrupt:
+            self.core.arg_scope.on = False  # (a cancel may land while arguments are decoded)
             error = exc.TaskCancelledError(tid.hex())
             body, out = self._error_reply(spec, error, name)
         except ActorExit:

@@ -175,7 +175,8 @@ class MemoryStore:
                 b[0] += 1
                 return
             self.borrowed[oid] = [1, owner]
-        self.on_borrow_change(oid, owner, +1)
+            # (under the lock: a ref's borrow and its end reach the core in the order they happened)
+            self.on_borrow_change(oid, owner, +1)
 
     def remove_local(self, oid: bytes) -> None:
         """An ObjectRef instance for ``oid`` was collected (any thread, any time)."""
@@ -202,11 +203,9 @@ class MemoryStore:
                 if b[0] > 0:
                     return
                 del self.borrowed[oid]
-                owner = b[1]
-        if e is not None:
-            self.on_free(oid, e)
-        else:
-            self.on_borrow_change(oid, owner, -1)
+                self.on_borrow_change(oid, b[1], -1)  # (under the lock: see add_local)
+                return
+        self.on_free(oid, e)
 
     def apply_released(self) -> None:
         """Applies the releases a GC pass queued inside a locked section."""

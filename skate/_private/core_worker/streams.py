@@ -315,14 +315,18 @@ class Acks:
                 self.consumed[tid] = max(self.consumed[tid], body["n"])
                 self.cond.notify_all()
 
-    def wait(self, tid: bytes, at_least: int) -> None:
+    def wait(self, tid: bytes, at_least: int, stop: threading.Event | None = None) -> None:
         with self.cond:
-            while self.consumed.get(tid, 0) < at_least:
+            while self.consumed.get(tid, 0) < at_least and not (stop is not None and stop.is_set()):
                 self.cond.wait(0.1)  # (short: a cancel interrupts between waits)
 
 
-def stream(executor: Any, rep: Any, spec: dict, result: Any, name: str) -> dict:
-    """Runs a generator task's generator, sending each item; returns the final reply body."""
+def stream(executor: Any, rep: Any, spec: dict, result: Any, name: str, stop: threading.Event | None = None) -> dict:
+    """Runs a generator task's generator, sending each item; returns the final reply body.
+
+    ``stop``: set when the call was cancelled while this runs in a thread of
+    an async actor (``stream_async``): no item is made after it.
+    """
     tid = spec["t"]
     if not (inspect.isgenerator(result) or inspect.isasyncgen(result)):
         raise TypeError(
@@ -339,13 +343,16 @@ def stream(executor: Any, rep: Any, spec: dict, result: Any, name: str) -> dict:
     executor.streamed[tid] = 0
     try:
         for value in _items(result):
+            if stop is not None and stop.is_set():
+                result.close()
+                raise exc.TaskCancelledError(tid.hex())
             meta, out, _refs = executor.encode_value(tid, sent + first - 1, value, name, rep.conn.peer)
             executor.flush_borrows()
             rep.conn.notify("gen_item", {"t": tid, "i": sent, "r": meta}, out)
             sent += 1
             executor.streamed[tid] = sent
             if bp and sent - bp >= 0:
-                acks.wait(tid, sent - bp + 1)
+                acks.wait(tid, sent - bp + 1, stop)
     finally:
         with acks.cond:
             acks.consumed.pop(tid, None)
@@ -365,8 +372,13 @@ async def stream_async(executor: Any, rep: Any, spec: dict, result: Any, name: s
     """``stream`` for an async actor's method, on its event loop: an async
     generator is iterated there; waits (backpressure, borrows) do not block the loop."""
     tid = spec["t"]
-    if inspect.isgenerator(result):
-        return await asyncio.to_thread(stream, executor, rep, spec, result, name)
+    if inspect.isgenerator(result):  # a sync generator: run in a thread, stopped by a cancel
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(stream, executor, rep, spec, result, name, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
     if not inspect.isasyncgen(result):
         stream(executor, rep, spec, result, name)  # raises the TypeError
     first = 2 if spec["nr"] == DYNAMIC else 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numbers
 import struct
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
@@ -52,7 +52,9 @@ def _enc_hook(obj: Any) -> Any:
 
 _packb = msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode
 #: kind (one of the four), request id, method, body (left encoded), buffer lengths.
-_header = msgspec.msgpack.Decoder(tuple[Literal[0, 1, 2, 3], int, Union[str, None], msgspec.Raw, list[int]])
+_header = msgspec.msgpack.Decoder(
+    tuple[Literal[0, 1, 2, 3], int, Union[str, None], msgspec.Raw, list[Annotated[int, msgspec.Meta(ge=0)]]]
+)
 
 
 class ProtocolError(ValueError):
