@@ -395,3 +395,26 @@ def test_tcp_server(sock_path):
             await srv.wait_closed()
 
     run(main())
+
+
+@pytest.mark.parametrize(
+    "lens, plen, message",
+    [
+        ([10, -5], 5, "malformed frame header"),  # sums to the payload, but a length is negative
+        ([-1], -1, "over the limit"),
+        ([4, 4], 9, "do not add up"),
+        ([9], 8, "do not add up"),
+        ([], 3, "do not add up"),
+    ],
+)
+def test_frames_whose_buffer_lengths_are_wrong_are_refused(lens, plen, message):
+    """A frame's buffer lengths are each 0 or more and add up to its payload
+    length; a frame that breaks this is refused, never read into the next one."""
+    header = msgspec.msgpack.encode([framing.REQUEST, 1, "m", {}, lens])
+    payload = b"p" * max(plen, 0)
+    data = framing.PREFIX.pack(len(header), plen & 0xFFFFFFFFFFFFFFFF if plen < 0 else plen) + header + payload
+    reader = framing.FrameReader()
+    reader.buffer()[: len(data)] = data
+    reader.received(len(data))
+    with pytest.raises(wire.ProtocolError, match=message):
+        reader.frames()
