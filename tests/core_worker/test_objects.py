@@ -364,6 +364,15 @@ def test_an_argument_kept_by_an_async_or_threaded_actor_stays_borrowed(ray_start
     wait_for(lambda: name not in _segments(), 10, what="the segment to be freed after the borrower died")
 
 
+@skate.remote
+def _sum_once_open(refs, gate):
+    """The sum of the array ``refs[0]`` refers to, once the file ``gate`` exists."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return int(skate.get(refs[0]).sum())
+
+
 def test_refs_passed_on_by_a_task_outlive_it(ray_start, tmp_path):
     """A task hands the ref in its arguments to a task it does not wait for, and
     returns it inside its value: both keep it alive after the task replied
@@ -371,15 +380,8 @@ def test_refs_passed_on_by_a_task_outlive_it(ray_start, tmp_path):
     gate = str(tmp_path / "gate")
 
     @skate.remote
-    def later(refs, gate):
-        deadline = time.monotonic() + 30
-        while not os.path.exists(gate) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return int(skate.get(refs[0]).sum())
-
-    @skate.remote
     def pass_on(refs, gate):
-        return [later.remote(refs, gate), refs]
+        return [_sum_once_open.remote(refs, gate), refs]
 
     ref = skate.put(np.ones(2 * MB, dtype=np.uint8))
     name = _segment_of(ref)
@@ -492,19 +494,9 @@ def test_object_freed_when_borrowing_actor_dies(ray_start):
 
 def test_borrowed_by_a_running_task(ray_start, tmp_path):
     gate = str(tmp_path / "gate")
-
-    @skate.remote
-    def use_later(refs, gate):
-        import time
-
-        deadline = time.monotonic() + 30
-        while not os.path.exists(gate) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return int(skate.get(refs[0]).sum())
-
     ref = skate.put(np.ones(2 * MB, dtype=np.uint8))
     name = _segment_of(ref)
-    out = use_later.remote([ref], gate)
+    out = _sum_once_open.remote([ref], gate)
     del ref
     gc.collect()
     assert name in _segments()

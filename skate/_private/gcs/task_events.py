@@ -61,10 +61,7 @@ class TaskEventTable:
             if len(ids) != count * TASK_ID_LEN or len(times) != 16 * count:
                 raise ValueError(f"FinishedCalls of {name!r}: {len(ids)} bytes of task ids and {len(times)} of times "
                                  f"are not {TASK_ID_LEN} and 16 bytes per call")
-            t = array.array("d", times)
-            if sys.byteorder != "little":
-                t.byteswap()
-            if not all(map(math.isfinite, t)):
+            if not all(map(math.isfinite, _times(times))):
                 raise ValueError(f"FinishedCalls of {name!r}: a time that is not a finite number")
             n += count
         if not n or self.limit <= 0:
@@ -120,14 +117,19 @@ def _finite(t: Any) -> bool:
     return t is None or math.isfinite(t)
 
 
+def _times(times: bytes) -> array.array:
+    """The start and end times of ``FinishedCalls`` (little-endian doubles) as numbers."""
+    t = array.array("d", times)
+    if sys.byteorder != "little":
+        t.byteswap()
+    return t
+
+
 def _call_rows(calls: list) -> Any:
     """The rows of ``FinishedCalls`` columns (checked by ``add``), each call FINISHED."""
     for actor_id, name, ids, times in calls:
         n = len(ids) // TASK_ID_LEN
-        t = array.array("d")
-        t.frombytes(times)
-        if sys.byteorder != "little":
-            t.byteswap()
+        t = _times(times)
         for i in range(n):
             yield (ids[i * TASK_ID_LEN : (i + 1) * TASK_ID_LEN], name, "FINISHED", t[2 * i], t[2 * i + 1], actor_id,
                    None, name, None, "")
