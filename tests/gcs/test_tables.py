@@ -255,3 +255,24 @@ def test_times_that_are_not_finite_are_refused(where, bad):
     with pytest.raises(ValueError, match="not a finite number"):
         t.add(batch)
     assert [r["task_id"] for r in t.query()] == [b"ok" * 8]
+
+
+def test_finite_times_whose_sum_overflows_are_kept():
+    """Times are checked with one sum, then row by row only when the sum is
+    not finite: huge but finite times are still kept."""
+    from skate._private.gcs.task_events import TaskEventTable
+
+    t = TaskEventTable(limit=10)
+    t.add(_rows((b"a" * 16, "FINISHED", 1e308, 1.7e308, ""), (b"b" * 16, "FINISHED", 1e308, 1.7e308, "")))
+    assert [r["end"] for r in t.query()] == [1.7e308, 1.7e308]
+
+
+def test_evicted_rows_kept_for_their_ends_stay_bounded():
+    from skate._private.gcs.task_events import TaskEventTable
+
+    t = TaskEventTable(limit=4)
+    for i in range(100):
+        t.add(_rows((bytes([i]) * 16, "FINISHED", 1.0, 2.0, ""), (bytes([i]) * 16, "RUNNING", 1.0, None, "")))
+    assert t.rows < 2 * 4 + 2 and 2 * 4 <= t.gone_rows < 2 * 4 + 2
+    assert t.evicted == 200 - t.rows
+    assert [r["task_id"][0] for r in t.query()] == [96, 97, 98, 99]

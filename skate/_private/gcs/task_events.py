@@ -15,6 +15,7 @@ import array
 import collections
 import itertools
 import math
+import operator
 import sys
 from typing import Any
 
@@ -31,9 +32,10 @@ class TaskEventTable:
     tens of thousands of calls a second): the batch is kept as it was
     decoded (its actor calls as columns, made rows only by queries), and
     the oldest batches go once the rest hold ``2 * limit`` events (most
-    tasks have one or two).  An evicted task's end is
-    remembered (the last ``limit`` of them) so that a report of it
-    running that came later never brings it back to RUNNING.  Queries
+    tasks have one or two).  The rows of the last evicted batches (at
+    least ``2 * limit`` rows) are kept too, unread until a query: an
+    evicted task's end there keeps a report of it running that came later
+    from bringing it back to RUNNING.  Queries
     merge the rows into one record per task, in the order the tasks were
     first seen, and return at most the newest ``limit`` tasks.
     """
@@ -43,7 +45,8 @@ class TaskEventTable:
         self.batches: collections.deque[tuple[tuple, list, list, int]] = collections.deque()  # (sender, rows, calls, events)
         self.rows = 0
         self.evicted = 0  # events dropped to stay within the limit
-        self.ended: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()  # evicted ends
+        self.gone: collections.deque[tuple[tuple, list]] = collections.deque()  # evicted (sender, rows)
+        self.gone_rows = 0
 
     def add(self, batch: dict) -> None:
         """Keeps one ``TaskEventBatch`` (decoded for this call: kept as it is).
@@ -53,9 +56,9 @@ class TaskEventTable:
         """
         rows, calls = batch["rows"], batch["calls"]
         n = len(rows)
-        for row in rows:
-            if not _finite(row[3]) or not _finite(row[4]):
-                raise ValueError(f"the event of {row[1]!r} has a time that is not a finite number: {row[3]}, {row[4]}")
+        if not _all_finite(rows):
+            row = next(r for r in rows if not _finite(r[3]) or not _finite(r[4]))
+            raise ValueError(f"the event of {row[1]!r} has a time that is not a finite number: {row[3]}, {row[4]}")
         for _, name, ids, times in calls:
             count = len(ids) // TASK_ID_LEN
             if len(ids) != count * TASK_ID_LEN or len(times) != 16 * count:
@@ -68,23 +71,23 @@ class TaskEventTable:
             return
         self.batches.append(((batch["job_id"], batch["node_id"], batch["worker_id"], batch["pid"]), rows, calls, n))
         self.rows += n
-        batches, ended = self.batches, self.ended
+        batches, gone = self.batches, self.gone
         while self.rows - batches[0][3] >= 2 * self.limit:
             # (an evicted call's end needs no remembering: only its own worker,
             # which sent it, reports it running, and did so before)
             sender, old, _, count = batches.popleft()
             self.rows -= count
             self.evicted += count
-            for row in old:
-                if row[2] in _ENDED:
-                    ended[row[0]] = (sender, row)
-            while len(ended) > self.limit:
-                ended.popitem(last=False)
+            if old:
+                gone.append((sender, old))
+                self.gone_rows += len(old)
+                while self.gone_rows - len(gone[0][1]) >= 2 * self.limit:
+                    self.gone_rows -= len(gone.popleft()[1])
 
     def records(self) -> collections.OrderedDict:
         """Each task's record (a ``TaskEvent`` dict), by task id, in the order first seen."""
         tasks: collections.OrderedDict[bytes, dict] = collections.OrderedDict()
-        ended = self.ended
+        ended = {row[0]: (sender, row) for sender, rows in self.gone for row in rows if row[2] in _ENDED}
         for sender, rows, calls, _ in self.batches:
             for row in itertools.chain(rows, _call_rows(calls)) if calls else rows:
                 rec = tasks.get(row[0])
@@ -110,6 +113,22 @@ class TaskEventTable:
         if limit is not None and len(out) > limit:
             out = out[-limit:]
         return out
+
+
+def _all_finite(rows: list) -> bool:
+    """Whether every row's start and end is absent or a finite number.
+
+    One pass in C: a sum of finite times is finite (times are seconds, far
+    from overflowing); only a sum that is not is looked at row by row."""
+    if not rows:
+        return True
+    total = sum(filter(None, map(_START, rows))) + sum(filter(None, map(_END, rows)))
+    if math.isfinite(total):
+        return True
+    return all(_finite(r[3]) and _finite(r[4]) for r in rows)
+
+
+_START, _END = operator.itemgetter(3), operator.itemgetter(4)
 
 
 def _finite(t: Any) -> bool:
