@@ -412,12 +412,16 @@ class _CancelTaskRequired(TypedDict):
     t: bytes
 
 
-class GenItem(TypedDict):
-    """One item a generator task yielded, sent to its caller as it comes."""
-
+class _GenItemRequired(TypedDict):
     t: bytes  # task id
     i: int  # the item's index
     r: list[Any]  # its return meta, as in TaskReply.r
+
+
+class GenItem(_GenItemRequired, total=False):
+    """One item a generator task yielded, sent to its caller as it comes."""
+
+    h: list[Any]  # refs the item holds, held by the worker until released: as in TaskReply.h (key: the item's object id)
 
 
 class GenAck(TypedDict):

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 import skate
 from skate import exceptions as exc
@@ -175,3 +176,47 @@ def test_max_calls_workers_are_never_lent_again(ray_start):
 
     pids = skate.get([once.remote(i) for i in range(20)], timeout=90)
     assert len(set(pids)) == 20
+
+
+@skate.remote
+def put_and_yield(n):
+    for i in range(n):
+        yield [skate.put(i * 7)]  # the worker owns each value; only the item holds its ref
+
+
+@skate.remote
+class PutGen:
+    def items(self, n):
+        for i in range(n):
+            yield [skate.put(i * 7)]
+
+    async def items_async(self, n):
+        for i in range(n):
+            yield [skate.put(i * 7)]
+
+    def held(self):
+        from skate._private import runtime
+
+        return len(runtime.current().executor.held)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["task", "dynamic", "actor", "async actor"])
+def test_refs_inside_yielded_items_outlive_the_producer_dropping_them(ray_start, how):
+    """A ref that only an item holds stays alive until the caller took it
+    over (as for a returned value's refs): read after the producer dropped
+    its own ref (the generator has ended), every value is there."""
+    n = 20
+    if how == "task":
+        gen = put_and_yield.remote(n)
+    elif how == "dynamic":
+        gen = skate.get(put_and_yield.options(num_returns="dynamic").remote(n))
+    else:
+        actor = PutGen.remote()
+        gen = (actor.items if how == "actor" else actor.items_async).remote(n)
+    item_refs = list(gen)
+    assert len(item_refs) == n
+    inner = [skate.get(r)[0] for r in item_refs]
+    assert skate.get(inner, timeout=30) == [i * 7 for i in range(n)]
+    if how != "task" and how != "dynamic":  # the caller took every item's refs over: the holds are let go
+        wait_for(lambda: skate.get(actor.held.remote()) == 0, 20, 0.05, "the actor let its holds go")

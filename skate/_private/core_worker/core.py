@@ -345,7 +345,7 @@ class CoreWorker(ObjectAccess, RefCounting):
             self.printed.extend(err)
 
     def on_gen_item(self, conn: wire.Connection, body: dict, bufs: list) -> None:
-        streams.on_item(self, body, bufs)
+        streams.on_item(self, body, bufs, conn)
 
     def on_ping(self, conn: wire.Connection, body: Any, bufs: list) -> str:
         return "pong"

@@ -132,6 +132,22 @@ class RefCounting:
                 break
             await self._borrows_idle.wait()
 
+    async def adopt_contained(self, oids: list, held: list, conn: Any) -> None:
+        """Takes over the refs that the values ``oids`` contain, which the worker
+        that made them holds for us (``held``: ``[key, [[oid, owner], ...]]``,
+        a reply's or a generator item's ``h``), then lets that worker
+        (on ``conn``) drop its hold with ``release_held``."""
+        from skate.object_ref import ObjectRef
+
+        refs = [ObjectRef(oid, owner) for oid, owner in held[1]]
+        for oid in oids:
+            e = self.store.get(oid)
+            if e is not None:
+                e.contained = refs
+        await self.flush_borrows()
+        if conn is not None and not conn.closed:
+            conn.notify("release_held", held[0])
+
     def on_borrow_add(self, conn: wire.Connection, oids: list, bufs: list) -> bool:
         # Borrows are remembered per connection: a borrower that dies drops them.
         held = getattr(conn, "borrows", None)

@@ -7,7 +7,6 @@ from typing import Any
 
 from skate._private.core_worker import streams
 from skate._private.core_worker.memory_store import SHM
-from skate.object_ref import ObjectRef
 
 
 def complete_returns(core: Any, rec: Any, body: dict, bufs: list, conn: Any = None) -> None:
@@ -44,17 +43,4 @@ def complete_returns(core: Any, rec: Any, body: dict, bufs: list, conn: Any = No
     if held:  # (this may run in a user thread reading the reply: see wire.Connection.lead)
         if conn is None and rec.lease is not None:
             conn = rec.lease.conn
-        core.post(lambda: asyncio.ensure_future(_adopt_contained(core, rec, held, conn)))
-
-
-async def _adopt_contained(core: Any, rec: Any, held: list, conn: Any) -> None:
-    """Takes over refs that returned values contain, then lets the worker drop its hold."""
-    refs = [ObjectRef(oid, owner) for oid, owner in held[1]]
-    for oid in rec.return_ids:
-        e = core.store.get(oid)
-        if e is not None:
-            e.contained = refs
-    await core.flush_borrows()
-    # The worker (or actor) held them for us until we borrowed them: it may let go.
-    if conn is not None and not conn.closed:
-        conn.notify("release_held", held[0])
+        core.post(lambda: asyncio.ensure_future(core.adopt_contained(rec.return_ids, held, conn)))

@@ -89,17 +89,25 @@ def _store_item(core: Any, oid: bytes, meta: list, bufs: list, keep: bool) -> No
         ObjectRef(oid, core.address)
 
 
-def on_item(core: Any, body: dict, bufs: list) -> None:
-    """A worker sent the next item of a generator task (I/O thread)."""
+def on_item(core: Any, body: dict, bufs: list, conn: Any = None) -> None:
+    """A worker sent the next item of a generator task (I/O thread, on
+    ``conn``: told when the item's refs are taken over, see ``_item``)."""
     st = core.streams.get(body["t"])
     i = body["i"]
+    held = body.get("h")
     if st is None:  # the generator was dropped: free what still arrives
+        if held and conn is not None and not conn.closed:
+            conn.notify("release_held", held[0])
         _store_item(core, ids.object_id_for(body["t"], i + 1), body["r"], bufs, keep=False)
         return
     with st.cond:
         if i < st.received or st.total is not None:
+            if held and conn is not None and not conn.closed:
+                conn.notify("release_held", held[0])
             return  # sent again by a retry of the task
         _store_item(core, st.oid(i), body["r"], bufs, keep=True)
+        if held:
+            core.post(lambda: asyncio.ensure_future(core.adopt_contained([st.oid(i)], held, conn)))
         st.received = i + 1
         st._changed()
         end = st.end
@@ -346,9 +354,9 @@ def stream(executor: Any, rep: Any, spec: dict, result: Any, name: str, stop: th
             if stop is not None and stop.is_set():
                 result.close()
                 raise exc.TaskCancelledError(tid.hex())
-            meta, out, _refs = executor.encode_value(tid, sent + first - 1, value, name, rep.conn.peer)
+            meta, out, refs = executor.encode_value(tid, sent + first - 1, value, name, rep.conn.peer)
             executor.flush_borrows()
-            rep.conn.notify("gen_item", {"t": tid, "i": sent, "r": meta}, out)
+            rep.conn.notify("gen_item", _item(executor, tid, sent, first, meta, refs), out)
             sent += 1
             executor.streamed[tid] = sent
             if bp and sent - bp >= 0:
@@ -357,6 +365,18 @@ def stream(executor: Any, rep: Any, spec: dict, result: Any, name: str, stop: th
         with acks.cond:
             acks.consumed.pop(tid, None)
     return _ended(executor, spec, sent)
+
+
+def _item(executor: Any, tid: bytes, i: int, first: int, meta: list, refs: list) -> dict:
+    """The ``gen_item`` body of item ``i``.  Refs its value holds are held
+    here, as a returned value's are, until the caller took them over and
+    sent ``release_held`` with the item's object id."""
+    body = {"t": tid, "i": i, "r": meta}
+    if refs:
+        key = ids.object_id_for(tid, i + first)
+        executor.held[key] = refs
+        body["h"] = [key, [[r._id, r._owner] for r in refs]]
+    return body
 
 
 def _ended(executor: Any, spec: dict, sent: int) -> dict:
@@ -392,10 +412,10 @@ async def stream_async(executor: Any, rep: Any, spec: dict, result: Any, name: s
     executor.streamed[tid] = 0
     try:
         async for value in result:
-            meta, out, _refs = executor.encode_value(tid, sent + first - 1, value, name, rep.conn.peer)
+            meta, out, refs = executor.encode_value(tid, sent + first - 1, value, name, rep.conn.peer)
             if core.borrows_inflight:
                 await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(core.flush_borrows(), core.loop))
-            rep.conn.notify("gen_item", {"t": tid, "i": sent, "r": meta}, out)
+            rep.conn.notify("gen_item", _item(executor, tid, sent, first, meta, refs), out)
             sent += 1
             executor.streamed[tid] = sent
             if bp and sent - bp >= 0:
