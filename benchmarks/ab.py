@@ -11,6 +11,14 @@ of losing that many or more if both were equally fast::
 
     python -m benchmarks.ab 1efa74b -k sync --rounds 30 --window 0.5
 
+A process keeps the speed it was born with: two runs of the same code differ
+by a few percent for as long as they live (hash seeds, memory layout), so a
+long-lived pair of sides shows a "significant" difference between identical
+trees.  Both sides therefore restart every ``--restart-every`` rounds (fresh
+clusters, started in a random order), and each metric's rounds spread over
+several pairs.  ``python -m benchmarks.ab HEAD`` (the tree against itself)
+shows what noise looks like on this machine.
+
 Both versions run the workloads of this tree (``skate/_private/bench_workloads.py``),
 with the interpreter that runs this command (or ``--rev-python`` for ``REV``).  ``REV`` is checked out in a temporary git worktree, removed at the end.
 """
@@ -100,6 +108,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--window", type=float, default=0.5, help="seconds per timed window (default 0.5)")
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--rev-python", default=sys.executable, help="the interpreter for REV (default: this one)")
+    p.add_argument("--restart-every", type=int, default=5,
+                   help="rounds after which both sides restart as fresh processes (default 5; 0: never)")
     args = p.parse_args(argv)
 
     sys.path.insert(0, ROOT)
@@ -109,13 +119,22 @@ def main(argv: list[str]) -> int:
     base_tree = tempfile.mkdtemp(prefix="skate-ab-")
     subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", "-q", base_tree, args.rev], check=True)
     sides: dict[str, Side] = {}
+    made = {"rev": (args.rev, base_tree, args.num_cpus, args.rev_python), "tree": ("tree", ROOT, args.num_cpus, sys.executable)}
+
+    def restart() -> None:
+        for key in list(sides):
+            sides.pop(key).close()
+        for key in random.sample(list(made), len(made)):  # (one by one: a side that fails to start leaves none running)
+            sides[key] = Side(*made[key])
+
     try:
-        sides["rev"] = Side(args.rev, base_tree, args.num_cpus, args.rev_python)  # (one by one: a side that
-        sides["tree"] = Side("tree", ROOT, args.num_cpus, sys.executable)  # fails to start leaves none running)
+        restart()
         print(f"{'metric':44} {'ratio':>6} {'quartiles':>13} {'lost':>6} {'p':>6}  {args.rev:>10} {'tree':>10}")
-        for metric in metrics:
+        for m, metric in enumerate(metrics):
             ratios, rates = [], {"rev": [], "tree": []}
-            for _ in range(args.rounds):
+            for r in range(args.rounds):
+                if args.restart_every and (m or r) and r % args.restart_every == 0:
+                    restart()
                 order = list(sides)
                 random.shuffle(order)
                 got = {k: sides[k].rate(metric, args.window) for k in order}

@@ -428,8 +428,10 @@ class Connection(asyncio.BufferedProtocol):
     # --- dispatch -----------------------------------------------------------
     def _dispatch(self, kind: int, rid: int, method: str, raw: Any, bufs: list) -> None:
         # The body is decoded right here: ``raw`` is a view of the receive buffer.
+        # (A leader is set only while its thread holds the read lock: the thread running this.)
         if kind == REPLY:
-            entry = self.pending.get(rid)
+            pending = self.pending
+            entry = pending.get(rid)
             if entry is None:
                 return  # late: the request was given up
             try:
@@ -439,55 +441,50 @@ class Connection(asyncio.BufferedProtocol):
             except (msgspec.DecodeError, messages.UndeclaredFields) as e:
                 self._reply_unreadable(rid, entry, e)
                 return
-        elif kind == ERROR:
-            body = messages.UNTYPED.decode(raw)
-        else:
-            try:
-                body = messages.request_decoder(method).decode(raw)
-                if _STRICT:
-                    messages.check_declared(body, raw, repr(method))
-            except msgspec.DecodeError as e:
-                body = ProtocolError(f"bad {method!r} message: {e}")
-            except messages.UndeclaredFields as e:
-                body = ProtocolError(str(e))
-        if self.leader == threading.get_ident():
-            # Read by a user thread: only thread-safe reply callbacks run here.
-            if kind == REPLY or kind == ERROR:
-                entry = self.pending.get(rid)
-                if entry is not None and entry.threadsafe:
-                    del self.pending[rid]
-                    if kind == REPLY:  # (a thread-safe target is a callback, never a future)
-                        entry.target((body, bufs) if bufs else body, None)
-                    else:
-                        dispatch.complete(entry.target, kind, body, bufs)
-                    return
-            self.loop.call_soon_threadsafe(self._dispatch_on_loop, kind, rid, method, body, bufs)
-        elif kind == REQUEST or kind == NOTIFY:
-            dispatch.handle(self, kind, rid, method, body, bufs)
-        else:
-            self._dispatch_on_loop(kind, rid, method, body, bufs)
-
-    def _dispatch_on_loop(self, kind: int, rid: int, method: str, body: Any, bufs: list) -> None:
-        if kind == REPLY or kind == ERROR:
-            entry = self.pending.pop(rid, None)
-            if entry is not None:
-                dispatch.complete(entry.target, kind, body, bufs)
+            if self.leader is None:  # the loop (the target may be a future)
+                if pending.pop(rid, None) is not None:
+                    dispatch.deliver(entry.target, (body, bufs) if bufs else body, None)
+            elif entry.threadsafe:  # a user thread reading: a thread-safe callback
+                if pending.pop(rid, None) is not None:
+                    entry.target((body, bufs) if bufs else body, None)
+            else:  # only the loop may run it
+                self.loop.call_soon_threadsafe(self._settle, rid, (body, bufs) if bufs else body, None)
             return
-        dispatch.handle(self, kind, rid, method, body, bufs)
+        if kind == ERROR:
+            entry = self.pending.get(rid)
+            if entry is not None:
+                body = messages.UNTYPED.decode(raw)
+                if self.leader is not None and not entry.threadsafe:
+                    self.loop.call_soon_threadsafe(self._settle, rid, None, RemoteError(body))
+                elif self.pending.pop(rid, None) is not None:
+                    dispatch.complete(entry.target, kind, body, bufs)
+            return
+        try:
+            body = messages.request_decoder(method).decode(raw)
+            if _STRICT:
+                messages.check_declared(body, raw, repr(method))
+        except msgspec.DecodeError as e:
+            body = ProtocolError(f"bad {method!r} message: {e}")
+        except messages.UndeclaredFields as e:
+            body = ProtocolError(str(e))
+        if self.leader is not None:  # requests are handled on the loop
+            self.loop.call_soon_threadsafe(dispatch.handle, self, kind, rid, method, body, bufs)
+        else:
+            dispatch.handle(self, kind, rid, method, body, bufs)
+
+    def _settle(self, rid: int, result: Any, error: BaseException | None) -> None:  # (loop thread)
+        entry = self.pending.pop(rid, None)
+        if entry is not None:
+            dispatch.deliver(entry.target, result, error)
 
     def _reply_unreadable(self, rid: int, entry: Pending, e: Exception) -> None:
         log.warning("a reply failed validation: %s", e)
         err = ProtocolError(f"malformed reply: {e}")
-        if entry.threadsafe and self.leader == threading.get_ident():
+        if entry.threadsafe and self.leader is not None:
             if self.pending.pop(rid, None) is not None:
                 dispatch.deliver(entry.target, None, err)
         else:
-            self.loop.call_soon_threadsafe(self._fail_request, rid, err)
-
-    def _fail_request(self, rid: int, err: BaseException) -> None:
-        entry = self.pending.pop(rid, None)
-        if entry is not None:
-            dispatch.deliver(entry.target, None, err)
+            self.loop.call_soon_threadsafe(self._settle, rid, None, err)
 
     def reply(self, rid: int, body: Any, bufs: Any = ()) -> None:
         """Answers request ``rid`` (any thread); for handlers that return ``DEFER``."""
