@@ -21,9 +21,11 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 import skate
 from skate.exceptions import TaskCancelledError
+from skate.util import state
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -217,6 +219,10 @@ def test_a_call_cancelled_before_the_async_actors_loop_read_it_never_runs(ray_st
     with pytest.raises(TaskCancelledError):
         skate.get(unread, timeout=30)
     assert not os.path.exists(marker)
+    # The state API lists it as failed, as it does a call cancelled while it waited for a slot.
+    listed = wait_for(lambda: [t for t in state.list_tasks(filters=[("name", "=", "Blocking.mark")], limit=None)
+                               if t.state == "FAILED"], 20, 0.1, "the cancelled call in the state API")
+    assert listed[0].error_type == "TaskCancelledError"
 
 
 def test_exit_actor_in_an_async_call_holding_a_borrowed_ref_lets_no_waiting_call_run(ray_start, tmp_path):

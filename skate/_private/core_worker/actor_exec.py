@@ -402,7 +402,10 @@ class ActorExecution:
                 fut.send(*self._encode_returns(spec, True, name))
                 return
             if self.cancelled and spec["t"] in self.cancelled:  # cancelled before the loop read it
-                fut.send(*self._error_reply(spec, exc.TaskCancelledError(spec["t"].hex()), name))
+                error = exc.TaskCancelledError(spec["t"].hex())
+                fut.send(*self._error_reply(spec, error, name))
+                if not spec.get("ne"):
+                    self.call_events.end(spec["t"], name, task_events.now(), error)
                 return
             group = spec.get("cg")
             sem = self.actor_sem if group is None or group == DEFAULT_GROUP else self.group_sems.get(group)
