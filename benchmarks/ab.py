@@ -71,9 +71,9 @@ def sign_test(lost: int, n: int) -> float:
 class Side:
     """One version's driver process, answering one metric window at a time."""
 
-    def __init__(self, label: str, tree: str, num_cpus: int, python: str) -> None:
+    def __init__(self, label: str, tree: str, num_cpus: int, python: str, extra_env: dict | None = None) -> None:
         self.label = label
-        env = dict(os.environ, PYTHONPATH=tree)
+        env = dict(os.environ, PYTHONPATH=tree, **(extra_env or {}))
         workloads = os.path.join(ROOT, "skate", "_private", "bench_workloads.py")
         self.proc = subprocess.Popen(
             [python, "-c", CHILD, workloads, str(num_cpus)], stdin=subprocess.PIPE,
@@ -110,7 +110,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rev-python", default=sys.executable, help="the interpreter for REV (default: this one)")
     p.add_argument("--restart-every", type=int, default=5,
                    help="rounds after which both sides restart as fresh processes (default 5; 0: never)")
+    p.add_argument("--tree-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for this tree's side only (e.g. SKATE_TASK_EVENTS_MAX=0: "
+                   "what a feature costs); may be given more than once")
     args = p.parse_args(argv)
+    if any("=" not in kv for kv in args.tree_env):
+        p.error("--tree-env takes NAME=VALUE")
+    tree_env = dict(kv.split("=", 1) for kv in args.tree_env)
 
     sys.path.insert(0, ROOT)
     from skate._private import bench_workloads
@@ -119,7 +125,7 @@ def main(argv: list[str]) -> int:
     base_tree = tempfile.mkdtemp(prefix="skate-ab-")
     subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", "-q", base_tree, args.rev], check=True)
     sides: dict[str, Side] = {}
-    made = {"rev": (args.rev, base_tree, args.num_cpus, args.rev_python), "tree": ("tree", ROOT, args.num_cpus, sys.executable)}
+    made = {"rev": (args.rev, base_tree, args.num_cpus, args.rev_python), "tree": ("tree", ROOT, args.num_cpus, sys.executable, tree_env)}
 
     def restart() -> None:
         for key in list(sides):
