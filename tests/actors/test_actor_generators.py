@@ -4,9 +4,12 @@ num_returns, errors mid-stream, backpressure, large items (follows Ray)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 import skate
 
@@ -151,3 +154,42 @@ def test_backpressure_on_an_actor_method(ray_start, tmp_path):
     assert [skate.get(r) for r in gen] == [0, 10, 20, 30, 40]
     paced = Counter.options(_actor_generator_backpressure_num_objects=1).remote()
     assert [skate.get(r) for r in paced.count.remote(4)] == [0, 10, 20, 30]
+
+
+@skate.remote
+class PutStreamer:
+    def __init__(self):
+        self.done = False
+
+    def items(self, n, gate):
+        yield [skate.put(0)]
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)  # (the rest once the caller has died)
+        for i in range(1, n):
+            yield [skate.put(i)]
+        self.done = True
+
+    def state(self):
+        from skate._private import runtime
+
+        return self.done, len(runtime.current().executor.held)
+
+
+@skate.remote(max_retries=0)
+def take_one_and_die(actor, gate):
+    gen = actor.items.remote(20, gate)
+    skate.get(next(gen))
+    os._exit(1)
+
+
+@pytest.mark.timeout(60)
+def test_refs_held_for_a_caller_that_died_are_let_go(ray_start, tmp_path):
+    """Items (and returns) hold their refs for the caller until it took them
+    over; a caller that died never will: its holds go with its connection."""
+    gate = str(tmp_path / "gate")
+    a = PutStreamer.remote()
+    with pytest.raises(skate.exceptions.WorkerCrashedError):
+        skate.get(take_one_and_die.remote(a, gate), timeout=30)
+    open(gate, "w").close()
+    wait_for(lambda: skate.get(a.state.remote()) == (True, 0), 20, 0.1, "the dead caller's holds let go")

@@ -268,11 +268,28 @@ def test_finite_times_whose_sum_overflows_are_kept():
 
 
 def test_evicted_rows_kept_for_their_ends_stay_bounded():
+    """Evicted batches stay (unread) while they hold the last ``limit`` ends,
+    at most ``8 * limit`` rows: a flood of reports of tasks starting cannot
+    grow them without bound."""
     from skate._private.gcs.task_events import TaskEventTable
 
     t = TaskEventTable(limit=4)
     for i in range(100):
         t.add(_rows((bytes([i]) * 16, "FINISHED", 1.0, 2.0, ""), (bytes([i]) * 16, "RUNNING", 1.0, None, "")))
-    assert t.rows < 2 * 4 + 2 and 2 * 4 <= t.gone_rows < 2 * 4 + 2
+    assert t.rows < 2 * 4 + 2 and 4 <= t.gone_ends < 4 + 1 + 1 and t.gone_rows == 2 * t.gone_ends
     assert t.evicted == 200 - t.rows
     assert [r["task_id"][0] for r in t.query()] == [96, 97, 98, 99]
+    for i in range(1000):  # only starts: no ends to keep
+        t.add(_rows((i.to_bytes(2, "big") * 8, "RUNNING", 1.0, None, "")))
+    assert t.gone_rows <= 8 * 4
+
+
+def test_an_end_evicted_while_only_other_tasks_started_is_still_known():
+    from skate._private.gcs.task_events import TaskEventTable
+
+    t = TaskEventTable(limit=4)
+    t.add(_rows((b"T" * 16, "FINISHED", 1.0, 2.0, "")))
+    for i in range(17):  # other tasks start: rows, but no ends
+        t.add(_rows((bytes([i]) * 16, "RUNNING", 1.0, None, "")))
+    t.add(_rows((b"T" * 16, "RUNNING", 1.0, None, "")))  # T's worker's report, late
+    assert [(r["state"], r["end"]) for r in t.query() if r["task_id"] == b"T" * 16] == [("FINISHED", 2.0)]

@@ -351,7 +351,7 @@ class ActorExecution:
                 elif self.cancelled and tid in self.cancelled:
                     raise exc.TaskCancelledError(tid.hex())
                 else:
-                    body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+                    body, out = self._encode_returns(spec, result, name, fut.conn)
                 args = kwargs = result = None  # (refs in them that nothing else holds are not borrowed)
             finally:
                 if gen:
@@ -441,7 +441,7 @@ class ActorExecution:
                             result = await result
                         elif inspect.isasyncgen(result) and spec["nr"] > 1:  # a fixed num_returns over it
                             result = await streams.take_async(result, spec["nr"], name)
-                        body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+                        body, out = self._encode_returns(spec, result, name, fut.conn)
                     args = kwargs = result = None  # (refs in them that nothing else holds are not borrowed)
                 except (ActorExit, exc.AsyncioActorExit):
                     self.exit_requested = True

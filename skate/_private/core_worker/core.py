@@ -138,6 +138,7 @@ class CoreWorker(ObjectAccess, RefCounting):
         self.executor: Any = None
         #: Generator tasks this process submitted, by task id (see ``streams``).
         self.streams: dict[bytes, Any] = {}
+        self.dropped_streams: dict[bytes, Any] = {}  # generator task -> its worker's address: dropped while it ran
         self.task_events = TaskEventBuffer(self)
         self.waits = WaitReporter(self)  # blocked calls, for the dashboard
 

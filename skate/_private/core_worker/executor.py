@@ -69,7 +69,7 @@ class Executor(ActorExecution):
         self.run_lock = threading.Lock()
         self.cancelled: set[bytes] = set()
         self.interrupted: set[bytes] = set()  # tasks with an interrupt posted to their thread
-        self.held: dict[bytes, list] = {}
+        self.held: dict[bytes, tuple] = {}  # key -> (refs held for a caller, its connection): see hold
         self.acks = streams.Acks()  # generator tasks' consumed counts (backpressure)
         self.streamed: dict[bytes, int] = {}  # generator tasks running: items sent so far
         self._init_actor()
@@ -173,8 +173,31 @@ class Executor(ActorExecution):
             except KeyboardInterrupt:  # delivered just now: too late for the task, so dropped
                 continue
 
-    def on_release_held(self, conn: wire.Connection, tid: bytes, bufs: list) -> None:
-        self.held.pop(tid, None)
+    def hold(self, key: bytes, refs: list, conn: Any) -> None:
+        """Keeps ``refs`` (inside a value sent to the caller on ``conn``) until the
+        caller sends ``release_held`` with ``key``, or ``conn`` closes (it died)."""
+        if conn is not None and conn.closed:
+            return  # the caller is gone: nobody will take them over
+        self.held[key] = (refs, conn)
+        if conn is None:
+            return
+        keys = getattr(conn, "held_keys", None)
+        if keys is None:
+            keys = conn.held_keys = set()
+            conn.on_close.append(self._holder_gone)
+        keys.add(key)
+        if conn.closed:  # (it closed just now: its callbacks may have run already)
+            self._holder_gone(conn)
+
+    def _holder_gone(self, conn: wire.Connection) -> None:
+        keys = conn.held_keys
+        while keys:  # (one by one: another thread may add one meanwhile)
+            self.held.pop(keys.pop(), None)
+
+    def on_release_held(self, conn: wire.Connection, key: bytes, bufs: list) -> None:
+        entry = self.held.pop(key, None)
+        if entry is not None and entry[1] is not None:
+            entry[1].held_keys.discard(key)
 
     def _reply(self, fut: Replier, body: dict, bufs: list) -> None:
         core = self.core
@@ -219,7 +242,7 @@ class Executor(ActorExecution):
                 if spec["nr"] < 0:  # a generator task: items go out as they are yielded
                     body, out = streams.stream(self, fut, spec, result, name), []
                 else:
-                    body, out = self._encode_returns(spec, result, name, fut.conn.peer)
+                    body, out = self._encode_returns(spec, result, name, fut.conn)
                 args = kwargs = result = None  # (refs in them that nothing else holds are not borrowed)
             finally:
                 # First thing once the task's code is done: a cancel's interrupt
@@ -310,7 +333,10 @@ class Executor(ActorExecution):
         finally:
             scope.on = False
 
-    def _encode_returns(self, spec: dict, result: Any, name: str, owner: Any = None) -> tuple[dict, list]:
+    def _encode_returns(self, spec: dict, result: Any, name: str, conn: Any = None) -> tuple[dict, list]:
+        """A call's reply body and buffers (``conn``: the caller's connection; it owns
+        values written to shared memory, and refs inside them are held for it)."""
+        owner = None if conn is None else conn.peer
         nr = spec["nr"]
         tid = spec["t"]
         if nr == 1:  # (most calls: one value, no loop)
@@ -334,7 +360,7 @@ class Executor(ActorExecution):
                 held.extend(refs)
         body: dict = {"r": metas}
         if held:
-            self.held[tid] = held
+            self.hold(tid, held, conn)
             body["h"] = [tid, [[r._id, r._owner] for r in held]]
         return body, out
 

@@ -132,11 +132,12 @@ class RefCounting:
                 break
             await self._borrows_idle.wait()
 
-    async def adopt_contained(self, oids: list, held: list, conn: Any) -> None:
+    async def adopt_contained(self, oids: list, held: list, conn: Any, address: Any = None) -> None:
         """Takes over the refs that the values ``oids`` contain, which the worker
         that made them holds for us (``held``: ``[key, [[oid, owner], ...]]``,
-        a reply's or a generator item's ``h``), then lets that worker
-        (on ``conn``) drop its hold with ``release_held``."""
+        a reply's or a generator item's ``h``), then lets that worker drop its
+        hold with ``release_held``, on ``conn`` or to its control endpoint at
+        ``address``."""
         from skate.object_ref import ObjectRef
 
         refs = [ObjectRef(oid, owner) for oid, owner in held[1]]
@@ -145,6 +146,11 @@ class RefCounting:
             if e is not None:
                 e.contained = refs
         await self.flush_borrows()
+        if conn is None and address:
+            try:
+                conn = await self.conn_to(address)
+            except (ConnectionError, OSError):
+                return  # the worker is gone, and its holds with it
         if conn is not None and not conn.closed:
             conn.notify("release_held", held[0])
 

@@ -90,24 +90,30 @@ def _store_item(core: Any, oid: bytes, meta: list, bufs: list, keep: bool) -> No
 
 
 def on_item(core: Any, body: dict, bufs: list, conn: Any = None) -> None:
-    """A worker sent the next item of a generator task (I/O thread, on
-    ``conn``: told when the item's refs are taken over, see ``_item``)."""
+    """A worker sent the next item of a generator task, on ``conn`` (I/O loop).
+
+    Refs the item holds are taken over, then released at the worker's
+    control endpoint (see ``_item``)."""
     st = core.streams.get(body["t"])
     i = body["i"]
     held = body.get("h")
     if st is None:  # the generator was dropped: free what still arrives
-        if held and conn is not None and not conn.closed:
-            conn.notify("release_held", held[0])
+        if held:  # (nobody takes its refs over)
+            address = core.dropped_streams.get(body["t"])
+            if address:
+                asyncio.ensure_future(_notify_worker(core, address, "release_held", held[0]))
+            elif conn is not None and not conn.closed:
+                conn.notify("release_held", held[0])
         _store_item(core, ids.object_id_for(body["t"], i + 1), body["r"], bufs, keep=False)
         return
     with st.cond:
         if i < st.received or st.total is not None:
-            if held and conn is not None and not conn.closed:
-                conn.notify("release_held", held[0])
+            if held:
+                asyncio.ensure_future(core.adopt_contained([], held, None, _worker_address(st.rec)))
             return  # sent again by a retry of the task
         _store_item(core, st.oid(i), body["r"], bufs, keep=True)
         if held:
-            core.post(lambda: asyncio.ensure_future(core.adopt_contained([st.oid(i)], held, conn)))
+            asyncio.ensure_future(core.adopt_contained([st.oid(i)], held, None, _worker_address(st.rec)))
         st.received = i + 1
         st._changed()
         end = st.end
@@ -127,6 +133,7 @@ def finish(core: Any, rec: Any, body: dict, bufs: list) -> None:
     to the I/O loop, so the reply can come first: the end then waits in
     ``st.end`` until the last item is in (see ``on_item``).
     """
+    core.dropped_streams.pop(rec.spec["t"], None)
     st = core.streams.get(rec.spec["t"])
     dyn = bool(body.get("dyn") and rec.return_ids and not body.get("r"))
     if st is not None:
@@ -165,6 +172,7 @@ def _complete_dynamic(core: Any, rec: Any, count: int) -> None:
 
 def fail(core: Any, rec: Any, err: BaseException) -> None:
     """The generator task failed for good (its worker died): the error ends the stream."""
+    core.dropped_streams.pop(rec.spec["t"], None)
     st = core.streams.get(rec.spec["t"])
     if st is None:
         return
@@ -258,7 +266,14 @@ class ObjectRefGenerator:
         st = self.__dict__.get("_st")
         if st is None or st.core.closed:
             return
-        st.core.streams.pop(st.task_id, None)
+        core = st.core
+        core.streams.pop(st.task_id, None)
+        if st.total is None:  # its task still runs
+            address = _worker_address(st.rec)
+            if address:
+                core.dropped_streams[st.task_id] = address  # (items still coming: their holds released there)
+                if st.backpressure is not None:  # nobody will take more: the producer waits no more
+                    core.post(_ack, core, st.rec, UNBOUNDED)
         with st.cond:
             rest = range(st.handed, st.received)
             st.handed = st.received
@@ -288,22 +303,30 @@ class DynamicObjectRefGenerator:
         return (DynamicObjectRefGenerator, (self._refs,))
 
 
-def _ack(core: Any, rec: Any, consumed: int) -> None:
+def _worker_address(rec: Any) -> Any:
+    """The control endpoint of the worker running generator task ``rec`` (None: not known)."""
     if rec.lease is not None:
-        address = rec.lease.address
-    else:  # an actor method's generator: its worker is the actor's
-        address = rec.actor.info.get("address") if rec.actor is not None else None
-    if not address:
-        return
+        return rec.lease.address
+    # an actor method's generator: its worker is the actor's
+    return rec.actor.info.get("address") if rec.actor is not None else None
 
-    async def send() -> None:
-        try:
-            conn = await core.conn_to(address)
-            conn.notify("gen_ack", {"t": rec.spec["t"], "n": consumed})
-        except (ConnectionError, OSError):
-            pass
 
-    asyncio.ensure_future(send())
+#: The count of a ``gen_ack`` for a dropped generator: its producer waits no more (follows Ray).
+UNBOUNDED = 1 << 62
+
+
+def _ack(core: Any, rec: Any, consumed: int) -> None:
+    address = _worker_address(rec)
+    if address:
+        asyncio.ensure_future(_notify_worker(core, address, "gen_ack", {"t": rec.spec["t"], "n": consumed}))
+
+
+async def _notify_worker(core: Any, address: Any, method: str, body: Any) -> None:
+    """Sends a notification to a worker's control endpoint (dropped if it is gone)."""
+    try:
+        (await core.conn_to(address)).notify(method, body)
+    except (ConnectionError, OSError):
+        pass
 
 
 # --- worker side -----------------------------------------------------------------------
@@ -356,7 +379,8 @@ def stream(executor: Any, rep: Any, spec: dict, result: Any, name: str, stop: th
                 raise exc.TaskCancelledError(tid.hex())
             meta, out, refs = executor.encode_value(tid, sent + first - 1, value, name, rep.conn.peer)
             executor.flush_borrows()
-            rep.conn.notify("gen_item", _item(executor, tid, sent, first, meta, refs), out)
+            rep.conn.notify("gen_item", _item(executor, rep.conn, tid, sent, first, meta, refs), out)
+            value = refs = out = None  # (a traceback of the generator's error keeps this frame)
             sent += 1
             executor.streamed[tid] = sent
             if bp and sent - bp >= 0:
@@ -367,14 +391,15 @@ def stream(executor: Any, rep: Any, spec: dict, result: Any, name: str, stop: th
     return _ended(executor, spec, sent)
 
 
-def _item(executor: Any, tid: bytes, i: int, first: int, meta: list, refs: list) -> dict:
+def _item(executor: Any, conn: Any, tid: bytes, i: int, first: int, meta: list, refs: list) -> dict:
     """The ``gen_item`` body of item ``i``.  Refs its value holds are held
     here, as a returned value's are, until the caller took them over and
-    sent ``release_held`` with the item's object id."""
+    sent ``release_held`` with the item's object id (to this worker's control
+    endpoint: the exec loop runs the generator), or ``conn`` closed."""
     body = {"t": tid, "i": i, "r": meta}
     if refs:
         key = ids.object_id_for(tid, i + first)
-        executor.held[key] = refs
+        executor.hold(key, refs, conn)
         body["h"] = [key, [[r._id, r._owner] for r in refs]]
     return body
 
@@ -415,7 +440,8 @@ async def stream_async(executor: Any, rep: Any, spec: dict, result: Any, name: s
             meta, out, refs = executor.encode_value(tid, sent + first - 1, value, name, rep.conn.peer)
             if core.borrows_inflight:
                 await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(core.flush_borrows(), core.loop))
-            rep.conn.notify("gen_item", _item(executor, tid, sent, first, meta, refs), out)
+            rep.conn.notify("gen_item", _item(executor, rep.conn, tid, sent, first, meta, refs), out)
+            value = refs = out = None  # (a traceback of the generator's error keeps this frame)
             sent += 1
             executor.streamed[tid] = sent
             if bp and sent - bp >= 0:

@@ -32,10 +32,10 @@ class TaskEventTable:
     tens of thousands of calls a second): the batch is kept as it was
     decoded (its actor calls as columns, made rows only by queries), and
     the oldest batches go once the rest hold ``2 * limit`` events (most
-    tasks have one or two).  The rows of the last evicted batches (at
-    least ``2 * limit`` rows) are kept too, unread until a query: an
-    evicted task's end there keeps a report of it running that came later
-    from bringing it back to RUNNING.  Queries
+    tasks have one or two).  The last evicted batches that hold ``limit``
+    ends (at most ``8 * limit`` rows) are kept too, unread until a query:
+    an evicted task's end there keeps a report of it running that came
+    later from bringing it back to RUNNING.  Queries
     merge the rows into one record per task, in the order the tasks were
     first seen, and return at most the newest ``limit`` tasks.
     """
@@ -45,8 +45,9 @@ class TaskEventTable:
         self.batches: collections.deque[tuple[tuple, list, list, int]] = collections.deque()  # (sender, rows, calls, events)
         self.rows = 0
         self.evicted = 0  # events dropped to stay within the limit
-        self.gone: collections.deque[tuple[tuple, list]] = collections.deque()  # evicted (sender, rows)
+        self.gone: collections.deque[tuple[tuple, list, int]] = collections.deque()  # evicted (sender, rows, ends)
         self.gone_rows = 0
+        self.gone_ends = 0  # rows of gone that are ends (FINISHED or FAILED)
 
     def add(self, batch: dict) -> None:
         """Keeps one ``TaskEventBatch`` (decoded for this call: kept as it is).
@@ -79,15 +80,21 @@ class TaskEventTable:
             self.rows -= count
             self.evicted += count
             if old:
-                gone.append((sender, old))
+                ends = sum(map(_IS_END, map(_STATE, old)))  # (in C: no work per row in Python)
+                gone.append((sender, old, ends))
                 self.gone_rows += len(old)
-                while self.gone_rows - len(gone[0][1]) >= 2 * self.limit:
-                    self.gone_rows -= len(gone.popleft()[1])
+                self.gone_ends += ends
+                # The last ``limit`` ends, as long as that takes fewer than 8 * limit rows.
+                while (self.gone_ends - gone[0][2] >= self.limit
+                       or self.gone_rows - len(gone[0][1]) >= 8 * self.limit):
+                    _, rows_gone, ends_gone = gone.popleft()
+                    self.gone_rows -= len(rows_gone)
+                    self.gone_ends -= ends_gone
 
     def records(self) -> collections.OrderedDict:
         """Each task's record (a ``TaskEvent`` dict), by task id, in the order first seen."""
         tasks: collections.OrderedDict[bytes, dict] = collections.OrderedDict()
-        ended = {row[0]: (sender, row) for sender, rows in self.gone for row in rows if row[2] in _ENDED}
+        ended = {row[0]: (sender, row) for sender, rows, _ in self.gone for row in rows if row[2] in _ENDED}
         for sender, rows, calls, _ in self.batches:
             for row in itertools.chain(rows, _call_rows(calls)) if calls else rows:
                 rec = tasks.get(row[0])
@@ -128,7 +135,8 @@ def _all_finite(rows: list) -> bool:
     return all(_finite(r[3]) and _finite(r[4]) for r in rows)
 
 
-_START, _END = operator.itemgetter(3), operator.itemgetter(4)
+_START, _END, _STATE = operator.itemgetter(3), operator.itemgetter(4), operator.itemgetter(2)
+_IS_END = frozenset(_ENDED).__contains__
 
 
 def _finite(t: Any) -> bool:
