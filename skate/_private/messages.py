@@ -420,13 +420,11 @@ class _GenItemRequired(TypedDict):
 
 class GenItem(_GenItemRequired, total=False):
     """One item a generator task yielded, sent to its caller as it comes."""
-
-    h: list[Any]  # refs the item holds, held by the worker until released: as in TaskReply.h (key: the item's object id)
+    h: list[Any]  # refs it holds, held by the worker until released: as TaskReply.h (key: the item's object id)
 
 
 class GenAck(TypedDict):
-    """The caller took ``n`` items of generator task ``t`` (backpressure)."""
-
+    """The caller took ``n`` items of generator task ``t`` (backpressure; 2**62: it dropped the generator)."""
     t: bytes
     n: int
 
