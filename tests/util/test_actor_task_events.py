@@ -224,3 +224,27 @@ def test_finished_calls_columns_round_trip(mix):
         assert [r[0] for r in got if r[1] == name and len(r[0]) == 16] == [
             t for t, n in expected if n == name and len(t) == 16
         ]
+
+
+def test_a_watched_sync_call_is_reported_running_once_while_it_runs():
+    """A sync actor call notes itself as ``(name, start)`` in the executor's
+    table of calls in flight (no event call on its path): a flush reports it
+    RUNNING once; other entries (thread ids, tasks, calls with events off)
+    are not calls to report."""
+    import types
+
+    from skate._private.core_worker.task_events import TaskEventBuffer
+
+    core = types.SimpleNamespace(job_id=b"j" * 4, node_id=b"n" * 28, worker_id=b"w" * 28, post=lambda fn: None)
+    buf = TaskEventBuffer(core)
+    buf.actor_id = b"a" * 16
+    running = buf.watched = {b"1" * 16: ("A.slow", 5.0), b"2" * 16: 0, b"3" * 16: 12345}
+    rows = buf.take()["rows"]
+    assert [(r[0], r[1], r[2], r[3], r[5]) for r in rows] == [(b"1" * 16, "A.slow", "RUNNING", 5.0, b"a" * 16)]
+    assert buf.take() is None  # reported once
+    running[b"4" * 16] = ("A.slow", 6.0)
+    assert [r[0] for r in buf.take()["rows"]] == [b"4" * 16]
+    running.clear()
+    assert buf.take() is None
+    running[b"1" * 16] = ("A.slow", 7.0)  # (a retry under the same id: what was kept of it went with its end)
+    assert [(r[0], r[3]) for r in buf.take()["rows"]] == [(b"1" * 16, 7.0)]

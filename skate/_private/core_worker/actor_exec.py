@@ -32,6 +32,7 @@ import inspect
 import os
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -59,6 +60,8 @@ class ActorExecution:
 
     def _init_actor(self) -> None:
         self.call_events = task_events.ActorCallEvents(self.core)
+        if self.call_events.sync_buf is not None:
+            self.call_events.sync_buf.watched = self.running  # sync calls in flight: (name, start)
         self.actor_spec: dict | None = None
         self.actor: Any = None
         self.actor_id: bytes | None = None
@@ -331,15 +334,24 @@ class ActorExecution:
         if inline:
             self.sync_busy = True
         current = task_context.CURRENT.set(spec)
-        events = None if spec.get("ne") else self.call_events
-        started = events.start(tid, name) if events is not None else 0.0
+        # Task events: a plain call's (name, start) in ``running`` is reported RUNNING if it
+        # still runs at a flush; its end goes in the buffer's ``calls`` (no call per event).
+        buf = None if spec.get("ne") else self.call_events.sync_buf
         error: BaseException | None = None
         gen = spec["nr"] < 0
+        if buf is None:
+            started = 0.0
+        elif gen:
+            started = buf.call_started(tid, name)
+        else:
+            started = time.time()
+            if not buf.armed:
+                buf.arm_soon()
         try:
             try:
                 # A cancel interrupts a generator method's thread (from here to _finished),
                 # never a plain method's: it runs to its end, its result dropped (follows Ray).
-                self.running[tid] = threading.get_ident() if gen else 0
+                self.running[tid] = threading.get_ident() if gen else (name, started) if buf is not None else 0
                 if self.cancelled and tid in self.cancelled:  # cancelled while it waited its turn
                     raise exc.TaskCancelledError(tid.hex())
                 if self.actor is None:
@@ -377,8 +389,13 @@ class ActorExecution:
                 self.sync_busy = False
         if not (self.exit_requested and self.exit_thread == threading.get_ident()):
             self._reply(fut, body, out)
-            if events is not None:  # (after the reply: off the caller's path)
-                events.end(tid, name, started, error)
+            if buf is not None:  # (after the reply: off the caller's path)
+                if error is None and not gen:  # (call_ended, inlined: once per call)
+                    buf.calls.append((tid, name, started, time.time(), buf.actor_id))
+                    if not buf.armed:
+                        buf.arm_soon()
+                else:
+                    buf.call_ended(tid, name, started, error)
             if self.exit_requested and not self.exit_started:
                 self.exec_loop.call_soon_threadsafe(self._exit_if_idle)
             return

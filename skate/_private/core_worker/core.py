@@ -409,7 +409,7 @@ class CoreWorker(ObjectAccess, RefCounting):
                 await asyncio.wait_for(self._drain_logs(), 2)
             except Exception:  # noqa: BLE001 - best effort: the cluster may be gone
                 pass
-        if (self.task_events.events or self.task_events.running) and self.gcs_fut is not None:
+        if (self.task_events.events or self.task_events.running or self.task_events.watched) and self.gcs_fut is not None:
             try:  # how this process's tasks ended, before it goes
                 await asyncio.wait_for(self.task_events.send(), 2)
             except Exception:  # noqa: BLE001 - best effort: the cluster may be gone

@@ -133,7 +133,7 @@ class Executor(ActorExecution):
                 self.interrupted.discard(tid)
                 self.actor_loop.call_soon_threadsafe(running.cancel)
                 return
-            if running == 0:  # a sync actor method, never interrupted: its reply says cancelled
+            if running == 0 or type(running) is tuple:  # a sync actor method, never interrupted: its reply says cancelled
                 self.interrupted.discard(tid)
                 return
             # Still this task's thread, and it cannot finish before the

@@ -57,7 +57,11 @@ class TaskEventBuffer:
         self.calls: collections.deque = collections.deque(maxlen=CONFIG.task_events_max)
         self.running: dict[bytes, tuple] = {}  # task id -> (name, start, func, actor id): not reported yet
         self.actor_id: bytes | None = None  # the actor this process hosts, once it does (its calls' events)
-        self._armed = False
+        #: An actor's calls in flight (the executor's table): task id -> (name, start) for a
+        #: sync call reported RUNNING if it still runs at a flush; other values are not calls to report.
+        self.watched: dict = {}
+        self._reported: set[bytes] = set()  # of watched, those reported RUNNING
+        self.armed = False
         self.on = CONFIG.task_events_max > 0  # recording at all (SKATE_TASK_EVENTS_MAX=0: off)
         self.pid = os.getpid()
 
@@ -75,8 +79,8 @@ class TaskEventBuffer:
         if not self.on:
             return
         self.events.append((task_id, name, state, start, end, actor_id, error, func, where, kind))
-        if not self._armed:
-            self._arm_soon()
+        if not self.armed:
+            self.arm_soon()
 
     def started(self, task_id: bytes, name: str, start: float, func: str = "", actor_id: bytes | None = None) -> None:
         """Notes that this worker started running ``task_id`` (its thread).
@@ -87,8 +91,8 @@ class TaskEventBuffer:
         if not self.on:
             return
         self.running[task_id] = (name, start, func, actor_id)
-        if not self._armed:
-            self._arm_soon()
+        if not self.armed:
+            self.arm_soon()
 
     def ended(self, task_id: bytes) -> None:
         """Notes that ``task_id`` stopped running here (its owner reports how)."""
@@ -99,8 +103,8 @@ class TaskEventBuffer:
         notes a task; returns its start time."""
         start = time.time()
         self.running[task_id] = (name, start, name, self.actor_id)
-        if not self._armed:
-            self._arm_soon()
+        if not self.armed:
+            self.arm_soon()
         return start
 
     def call_ended(self, task_id: bytes, name: str, start: float, error: BaseException | None, kind: str = "") -> None:
@@ -110,14 +114,14 @@ class TaskEventBuffer:
         self.running.pop(task_id, None)
         if error is None and not kind:
             self.calls.append((task_id, name, start, time.time(), self.actor_id))
-            if not self._armed:  # (a call reported running at a flush left none armed)
-                self._arm_soon()
+            if not self.armed:  # (a call reported running at a flush left none armed)
+                self.arm_soon()
         else:
             self.record(*_call_row(task_id, name, start, error, kind, self.actor_id))
 
-    def _arm_soon(self) -> None:
+    def arm_soon(self) -> None:
         """Has the I/O thread flush in ``FLUSH_S`` (any thread)."""
-        self._armed = True
+        self.armed = True
         self.core.post(self._arm)
 
     def _arm(self) -> None:
@@ -125,11 +129,11 @@ class TaskEventBuffer:
 
     def flush(self) -> None:
         """Sends what is buffered (I/O thread)."""
-        self._armed = False
-        if (self.events or self.calls or self.running) and not self.core.closed:
+        self.armed = False
+        if (self.events or self.calls or self.running or self.watched) and not self.core.closed:
             asyncio.ensure_future(self.send())
-        if self.running and not self._armed:  # tasks still run: look again later
-            self._armed = True
+        if self.running and not self.armed:  # tasks still run: look again later
+            self.armed = True
             self._arm()
 
     def take(self) -> dict | None:
@@ -148,6 +152,13 @@ class TaskEventBuffer:
                 if self.running.pop(task_id, None) is None:
                     continue  # it ended meanwhile
                 rows.append((task_id, name, "RUNNING", start, None, actor_id, None, func, None, ""))
+        if self.watched or self._reported:
+            watched, reported = self.watched, self._reported
+            for task_id, call in list(watched.items()):
+                if type(call) is tuple and task_id not in reported:
+                    reported.add(task_id)
+                    rows.append((task_id, call[0], "RUNNING", call[1], None, self.actor_id, None, call[0], None, ""))
+            self._reported = {t for t in reported if t in watched}
         if not rows and not calls:
             return None
         core = self.core
@@ -204,6 +215,8 @@ class ActorCallEvents:
 
     def __init__(self, core: Any) -> None:
         self.buf: TaskEventBuffer | None = getattr(core, "task_events", None)  # (None: an executor only listing handlers)
+        #: The buffer, for a sync call's own path (see ``ActorExecution._run_call_here``); None when recording is off.
+        self.sync_buf = self.buf if self.buf is not None and self.buf.on else None
         if self.buf is None or not self.buf.on:  # recording is off: nothing to check per call
             self.start: Callable[[bytes, str], float] = _start_unrecorded
             self.end: Callable[..., None] = _end_unrecorded
