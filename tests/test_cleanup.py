@@ -270,3 +270,33 @@ def test_segments_of_an_embedded_node_daemon_killed_before_shutdown_are_swept():
     finally:
         skate.shutdown()
     assert not _segments(prefix)
+
+
+@pytest.mark.timeout(60)
+def test_a_daemon_takes_its_signal_handlers_down_before_its_loop_closes():
+    """A signal that came while the loop closed its wake-up pipe, with the
+    handlers still up, printed "Exception ignored ... Bad file descriptor"
+    (seen when a cluster shut down)."""
+    script = textwrap.dedent("""
+        import signal
+        from skate._private import daemon
+
+        real = daemon.new_loop
+        def new_loop():
+            loop = real()
+            close = loop.close
+            def checked_close():
+                print("at close:", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+                close()
+            loop.close = checked_close
+            return loop
+        daemon.new_loop = new_loop
+
+        async def main(stop):
+            pass
+
+        daemon.run(main)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "at close: True" in out.stdout, out.stdout + out.stderr

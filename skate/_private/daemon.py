@@ -81,6 +81,10 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         if pending:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     finally:
+        # Handlers go before the loop closes its wake-up pipe: a signal in between
+        # would print "Exception ignored ... Bad file descriptor" (close does it after).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         loop.close()
 
 
