@@ -248,3 +248,25 @@ def test_a_watched_sync_call_is_reported_running_once_while_it_runs():
     assert buf.take() is None
     running[b"1" * 16] = ("A.slow", 7.0)  # (a retry under the same id: what was kept of it went with its end)
     assert [(r[0], r[3]) for r in buf.take()["rows"]] == [(b"1" * 16, 7.0)]
+
+
+@skate.remote
+class Quitter:
+    def quit(self, linger):
+        import time
+
+        time.sleep(linger)  # (0.3 s: past a flush, so it was reported RUNNING first)
+        skate.actor.exit_actor()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("linger", [0.0, 0.3])
+def test_a_call_that_exits_its_actor_is_listed_failed(ray_start, linger):
+    """Its caller gets ActorDiedError; the state API lists the call FAILED, not
+    RUNNING for good (a long one) or not at all (a quick one): the worker
+    sends its last events before it exits."""
+    q = Quitter.remote()
+    skate.get(q.__ray_ready__.remote())
+    with pytest.raises(skate.exceptions.ActorDiedError):
+        skate.get(q.quit.remote(linger), timeout=30)
+    wait_for(lambda: [t.state for t in _tasks("Quitter.quit")] == ["FAILED"], 15, 0.1, "the call listed FAILED")

@@ -345,13 +345,13 @@ class ActorExecution:
             started = buf.call_started(tid, name)
         else:
             started = time.time()
-            if not buf.armed:
-                buf.arm_soon()
         try:
             try:
                 # A cancel interrupts a generator method's thread (from here to _finished),
                 # never a plain method's: it runs to its end, its result dropped (follows Ray).
                 self.running[tid] = threading.get_ident() if gen else (name, started) if buf is not None else 0
+                if buf is not None and not buf.armed:  # (after the call is in ``running``: a
+                    buf.arm_soon()  # flush that ran just before this saw it there, or arms anew)
                 if self.cancelled and tid in self.cancelled:  # cancelled while it waited its turn
                     raise exc.TaskCancelledError(tid.hex())
                 if self.actor is None:
@@ -404,6 +404,8 @@ class ActorExecution:
         self._mark_exiting()
         self.core.call(self._notify_exit(EXITED))
         self._reply(fut, *self._exited_reply(spec))
+        if buf is not None:  # (its caller got ActorDiedError: it failed, and runs no more)
+            buf.call_ended(tid, name, started, exc.ActorDiedError(error_msg=EXITED))
         if inline:
             self._begin_exit(None)
         else:

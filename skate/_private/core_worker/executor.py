@@ -283,6 +283,10 @@ class Executor(ActorExecution):
 
     def _exit_after_reply(self) -> None:
         async def go() -> None:
+            try:  # how its last tasks or calls ended, before it goes
+                await asyncio.wait_for(self.core.task_events.send(), 1)
+            except Exception:  # noqa: BLE001 - best effort: the control store may be gone
+                pass
             await asyncio.sleep(0.01)
             os._exit(0)
 
