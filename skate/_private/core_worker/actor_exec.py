@@ -60,8 +60,6 @@ class ActorExecution:
 
     def _init_actor(self) -> None:
         self.call_events = task_events.ActorCallEvents(self.core)
-        if self.call_events.sync_buf is not None:
-            self.call_events.sync_buf.watched = self.running  # sync calls in flight: (name, start)
         self.actor_spec: dict | None = None
         self.actor: Any = None
         self.actor_id: bytes | None = None
@@ -244,7 +242,7 @@ class ActorExecution:
         self.core.job_id = spec["j"]
         self.core.namespace = spec.get("ns")
         self.actor_id = spec["aid"]
-        self.call_events.set_actor(self.actor_id)
+        self.call_events.set_actor(self.actor_id, self.running)  # (sync calls in flight: (name, start))
         self.actor_spec = spec
         self.reconstructed = bool(spec.get("rs"))
         current = task_context.CURRENT.set(spec)

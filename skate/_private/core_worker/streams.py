@@ -99,17 +99,13 @@ def on_item(core: Any, body: dict, bufs: list, conn: Any = None) -> None:
     held = body.get("h")
     if st is None:  # the generator was dropped: free what still arrives
         if held:  # (nobody takes its refs over)
-            address = core.dropped_streams.get(body["t"])
-            if address:
-                asyncio.ensure_future(_notify_worker(core, address, "release_held", held[0]))
-            elif conn is not None and not conn.closed:
-                conn.notify("release_held", held[0])
+            _release_hold(core, held[0], core.dropped_streams.get(body["t"]), conn)
         _store_item(core, ids.object_id_for(body["t"], i + 1), body["r"], bufs, keep=False)
         return
     with st.cond:
         if i < st.received or st.total is not None:
-            if held:
-                asyncio.ensure_future(core.adopt_contained([], held, None, _worker_address(st.rec)))
+            if held:  # (the first copy's refs were taken over)
+                _release_hold(core, held[0], _worker_address(st.rec), conn)
             return  # sent again by a retry of the task
         _store_item(core, st.oid(i), body["r"], bufs, keep=True)
         if held:
@@ -319,6 +315,16 @@ def _ack(core: Any, rec: Any, consumed: int) -> None:
     address = _worker_address(rec)
     if address:
         asyncio.ensure_future(_notify_worker(core, address, "gen_ack", {"t": rec.spec["t"], "n": consumed}))
+
+
+def _release_hold(core: Any, key: bytes, address: Any, conn: Any) -> None:
+    """Lets a worker drop a hold that nothing here takes over: at its control
+    endpoint ``address`` if known (its exec loop may be running the generator),
+    else on ``conn``, the connection the item came on."""
+    if address:
+        asyncio.ensure_future(_notify_worker(core, address, "release_held", key))
+    elif conn is not None and not conn.closed:
+        conn.notify("release_held", key)
 
 
 async def _notify_worker(core: Any, address: Any, method: str, body: Any) -> None:

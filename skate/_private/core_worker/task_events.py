@@ -224,10 +224,14 @@ class ActorCallEvents:
             self.start = self.buf.call_started
             self.end = self.buf.call_ended
 
-    def set_actor(self, actor_id: bytes) -> None:
-        """The actor this worker hosts (created now): its calls' events carry its id."""
+    def set_actor(self, actor_id: bytes, in_flight: dict) -> None:
+        """The actor this worker hosts (created now): its calls' events carry its
+        id, and its sync calls in flight (``in_flight``: the executor's table) are
+        watched by flushes."""
         if self.buf is not None:
             self.buf.actor_id = actor_id
+            if self.buf.on:
+                self.buf.watched = in_flight
 
 
 def _call_row(tid: bytes, name: str, started: float, error: BaseException | None, kind: str, actor_id: bytes | None) -> tuple:
