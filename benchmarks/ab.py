@@ -114,6 +114,8 @@ def main(argv: list[str]) -> int:
                    help="an environment variable for this tree's side only (e.g. SKATE_TASK_EVENTS_MAX=0: "
                    "what a feature costs); may be given more than once")
     args = p.parse_args(argv)
+    if args.restart_every < 0:
+        p.error("--restart-every takes a number of rounds, or 0 for never")
     if any("=" not in kv for kv in args.tree_env):
         p.error("--tree-env takes NAME=VALUE")
     tree_env = dict(kv.split("=", 1) for kv in args.tree_env)
